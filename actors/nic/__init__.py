@@ -1,0 +1,33 @@
+"""The nic role: RSS over RX queues, descriptor rings with credits, coalesced MSI-X interrupts.
+
+``model`` is the pure state machine; the process shell feeds it frames from the
+wire, refills and unmasks from the cpu actors, and timer firings.
+"""
+
+from actors.nic.model import (
+    MICROSOFT_RSS_KEY,
+    RSS_INDIR_SIZE,
+    Dma,
+    Nic,
+    NicOutput,
+    RaiseIrq,
+    RxDrop,
+    RxQueue,
+    Toeplitz,
+    rss_input,
+    toeplitz_hash,
+)
+
+__all__ = [
+    "MICROSOFT_RSS_KEY",
+    "RSS_INDIR_SIZE",
+    "Dma",
+    "Nic",
+    "NicOutput",
+    "RaiseIrq",
+    "RxDrop",
+    "RxQueue",
+    "Toeplitz",
+    "rss_input",
+    "toeplitz_hash",
+]

@@ -1,0 +1,364 @@
+"""The NIC as a pure state machine: RSS, RX descriptor rings with credits, IRQ coalescing/masking.
+
+The RX rings live in host memory (the cpu actors). The NIC only knows how many
+descriptors the host has posted and it has not yet filled: one *credit* per free
+descriptor. A frame that finds no credit on its queue is dropped by the hardware
+and counted as ``rx_missed_errors`` / ``rx_no_buffer_count``; it never reaches the
+host, so it never shows in softnet_stat.
+
+Interrupts follow MSI-X auto-masking: raising a queue's interrupt masks it in
+the same step (no window between raise and mask), and only the host's unmask
+(after ``napi_complete_done``) re-enables it. Frames DMA'd while masked are
+*pending*; an unmask with pending frames raises again at once, as hardware does.
+
+Coalescing follows the ethtool definitions: ``rx_usecs`` delays the interrupt
+that many microseconds after the first unsignalled frame arrived, ``rx_frames``
+raises as soon as that many frames are unsignalled; 0 disables a criterion.
+``rx_usecs == 0`` (or ``rx_frames == 1``) means interrupt immediately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from actors.profiles import US
+
+# The key from Microsoft's "Verifying the RSS Hash Calculation"; drivers default to it
+# (or to a random key), and its published vectors let the hash be tested exactly.
+MICROSOFT_RSS_KEY = bytes.fromhex(
+    "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa"
+)
+RSS_INDIR_SIZE = 128  # ETH_RSS_INDIR default table size used by ethtool_rxfh_indir_default
+
+_IPPROTO_TCP = 6
+_IP_MF = 0x2000
+_IP_OFFSET = 0x1FFF
+
+
+# ----------------------------------------------------------------------------------------------
+# Toeplitz hash
+
+
+class Toeplitz:
+    """The Toeplitz hash with a fixed key, table-driven (one XOR per input byte)."""
+
+    __slots__ = ("_key", "_tables")
+
+    def __init__(self, key: bytes, max_input: int = 36) -> None:
+        if len(key) < max_input + 4:
+            raise ValueError(f"RSS key of {len(key)} bytes is too short for {max_input}-byte input")
+        self._key = bytes(key)
+        key_int = int.from_bytes(key, "big")
+        key_bits = len(key) * 8
+        tables: list[tuple[int, ...]] = []
+        for pos in range(max_input):
+            # The 32-bit key window that input bit (pos*8 + b) selects.
+            windows = [
+                (key_int >> (key_bits - 32 - (pos * 8 + b))) & 0xFFFFFFFF for b in range(8)
+            ]
+            table = []
+            for value in range(256):
+                acc = 0
+                for b in range(8):
+                    if value & (0x80 >> b):
+                        acc ^= windows[b]
+                table.append(acc)
+            tables.append(tuple(table))
+        self._tables = tuple(tables)
+
+    @property
+    def key(self) -> bytes:
+        return self._key
+
+    def hash(self, data: bytes) -> int:
+        if len(data) > len(self._tables):
+            raise ValueError(f"Toeplitz input of {len(data)} bytes exceeds {len(self._tables)}")
+        result = 0
+        for table, byte in zip(self._tables, data, strict=False):
+            result ^= table[byte]
+        return result
+
+
+def toeplitz_hash(key: bytes, data: bytes) -> int:
+    """One-off Toeplitz hash of ``data`` under ``key`` (bit-serial reference form)."""
+    key_int = int.from_bytes(key, "big")
+    key_bits = len(key) * 8
+    if key_bits < len(data) * 8 + 32:
+        raise ValueError("RSS key too short for the input")
+    result = 0
+    for i, byte in enumerate(data):
+        for b in range(8):
+            if byte & (0x80 >> b):
+                result ^= (key_int >> (key_bits - 32 - (i * 8 + b))) & 0xFFFFFFFF
+    return result
+
+
+def rss_input(frame: bytes) -> bytes | None:
+    """The bytes the NIC hashes for an IPv4 frame, or None if it is not parsable IPv4.
+
+    TCP (not fragmented, ports present): src ip, dst ip, src port, dst port.
+    Other IPv4 (another protocol, a fragment, a truncated TCP header): src ip, dst ip,
+    as NICs do with the default hash fields.
+    """
+    if len(frame) < 20 or frame[0] >> 4 != 4:
+        return None
+    ihl = (frame[0] & 0x0F) * 4
+    if ihl < 20 or len(frame) < ihl:
+        return None
+    addrs = frame[12:20]
+    frag = int.from_bytes(frame[6:8], "big")
+    if frame[9] == _IPPROTO_TCP and not frag & (_IP_MF | _IP_OFFSET) and len(frame) >= ihl + 4:
+        return addrs + frame[ihl:ihl + 4]
+    return addrs
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Dma:
+    """The NIC wrote ``frame`` into a descriptor of ``queue``'s ring, owned by ``cpu``."""
+
+    queue: int
+    cpu: int
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseIrq:
+    """The NIC raised ``queue``'s MSI-X vector (and masked it: auto-mask)."""
+
+    queue: int
+    cpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class RxDrop:
+    """The NIC dropped a frame: no descriptor was free on ``queue`` (rx_missed_errors)."""
+
+    queue: int
+    cpu: int
+    length: int
+    reason: str = "rx_missed_errors"
+
+
+NicOutput = Dma | RaiseIrq | RxDrop
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-queue state
+
+
+@dataclass(slots=True)
+class RxQueue:
+    index: int
+    cpu: int
+    ring_size: int
+    credits: int  # descriptors posted by the host and still free
+    masked: bool = False
+    pending: int = 0  # frames DMA'd since the last interrupt (not yet signalled)
+    first_pending_at: int | None = None  # arrival time of the oldest unsignalled frame
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    rx_drops: int = 0
+    irqs: int = 0
+
+
+class Nic:
+    """A multi-queue NIC: RSS to RX queues, descriptor credits, coalesced auto-masked IRQs."""
+
+    def __init__(
+        self,
+        num_queues: int,
+        ring_size: int,
+        rx_usecs: int = 0,
+        rx_frames: int = 0,
+        rss_key: bytes = MICROSOFT_RSS_KEY,
+        queue_to_cpu: Sequence[int] | None = None,
+    ) -> None:
+        if num_queues < 1:
+            raise ValueError("a NIC needs at least one RX queue")
+        if ring_size < 1:
+            raise ValueError("ring_size must be at least 1")
+        if rx_usecs < 0 or rx_frames < 0:
+            raise ValueError("rx_usecs and rx_frames must be >= 0")
+        if rx_usecs == 0 and rx_frames > 1:
+            # ethtool: usecs=0 disables the time limit, so a lone frame would wait forever.
+            raise ValueError("rx_frames > 1 needs rx_usecs > 0: a lone frame would never interrupt")
+        if queue_to_cpu is None:
+            queue_to_cpu = list(range(num_queues))
+        if len(queue_to_cpu) != num_queues:
+            raise ValueError("queue_to_cpu must give one cpu per queue")
+        self.num_queues = num_queues
+        self.ring_size = ring_size
+        self.rx_usecs = rx_usecs
+        self.rx_frames = rx_frames
+        self._toeplitz = Toeplitz(rss_key)
+        # ethtool_rxfh_indir_default: entry i -> queue i % n.
+        self.indirection_table: tuple[int, ...] = tuple(
+            i % num_queues for i in range(RSS_INDIR_SIZE)
+        )
+        self.queues: list[RxQueue] = [
+            RxQueue(index=q, cpu=cpu, ring_size=ring_size, credits=ring_size)
+            for q, cpu in enumerate(queue_to_cpu)
+        ]
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.rx_missed_errors = 0
+        self.rx_no_buffer_count = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        # Refills that would push a queue above its ring size (a message from a host ring
+        # that was reset meanwhile); clamped and counted rather than trusted.
+        self.stale_refills = 0
+
+    # -- RSS --------------------------------------------------------------------------------
+
+    @property
+    def rss_key(self) -> bytes:
+        return self._toeplitz.key
+
+    def rss_hash(self, frame: bytes) -> int | None:
+        data = rss_input(frame)
+        return None if data is None else self._toeplitz.hash(data)
+
+    def rss_queue(self, frame: bytes) -> int:
+        """The RX queue RSS picks: indirection_table[hash & 127]; unparsable frames -> 0."""
+        h = self.rss_hash(frame)
+        if h is None:
+            return 0
+        return self.indirection_table[h & (RSS_INDIR_SIZE - 1)]
+
+    def queues_of_cpu(self, cpu: int) -> list[int]:
+        return [q.index for q in self.queues if q.cpu == cpu]
+
+    # -- RX ---------------------------------------------------------------------------------
+
+    def rx_frame(self, frame: bytes, now: int) -> list[NicOutput]:
+        """A frame arrives from the wire: drop it, or DMA it and maybe raise the IRQ."""
+        q = self.queues[self.rss_queue(frame)]
+        if q.credits <= 0:
+            self.rx_missed_errors += 1
+            self.rx_no_buffer_count += 1
+            q.rx_drops += 1
+            return [RxDrop(q.index, q.cpu, len(frame))]
+        q.credits -= 1
+        q.rx_packets += 1
+        q.rx_bytes += len(frame)
+        self.rx_packets += 1
+        self.rx_bytes += len(frame)
+        q.pending += 1
+        if q.first_pending_at is None:
+            q.first_pending_at = now
+        out: list[NicOutput] = [Dma(q.index, q.cpu, frame)]
+        if not q.masked and self._irq_due(q, now):
+            out.append(self._raise(q))
+        return out
+
+    def refill(self, queue: int, n: int, now: int) -> list[NicOutput]:
+        """The host posted ``n`` fresh descriptors on ``queue`` (credits back)."""
+        if n < 0:
+            raise ValueError("refill count must be >= 0")
+        q = self.queues[queue]
+        room = q.ring_size - q.credits
+        if n > room:
+            self.stale_refills += 1
+            n = room
+        q.credits += n
+        return []
+
+    def unmask(self, queue: int, now: int) -> list[NicOutput]:
+        """The host re-enabled the queue's vector; unsignalled frames raise it again."""
+        q = self.queues[queue]
+        q.masked = False
+        if False:
+            return [self._raise(q)]
+        return []
+
+    def mask(self, queue: int) -> None:
+        """Explicit mask (drivers without auto-mask, or a host going down)."""
+        self.queues[queue].masked = True
+
+    def reset_queue(self, queue: int) -> None:
+        """The host that owns ``queue`` restarted: its ring is fresh and fully posted."""
+        q = self.queues[queue]
+        q.credits = q.ring_size
+        q.masked = False
+        q.pending = 0
+        q.first_pending_at = None
+
+    def reset_cpu(self, cpu: int) -> None:
+        for index in self.queues_of_cpu(cpu):
+            self.reset_queue(index)
+
+    # -- coalescing timer -------------------------------------------------------------------
+
+    def _deadline(self, q: RxQueue) -> int | None:
+        if q.masked or not q.pending or self.rx_usecs == 0 or q.first_pending_at is None:
+            return None
+        return q.first_pending_at + self.rx_usecs * US
+
+    def next_deadline(self) -> int | None:
+        """When the earliest held (coalesced) interrupt is due, if any."""
+        deadlines = [d for q in self.queues if (d := self._deadline(q)) is not None]
+        return min(deadlines) if deadlines else None
+
+    def on_timer(self, now: int) -> list[NicOutput]:
+        out: list[NicOutput] = []
+        for q in self.queues:
+            deadline = self._deadline(q)
+            if deadline is not None and now >= deadline:
+                out.append(self._raise(q))
+        return out
+
+    def _irq_due(self, q: RxQueue, now: int) -> bool:
+        if self.rx_usecs == 0 or self.rx_frames == 1:
+            return True
+        if self.rx_frames > 1 and q.pending >= self.rx_frames:
+            return True
+        assert q.first_pending_at is not None
+        return now >= q.first_pending_at + self.rx_usecs * US
+
+    def _raise(self, q: RxQueue) -> RaiseIrq:
+        q.masked = True  # MSI-X auto-mask: the raise itself masks the vector
+        q.pending = 0
+        q.first_pending_at = None
+        q.irqs += 1
+        return RaiseIrq(q.index, q.cpu)
+
+    # -- TX ---------------------------------------------------------------------------------
+
+    def tx_frame(self, frame: bytes, now: int) -> None:
+        """A frame (an ACK from the stack) leaves on the wire."""
+        self.tx_packets += 1
+        self.tx_bytes += len(frame)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def credits(self, queue: int) -> int:
+        return self.queues[queue].credits
+
+    def masked(self, queue: int) -> bool:
+        return self.queues[queue].masked
+
+    def pending(self, queue: int) -> int:
+        return self.queues[queue].pending
+
+    def ethtool_stats(self) -> dict[str, int]:
+        """Counters as ``ethtool -S`` names them (device totals, then per queue)."""
+        stats = {
+            "rx_packets": self.rx_packets,
+            "rx_bytes": self.rx_bytes,
+            "rx_missed_errors": self.rx_missed_errors,
+            "rx_no_buffer_count": self.rx_no_buffer_count,
+            "tx_packets": self.tx_packets,
+            "tx_bytes": self.tx_bytes,
+        }
+        for q in self.queues:
+            stats[f"rx_queue_{q.index}_packets"] = q.rx_packets
+            stats[f"rx_queue_{q.index}_bytes"] = q.rx_bytes
+            stats[f"rx_queue_{q.index}_drops"] = q.rx_drops
+            stats[f"rx_queue_{q.index}_irqs"] = q.irqs
+        return stats

@@ -1,0 +1,288 @@
+"""The transport under every actor: one ROUTER inbox, one DEALER per peer.
+
+- Each actor *binds* one ROUTER socket, its inbox, at its own endpoint.
+- To reach a peer it *connects* a DEALER to the peer's inbox; the DEALER's routing id
+  is the sender's own name, so the receiver's ROUTER sees ``[sender, payload]``.
+- Messages are one-way.  Request/reply is two messages tied by a ``request_id`` in
+  the body.
+- Sends block when the high-water mark is reached (back-pressure, never a drop): no
+  SNDTIMEO.  While a send is blocked the mailbox keeps reading its own inbox into
+  :attr:`Mailbox.inbound` (up to ``inbound_limit``), so two actors sending to each
+  other cannot deadlock on full queues.  Only after a stop is requested does a
+  blocked send give up, at :attr:`Mailbox.send_deadline_ns`, counted as ``unsent``.
+- LINGER is set to 0 only when closing, which callers do after an explicit
+  end-of-stream handshake, never relying on LINGER to flush.
+
+Received frames are decoded, checked (frame count, sender == routing id, envelope and
+schema) and sequence-tracked per link; a bad one is counted under
+``rejected_messages[reason]``, logged (rate-limited), and dropped; nothing raises.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from actors.runtime.addressing import Endpoint
+from protocol.envelope import Envelope, EnvelopeCodec, LinkSeqTracker, MalformedMessage
+
+DEFAULT_HWM = 1000
+RECONNECT_IVL_MS = 20          # peers start in parallel; retry a not-yet-bound ipc quickly
+RECONNECT_IVL_MAX_MS = 1000
+_BLOCKED_POLL_MS = 100         # how often a blocked send re-checks deadlines and hooks
+_LOG_FIRST_REJECTS = 20        # per reason, then every 1000th
+WakeCallback = Callable[[], None]
+
+
+def make_inbox(ctx: zmq.Context, endpoint: Endpoint | str, *, hwm: int = DEFAULT_HWM
+               ) -> zmq.Socket:
+    """A bound ROUTER inbox."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    # We never send through a ROUTER; if anyone does, fail loudly instead of dropping.
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # A restarted peer reconnecting under the same routing id takes over its old slot.
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.bind(Endpoint.from_obj(endpoint).bind)
+    return sock
+
+
+def make_outbox(ctx: zmq.Context, own_name: str, endpoint: Endpoint | str, *,
+                hwm: int = DEFAULT_HWM) -> zmq.Socket:
+    """A DEALER connected to a peer's inbox, identified by ``own_name``."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, own_name.encode())
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    sock.connect(Endpoint.from_obj(endpoint).connect)
+    return sock
+
+
+@dataclass
+class TransportCounters:
+    """What the transport did; ``transport_lost`` is never an emulated drop."""
+
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rejected_messages: dict[str, int] = field(default_factory=dict)
+    transport_lost: int = 0
+    transport_seq_restarts: int = 0
+    send_blocked: int = 0         # sends that found the HWM reached and had to wait
+    send_blocked_ns: int = 0      # total time spent waiting in those sends
+    unsent: int = 0               # sends abandoned at the stop deadline
+    inbound_max: int = 0          # deepest the local inbound queue got
+
+    def snapshot(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["rejected_messages"] = dict(self.rejected_messages)
+        return d
+
+
+class Mailbox:
+    """An actor's sockets, codec, per-link sequence numbers and transport counters."""
+
+    def __init__(self, name: str, endpoints: Mapping[str, Endpoint | str], *,
+                 codec: EnvelopeCodec | None = None, hwm: int = DEFAULT_HWM,
+                 inbound_limit: int = 100_000, ctx: zmq.Context | None = None,
+                 log: Any = None) -> None:
+        self.name = name
+        self.endpoints = {n: Endpoint.from_obj(e) for n, e in endpoints.items()}
+        self.codec = codec or EnvelopeCodec()
+        self.hwm = hwm
+        self.inbound_limit = inbound_limit
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.log = log
+        self.inbox: zmq.Socket | None = None
+        self.outboxes: dict[str, zmq.Socket] = {}
+        self.inbound: deque[Envelope] = deque()
+        self.counters = TransportCounters()
+        self.tracker = LinkSeqTracker()
+        self._seq_out: dict[str, int] = {}
+        self._ids: dict[bytes, str] = {}
+        self._wake: dict[int, WakeCallback] = {}
+        self.poller = zmq.Poller()
+        # Called for each accepted envelope as it arrives, before it is queued (e.g. to
+        # notice a stop while a send is blocked).
+        self.on_arrival: Callable[[Envelope], None] | None = None
+        # Set (monotonic ns) once a stop is requested: blocked sends give up after it.
+        self.send_deadline_ns: int | None = None
+
+    # --- sockets --------------------------------------------------------------------
+
+    def bind(self) -> None:
+        self.inbox = make_inbox(self.ctx, self.endpoints[self.name], hwm=self.hwm)
+        self.poller.register(self.inbox, zmq.POLLIN)
+
+    def add_wake_fd(self, fd: int, callback: WakeCallback) -> None:
+        """Poll a plain fd too (e.g. a signal wakeup pipe); ``callback`` runs when readable."""
+        self._wake[fd] = callback
+        self.poller.register(fd, zmq.POLLIN)
+
+    def outbox(self, dest: str) -> zmq.Socket:
+        sock = self.outboxes.get(dest)
+        if sock is None:
+            try:
+                endpoint = self.endpoints[dest]
+            except KeyError:
+                raise ValueError(f"{self.name}: no endpoint for destination {dest!r}") from None
+            sock = self.outboxes[dest] = make_outbox(self.ctx, self.name, endpoint,
+                                                     hwm=self.hwm)
+        return sock
+
+    def close(self) -> None:
+        """Close everything at once (LINGER 0: call after the end-of-stream handshake)."""
+        for sock in [*self.outboxes.values(), self.inbox]:
+            if sock is not None and not sock.closed:
+                sock.close(linger=0)
+        self.outboxes.clear()
+        self.inbox = None
+        if self._own_ctx:
+            self.ctx.term()
+
+    # --- sending --------------------------------------------------------------------
+
+    def send(self, dest: str, kind: str, body: Mapping[str, Any]) -> bool:
+        """Send one message; blocks while ``dest``'s queue is full.
+
+        Returns False only if the send was abandoned at :attr:`send_deadline_ns`.
+        Raises MalformedMessage if ``body`` does not fit ``kind``'s schema.
+        """
+        seq = self._seq_out.get(dest, 0)
+        payload = self.codec.encode(kind, self.name, seq, time.monotonic_ns(), body)
+        sock = self.outbox(dest)
+        try:
+            sock.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            if not self._send_blocked(sock, payload):
+                return False
+        self._seq_out[dest] = seq + 1
+        c = self.counters
+        c.messages_out += 1
+        c.bytes_out += len(payload)
+        return True
+
+    def _send_blocked(self, sock: zmq.Socket, payload: bytes) -> bool:
+        c = self.counters
+        c.send_blocked += 1
+        t0 = time.monotonic_ns()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLOUT)
+        for fd in self._wake:
+            poller.register(fd, zmq.POLLIN)
+        reading = False
+        try:
+            while True:
+                deadline = self.send_deadline_ns
+                now = time.monotonic_ns()
+                if deadline is not None and now >= deadline:
+                    c.unsent += 1
+                    return False
+                # Keep our own inbox moving while we wait, up to the inbound limit.
+                want_read = self.inbox is not None and len(self.inbound) < self.inbound_limit
+                if want_read != reading:
+                    if want_read:
+                        poller.register(self.inbox, zmq.POLLIN)
+                    else:
+                        poller.unregister(self.inbox)
+                    reading = want_read
+                timeout = _BLOCKED_POLL_MS
+                if deadline is not None:
+                    timeout = max(0, min(timeout, -(-(deadline - now) // 1_000_000)))
+                events = dict(poller.poll(timeout))
+                for fd, cb in self._wake.items():
+                    if fd in events:
+                        cb()
+                if events.get(sock, 0) & zmq.POLLOUT:
+                    try:
+                        sock.send(payload, zmq.NOBLOCK)
+                        return True
+                    except zmq.Again:
+                        pass
+                if reading and self.inbox in events:
+                    self.receive_available(self.inbound_limit - len(self.inbound))
+        finally:
+            c.send_blocked_ns += time.monotonic_ns() - t0
+
+    # --- receiving ------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int, burst: int = 256) -> int:
+        """Wait up to ``timeout_ms`` for input; queue up to ``burst`` messages on
+        :attr:`inbound` and run wake callbacks.  Returns how many were queued."""
+        events = dict(self.poller.poll(timeout_ms))
+        if not events:
+            return 0
+        for fd, cb in self._wake.items():
+            if fd in events:
+                cb()
+        if self.inbox in events:
+            return self.receive_available(burst)
+        return 0
+
+    def receive_available(self, limit: int) -> int:
+        """Queue up to ``limit`` messages already waiting on the inbox, without blocking."""
+        inbox = self.inbox
+        queued = 0
+        while queued < limit:
+            try:
+                frames = inbox.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            env = self.accept(frames)
+            if env is not None:
+                queued += 1
+        return queued
+
+    def accept(self, frames: list[bytes]) -> Envelope | None:
+        """Check one received ``[routing id, payload]``; queue and return it, or count
+        the rejection and return None."""
+        c = self.counters
+        if len(frames) != 2:
+            self.reject("bad_frames", f"{len(frames)} frames",
+                        frames[0] if frames else b"")
+            return None
+        ident, payload = frames
+        c.bytes_in += len(payload)
+        try:
+            env = self.codec.decode(payload)
+        except MalformedMessage as exc:
+            self.reject(exc.reason, exc.detail, ident)
+            return None
+        known = self._ids.get(ident)
+        if known != env.sender:
+            if ident != env.sender.encode():
+                self.reject("sender_mismatch", f"envelope says {env.sender!r}", ident)
+                return None
+            self._ids[ident] = env.sender
+        gap = self.tracker.observe(env.sender, env.seq)
+        c.transport_lost = self.tracker.lost
+        c.transport_seq_restarts = self.tracker.restarts
+        if gap and self.log is not None:
+            self.log.warning("transport_lost", sender=env.sender, seq=env.seq, gap=gap)
+        c.messages_in += 1
+        if self.on_arrival is not None:
+            self.on_arrival(env)
+        self.inbound.append(env)
+        if len(self.inbound) > c.inbound_max:
+            c.inbound_max = len(self.inbound)
+        return env
+
+    def reject(self, reason: str, detail: str = "", ident: bytes | str = b"") -> None:
+        """Count (and, rate-limited, log) one rejected message."""
+        counts = self.counters.rejected_messages
+        n = counts[reason] = counts.get(reason, 0) + 1
+        if self.log is not None and (n <= _LOG_FIRST_REJECTS or n % 1000 == 0):
+            if isinstance(ident, bytes):
+                ident = ident.decode("utf-8", errors="replace")
+            self.log.warning("message_rejected", reason=reason, detail=detail[:200],
+                             peer=ident[:64], count=n)

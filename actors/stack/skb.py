@@ -1,0 +1,93 @@
+"""The socket buffer as the receive path sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocol.segment import Segment, TcpFlags, TcpOptions
+from protocol.seq import seq_add
+
+# Sizes that make truesize realistic for an Ethernet NIC on x86_64: the driver
+# hands up skbs built around a 2 KiB half-page buffer, and truesize adds the
+# sk_buff itself. Kept here so every memory figure derives from one place.
+SKB_STRUCT_SIZE = 256  # SKB_DATA_ALIGN(sizeof(struct sk_buff))
+SKB_SHINFO_SIZE = 320  # SKB_DATA_ALIGN(sizeof(struct skb_shared_info))
+MAX_TCP_HEADER = 320  # headroom the stack reserves for TCP/IP/link headers
+RX_BUFFER_SIZE = 2048  # driver receive buffer (half a 4 KiB page)
+NET_IP_ALIGN_AND_HEADERS = 14 + 20  # Ethernet + IPv4 headers in the receive buffer
+
+
+def skb_data_align(n: int) -> int:
+    return (n + 63) & ~63
+
+
+def skb_truesize(n: int) -> int:
+    """SKB_TRUESIZE(n): the memory an skb with an n-byte linear area costs."""
+    return skb_data_align(n) + SKB_SHINFO_SIZE + SKB_STRUCT_SIZE
+
+
+def rx_truesize(frame_len: int) -> int:
+    """truesize of a received frame: whole 2 KiB buffers plus the sk_buff."""
+    buffers = max(1, -(-frame_len // RX_BUFFER_SIZE))
+    return buffers * RX_BUFFER_SIZE + SKB_STRUCT_SIZE
+
+
+@dataclass(slots=True, eq=False)
+class Skb:
+    """A received segment while it sits in a queue of the stack.
+
+    ``ids`` lists the arrival ids of every wire segment whose bytes were merged into
+    this skb, so each arrival can be followed to its fate (delivered or dropped).
+    """
+
+    seq: int
+    end_seq: int
+    flags: TcpFlags
+    ack_seq: int
+    window: int
+    options: TcpOptions
+    data: bytes
+    truesize: int
+    doff: int = 20
+    ids: list[int] = field(default_factory=list)
+    raw_csum_ok: bool = True
+    gso_segs: int = 1
+    gso_size: int = 0
+    arrived_ns: int = 0
+
+    @classmethod
+    def from_segment(cls, seg: Segment, seg_id: int, now: int, *, header_len: int,
+                     csum_ok: bool = True, truesize: int | None = None) -> Skb:
+        frame_len = NET_IP_ALIGN_AND_HEADERS - 20 + 20 + header_len + len(seg.payload)
+        return cls(
+            seq=seg.seq,
+            end_seq=seg.end_seq,
+            flags=seg.flags,
+            ack_seq=seg.ack,
+            window=seg.window,
+            options=seg.options,
+            data=seg.payload,
+            truesize=rx_truesize(frame_len) if truesize is None else truesize,
+            doff=header_len,
+            ids=[seg_id],
+            raw_csum_ok=csum_ok,
+            arrived_ns=now,
+        )
+
+    @property
+    def len(self) -> int:
+        return len(self.data)
+
+    def has(self, flag: TcpFlags) -> bool:
+        return bool(self.flags & flag)
+
+    @property
+    def fin(self) -> bool:
+        return bool(self.flags & TcpFlags.FIN)
+
+    @property
+    def syn(self) -> bool:
+        return bool(self.flags & TcpFlags.SYN)
+
+    def data_end_seq(self) -> int:
+        return seq_add(self.seq, self.len + self.syn)

@@ -1,0 +1,278 @@
+"""Per-connection state: ``struct sock`` + ``struct tcp_sock`` + ``inet_connection_sock``.
+
+Field names follow the kernel so a reader of tcp_input.c finds each one here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum, IntFlag
+
+from actors.stack.net import Net
+from actors.stack.skb import Skb
+from protocol.seq import seq_sub
+
+
+class TcpState(Enum):
+    ESTABLISHED = "ESTAB"
+    SYN_SENT = "SYN-SENT"
+    SYN_RECV = "SYN-RECV"
+    FIN_WAIT1 = "FIN-WAIT-1"
+    FIN_WAIT2 = "FIN-WAIT-2"
+    TIME_WAIT = "TIME-WAIT"
+    CLOSE = "UNCONN"
+    CLOSE_WAIT = "CLOSE-WAIT"
+    LAST_ACK = "LAST-ACK"
+    LISTEN = "LISTEN"
+    CLOSING = "CLOSING"
+
+
+class AckPending(IntFlag):
+    """``icsk_ack.pending`` bits."""
+
+    SCHED = 1
+    TIMER = 2
+    PUSHED = 4
+    PUSHED2 = 8
+    NOW = 16  # modern: one-shot immediate ACK
+    NOMEM = 32  # modern: advertise a zero window on the next ACK
+
+
+class OfoQueue:
+    """``tp->out_of_order_queue``: skbs ordered by seq (an rbtree in the kernel).
+
+    Keys are distances from a base that stays below every queued seq (rcv_nxt when
+    the queue last became non-empty), so mod-2^32 order is a plain sort order.
+    """
+
+    __slots__ = ("_base", "_keys", "_skbs")
+
+    def __init__(self) -> None:
+        self._skbs: list[Skb] = []
+        self._keys: list[int] = []
+        self._base = 0
+
+    def _key(self, seq: int) -> int:
+        return seq_sub(seq, self._base)
+
+    def reset_base(self, base: int) -> None:
+        assert not self._skbs
+        self._base = base
+
+    def __len__(self) -> int:
+        return len(self._skbs)
+
+    def __bool__(self) -> bool:
+        return bool(self._skbs)
+
+    def __iter__(self) -> Iterator[Skb]:
+        return iter(list(self._skbs))
+
+    def first(self) -> Skb | None:
+        return self._skbs[0] if self._skbs else None
+
+    def last(self) -> Skb | None:
+        """``tp->ooo_last_skb``."""
+        return self._skbs[-1] if self._skbs else None
+
+    def index(self, skb: Skb) -> int:
+        i = bisect.bisect_left(self._keys, self._key(skb.seq))
+        while self._skbs[i] is not skb:
+            i += 1
+        return i
+
+    def next(self, skb: Skb) -> Skb | None:
+        i = self.index(skb) + 1
+        return self._skbs[i] if i < len(self._skbs) else None
+
+    def prev(self, skb: Skb) -> Skb | None:
+        i = self.index(skb)
+        return self._skbs[i - 1] if i > 0 else None
+
+    def insert(self, skb: Skb) -> None:
+        key = self._key(skb.seq)
+        i = bisect.bisect_right(self._keys, key)
+        self._keys.insert(i, key)
+        self._skbs.insert(i, skb)
+
+    def erase(self, skb: Skb) -> None:
+        i = self.index(skb)
+        del self._keys[i]
+        del self._skbs[i]
+
+    def replace(self, old: Skb, new: Skb) -> None:
+        """rb_replace_node: ``new`` takes ``old``'s place (same seq)."""
+        i = self.index(old)
+        self._skbs[i] = new
+
+    def purge(self) -> list[Skb]:
+        out = self._skbs
+        self._skbs, self._keys = [], []
+        return out
+
+
+@dataclass
+class Ucopy:
+    """Legacy ``tp->ucopy``: the prequeue and the reader installed to receive into."""
+
+    task: str | None = None
+    len: int = 0
+    prequeue: deque[Skb] = field(default_factory=deque)
+    memory: int = 0
+    # Bytes copied straight into the installed reader's buffer by header
+    # prediction or tcp_data_queue in its own context, not yet returned to it.
+    iov: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class IcskAck:
+    pending: AckPending = AckPending(0)
+    quick: int = 0
+    ato: int = 0
+    pingpong: int = 0
+    blocked: bool = False
+    lrcvtime: int = 0
+    last_seg_size: int = 0
+    rcv_mss: int = 536
+    timeout: int = 0  # delayed-ACK deadline (ns) while TIMER is set
+    deferred: bool = False  # a timer fired while owned (TCP_DELACK_TIMER_DEFERRED)
+    ack_deferred: bool = False  # modern TCP_ACK_DEFERRED
+
+
+@dataclass
+class RxOpt:
+    tstamp_ok: bool = False
+    sack_ok: bool = False
+    wscale_ok: bool = False
+    snd_wscale: int = 0
+    rcv_wscale: int = 0
+    ts_recent: int = 0
+    ts_recent_stamp: int = 0
+    saw_tstamp: bool = False
+    rcv_tsval: int = 0
+    rcv_tsecr: int = 0
+    num_sacks: int = 0
+    dsack: bool = False
+    mss_clamp: int = 536
+
+
+@dataclass
+class Waiter:
+    """A reader asleep in ``sk_wait_data`` or ``accept``."""
+
+    task: str
+    deadline: int | None
+    last_tail: Skb | None
+    kind: str = "data"
+
+
+@dataclass
+class TcpSock:
+    net: Net
+    sock_id: int
+    laddr: str
+    lport: int
+    raddr: str = "0.0.0.0"
+    rport: int = 0
+    state: TcpState = TcpState.CLOSE
+
+    # --- sk_lock ---
+    owner: str | None = None  # sk_lock.owned, with the owning task's name
+    lock_waiters: deque[tuple[str, str, dict[str, object]]] = field(default_factory=deque)
+    # --- sk_backlog ---
+    backlog: deque[Skb] = field(default_factory=deque)
+    backlog_len: int = 0
+    # --- queues ---
+    receive_queue: deque[Skb] = field(default_factory=deque)
+    ofo: OfoQueue = field(default_factory=OfoQueue)
+    ucopy: Ucopy = field(default_factory=Ucopy)
+    waiters: list[Waiter] = field(default_factory=list)
+
+    # --- memory ---
+    rcvbuf: int = 87380
+    sndbuf: int = 16384
+    rmem_alloc: int = 0
+    forward_alloc: int = 0
+    sk_drops: int = 0
+    rcvlowat: int = 1
+    rcvbuf_locked: bool = False
+    scaling_ratio: int = 128
+
+    # --- sequence state ---
+    irs: int = 0
+    iss: int = 0
+    rcv_nxt: int = 0
+    copied_seq: int = 0
+    rcv_wup: int = 0
+    rcv_wnd: int = 0
+    window_clamp: int = 0
+    rcv_ssthresh: int = 0
+    snd_una: int = 0
+    snd_nxt: int = 0
+    snd_wnd: int = 0
+    snd_wl1: int = 0
+    max_window: int = 0
+    advmss: int = 1460
+    mss_cache: int = 536
+    pred_flags: int = 0
+    rx_opt: RxOpt = field(default_factory=RxOpt)
+    selective_acks: list[tuple[int, int]] = field(default_factory=list)
+    duplicate_sack: tuple[int, int] = (0, 0)
+    icsk_ack: IcskAck = field(default_factory=IcskAck)
+    rto: int = 200_000_000
+    srtt_us: int = 0
+    last_oow_ack_time: int | None = None
+    compressed_ack: int = 0
+    dup_ack_counter: int = 0
+    sack_compress_deadline: int | None = None
+
+    # --- receive RTT and autotuning ---
+    rcv_rtt_us: int = 0  # rcv_rtt_est.rtt_us (x8)
+    rcv_rtt_seq: int = 0
+    rcv_rtt_time: int = 0
+    rcvq_space: int = 0
+    rcvq_seq: int = 0
+    rcvq_time: int = 0
+
+    # --- flags ---
+    sock_done: bool = False
+    rcv_shutdown: bool = False
+    snd_shutdown: bool = False
+    sock_dead: bool = False
+    sk_err: int = 0
+    fin_sent: bool = False
+
+    # --- listener ---
+    parent: int | None = None
+    backlog_max: int = 0
+    accept_queue: deque[int] = field(default_factory=deque)
+
+    # --- tcp_info ---
+    bytes_received: int = 0
+    segs_in: int = 0
+    data_segs_in: int = 0
+    last_data_recv: int = 0
+    delivered_bytes: int = 0
+    ts_origin: int = 0
+
+    @property
+    def owned(self) -> bool:
+        """``sock_owned_by_user(sk)``."""
+        return self.owner is not None
+
+    def four_tuple(self) -> tuple[str, int, str, int]:
+        """(remote addr, remote port, local addr, local port) as seen by an arriving segment."""
+        return (self.raddr, self.rport, self.laddr, self.lport)
+
+    def tail(self) -> Skb | None:
+        return self.receive_queue[-1] if self.receive_queue else None
+
+    def inq(self) -> int:
+        """Bytes readable now (SIOCINQ / TCP_INQ): rcv_nxt - copied_seq, less a FIN."""
+        n = seq_sub(self.rcv_nxt, self.copied_seq)
+        if n > 0 and self.sock_done and self.receive_queue and self.receive_queue[-1].fin:
+            n -= 1
+        return max(0, n)

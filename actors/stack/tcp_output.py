@@ -1,0 +1,226 @@
+"""What the receiver sends: window selection, ACKs with SACK/DSACK and timestamps, RSTs.
+
+Mirrors net/ipv4/tcp_output.c (``tcp_select_window``, ``__tcp_select_window``,
+``tcp_send_ack``, ``tcp_send_delayed_ack``, ``tcp_event_ack_sent``) and
+``tcp_select_initial_window``.
+"""
+
+from __future__ import annotations
+
+from actors.profiles import MS
+from actors.stack.sock import AckPending, TcpSock
+from protocol.segment import Segment, TcpFlags, TcpOptions
+from protocol.seq import seq_sub
+
+TCP_MAX_WSCALE = 14
+U16_MAX = 65535
+RMEM_MAX = 212992  # net.core.rmem_max default
+TCP_ATO_MIN = 40 * MS
+TCP_DELACK_MIN = 40 * MS
+TCP_DELACK_MAX = 200 * MS
+TCP_RTO_MIN = 200 * MS
+TCP_RTO_MAX = 120_000 * MS
+TCP_INIT_CWND = 10
+TCPOLEN_TSTAMP_ALIGNED = 12
+
+
+def tcp_win_from_space(sk: TcpSock, space: int) -> int:
+    return sk.net.profile.win_from_space(space, sk.scaling_ratio)
+
+
+def tcp_space(sk: TcpSock) -> int:
+    """Window the free receive buffer can back."""
+    free = sk.rcvbuf - sk.rmem_alloc
+    if sk.net.profile.space_subtracts_backlog:
+        free -= sk.backlog_len
+    return tcp_win_from_space(sk, free)
+
+
+def tcp_full_space(sk: TcpSock) -> int:
+    return tcp_win_from_space(sk, sk.rcvbuf)
+
+
+def tcp_receive_window(sk: TcpSock) -> int:
+    """What the peer may still send beyond rcv_nxt under the last advertised window."""
+    win = seq_sub(sk.rcv_wup, sk.rcv_nxt) + sk.rcv_wnd
+    return max(win, 0)
+
+
+def tcp_select_initial_window(sk: TcpSock, space: int, mss: int, wscale_ok: bool) -> None:
+    """Initial rcv_wnd, window_clamp and rcv_wscale for a new connection."""
+    profile = sk.net.profile
+    window_clamp = sk.window_clamp or (U16_MAX << TCP_MAX_WSCALE)
+    space = min(window_clamp, max(space, 0))
+    if space > mss:
+        space -= space % mss
+    rcv_wnd = space
+    if not profile.modern_autotune and mss > 0:
+        # 4.13 limits the first window to what a 10-segment initial cwnd can fill.
+        init_cwnd = TCP_INIT_CWND if mss <= 1460 else max(1460 * TCP_INIT_CWND // mss, 2)
+        rcv_wscale_probe = _wscale_for(sk, space, window_clamp) if wscale_ok else 0
+        if mss > (1 << rcv_wscale_probe):
+            rcv_wnd = min(rcv_wnd, init_cwnd * mss)
+    rcv_wscale = _wscale_for(sk, space, window_clamp) if wscale_ok else 0
+    sk.rcv_wnd = rcv_wnd
+    sk.rx_opt.rcv_wscale = rcv_wscale
+    sk.window_clamp = min(U16_MAX << rcv_wscale, window_clamp)
+
+
+def _wscale_for(sk: TcpSock, space: int, window_clamp: int) -> int:
+    space = max(space, sk.net.sysctls.tcp_rmem[2], RMEM_MAX)
+    space = min(space, window_clamp)
+    return max(0, min(space.bit_length() - 1 - 15, TCP_MAX_WSCALE))
+
+
+def __tcp_select_window(sk: TcpSock) -> int:
+    mss = sk.icsk_ack.rcv_mss
+    free_space = tcp_space(sk)
+    allowed_space = tcp_full_space(sk)
+    full_space = min(sk.window_clamp, allowed_space)
+    wscale = sk.rx_opt.rcv_wscale
+    if mss > full_space:
+        mss = full_space
+        if mss <= 0:
+            return 0
+    if free_space < full_space // 2:
+        sk.icsk_ack.quick = 0
+        free_space = (free_space >> wscale) << wscale
+        if free_space < (allowed_space >> 4) or free_space < mss:
+            return 0
+    free_space = min(free_space, sk.rcv_ssthresh)
+    window = sk.rcv_wnd
+    if wscale:
+        unit = 1 << wscale
+        window = -(-free_space // unit) * unit
+    elif window <= free_space - mss or window > free_space:
+        window = (free_space // mss) * mss
+    elif mss == full_space and free_space > window + (full_space >> 1):
+        window = free_space
+    return window
+
+
+def tcp_select_window(sk: TcpSock) -> int:
+    """The window for an outgoing segment's header (already shifted by rcv_wscale)."""
+    net = sk.net
+    wscale = sk.rx_opt.rcv_wscale
+    old_win = sk.rcv_wnd
+    if sk.icsk_ack.pending & AckPending.NOMEM:
+        # Modern: under memory pressure the window may shrink to zero on purpose.
+        sk.rcv_wnd = 0
+        sk.rcv_wup = sk.rcv_nxt
+        sk.pred_flags = 0
+        if old_win:
+            net.inc("TcpExtTCPToZeroWindowAdv")
+        return 0
+    cur_win = tcp_receive_window(sk)
+    new_win = __tcp_select_window(sk)
+    if new_win < cur_win:
+        if new_win == 0:
+            net.inc("TcpExtTCPWantZeroWindowAdv")
+        shrink_ok = net.sysctls.tcp_shrink_window and wscale and net.profile.modern_autotune
+        if not shrink_ok:
+            unit = 1 << wscale
+            new_win = -(-cur_win // unit) * unit
+    sk.rcv_wnd = new_win
+    sk.rcv_wup = sk.rcv_nxt
+    new_win = min(new_win, U16_MAX << wscale) >> wscale
+    if new_win == 0:
+        sk.pred_flags = 0
+        if old_win:
+            net.inc("TcpExtTCPToZeroWindowAdv")
+    elif old_win == 0:
+        net.inc("TcpExtTCPFromZeroWindowAdv")
+    return new_win
+
+
+def tcp_time_stamp(sk: TcpSock, now: int) -> int:
+    """Our TSval clock: milliseconds since the socket was created."""
+    return ((now - sk.ts_origin) // MS + 1) & 0xFFFFFFFF
+
+
+def _ack_options(sk: TcpSock, now: int) -> TcpOptions:
+    ts = None
+    if sk.rx_opt.tstamp_ok:
+        ts = (tcp_time_stamp(sk, now), sk.rx_opt.ts_recent)
+    blocks: list[tuple[int, int]] = []
+    if sk.rx_opt.sack_ok:
+        if sk.rx_opt.dsack:
+            blocks.append(sk.duplicate_sack)
+        blocks.extend(sk.selective_acks[: sk.rx_opt.num_sacks])
+        room = 3 if ts is not None else 4
+        blocks = blocks[:room]
+        sk.rx_opt.dsack = False  # a DSACK is reported once (tcp_options_write)
+    return TcpOptions(timestamp=ts, sack_blocks=tuple(blocks))
+
+
+def make_segment(sk: TcpSock, now: int, flags: TcpFlags, seq: int | None = None,
+                 window: int | None = None, options: TcpOptions | None = None) -> Segment:
+    return Segment(
+        src=sk.laddr, sport=sk.lport, dst=sk.raddr, dport=sk.rport,
+        seq=sk.snd_nxt if seq is None else seq,
+        ack=sk.rcv_nxt if flags & TcpFlags.ACK else 0,
+        flags=flags,
+        window=tcp_select_window(sk) if window is None else window,
+        options=_ack_options(sk, now) if options is None else options,
+    )
+
+
+def tcp_event_ack_sent(sk: TcpSock) -> None:
+    """After any ACK leaves: consume a quickack credit and clear the delayed-ACK timer."""
+    ack = sk.icsk_ack
+    net = sk.net
+    if not net.profile.quick_dec_per_ack or ack.pending & AckPending.SCHED:
+        if ack.quick:
+            ack.quick -= 1
+            if ack.quick == 0:
+                ack.ato = TCP_ATO_MIN
+    if sk.compressed_ack:
+        net.inc("TcpExtTCPAckCompressed", sk.compressed_ack)
+        sk.compressed_ack = 0
+    sk.sack_compress_deadline = None
+    ack.pending = AckPending(0)
+    ack.blocked = False
+    ack.timeout = 0
+
+
+def tcp_send_ack(sk: TcpSock, now: int) -> None:
+    """Send a pure ACK now (also used for dupacks and window updates)."""
+    if sk.state.name in ("CLOSE", "LISTEN"):
+        return
+    seg = make_segment(sk, now, TcpFlags.ACK)
+    tcp_event_ack_sent(sk)
+    sk.net.transmit(seg, sk.sock_id)
+    sk.net.event("ack_sent", sk.sock_id, ack=seg.ack, win=seg.window,
+                 sack=seg.options.sack_blocks)
+
+
+def tcp_send_delayed_ack(sk: TcpSock, now: int) -> None:
+    ack = sk.icsk_ack
+    ato = ack.ato
+    if ato > TCP_DELACK_MIN:
+        max_ato = 500 * MS
+        if ack.pingpong or ack.pending & AckPending.PUSHED:
+            max_ato = TCP_DELACK_MAX
+        if sk.srtt_us:
+            rtt = max((sk.srtt_us >> 3) * 1000, TCP_DELACK_MIN)
+            max_ato = min(max_ato, rtt)
+        ato = min(ato, max_ato)
+    if sk.net.profile.modern_autotune:
+        ato = min(ato, TCP_DELACK_MAX)  # tcp_delack_max
+    timeout = now + ato
+    if ack.pending & AckPending.TIMER:
+        if (sk.net.profile.delack_blocked_flag and ack.blocked) or ack.timeout <= now + (ato >> 2):
+            tcp_send_ack(sk, now)
+            return
+        timeout = min(timeout, ack.timeout)
+    ack.pending |= AckPending.SCHED | AckPending.TIMER
+    ack.timeout = timeout
+
+
+def tcp_send_rst(net_sk: TcpSock | None, seg: Segment, net: object) -> Segment:
+    """RST answering ``seg`` (tcp_v4_send_reset): seq from its ack, or ack its sequence space."""
+    if seg.flags & TcpFlags.ACK:
+        return Segment(src=seg.dst, sport=seg.dport, dst=seg.src, dport=seg.sport,
+                       seq=seg.ack, ack=0, flags=TcpFlags.RST, window=0)
+    return Segment(src=seg.dst, sport=seg.dport, dst=seg.src, dport=seg.sport,
+                   seq=0, ack=seg.end_seq, flags=TcpFlags.RST | TcpFlags.ACK, window=0)

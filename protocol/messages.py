@@ -1,0 +1,56 @@
+"""Every message kind that crosses an actor boundary, with its body schema.
+
+The set is closed: a kind that is not declared here (or in a ``protocol`` module that
+this one imports) is rejected by every receiver as ``unknown_kind``.  See
+:mod:`protocol.envelope` for the envelope, the schema field types and the codec.
+
+Request/reply pairs carry a ``request_id`` chosen by the requester and echoed by the
+replier: the transport is one-way messages only.
+
+Control kinds (runtime <-> launcher, and the end-of-stream handshake between any two
+actors) are declared first; data kinds follow, one section per role.
+"""
+
+from __future__ import annotations
+
+from protocol.envelope import register_kind
+
+# --- control: actor lifecycle and telemetry -------------------------------------------
+
+READY = register_kind(
+    "ready", {"pid": int, "role": str, "instance": int, "endpoint": str},
+    doc="actor -> launcher: inbox bound, outboxes connected, waiting for start")
+START = register_kind(
+    "start", {"t0_ns": int},
+    doc="launcher -> actor: every actor is ready; traffic may flow (t0_ns: run start)")
+STOP = register_kind(
+    "stop", {"reason": str},
+    doc="launcher -> actor: finish the current message, flush, send final stats, exit 0")
+HEARTBEAT = register_kind(
+    "heartbeat", {"counters": dict},
+    doc="actor -> launcher, every heartbeat_ms: a snapshot of the actor's counters")
+STATS_REQUEST = register_kind(
+    "stats_request", {"request_id": int},
+    doc="any -> actor: ask for a counters snapshot")
+STATS = register_kind(
+    "stats", {"counters": dict, "final": bool}, optional={"request_id": int},
+    doc="actor -> requester: counters snapshot; final=True is the last one before exit")
+LOG_EVENT = register_kind(
+    "log_event", {"level": str, "event": str, "fields": dict},
+    doc="actor -> launcher: a notable event the launcher should see (also logged locally)")
+END_OF_STREAM = register_kind(
+    "end_of_stream", {"request_id": int},
+    doc="sender -> receiver: nothing follows on this link; acknowledge before I close")
+END_OF_STREAM_ACK = register_kind(
+    "end_of_stream_ack", {"request_id": int},
+    doc="receiver -> sender: end_of_stream seen; the sender may close its socket")
+
+CONTROL_KINDS = frozenset({
+    READY, START, STOP, HEARTBEAT, STATS_REQUEST, STATS, LOG_EVENT,
+    END_OF_STREAM, END_OF_STREAM_ACK,
+})
+
+# --- data kinds ------------------------------------------------------------------------
+# Each role declares the kinds it sends here (or in a protocol module imported below),
+# with register_kind(name, {field: type, ...}); for example, a NIC -> CPU DMA batch
+# might be: register_kind("dma_batch", {"queue": int, "frames": ListOf(bytes)}).
