@@ -292,8 +292,11 @@ class EnvelopeCodec:
             text = str(exc)
             if "max_ext_len" in text:
                 raise MalformedMessage("ext_type") from None
-            if "incomplete input" in text:
-                raise MalformedMessage("truncated") from None
+            # msgpack caps each container/str/bin length at the bytes left in the buffer
+            # (so a forged length cannot make it allocate); a claim above that cap means
+            # the frame was cut short, like "incomplete input".
+            if "incomplete input" in text or "exceeds max_" in text:
+                raise MalformedMessage("truncated", text[:200]) from None
             raise MalformedMessage("not_msgpack", text[:200]) from None
         except Exception as exc:  # the parser is the trust boundary: nothing may escape
             raise MalformedMessage("not_msgpack", f"{type(exc).__name__}: {exc}"[:200]) from None
@@ -325,22 +328,34 @@ class LinkSeqTracker:
     """Per-sender expected sequence numbers on one receiver's inbox.
 
     ZeroMQ keeps order within a connection, so a seq above the expected one means the
-    transport lost ``seq - expected`` messages (``transport_lost``), and a seq below it
-    means the sender started over, e.g. after a restart (``transport_seq_restarts``).
-    Transport loss is never an emulated drop; it is its own, visible counter.
+    transport lost ``seq - expected`` messages (``lost``), and a seq below it means the
+    sender started over, e.g. after a restart (``restarts``).  Transport loss is never an
+    emulated drop; it is its own, visible counter.
+
+    A restarted receiver cannot know where its senders' links stand: with
+    ``adopt_first=True`` the first seq seen from each sender is taken as the starting
+    point (counted in ``adopted`` when it is not 0) instead of as a loss.
     """
 
-    __slots__ = ("_expected", "lost", "restarts")
+    __slots__ = ("_expected", "adopt_first", "adopted", "lost", "restarts")
 
-    def __init__(self) -> None:
+    def __init__(self, *, adopt_first: bool = False) -> None:
         self._expected: dict[str, int] = {}
+        self.adopt_first = adopt_first
         self.lost = 0
         self.restarts = 0
+        self.adopted = 0
 
     def observe(self, sender: str, seq: int) -> int:
         """Record ``seq`` from ``sender``; return how many messages went missing before it."""
-        expected = self._expected.get(sender, 0)
+        expected = self._expected.get(sender)
         self._expected[sender] = seq + 1
+        if expected is None:
+            if self.adopt_first:
+                if seq:
+                    self.adopted += 1
+                return 0
+            expected = 0
         if seq == expected:
             return 0
         if seq > expected:
@@ -352,3 +367,7 @@ class LinkSeqTracker:
 
     def expected(self, sender: str) -> int:
         return self._expected.get(sender, 0)
+
+    def forget(self, sender: str) -> None:
+        """Drop what is known of ``sender``'s link (its next seq is taken as 0 again)."""
+        self._expected.pop(sender, None)

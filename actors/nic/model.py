@@ -273,7 +273,11 @@ class Nic:
         """The host re-enabled the queue's vector; unsignalled frames raise it again."""
         q = self.queues[queue]
         q.masked = False
-        if False:
+        # Frames DMA'd while masked left the vector's pending bit set: unless coalescing
+        # still holds them back (then the timer raises), the unmask delivers it at once.
+        # Without this a frame that lands after the last poll read the ring would wait
+        # for the next arrival.
+        if q.pending and self._irq_due(q, now):
             return [self._raise(q)]
         return []
 

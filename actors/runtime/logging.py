@@ -71,8 +71,11 @@ def _add_clock(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[s
 
 
 def _json_dumps(obj: Any, **kw: Any) -> str:
-    # `default=repr`: a log line must never raise for an odd value (bytes, enums, ...).
-    return json.dumps(obj, default=repr, separators=(",", ":"), **kw)
+    # `default=repr` (replacing the renderer's own fallback): a log line must never
+    # raise for an odd value (bytes, enums, ...).
+    kw["default"] = repr
+    kw.setdefault("separators", (",", ":"))
+    return json.dumps(obj, **kw)
 
 
 def _processors() -> list[Any]:
@@ -90,7 +93,7 @@ def open_log_stream(run_dir: str | Path | None, name: str, settings: LogSettings
     path = log_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Line-buffered: the tail is on disk if the process dies, for the launcher to show.
-    return open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    return open(path, "a", buffering=1, encoding="utf-8")
 
 
 def make_logger(name: str, *, role: str, instance: int, run_dir: str | Path | None,

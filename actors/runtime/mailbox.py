@@ -77,6 +77,7 @@ class TransportCounters:
     rejected_messages: dict[str, int] = field(default_factory=dict)
     transport_lost: int = 0
     transport_seq_restarts: int = 0
+    transport_seq_adopted: int = 0  # links a restarted actor joined mid-stream
     send_blocked: int = 0         # sends that found the HWM reached and had to wait
     send_blocked_ns: int = 0      # total time spent waiting in those sends
     unsent: int = 0               # sends abandoned at the stop deadline
@@ -94,7 +95,7 @@ class Mailbox:
     def __init__(self, name: str, endpoints: Mapping[str, Endpoint | str], *,
                  codec: EnvelopeCodec | None = None, hwm: int = DEFAULT_HWM,
                  inbound_limit: int = 100_000, ctx: zmq.Context | None = None,
-                 log: Any = None) -> None:
+                 log: Any = None, adopt_first_seq: bool = False) -> None:
         self.name = name
         self.endpoints = {n: Endpoint.from_obj(e) for n, e in endpoints.items()}
         self.codec = codec or EnvelopeCodec()
@@ -107,7 +108,7 @@ class Mailbox:
         self.outboxes: dict[str, zmq.Socket] = {}
         self.inbound: deque[Envelope] = deque()
         self.counters = TransportCounters()
-        self.tracker = LinkSeqTracker()
+        self.tracker = LinkSeqTracker(adopt_first=adopt_first_seq)
         self._seq_out: dict[str, int] = {}
         self._ids: dict[bytes, str] = {}
         self._wake: dict[int, WakeCallback] = {}
@@ -129,6 +130,10 @@ class Mailbox:
         self._wake[fd] = callback
         self.poller.register(fd, zmq.POLLIN)
 
+    def remove_wake_fd(self, fd: int) -> None:
+        if self._wake.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
     def outbox(self, dest: str) -> zmq.Socket:
         sock = self.outboxes.get(dest)
         if sock is None:
@@ -139,6 +144,14 @@ class Mailbox:
             sock = self.outboxes[dest] = make_outbox(self.ctx, self.name, endpoint,
                                                      hwm=self.hwm)
         return sock
+
+    def reset_link(self, dest: str) -> None:
+        """Start the link to ``dest`` afresh (after ``dest`` was restarted): drop whatever
+        is still queued for the old process and number the next message 0 again."""
+        sock = self.outboxes.pop(dest, None)
+        if sock is not None and not sock.closed:
+            sock.close(linger=0)
+        self._seq_out.pop(dest, None)
 
     def close(self) -> None:
         """Close everything at once (LINGER 0: call after the end-of-stream handshake)."""
@@ -176,11 +189,6 @@ class Mailbox:
         c = self.counters
         c.send_blocked += 1
         t0 = time.monotonic_ns()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLOUT)
-        for fd in self._wake:
-            poller.register(fd, zmq.POLLIN)
-        reading = False
         try:
             while True:
                 deadline = self.send_deadline_ns
@@ -188,19 +196,20 @@ class Mailbox:
                 if deadline is not None and now >= deadline:
                     c.unsent += 1
                     return False
+                # Rebuilt each round: wake callbacks may add or remove fds.
+                poller = zmq.Poller()
+                poller.register(sock, zmq.POLLOUT)
+                for fd in self._wake:
+                    poller.register(fd, zmq.POLLIN)
                 # Keep our own inbox moving while we wait, up to the inbound limit.
-                want_read = self.inbox is not None and len(self.inbound) < self.inbound_limit
-                if want_read != reading:
-                    if want_read:
-                        poller.register(self.inbox, zmq.POLLIN)
-                    else:
-                        poller.unregister(self.inbox)
-                    reading = want_read
+                reading = self.inbox is not None and len(self.inbound) < self.inbound_limit
+                if reading:
+                    poller.register(self.inbox, zmq.POLLIN)
                 timeout = _BLOCKED_POLL_MS
                 if deadline is not None:
                     timeout = max(0, min(timeout, -(-(deadline - now) // 1_000_000)))
                 events = dict(poller.poll(timeout))
-                for fd, cb in self._wake.items():
+                for fd, cb in list(self._wake.items()):
                     if fd in events:
                         cb()
                 if events.get(sock, 0) & zmq.POLLOUT:
@@ -222,7 +231,7 @@ class Mailbox:
         events = dict(self.poller.poll(timeout_ms))
         if not events:
             return 0
-        for fd, cb in self._wake.items():
+        for fd, cb in list(self._wake.items()):
             if fd in events:
                 cb()
         if self.inbox in events:
@@ -267,6 +276,7 @@ class Mailbox:
         gap = self.tracker.observe(env.sender, env.seq)
         c.transport_lost = self.tracker.lost
         c.transport_seq_restarts = self.tracker.restarts
+        c.transport_seq_adopted = self.tracker.adopted
         if gap and self.log is not None:
             self.log.warning("transport_lost", sender=env.sender, seq=env.seq, gap=gap)
         c.messages_in += 1

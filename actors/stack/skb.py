@@ -14,6 +14,8 @@ SKB_STRUCT_SIZE = 256  # SKB_DATA_ALIGN(sizeof(struct sk_buff))
 SKB_SHINFO_SIZE = 320  # SKB_DATA_ALIGN(sizeof(struct skb_shared_info))
 MAX_TCP_HEADER = 320  # headroom the stack reserves for TCP/IP/link headers
 RX_BUFFER_SIZE = 2048  # driver receive buffer (half a 4 KiB page)
+MAX_SKB_FRAGS = 17
+SKB_MAX_ORDER0 = 4096 - SKB_SHINFO_SIZE - 64  # linear data in a one-page skb (tcp_collapse)
 NET_IP_ALIGN_AND_HEADERS = 14 + 20  # Ethernet + IPv4 headers in the receive buffer
 
 
@@ -54,6 +56,8 @@ class Skb:
     gso_segs: int = 1
     gso_size: int = 0
     arrived_ns: int = 0
+    frags: int = 1  # page fragments: coalescing stops at MAX_SKB_FRAGS
+    charged: bool = False  # counted in sk_rmem_alloc (skb_set_owner_r)
 
     @classmethod
     def from_segment(cls, seg: Segment, seg_id: int, now: int, *, header_len: int,

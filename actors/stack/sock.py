@@ -129,7 +129,7 @@ class Ucopy:
 
 @dataclass
 class IcskAck:
-    pending: AckPending = AckPending(0)
+    pending: AckPending = field(default_factory=lambda: AckPending(0))
     quick: int = 0
     ato: int = 0
     pingpong: int = 0
@@ -160,6 +160,14 @@ class RxOpt:
 
 
 @dataclass
+class LockWaiter:
+    """A task asleep in ``lock_sock``; ``result`` is what it is told once it owns the lock."""
+
+    task: str
+    result: dict[str, object]
+
+
+@dataclass
 class Waiter:
     """A reader asleep in ``sk_wait_data`` or ``accept``."""
 
@@ -181,7 +189,7 @@ class TcpSock:
 
     # --- sk_lock ---
     owner: str | None = None  # sk_lock.owned, with the owning task's name
-    lock_waiters: deque[tuple[str, str, dict[str, object]]] = field(default_factory=deque)
+    lock_waiters: deque[LockWaiter] = field(default_factory=deque)
     # --- sk_backlog ---
     backlog: deque[Skb] = field(default_factory=deque)
     backlog_len: int = 0
@@ -228,11 +236,17 @@ class TcpSock:
     compressed_ack: int = 0
     dup_ack_counter: int = 0
     sack_compress_deadline: int | None = None
+    compressed_ack_rcv_nxt: int = 0
+    synack_deadline: int | None = None
+    synack_retries: int = 0
+    # set by every wakeup (sk_data_ready / state change); the stack wakes sleepers
+    data_ready: bool = False
 
     # --- receive RTT and autotuning ---
     rcv_rtt_us: int = 0  # rcv_rtt_est.rtt_us (x8)
     rcv_rtt_seq: int = 0
     rcv_rtt_time: int = 0
+    rcv_rtt_last_tsecr: int = 0
     rcvq_space: int = 0
     rcvq_seq: int = 0
     rcvq_time: int = 0

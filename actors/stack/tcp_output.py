@@ -169,11 +169,10 @@ def tcp_event_ack_sent(sk: TcpSock) -> None:
     """After any ACK leaves: consume a quickack credit and clear the delayed-ACK timer."""
     ack = sk.icsk_ack
     net = sk.net
-    if not net.profile.quick_dec_per_ack or ack.pending & AckPending.SCHED:
-        if ack.quick:
-            ack.quick -= 1
-            if ack.quick == 0:
-                ack.ato = TCP_ATO_MIN
+    if (not net.profile.quick_dec_per_ack or ack.pending & AckPending.SCHED) and ack.quick:
+        ack.quick -= 1
+        if ack.quick == 0:
+            ack.ato = TCP_ATO_MIN
     if sk.compressed_ack:
         net.inc("TcpExtTCPAckCompressed", sk.compressed_ack)
         sk.compressed_ack = 0

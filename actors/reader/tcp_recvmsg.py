@@ -1,0 +1,202 @@
+"""``tcp_recvmsg`` as an explicit step machine, driven by a reader one step at a time.
+
+The generator mirrors the kernel loop (net/ipv4/tcp.c, §6 of the reference). Each
+``yield`` is one step: either a stack operation, sent to the stack as a message and
+answered with a result dict, or a local step the reader performs itself (``cpu``:
+time spent in the reader while it holds the socket lock). Which branch of the
+kernel loop runs is chosen from the profile's data (``has_prequeue``,
+``recvmsg_flush_backlog``), never from its name.
+
+Ordering rule the legacy loop keeps: in-flight -> backlog -> prequeue ->
+receive queue; so the prequeue is processed only once ``rcv_nxt == copied_seq``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.profiles import Profile, Sysctls
+
+EAGAIN = 11
+ENOTCONN = 107
+
+Step = tuple[str, dict[str, Any]]
+LOCAL_STEPS = frozenset({"cpu"})
+
+
+@dataclass(frozen=True, slots=True)
+class RecvFlags:
+    peek: bool = False  # MSG_PEEK
+    trunc: bool = False  # MSG_TRUNC: consume without copying
+    dontwait: bool = False  # MSG_DONTWAIT (or O_NONBLOCK)
+    waitall: bool = False  # MSG_WAITALL
+
+
+@dataclass
+class RecvResult:
+    """What read() returns: bytes and the return value (count, 0 at EOF, or -errno)."""
+
+    ret: int
+    data: bytes = b""
+    direct: int = 0  # bytes that arrived by direct copy (prequeue/backlog replay)
+    steps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderCosts:
+    """Time the reader spends holding the lock: per read, and per byte copied."""
+
+    hold_ns: int = 0
+    copy_ns_per_byte: float = 0.0
+
+
+def sock_rcvlowat(waitall: bool, rcvlowat: int, length: int) -> int:
+    return max(length if waitall else min(rcvlowat, length), 1)
+
+
+def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
+                flags: RecvFlags = RecvFlags(), *, rcvlowat: int = 1,
+                timeo_ns: int | None = None, costs: ReaderCosts = ReaderCosts(),
+                clock: Callable[[], int] | None = None,
+                ) -> Generator[Step, dict[str, Any], RecvResult]:
+    """One read() call. ``timeo_ns`` None blocks forever; 0 is O_NONBLOCK."""
+    out = bytearray()
+    result = RecvResult(ret=0)
+    timeo = 0 if flags.dontwait else timeo_ns
+    deadline = None
+    if timeo and clock is not None:
+        deadline = clock() + timeo
+    copied = 0  # what the kernel's ``copied`` counts (MSG_TRUNC bytes too)
+
+    def step(name: str, **args: Any) -> Generator[Step, dict[str, Any], dict[str, Any]]:
+        nonlocal copied
+        res = yield (name, {"sock": sock, **args})
+        result.steps.append(name)
+        direct = res.get("direct")
+        if direct:
+            # Copied into our buffer by the stack while replaying in our context.
+            out.extend(direct)
+            copied += len(direct)
+            result.direct += len(direct)
+        return res
+
+    def wait() -> Generator[Step, dict[str, Any], dict[str, Any]]:
+        nonlocal timeo
+        args: dict[str, Any] = {}
+        if timeo:
+            args["timeo_ns"] = max(deadline - clock(), 0) if deadline is not None and clock \
+                else timeo
+        res = yield from step("sk_wait_data", **args)
+        if res.get("timed_out"):
+            timeo = 0
+        return res
+
+    state = yield from step("lock_sock")
+    if costs.hold_ns:
+        yield ("cpu", {"ns": costs.hold_ns, "why": "hold"})
+    target = sock_rcvlowat(flags.waitall, rcvlowat, length)
+    installed = False
+    use_prequeue = profile.has_prequeue and not sysctls.tcp_low_latency
+    peek_seq: int | None = None
+    error = 0
+    while length - copied > 0:
+        args: dict[str, Any] = {"len": length - copied, "peek": flags.peek,
+                                "trunc": flags.trunc}
+        if flags.peek and peek_seq is not None:
+            args["peek_seq"] = peek_seq
+        state = yield from step("recv_copy", **args)
+        got = int(state["copied"])
+        if flags.peek:
+            peek_seq = int(state["seq"])
+        out.extend(state["data"])
+        copied += got
+        if got and costs.copy_ns_per_byte:
+            yield ("cpu", {"ns": int(got * costs.copy_ns_per_byte), "why": "copy"})
+        if state["fin"]:
+            break
+        if got:
+            continue  # round again: the kernel walks the queue once per skb
+
+        # Nothing copyable.
+        if copied >= target and not state["backlog"]:
+            break
+        if copied:
+            if state["err"] or state["closed"] or state["shutdown"] or timeo == 0:
+                break
+        else:
+            if state["done"] or state["shutdown"]:
+                break
+            if state["err"]:
+                error = -int(state["err"])
+                break
+            if state["closed"]:
+                error = -ENOTCONN
+                break
+            if timeo == 0:
+                error = -EAGAIN
+                break
+
+        if profile.has_prequeue:
+            yield from step("cleanup_rbuf", copied=copied)
+            if use_prequeue:
+                res = yield from step("ucopy_install", len=length - copied,
+                                      install=not (flags.peek or flags.trunc))
+                installed = installed or bool(res["installed"])
+                if installed and res["prequeue"]:
+                    # Process the prequeue before anything newer (ordering rule).
+                    yield from step("prequeue_process", len=length - copied)
+                    continue
+            if copied >= target:
+                yield from step("release_sock")
+                state = yield from step("lock_sock")
+            else:
+                state = yield from wait()
+            if installed and state["caught_up"] and state["prequeue"]:
+                yield from step("prequeue_process", len=length - copied)
+        elif copied >= target:
+            yield from step("flush_backlog")  # do not sleep, just process the backlog
+        else:
+            yield from step("cleanup_rbuf", copied=copied)
+            yield from wait()
+
+    if installed:
+        state = yield from step("ucopy_install", len=length - copied, install=False)
+        if state["prequeue"]:
+            yield from step("prequeue_process", len=length - copied if copied > 0 else 0)
+        yield from step("ucopy_clear")
+    yield from step("cleanup_rbuf", copied=copied)
+    yield from step("release_sock")
+    if error and not copied:
+        result.ret = error
+        return result
+    result.ret = copied
+    result.data = bytes(out)
+    return result
+
+
+class StepDriver:
+    """Runs one recvmsg generator: hand it each step's result, see what it wants next."""
+
+    def __init__(self, gen: Generator[Step, dict[str, Any], RecvResult]) -> None:
+        self._gen = gen
+        self.result: RecvResult | None = None
+        self.next: Step | None = None
+        self._advance(None)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def _advance(self, value: dict[str, Any] | None) -> None:
+        try:
+            self.next = self._gen.send(value) if value is not None else next(self._gen)
+        except StopIteration as stop:
+            self.next = None
+            self.result = stop.value
+
+    def feed(self, result: dict[str, Any]) -> None:
+        """The result of the step in ``self.next``."""
+        assert self.next is not None
+        self._advance(result)

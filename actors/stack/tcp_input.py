@@ -1,0 +1,1303 @@
+"""Segment processing for a connected socket: net/ipv4/tcp_input.c.
+
+``tcp_rcv_established`` (header prediction and the slow path), ``tcp_data_queue``
+with every case of the lecture, the out-of-order queue with SACK/DSACK, receive
+memory and pruning, the ACK decisions and receive autotuning. Every function takes
+the socket and, where time matters, ``now`` in nanoseconds; outputs (ACKs, events)
+go to ``sk.net``. Where the legacy and modern kernels differ, the code reads a field
+of ``sk.net.profile``.
+
+Modelling choices, stated once: there is no global TCP memory pressure (one host,
+few sockets), so ``sk_rmem_schedule`` always succeeds and only the per-socket
+``sk_rcvbuf`` limit bites; ECN is not modelled; urgent data is not modelled.
+"""
+
+from __future__ import annotations
+
+from actors.profiles import MS, US
+from actors.stack.net import CONSUMED, DELIVERED
+from actors.stack.skb import MAX_SKB_FRAGS, SKB_MAX_ORDER0, SKB_STRUCT_SIZE, Skb, skb_truesize
+from actors.stack.sock import AckPending, TcpSock, TcpState
+from actors.stack.tcp_output import (
+    TCP_ATO_MIN,
+    __tcp_select_window,
+    tcp_receive_window,
+    tcp_send_ack,
+    tcp_send_delayed_ack,
+    tcp_space,
+    tcp_time_stamp,
+    tcp_win_from_space,
+)
+from protocol.segment import TcpFlags
+from protocol.seq import after, before, seq_add, seq_sub
+
+TCP_NUM_SACKS = 4
+TCP_SACK_BLOCKS_EXPECTED = 2
+TCP_FASTRETRANS_THRESH = 3
+TCP_MSS_DEFAULT = 536
+TCP_MIN_MSS = 88
+TCP_PAWS_WINDOW = 1
+TCP_RCVBUF_LOW_RTT_US = 1000
+TCP_COMP_SACK_RTT_PERCENT = 33
+TCP_REMNANT = TcpFlags.FIN | TcpFlags.URG | TcpFlags.SYN | TcpFlags.PSH
+PAGE_SIZE = 4096
+SK_RECLAIM_THRESHOLD = 64 * 1024  # uncharging beyond this returns whole pages
+ECONNRESET = 104
+EPIPE = 32
+ECONNREFUSED = 111
+
+
+# ---------------------------------------------------------------------------------
+# skb ownership and fates
+
+
+def skb_set_owner_r(sk: TcpSock, skb: Skb) -> None:
+    """Charge an skb to the socket's receive memory."""
+    skb.charged = True
+    sk.rmem_alloc += skb.truesize
+    sk_mem_charge(sk, skb.truesize)
+
+
+def sk_mem_charge(sk: TcpSock, size: int) -> None:
+    # forward_alloc is a prepaid quota taken in whole pages (sk_mem_schedule).
+    if size > sk.forward_alloc:
+        need = size - sk.forward_alloc
+        sk.forward_alloc += -(-need // PAGE_SIZE) * PAGE_SIZE
+    sk.forward_alloc -= size
+
+
+def _uncharge(sk: TcpSock, skb: Skb) -> None:
+    if skb.charged:
+        skb.charged = False
+        sk.rmem_alloc -= skb.truesize
+        sk.forward_alloc += skb.truesize
+        if sk.forward_alloc >= SK_RECLAIM_THRESHOLD:
+            sk_mem_reclaim(sk)
+
+
+def sk_mem_reclaim(sk: TcpSock) -> None:
+    """Give whole unused pages of the quota back."""
+    sk.forward_alloc %= PAGE_SIZE
+
+
+def tcp_drop(sk: TcpSock, skb: Skb, reason: str) -> None:
+    """Free a segment that will not reach a reader; Linux counts it in sk_drops."""
+    sk.sk_drops += 1
+    net = sk.net
+    net.drop_counts[reason] += 1
+    net.set_fate(skb.ids, "drop:" + reason)
+    net.event("drop", sk.sock_id, reason=reason, seq=skb.seq, end_seq=skb.end_seq)
+    _uncharge(sk, skb)
+
+
+def kfree_skb_consumed(sk: TcpSock, skb: Skb, fate: str = CONSUMED) -> None:
+    """Free an skb whose job is done: its bytes were read, or it carried none."""
+    sk.net.set_fate(skb.ids, fate)
+    _uncharge(sk, skb)
+
+
+def tcp_eat_recv_skb(sk: TcpSock, skb: Skb) -> None:
+    """A reader consumed the whole skb (sk_eat_skb)."""
+    kfree_skb_consumed(sk, skb, DELIVERED)
+
+
+# ---------------------------------------------------------------------------------
+# coalescing
+
+
+def tcp_try_coalesce(sk: TcpSock, to: Skb, frm: Skb) -> bool:
+    """Append ``frm``'s bytes to ``to`` when they are contiguous (skb_try_coalesce)."""
+    if frm.seq != to.end_seq or to.fin or to.syn or frm.syn:
+        return False
+    if to.frags + frm.frags > MAX_SKB_FRAGS:
+        return False
+    # The receive buffer's page moves over; only frm's struct sk_buff is freed.
+    delta = frm.truesize - SKB_STRUCT_SIZE
+    to.data += frm.data
+    to.end_seq = frm.end_seq
+    to.ack_seq = frm.ack_seq
+    to.window = frm.window
+    to.flags |= frm.flags
+    to.frags += frm.frags
+    to.truesize += delta
+    to.gso_segs += frm.gso_segs
+    to.ids.extend(frm.ids)
+    if to.charged:
+        sk.rmem_alloc += delta
+        sk_mem_charge(sk, delta)
+    sk.net.inc("TcpExtTCPRcvCoalesce")
+    _uncharge(sk, frm)
+    frm.ids = []
+    return True
+
+
+# ---------------------------------------------------------------------------------
+# ACK state
+
+
+def inet_csk_schedule_ack(sk: TcpSock) -> None:
+    sk.icsk_ack.pending |= AckPending.SCHED
+
+
+def inet_csk_ack_scheduled(sk: TcpSock) -> bool:
+    return bool(sk.icsk_ack.pending & AckPending.SCHED)
+
+
+def in_pingpong(sk: TcpSock) -> bool:
+    return sk.icsk_ack.pingpong >= 1
+
+
+def tcp_incr_quickack(sk: TcpSock, max_quickacks: int) -> None:
+    quickacks = sk.rcv_wnd // (2 * max(sk.icsk_ack.rcv_mss, 1))
+    if quickacks == 0:
+        quickacks = 2
+    quickacks = min(quickacks, max_quickacks)
+    sk.icsk_ack.quick = max(sk.icsk_ack.quick, quickacks)
+
+
+def tcp_enter_quickack_mode(sk: TcpSock, max_quickacks: int | None = None) -> None:
+    tcp_incr_quickack(sk, sk.net.profile.quickack_cap if max_quickacks is None else max_quickacks)
+    sk.icsk_ack.pingpong = 0
+    sk.icsk_ack.ato = TCP_ATO_MIN
+
+
+def tcp_in_quickack_mode(sk: TcpSock) -> bool:
+    return sk.icsk_ack.quick > 0 and not in_pingpong(sk)
+
+
+def tcp_measure_rcv_mss(sk: TcpSock, skb: Skb) -> None:
+    ack = sk.icsk_ack
+    lss = ack.last_seg_size
+    ack.last_seg_size = 0
+    length = skb.gso_size or skb.len
+    if length >= ack.rcv_mss:
+        if sk.net.profile.modern_autotune and length != ack.rcv_mss and skb.truesize:
+            # Learn how much of the buffer memory is payload (tcp_win_from_space).
+            sk.scaling_ratio = max(1, min(255, (skb.len << 8) // skb.truesize))
+        ack.rcv_mss = min(length, sk.advmss)
+        if sk.net.profile.modern_autotune and skb.has(TcpFlags.PSH):
+            ack.pending |= AckPending.PUSHED
+        return
+    length += skb.doff
+    if length >= TCP_MSS_DEFAULT + 20 or (
+            length >= TCP_MIN_MSS + 20 and not skb.flags & TCP_REMNANT):
+        length -= tcp_header_len(sk)
+        ack.last_seg_size = length
+        if length == lss:
+            ack.rcv_mss = length
+            return
+    if ack.pending & AckPending.PUSHED:
+        ack.pending |= AckPending.PUSHED2
+    ack.pending |= AckPending.PUSHED
+
+
+def tcp_header_len(sk: TcpSock) -> int:
+    return 32 if sk.rx_opt.tstamp_ok else 20
+
+
+def tcp_grow_window(sk: TcpSock, skb: Skb) -> None:
+    """Raise rcv_ssthresh (the window we are willing to offer) as data arrives."""
+    if sk.rcv_ssthresh >= sk.window_clamp or sk.rcv_ssthresh >= tcp_space(sk):
+        return
+    if tcp_win_from_space(sk, skb.truesize) <= skb.len:
+        incr = 2 * sk.advmss
+    else:
+        incr = _tcp_grow_window_search(sk, skb)
+    if incr:
+        incr = max(incr, 2 * skb.len)
+        sk.rcv_ssthresh = min(sk.rcv_ssthresh + incr, sk.window_clamp)
+        sk.icsk_ack.quick |= 1
+
+
+def _tcp_grow_window_search(sk: TcpSock, skb: Skb) -> int:
+    truesize = tcp_win_from_space(sk, skb.truesize) >> 1
+    window = tcp_win_from_space(sk, sk.net.sysctls.tcp_rmem[2]) >> 1
+    while sk.rcv_ssthresh <= window:
+        if truesize <= skb.len:
+            return 2 * sk.icsk_ack.rcv_mss
+        truesize >>= 1
+        window >>= 1
+    return 0
+
+
+def tcp_event_data_recv(sk: TcpSock, skb: Skb, now: int) -> None:
+    """Bookkeeping for every accepted in-order segment with payload."""
+    ack = sk.icsk_ack
+    inet_csk_schedule_ack(sk)
+    tcp_measure_rcv_mss(sk, skb)
+    tcp_rcv_rtt_measure(sk, now)
+    if not ack.ato:
+        # First data: start in quickack mode so slow start is not held back.
+        tcp_incr_quickack(sk, sk.net.profile.quickack_cap)
+        ack.ato = TCP_ATO_MIN
+    else:
+        m = now - ack.lrcvtime
+        if m <= TCP_ATO_MIN // 2:
+            ack.ato = (ack.ato >> 1) + TCP_ATO_MIN // 2
+        elif m < ack.ato:
+            ack.ato = min((ack.ato >> 1) + m, sk.rto)
+        elif m > sk.rto:
+            tcp_incr_quickack(sk, sk.net.profile.quickack_cap)
+    ack.lrcvtime = now
+    if skb.len >= 128:
+        tcp_grow_window(sk, skb)
+
+
+def __tcp_ack_snd_check(sk: TcpSock, ofo_possible: bool, now: int) -> None:
+    """Send an ACK now, or arm the delayed ACK (modern: or compress SACKs)."""
+    profile = sk.net.profile
+    ack = sk.icsk_ack
+    full_frames = seq_sub(sk.rcv_nxt, sk.rcv_wup) > ack.rcv_mss
+    if profile.ofo_sack_compression:
+        # Modern evaluates the SO_RCVLOWAT test before calling __tcp_select_window.
+        send_now = (full_frames and (seq_sub(sk.rcv_nxt, sk.copied_seq) < sk.rcvlowat
+                                     or __tcp_select_window(sk) >= sk.rcv_wnd)) \
+            or tcp_in_quickack_mode(sk) or bool(ack.pending & AckPending.NOW)
+    else:
+        send_now = (full_frames and __tcp_select_window(sk) >= sk.rcv_wnd) \
+            or tcp_in_quickack_mode(sk) or (ofo_possible and bool(sk.ofo))
+    if send_now:
+        if profile.ack_deferred_while_owned and sk.owned and sk.net.sysctls.tcp_backlog_ack_defer:
+            # Running from __release_sock: one ACK goes out from tcp_release_cb.
+            ack.ack_deferred = True
+            return
+        tcp_send_ack(sk, now)
+        return
+    if not profile.ofo_sack_compression or not ofo_possible or not sk.ofo:
+        tcp_send_delayed_ack(sk, now)
+        return
+    _sack_compress(sk, now)
+
+
+def _sack_compress(sk: TcpSock, now: int) -> None:
+    net = sk.net
+    if not sk.rx_opt.sack_ok or sk.compressed_ack >= net.sysctls.tcp_comp_sack_nr:
+        tcp_send_ack(sk, now)
+        return
+    if sk.compressed_ack_rcv_nxt != sk.rcv_nxt:
+        sk.compressed_ack_rcv_nxt = sk.rcv_nxt
+        sk.dup_ack_counter = 0
+    if sk.dup_ack_counter < TCP_FASTRETRANS_THRESH:
+        sk.dup_ack_counter += 1
+        tcp_send_ack(sk, now)
+        return
+    sk.compressed_ack += 1
+    if sk.sack_compress_deadline is not None:
+        return
+    rtt_ns = (sk.srtt_us >> 3) * US if sk.srtt_us else 0
+    if sk.rcv_rtt_us:
+        rcv = (sk.rcv_rtt_us >> 3) * US
+        rtt_ns = min(rtt_ns, rcv) if rtt_ns else rcv
+    delay = min(rtt_ns * TCP_COMP_SACK_RTT_PERCENT // 100, net.sysctls.tcp_comp_sack_delay_ns)
+    sk.sack_compress_deadline = now + delay
+
+
+def tcp_sack_compress_send_ack(sk: TcpSock, now: int) -> None:
+    """Flush a pending compressed SACK (modern)."""
+    if not sk.compressed_ack:
+        return
+    sk.sack_compress_deadline = None
+    # The ACK about to go out carries the compressed ones: count all but itself.
+    sk.compressed_ack -= 1
+    tcp_send_ack(sk, now)
+
+
+def tcp_ack_snd_check(sk: TcpSock, now: int) -> None:
+    if not inet_csk_ack_scheduled(sk):
+        return
+    __tcp_ack_snd_check(sk, True, now)
+
+
+def tcp_send_dupack(sk: TcpSock, skb: Skb, now: int) -> None:
+    if skb.end_seq != skb.seq and before(skb.seq, sk.rcv_nxt):
+        sk.net.inc("TcpExtDelayedACKLost")
+        tcp_enter_quickack_mode(sk)
+        end_seq = skb.end_seq if not after(skb.end_seq, sk.rcv_nxt) else sk.rcv_nxt
+        tcp_dsack_set(sk, skb.seq, end_seq)
+    tcp_send_ack(sk, now)
+
+
+def tcp_oow_rate_limited(sk: TcpSock, skb: Skb, mib: str, now: int) -> bool:
+    """At most one out-of-window ACK per tcp_invalid_ratelimit, for empty segments/SYNs."""
+    if skb.seq != skb.end_seq and not skb.syn:
+        return False
+    limit = sk.net.sysctls.tcp_invalid_ratelimit_ms * MS
+    if sk.last_oow_ack_time is not None and 0 <= now - sk.last_oow_ack_time < limit:
+        sk.net.inc(mib)
+        return True
+    sk.last_oow_ack_time = now
+    return False
+
+
+def tcp_send_challenge_ack(sk: TcpSock, skb: Skb, now: int) -> None:
+    if tcp_oow_rate_limited(sk, skb, "TcpExtTCPACKSkippedChallenge", now):
+        return
+    sk.net.inc("TcpExtTCPChallengeACK")
+    tcp_send_ack(sk, now)
+
+
+# ---------------------------------------------------------------------------------
+# SACK and DSACK
+
+
+def tcp_dsack_set(sk: TcpSock, seq: int, end_seq: int) -> None:
+    if not (sk.rx_opt.sack_ok and sk.net.sysctls.tcp_dsack):
+        return
+    sk.net.inc("TcpExtTCPDSACKOldSent" if before(seq, sk.rcv_nxt) else "TcpExtTCPDSACKOfoSent")
+    sk.rx_opt.dsack = True
+    sk.duplicate_sack = (seq, end_seq)
+
+
+def tcp_dsack_extend(sk: TcpSock, seq: int, end_seq: int) -> None:
+    if not sk.rx_opt.dsack:
+        tcp_dsack_set(sk, seq, end_seq)
+        return
+    extended = _sack_extend(sk.duplicate_sack, seq, end_seq)
+    if extended is not None:
+        sk.duplicate_sack = extended
+
+
+def _sack_extend(block: tuple[int, int], seq: int, end_seq: int) -> tuple[int, int] | None:
+    """tcp_sack_extend: the union if [seq, end_seq) touches ``block``, else None."""
+    start, end = block
+    if after(seq, end) or after(start, end_seq):
+        return None
+    if before(seq, start):
+        start = seq
+    if after(end_seq, end):
+        end = end_seq
+    return (start, end)
+
+
+def tcp_sack_new_ofo_skb(sk: TcpSock, seq: int, end_seq: int, now: int) -> None:
+    """Record a new out-of-order range: most recent block first."""
+    sacks = sk.selective_acks
+    del sacks[sk.rx_opt.num_sacks:]
+    modern = sk.net.profile.ofo_sack_compression
+    for i, block in enumerate(sacks):
+        ext = _sack_extend(block, seq, end_seq)
+        if ext is not None:
+            if modern and i >= TCP_SACK_BLOCKS_EXPECTED:
+                tcp_sack_compress_send_ack(sk, now)
+            del sacks[i]
+            sacks.insert(0, ext)
+            if len(sacks) > 1:
+                _sack_maybe_coalesce(sacks)
+            sk.rx_opt.num_sacks = len(sacks)
+            return
+    if modern and len(sacks) >= TCP_SACK_BLOCKS_EXPECTED:
+        tcp_sack_compress_send_ack(sk, now)
+    if len(sacks) >= TCP_NUM_SACKS:
+        sacks.pop()
+    sacks.insert(0, (seq, end_seq))
+    sk.rx_opt.num_sacks = len(sacks)
+
+
+def _sack_maybe_coalesce(sacks: list[tuple[int, int]]) -> None:
+    i = 1
+    while i < len(sacks):
+        ext = _sack_extend(sacks[0], *sacks[i])
+        if ext is not None:
+            sacks[0] = ext
+            del sacks[i]
+            continue
+        i += 1
+
+
+def tcp_sack_remove(sk: TcpSock) -> None:
+    """Forget SACK blocks that rcv_nxt has passed."""
+    if not sk.ofo:
+        sk.rx_opt.num_sacks = 0
+        sk.selective_acks.clear()
+        return
+    kept = [b for b in sk.selective_acks[: sk.rx_opt.num_sacks] if before(sk.rcv_nxt, b[0])]
+    sk.selective_acks[:] = kept
+    sk.rx_opt.num_sacks = len(kept)
+
+
+def tcp_sack_reset(sk: TcpSock) -> None:
+    sk.rx_opt.dsack = False
+    sk.rx_opt.num_sacks = 0
+    sk.selective_acks.clear()
+
+
+# ---------------------------------------------------------------------------------
+# receive RTT and autotuning
+
+
+def tcp_rcv_rtt_update(sk: TcpSock, sample_us: int, win_dep: bool) -> None:
+    if sk.net.profile.modern_autotune:
+        old = sk.rcv_rtt_us
+        m = max(sample_us, 1) << 3
+        if old == 0 or m < old:
+            sk.rcv_rtt_us = m
+        elif not win_dep and not sk.receive_queue:
+            sk.rcv_rtt_us = old - (old >> 3) + max(sample_us, 1)
+        return
+    m = max(sample_us, 1)
+    new = sk.rcv_rtt_us
+    if new:
+        if not win_dep:
+            m -= new >> 3
+            new += m
+        else:
+            m <<= 3
+            new = min(new, m)
+    else:
+        new = m << 3
+    sk.rcv_rtt_us = new
+
+
+def tcp_rcv_rtt_measure(sk: TcpSock, now: int) -> None:
+    """One RTT sample per window of data, for connections without timestamps."""
+    if sk.rcv_rtt_time and before(sk.rcv_nxt, sk.rcv_rtt_seq):
+        return
+    if sk.rcv_rtt_time:
+        tcp_rcv_rtt_update(sk, (now - sk.rcv_rtt_time) // US, True)
+    sk.rcv_rtt_seq = seq_add(sk.rcv_nxt, sk.rcv_wnd)
+    sk.rcv_rtt_time = now
+
+
+def tcp_rcv_rtt_measure_ts(sk: TcpSock, skb: Skb, now: int) -> None:
+    tsecr = sk.rx_opt.rcv_tsecr
+    if not sk.rx_opt.saw_tstamp or not tsecr:
+        return
+    if seq_sub(skb.end_seq, skb.seq) < sk.icsk_ack.rcv_mss:
+        return
+    if sk.net.profile.modern_autotune:
+        if tsecr == sk.rcv_rtt_last_tsecr:
+            return
+        sk.rcv_rtt_last_tsecr = tsecr
+    delta_ms = (tcp_time_stamp(sk, now) - tsecr) & 0xFFFFFFFF
+    if delta_ms < 0x7FFFFFFF:
+        tcp_rcv_rtt_update(sk, max(delta_ms, 1) * 1000, False)
+
+
+def tcp_rcv_space_adjust(sk: TcpSock, now: int) -> None:
+    """Dynamic right-sizing: grow sk_rcvbuf to what the reader drains per RTT."""
+    rtt = sk.rcv_rtt_us
+    if rtt == 0 or (now - sk.rcvq_time) // US < (rtt >> 3):
+        return
+    net = sk.net
+    profile = net.profile
+    copied = seq_sub(sk.copied_seq, sk.rcvq_seq)
+    tunable = net.sysctls.tcp_moderate_rcvbuf and not sk.rcvbuf_locked
+    if profile.modern_autotune:
+        copied -= seq_sub(sk.rcv_nxt, sk.copied_seq)
+        if copied > sk.rcvq_space:
+            if tunable:
+                tcp_rcvbuf_grow(sk, copied)
+            sk.rcvq_space = copied
+    elif copied > sk.rcvq_space:
+        if tunable:
+            space = sk.rcvq_space
+            rcvwin = (copied << 1) + 16 * sk.advmss
+            if copied >= space + (space >> 2):
+                rcvwin = rcvwin << 1 if copied >= space + (space >> 1) else rcvwin + (rcvwin >> 1)
+            rcvmem = skb_truesize(sk.advmss + 320)
+            while tcp_win_from_space(sk, rcvmem) < sk.advmss:
+                rcvmem += 128
+            rcvbuf = min(rcvwin // sk.advmss * rcvmem, net.sysctls.tcp_rmem[2])
+            if rcvbuf > sk.rcvbuf:
+                sk.rcvbuf = rcvbuf
+                sk.window_clamp = rcvwin
+        sk.rcvq_space = copied
+    sk.rcvq_seq = sk.copied_seq
+    sk.rcvq_time = now
+
+
+def tcp_rcvbuf_grow(sk: TcpSock, newval: int) -> None:
+    oldval = max(sk.rcvq_space, 1)
+    rcvwin = newval << 1
+    rtt_us = sk.rcv_rtt_us >> 3
+    if rtt_us < TCP_RCVBUF_LOW_RTT_US:
+        grow = rcvwin * rtt_us // TCP_RCVBUF_LOW_RTT_US
+    else:
+        grow = 2 * rcvwin * (newval - oldval) // oldval
+    rcvwin += grow
+    last = sk.ofo.last()
+    if last is not None:
+        rcvwin += seq_sub(last.end_seq, sk.rcv_nxt)
+    profile = sk.net.profile
+    rcvbuf = min(profile.space_from_win(rcvwin, sk.scaling_ratio), sk.net.sysctls.tcp_rmem[2])
+    if rcvbuf > sk.rcvbuf:
+        sk.rcvbuf = rcvbuf
+        sk.window_clamp = tcp_win_from_space(sk, rcvbuf)
+
+
+# ---------------------------------------------------------------------------------
+# memory: schedule, prune, collapse
+
+
+def tcp_can_ingest(sk: TcpSock, skb: Skb) -> bool:
+    if sk.net.profile.prune_requires_rmem:
+        return sk.rmem_alloc + skb.len <= sk.rcvbuf
+    return sk.rmem_alloc <= sk.rcvbuf
+
+
+def tcp_try_rmem_schedule(sk: TcpSock, skb: Skb) -> bool:
+    """False when the segment does not fit even after pruning (the caller drops it)."""
+    if tcp_can_ingest(sk, skb):
+        return True
+    return tcp_prune_queue(sk, skb) >= 0
+
+
+def tcp_clamp_window(sk: TcpSock) -> None:
+    sk.icsk_ack.quick = 0
+    rmem_max = sk.net.sysctls.tcp_rmem[2]
+    if sk.rcvbuf < rmem_max and not sk.rcvbuf_locked:
+        sk.rcvbuf = min(sk.rmem_alloc, rmem_max)
+    if sk.rmem_alloc > sk.rcvbuf:
+        sk.rcv_ssthresh = min(sk.window_clamp, 2 * sk.advmss)
+
+
+def tcp_prune_queue(sk: TcpSock, in_skb: Skb) -> int:
+    profile = sk.net.profile
+    if profile.prune_requires_rmem and sk.rmem_alloc == 0:
+        return -1
+    sk.net.inc("TcpExtPruneCalled")
+    over = sk.rmem_alloc > sk.rcvbuf if profile.prune_over_rcvbuf_strict \
+        else sk.rmem_alloc >= sk.rcvbuf
+    if over:
+        tcp_clamp_window(sk)
+    if profile.prune_requires_rmem and tcp_can_ingest(sk, in_skb):
+        return 0
+    tcp_collapse_ofo_queue(sk)
+    if sk.receive_queue:
+        _collapse_receive_queue(sk)
+    sk_mem_reclaim(sk)
+    if tcp_can_ingest(sk, in_skb):
+        return 0
+    tcp_prune_ofo_queue(sk, in_skb)
+    if tcp_can_ingest(sk, in_skb):
+        return 0
+    sk.net.inc("TcpExtRcvPruned")
+    sk.pred_flags = 0
+    return -1
+
+
+def _collapsible_start(sk: TcpSock, skbs: list[Skb], start: int) -> tuple[int, int] | None:
+    """Where tcp_collapse begins copying: (index, start seq), or None if not worth it."""
+    for i, skb in enumerate(skbs):
+        if skb.fin or skb.syn:
+            return None
+        if tcp_win_from_space(sk, skb.truesize) > skb.len or before(skb.seq, start):
+            return i, start
+        nxt = skbs[i + 1] if i + 1 < len(skbs) else None
+        if nxt is not None and skb.end_seq != nxt.seq:
+            return i, start
+        start = skb.end_seq
+    return None
+
+
+def tcp_collapse(sk: TcpSock, skbs: list[Skb], start: int, end: int) -> list[Skb]:
+    """Copy a run of skbs into dense one-page skbs; returns the new run.
+
+    ``skbs`` are contiguous and charged; bytes before ``start`` (already read) and
+    skbs that bring nothing new are dropped from the copy.
+    """
+    net = sk.net
+    kept: list[Skb] = []
+    # skbs entirely below start carry no new bits
+    while skbs and not before(start, skbs[0].end_seq):
+        old = skbs.pop(0)  # every byte of it was read already
+        net.inc("TcpExtTCPRcvCollapsed")
+        kfree_skb_consumed(sk, old, DELIVERED)
+    found = _collapsible_start(sk, skbs, start)
+    if found is None:
+        return skbs
+    idx, start = found
+    kept.extend(skbs[:idx])
+    rest = skbs[idx:]
+    out: list[Skb] = []
+    while rest and before(start, end):
+        head = rest[0]
+        if head.fin or head.syn:
+            break
+        copy = min(SKB_MAX_ORDER0, seq_sub(end, start))
+        data = bytearray()
+        ids: list[int] = []
+        nseq = start
+        while copy > 0 and rest:
+            skb = rest[0]
+            if skb.fin or skb.syn:
+                break
+            offset = seq_sub(start, skb.seq)
+            size = seq_sub(skb.end_seq, start)
+            if size > 0:
+                size = min(copy, size)
+                data += skb.data[offset:offset + size]
+                copy -= size
+                start = seq_add(start, size)
+                ids.extend(i for i in skb.ids if i not in ids)
+            if not before(start, skb.end_seq):
+                rest.pop(0)
+                net.inc("TcpExtTCPRcvCollapsed")
+                _uncharge(sk, skb)
+        if not data:
+            break
+        nskb = Skb(seq=nseq, end_seq=start, flags=head.flags & ~(TcpFlags.FIN | TcpFlags.SYN),
+                   ack_seq=head.ack_seq, window=head.window, options=head.options,
+                   data=bytes(data), truesize=skb_truesize(len(data)), doff=head.doff, ids=ids,
+                   arrived_ns=head.arrived_ns)
+        skb_set_owner_r(sk, nskb)
+        out.append(nskb)
+    # A partly copied skb stays, trimmed from the front by the copy already made.
+    if rest and before(rest[0].seq, start) and not rest[0].fin:
+        skb = rest[0]
+        cut = seq_sub(start, skb.seq)
+        skb.data = skb.data[cut:]
+        skb.seq = start
+    return kept + out + rest
+
+
+def _collapse_receive_queue(sk: TcpSock) -> None:
+    skbs = list(sk.receive_queue)
+    new = tcp_collapse(sk, skbs, sk.copied_seq, sk.rcv_nxt)
+    sk.receive_queue.clear()
+    sk.receive_queue.extend(new)
+
+
+def tcp_collapse_ofo_queue(sk: TcpSock) -> None:
+    skbs = list(sk.ofo)
+    if not skbs:
+        return
+    modern = sk.net.profile.prune_ofo_spare_lower
+    # contiguous (or overlapping) runs: (skbs, start, end)
+    ranges: list[tuple[list[Skb], int, int]] = []
+    for skb in skbs:
+        if ranges and not after(skb.seq, ranges[-1][2]):
+            run, start, end = ranges[-1]
+            run.append(skb)
+            ranges[-1] = (run, start, skb.end_seq if after(skb.end_seq, end) else end)
+        else:
+            ranges.append(([skb], skb.seq, skb.end_seq))
+    result: list[Skb] = []
+    sum_tiny = 0
+    for i, (run, start, stop) in enumerate(ranges):
+        if modern and len(run) == 1 and seq_sub(stop, start) < SKB_MAX_ORDER0:
+            # Do not attempt collapsing tiny ranges; give up when they add up.
+            sum_tiny += run[0].truesize
+            result.extend(run)
+            if sum_tiny > sk.rcvbuf >> 3:
+                for later, _, _ in ranges[i + 1:]:
+                    result.extend(later)
+                break
+            continue
+        result.extend(tcp_collapse(sk, list(run), start, stop))
+    sk.ofo.purge()
+    for skb in result:
+        sk.ofo.insert(skb)
+
+
+def tcp_prune_ofo_queue(sk: TcpSock, in_skb: Skb) -> bool:
+    """Free out-of-order data from the highest sequence down to make room."""
+    if not sk.ofo:
+        return False
+    net = sk.net
+    pruned = False
+    if net.profile.prune_ofo_spare_lower:
+        goal = sk.rcvbuf >> 3
+        while sk.ofo:
+            skb = sk.ofo.last()
+            assert skb is not None
+            if after(in_skb.seq, skb.seq):
+                break  # the incoming skb would land last: keep what precedes it
+            pruned = True
+            sk.ofo.erase(skb)
+            goal -= skb.truesize
+            tcp_drop(sk, skb, "TCP_OFO_QUEUE_PRUNE")
+            if not sk.ofo or goal <= 0:
+                if tcp_can_ingest(sk, in_skb):
+                    break
+                goal = sk.rcvbuf >> 3
+    else:
+        pruned = True
+        while sk.ofo:
+            skb = sk.ofo.last()
+            assert skb is not None
+            sk.ofo.erase(skb)
+            tcp_drop(sk, skb, "TCP_OFO_QUEUE_PRUNE")
+            sk_mem_reclaim(sk)
+            if sk.rmem_alloc <= sk.rcvbuf:
+                break
+    if pruned:
+        net.inc("TcpExtOfoPruned")
+        if sk.rx_opt.sack_ok:
+            tcp_sack_reset(sk)
+    return pruned
+
+
+# ---------------------------------------------------------------------------------
+# the receive queue
+
+
+def tcp_queue_rcv(sk: TcpSock, skb: Skb) -> bool:
+    """Append (or coalesce into the tail); returns True if the skb was merged away."""
+    tail = sk.tail()
+    eaten = tail is not None and tcp_try_coalesce(sk, tail, skb)
+    sk.rcv_nxt = skb.end_seq
+    if not eaten:
+        sk.receive_queue.append(skb)
+        if not skb.charged:
+            skb_set_owner_r(sk, skb)
+    return eaten
+
+
+def tcp_fast_path_on(sk: TcpSock) -> None:
+    sk.pred_flags = (tcp_header_len(sk) >> 2) << 28 | int(TcpFlags.ACK) << 16 | \
+        ((sk.snd_wnd >> sk.rx_opt.snd_wscale) & 0xFFFF)
+
+
+def tcp_fast_path_check(sk: TcpSock) -> None:
+    if not sk.ofo and sk.rcv_wnd and sk.rmem_alloc < sk.rcvbuf:
+        tcp_fast_path_on(sk)
+
+
+def tcp_data_ready(sk: TcpSock, now: int) -> None:
+    """Wake readers (sk_data_ready); modern only when SO_RCVLOWAT is met or it matters."""
+    profile = sk.net.profile
+    if profile.data_ready_honours_rcvlowat:
+        avail = seq_sub(sk.rcv_nxt, sk.copied_seq)
+        if not (avail >= sk.rcvlowat or sk.rmem_alloc > (sk.rcvbuf >> 3) * 7
+                or tcp_receive_window(sk) <= sk.icsk_ack.rcv_mss or sk.sock_done):
+            return
+    sk.data_ready = True
+
+
+def tcp_data_queue(sk: TcpSock, skb: Skb, now: int) -> None:
+    """Place a validated segment: receive queue, out-of-order queue, or drop (§3)."""
+    net = sk.net
+    profile = net.profile
+    if skb.seq == skb.end_seq:
+        kfree_skb_consumed(sk, skb)
+        return
+    sk.rx_opt.dsack = False
+
+    if skb.seq == sk.rcv_nxt:
+        # Modern accepts a bare FIN into a zero window.
+        if tcp_receive_window(sk) == 0 and not (
+                profile.zero_window_counters and skb.len == 0 and skb.fin):
+            if profile.zero_window_counters:
+                net.inc("TcpExtTCPZeroWindowDrop")
+            _out_of_window(sk, skb, "TCP_ZEROWINDOW")
+            return
+        eaten_all = skb.len > 0 and _direct_copy(sk, skb, now) == skb.len
+        if eaten_all:
+            kfree_skb_consumed(sk, skb, DELIVERED)
+        else:
+            if not _queue_and_out_mem(sk, skb):
+                return
+            tcp_queue_rcv(sk, skb)
+        sk.rcv_nxt = skb.end_seq
+        _after_in_order(sk, skb, now)
+        return
+
+    if not after(skb.end_seq, sk.rcv_nxt):
+        # Case B: a retransmission of data already received.
+        net.inc("TcpExtDelayedACKLost")
+        tcp_dsack_set(sk, skb.seq, skb.end_seq)
+        _out_of_window(sk, skb, "TCP_OLD_DATA")
+        return
+
+    if not before(skb.seq, seq_add(sk.rcv_nxt, tcp_receive_window(sk))):
+        # Case C: beyond the right edge (e.g. a zero-window probe with data).
+        _out_of_window(sk, skb, "TCP_OVERWINDOW")
+        return
+
+    if profile.quickack_on_ofo_and_partial:
+        tcp_enter_quickack_mode(sk)
+
+    if before(skb.seq, sk.rcv_nxt):
+        # Case D: partial overlap; the head is a duplicate.
+        tcp_dsack_set(sk, skb.seq, sk.rcv_nxt)
+        if tcp_receive_window(sk) == 0:
+            if profile.zero_window_counters:
+                net.inc("TcpExtTCPZeroWindowDrop")
+            _out_of_window(sk, skb, "TCP_ZEROWINDOW")
+            return
+        if not _queue_and_out_mem(sk, skb):
+            return
+        tcp_queue_rcv(sk, skb)
+        _after_in_order(sk, skb, now)
+        return
+
+    # Case E: out of order, inside the window.
+    tcp_data_queue_ofo(sk, skb, now)
+
+
+def _direct_copy(sk: TcpSock, skb: Skb, now: int) -> int:
+    """Legacy A2: copy into the installed reader's buffer when running in its context."""
+    uc = sk.ucopy
+    if not (sk.net.profile.hp_direct_copy and uc.task is not None and uc.task == sk.net.current
+            and sk.copied_seq == sk.rcv_nxt and uc.len > 0 and sk.owned and skb.len):
+        return 0
+    chunk = min(skb.len, uc.len)
+    uc.iov += skb.data[:chunk]
+    uc.len -= chunk
+    sk.copied_seq = seq_add(sk.copied_seq, chunk)
+    tcp_rcv_space_adjust(sk, now)
+    sk.net.event("direct_copy", sk.sock_id, task=uc.task, bytes=chunk)
+    return chunk
+
+
+def _queue_and_out_mem(sk: TcpSock, skb: Skb) -> bool:
+    """Receive memory for an in-order skb; False if it was dropped."""
+    net = sk.net
+    if not net.profile.inorder_nomem_ack:
+        if not sk.receive_queue:
+            return True  # sk_forced_mem_schedule: an empty queue always accepts
+        if not tcp_try_rmem_schedule(sk, skb):
+            tcp_drop(sk, skb, "PROTO_MEM")
+            return False
+        return True
+    if not tcp_try_rmem_schedule(sk, skb):
+        sk.icsk_ack.pending |= AckPending.NOMEM | AckPending.NOW
+        inet_csk_schedule_ack(sk)
+        sk.data_ready = True
+        if sk.receive_queue and skb.len:
+            net.inc("TcpExtTCPRcvQDrop")
+            tcp_drop(sk, skb, "PROTO_MEM")
+            return False
+    return True
+
+
+def _after_in_order(sk: TcpSock, skb: Skb, now: int) -> None:
+    profile = sk.net.profile
+    if skb.len:
+        tcp_event_data_recv(sk, skb, now)
+    if skb.fin:
+        tcp_fin(sk, now)
+    if sk.ofo:
+        tcp_ofo_queue(sk, now)
+        if not sk.ofo:
+            # A hole was filled: RFC 5681 4.2 wants an immediate ACK.
+            if profile.gap_filled_ack_now:
+                sk.icsk_ack.pending |= AckPending.NOW
+            else:
+                sk.icsk_ack.pingpong = 0
+    if sk.rx_opt.num_sacks:
+        tcp_sack_remove(sk)
+    tcp_fast_path_check(sk)
+    if not sk.sock_dead:
+        tcp_data_ready(sk, now)
+
+
+def _out_of_window(sk: TcpSock, skb: Skb, reason: str) -> None:
+    tcp_enter_quickack_mode(sk, 16)
+    inet_csk_schedule_ack(sk)
+    tcp_drop(sk, skb, reason)
+
+
+def tcp_data_queue_ofo(sk: TcpSock, skb: Skb, now: int) -> None:
+    """Insert into the out-of-order queue with Linux's merge rules (§4)."""
+    net = sk.net
+    profile = net.profile
+    if not tcp_try_rmem_schedule(sk, skb):
+        net.inc("TcpExtTCPOFODrop")
+        if profile.inorder_nomem_ack:
+            sk.data_ready = True
+        tcp_drop(sk, skb, "TCP_OFO_DROP")
+        return
+    if profile.modern_autotune:
+        tcp_measure_rcv_mss(sk, skb)
+    sk.pred_flags = 0
+    inet_csk_schedule_ack(sk)
+    net.inc("TcpExtTCPOFOQueue")
+    seq, end_seq = skb.seq, skb.end_seq
+    net.event("ofo_queue", sk.sock_id, seq=seq, end_seq=end_seq)
+    grow = not profile.ofo_grow_window_sack_only or sk.rx_opt.sack_ok
+    ofo = sk.ofo
+
+    if not ofo:
+        ofo.reset_base(sk.rcv_nxt)
+        if sk.rx_opt.sack_ok:
+            sk.selective_acks[:] = [(seq, end_seq)]
+            sk.rx_opt.num_sacks = 1
+        ofo.insert(skb)
+        _ofo_keep(sk, skb, grow)
+        return
+
+    last = ofo.last()
+    assert last is not None
+    if seq == last.end_seq and tcp_try_coalesce(sk, last, skb):
+        if grow:
+            tcp_grow_window(sk, skb)
+        _ofo_add_sack(sk, seq, end_seq, now)
+        return
+
+    kept: Skb | None = skb
+    if not before(seq, last.end_seq):
+        ofo.insert(skb)
+    else:
+        # The rbtree descent: every node at or below seq, lowest first, as the path
+        # would meet them; nodes have increasing seq and end_seq.
+        for node in [n for n in ofo if not after(n.seq, seq)]:
+            if before(seq, node.end_seq):
+                if not after(end_seq, node.end_seq):
+                    net.inc("TcpExtTCPOFOMerge")
+                    tcp_drop(sk, skb, "TCP_OFOMERGE")
+                    tcp_dsack_set(sk, seq, end_seq)
+                    _ofo_add_sack(sk, seq, end_seq, now)
+                    return
+                if after(seq, node.seq):
+                    tcp_dsack_set(sk, seq, node.end_seq)
+                else:
+                    ofo.replace(node, skb)
+                    tcp_dsack_extend(sk, node.seq, node.end_seq)
+                    net.inc("TcpExtTCPOFOMerge")
+                    tcp_drop(sk, node, "TCP_OFOMERGE")
+                    kept = skb
+                    break
+            elif tcp_try_coalesce(sk, node, skb):
+                if grow:
+                    tcp_grow_window(sk, skb)
+                _ofo_add_sack(sk, seq, end_seq, now)
+                return
+        else:
+            ofo.insert(skb)
+
+    # merge_right: drop successors the new skb covers
+    nxt = ofo.next(skb)
+    while nxt is not None and after(end_seq, nxt.seq):
+        if before(end_seq, nxt.end_seq):
+            tcp_dsack_extend(sk, nxt.seq, end_seq)
+            break
+        ofo.erase(nxt)
+        tcp_dsack_extend(sk, nxt.seq, nxt.end_seq)
+        net.inc("TcpExtTCPOFOMerge")
+        tcp_drop(sk, nxt, "TCP_OFOMERGE")
+        nxt = ofo.next(skb)
+    _ofo_add_sack(sk, seq, end_seq, now)
+    if kept is not None:
+        _ofo_keep(sk, kept, grow)
+
+
+def _ofo_add_sack(sk: TcpSock, seq: int, end_seq: int, now: int) -> None:
+    if sk.rx_opt.sack_ok:
+        tcp_sack_new_ofo_skb(sk, seq, end_seq, now)
+
+
+def _ofo_keep(sk: TcpSock, skb: Skb, grow: bool) -> None:
+    if grow:
+        tcp_grow_window(sk, skb)
+    skb_set_owner_r(sk, skb)
+    if sk.net.profile.modern_autotune:
+        tcp_rcvbuf_grow_from_ofo(sk)
+
+
+def tcp_rcvbuf_grow_from_ofo(sk: TcpSock) -> None:
+    """Modern: let autotuning see the out-of-order span too."""
+    if sk.net.sysctls.tcp_moderate_rcvbuf and not sk.rcvbuf_locked and sk.rcvq_space:
+        tcp_rcvbuf_grow(sk, sk.rcvq_space)
+
+
+def tcp_ofo_queue(sk: TcpSock, now: int) -> None:
+    """Move out-of-order data that rcv_nxt has reached into sk_receive_queue."""
+    dsack_high = sk.rcv_nxt
+    while sk.ofo:
+        skb = sk.ofo.first()
+        assert skb is not None
+        if after(skb.seq, sk.rcv_nxt):
+            break
+        if before(skb.seq, dsack_high):
+            dsack = skb.end_seq if before(skb.end_seq, dsack_high) else dsack_high
+            tcp_dsack_extend(sk, skb.seq, dsack)
+        sk.ofo.erase(skb)
+        if not after(skb.end_seq, sk.rcv_nxt):
+            tcp_drop(sk, skb, "TCP_OFO_DUP")
+            continue
+        tail = sk.tail()
+        if tail is None or not tcp_try_coalesce(sk, tail, skb):
+            sk.receive_queue.append(skb)
+        sk.rcv_nxt = skb.end_seq
+        sk.net.event("ofo_to_receive_queue", sk.sock_id, seq=skb.seq, end_seq=skb.end_seq)
+        if skb.fin:
+            tcp_fin(sk, now)
+            break
+
+
+def tcp_fin(sk: TcpSock, now: int) -> None:
+    """The peer closed its side: EOF for readers once the queue is drained."""
+    inet_csk_schedule_ack(sk)
+    sk.rcv_shutdown = True
+    sk.sock_done = True
+    state = sk.state
+    if state in (TcpState.SYN_RECV, TcpState.ESTABLISHED):
+        set_state(sk, TcpState.CLOSE_WAIT)
+        sk.icsk_ack.pingpong = 1
+    elif state == TcpState.FIN_WAIT1:
+        tcp_send_ack(sk, now)
+        set_state(sk, TcpState.CLOSING)
+    elif state == TcpState.FIN_WAIT2:
+        tcp_send_ack(sk, now)
+        set_state(sk, TcpState.TIME_WAIT)
+    for skb in sk.ofo.purge():
+        tcp_drop(sk, skb, "TCP_CLOSE")
+    if sk.rx_opt.sack_ok:
+        tcp_sack_reset(sk)
+    sk.data_ready = True
+    sk.net.event("fin", sk.sock_id, state=sk.state.value)
+
+
+def set_state(sk: TcpSock, state: TcpState) -> None:
+    """tcp_set_state with its MIB side effects."""
+    old = sk.state
+    net = sk.net
+    if state == TcpState.ESTABLISHED and old != TcpState.ESTABLISHED:
+        net.mib.add("TcpCurrEstab")
+    elif old in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and state not in (
+            TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+        if state == TcpState.CLOSE:
+            net.mib.add("TcpEstabResets")
+        if old == TcpState.ESTABLISHED or state != TcpState.ESTABLISHED:
+            net.mib.add("TcpCurrEstab", -1)
+    sk.state = state
+    net.event("state", sk.sock_id, old=old.value, new=state.value)
+
+
+def tcp_reset(sk: TcpSock, now: int) -> None:
+    """An acceptable RST: the connection is gone; readers see the error."""
+    if sk.state == TcpState.SYN_SENT:
+        sk.sk_err = ECONNREFUSED
+    elif sk.state == TcpState.CLOSE_WAIT:
+        sk.sk_err = EPIPE
+    elif sk.state != TcpState.CLOSE:
+        sk.sk_err = ECONNRESET
+    tcp_done(sk)
+
+
+def tcp_done(sk: TcpSock) -> None:
+    set_state(sk, TcpState.CLOSE)
+    sk.rcv_shutdown = True
+    sk.snd_shutdown = True
+    sk.icsk_ack.pending = AckPending(0)
+    sk.icsk_ack.timeout = 0
+    sk.data_ready = True
+
+
+# ---------------------------------------------------------------------------------
+# validation and the ACK field
+
+
+def tcp_sequence(sk: TcpSock, skb: Skb) -> str | None:
+    """None if acceptable, else the drop reason (tcp_sequence)."""
+    if before(skb.end_seq, sk.rcv_wup):
+        return "TCP_OLD_SEQUENCE"
+    limit = seq_add(sk.rcv_nxt, tcp_receive_window(sk))
+    if after(skb.seq, limit):
+        return "TCP_INVALID_SEQUENCE"
+    if sk.net.profile.reject_beyond_window and after(skb.end_seq, limit):
+        if not after(seq_sub(skb.end_seq, int(skb.fin)) & 0xFFFFFFFF, limit):
+            return None
+        if sk.receive_queue:
+            sk.net.inc("TcpExtBeyondWindow")
+            return "TCP_INVALID_END_SEQUENCE"
+    return None
+
+
+def tcp_paws_discard(sk: TcpSock, skb: Skb) -> bool:
+    ro = sk.rx_opt
+    if not ro.saw_tstamp or not ro.ts_recent:
+        return False
+    if (ro.ts_recent - ro.rcv_tsval) & 0xFFFFFFFF <= TCP_PAWS_WINDOW or \
+            (ro.ts_recent - ro.rcv_tsval) & 0x80000000:
+        return False
+    # tcp_disordered_ack: an old duplicate pure ACK is not a PAWS failure
+    return not (skb.has(TcpFlags.ACK) and skb.seq == skb.end_seq and skb.seq == sk.rcv_nxt
+                and skb.ack_seq == sk.snd_una)
+
+
+def tcp_parse_timestamp(sk: TcpSock, skb: Skb) -> None:
+    ts = skb.options.timestamp if sk.rx_opt.tstamp_ok else None
+    ro = sk.rx_opt
+    ro.saw_tstamp = ts is not None
+    if ts is not None:
+        ro.rcv_tsval, ro.rcv_tsecr = ts
+
+
+def tcp_replace_ts_recent(sk: TcpSock, seq: int, now: int) -> None:
+    ro = sk.rx_opt
+    # tcp_paws_check(rx_opt, 0): only a newer (or equal) TSval replaces ts_recent
+    newer = not ro.ts_recent or ((ro.rcv_tsval - ro.ts_recent) & 0xFFFFFFFF) < 0x80000000
+    if ro.saw_tstamp and not after(seq, sk.rcv_wup) and newer:
+        ro.ts_recent = ro.rcv_tsval
+        ro.ts_recent_stamp = now
+
+
+def tcp_validate_incoming(sk: TcpSock, skb: Skb, now: int) -> bool:
+    """RFC 793 steps 1-4 (PAWS, sequence, RST, SYN); False if the segment was dropped."""
+    net = sk.net
+    rst = skb.has(TcpFlags.RST)
+    if tcp_paws_discard(sk, skb) and not rst:
+        if net.profile.reject_beyond_window and skb.len == 0 and not skb.syn and not skb.fin:
+            net.inc("TcpExtPAWSOldAck")
+        else:
+            net.inc("TcpExtPAWSEstab")
+            if not tcp_oow_rate_limited(sk, skb, "TcpExtTCPACKSkippedPAWS", now):
+                tcp_send_dupack(sk, skb, now)
+        tcp_drop(sk, skb, "TCP_RFC7323_PAWS")
+        return False
+    reason = tcp_sequence(sk, skb)
+    if reason is not None:
+        if not rst:
+            if skb.syn:
+                return _syn_challenge(sk, skb, now)
+            if not tcp_oow_rate_limited(sk, skb, "TcpExtTCPACKSkippedSeq", now):
+                tcp_send_dupack(sk, skb, now)
+        tcp_drop(sk, skb, reason)
+        return False
+    if rst:
+        if skb.seq == sk.rcv_nxt or _rst_matches_sack(sk, skb):
+            tcp_reset(sk, now)
+        else:
+            tcp_send_challenge_ack(sk, skb, now)
+        tcp_drop(sk, skb, "TCP_RESET")
+        return False
+    if skb.syn:
+        return _syn_challenge(sk, skb, now)
+    return True
+
+
+def _rst_matches_sack(sk: TcpSock, skb: Skb) -> bool:
+    if not sk.rx_opt.sack_ok or not sk.rx_opt.num_sacks:
+        return False
+    ends = [b[1] for b in sk.selective_acks[: sk.rx_opt.num_sacks]]
+    highest = max(ends, key=lambda e: seq_sub(e, sk.rcv_nxt))
+    return skb.seq == highest
+
+
+def _syn_challenge(sk: TcpSock, skb: Skb, now: int) -> bool:
+    sk.net.inc("TcpExtTCPSYNChallenge")
+    tcp_send_challenge_ack(sk, skb, now)
+    tcp_drop(sk, skb, "TCP_FLAGS")
+    return False
+
+
+def tcp_ack(sk: TcpSock, skb: Skb, slowpath: bool) -> int:
+    """The receiver's share of tcp_ack: validate the ACK field and take the peer's window.
+
+    Returns -1 if the segment must be dropped (it acknowledges data never sent).
+    """
+    net = sk.net
+    ack = skb.ack_seq
+    if after(ack, sk.snd_nxt):
+        return -1
+    prior_snd_una = sk.snd_una
+    if before(ack, prior_snd_una):
+        return 0  # old ACK: nothing to learn, keep processing the data
+    if not slowpath and after(ack, prior_snd_una):
+        net.inc("TcpExtTCPHPAcks")
+    elif slowpath and skb.end_seq == skb.seq:
+        net.inc("TcpExtTCPPureAcks")
+    tcp_ack_update_window(sk, skb, ack)
+    sk.snd_una = ack
+    return 1
+
+
+def tcp_ack_update_window(sk: TcpSock, skb: Skb, ack: int) -> None:
+    nwin = skb.window << sk.rx_opt.snd_wscale
+    may_update = after(ack, sk.snd_una) or after(skb.seq, sk.snd_wl1) or (
+        skb.seq == sk.snd_wl1 and nwin > sk.snd_wnd)
+    if may_update:
+        sk.snd_wl1 = skb.seq
+        if sk.snd_wnd != nwin:
+            sk.snd_wnd = nwin
+            sk.pred_flags = 0
+            tcp_fast_path_check(sk)
+            sk.max_window = max(sk.max_window, nwin)
+
+
+# ---------------------------------------------------------------------------------
+# tcp_rcv_established
+
+
+def tcp_rcv_established(sk: TcpSock, skb: Skb, now: int) -> None:
+    """Header prediction fast path, else the full slow path (§2)."""
+    net = sk.net
+    profile = net.profile
+    tcp_parse_timestamp(sk, skb)
+    hdr_word = (skb.doff >> 2) << 28 | (int(skb.flags) & ~int(TcpFlags.PSH) & 0xFF) << 16 \
+        | skb.window
+    if (sk.pred_flags and hdr_word == sk.pred_flags and skb.seq == sk.rcv_nxt
+            and not after(skb.ack_seq, sk.snd_nxt)
+            and not (sk.rx_opt.saw_tstamp and tcp_paws_discard(sk, skb))):
+        if skb.len == 0:
+            if sk.rx_opt.saw_tstamp and sk.rcv_nxt == sk.rcv_wup:
+                tcp_replace_ts_recent(sk, skb.seq, now)
+            tcp_ack(sk, skb, slowpath=False)
+            kfree_skb_consumed(sk, skb)
+            return
+        if _hp_direct_copy(sk, skb, now):
+            return
+        if not skb.raw_csum_ok or (profile.reject_beyond_window and after(
+                skb.end_seq, seq_add(sk.rcv_nxt, tcp_receive_window(sk)))):
+            _slow_path(sk, skb, now)
+            return
+        if skb.truesize > sk.forward_alloc:
+            # No prepaid memory left: take the slow path's memory scheduling.
+            tcp_step5(sk, skb, now)
+            return
+        if sk.rx_opt.saw_tstamp and sk.rcv_nxt == sk.rcv_wup:
+            tcp_replace_ts_recent(sk, skb.seq, now)
+        tcp_rcv_rtt_measure_ts(sk, skb, now)
+        net.inc("TcpExtTCPHPHits")
+        tcp_queue_rcv(sk, skb)
+        tcp_event_data_recv(sk, skb, now)
+        if skb.ack_seq != sk.snd_una:
+            tcp_ack(sk, skb, slowpath=False)
+        __tcp_ack_snd_check(sk, False, now)
+        tcp_data_ready(sk, now)
+        return
+    _slow_path(sk, skb, now)
+
+
+def _hp_direct_copy(sk: TcpSock, skb: Skb, now: int) -> bool:
+    """Legacy: header prediction copies straight to the reader running this replay."""
+    uc = sk.ucopy
+    net = sk.net
+    if not (net.profile.hp_direct_copy and uc.task is not None and uc.task == net.current
+            and sk.copied_seq == sk.rcv_nxt and skb.len <= uc.len and sk.owned):
+        return False
+    if sk.rx_opt.saw_tstamp and sk.rcv_nxt == sk.rcv_wup:
+        tcp_replace_ts_recent(sk, skb.seq, now)
+    uc.iov += skb.data
+    uc.len -= skb.len
+    sk.copied_seq = seq_add(sk.copied_seq, skb.len)
+    tcp_rcv_space_adjust(sk, now)
+    sk.rcv_nxt = skb.end_seq
+    tcp_rcv_rtt_measure_ts(sk, skb, now)
+    net.inc("TcpExtTCPHPHitsToUser")
+    net.event("direct_copy", sk.sock_id, task=uc.task, bytes=skb.len)
+    tcp_event_data_recv(sk, skb, now)
+    if skb.ack_seq != sk.snd_una:
+        tcp_ack(sk, skb, slowpath=False)
+    __tcp_ack_snd_check(sk, False, now)
+    kfree_skb_consumed(sk, skb, DELIVERED)
+    return True
+
+
+def _slow_path(sk: TcpSock, skb: Skb, now: int) -> None:
+    net = sk.net
+    if not skb.raw_csum_ok:
+        net.inc("TcpInCsumErrors")
+        net.inc("TcpInErrs")
+        tcp_drop(sk, skb, "TCP_CSUM")
+        return
+    if not skb.flags & (TcpFlags.ACK | TcpFlags.RST | TcpFlags.SYN):
+        tcp_drop(sk, skb, "TCP_FLAGS")
+        return
+    if not tcp_validate_incoming(sk, skb, now):
+        return
+    tcp_step5(sk, skb, now)
+
+
+def tcp_step5(sk: TcpSock, skb: Skb, now: int) -> None:
+    tcp_replace_ts_recent(sk, skb.seq, now)
+    if tcp_ack(sk, skb, slowpath=True) < 0:
+        tcp_send_ack(sk, now)  # RFC 5961 5.2: an ACK for unsent data gets our ACK
+        tcp_drop(sk, skb, "TCP_ACK_UNSENT_DATA")
+        return
+    tcp_rcv_rtt_measure_ts(sk, skb, now)
+    tcp_data_queue(sk, skb, now)
+    tcp_ack_snd_check(sk, now)

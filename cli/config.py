@@ -1,0 +1,1055 @@
+"""Scenario files: TOML in, a validated and typed :class:`Scenario` out.
+
+A scenario describes one run: the kernel profile, sysctls, the NIC, the CPUs, the
+stack's listening socket, the remote peer and its flows, the wire between them, and
+the reader processes. Every key is optional. What is left out comes from the embedded
+default topology (:data:`DEFAULT_SCENARIO_TOML`) by these rules:
+
+- scalar keys and plain tables (``[nic]``, ``[cpu]``, ``[stack]``, ``[peer]``,
+  ``[log]``, ``[sysctl]``) fall back key by key to their documented defaults (the
+  defaults of the profile for ``[sysctl]``);
+- ``[[flows]]``, ``[[readers]]``, ``[impairments]`` and ``[ack_impairments]`` are taken
+  whole: a file that gives one of them describes all of it, and inside it a missing key
+  is zero or its plain default (so ``[impairments]`` alone is a clean wire), while a file
+  that leaves one out gets the default topology's;
+- when a file gives ``[[flows]]`` but no ``[[readers]]``, each flow gets one reader with
+  default settings, named by the flow's ``reader`` key.
+
+Entries of an array are numbered from 0 in error messages (``readers[1]`` is the second
+``[[readers]]``). The k-th entry's name defaults to ``f<k+1>`` / ``r<k+1>``, a flow's
+``sport`` to ``40001 + k`` and its ``reader`` to ``r<k+1>``, a reader's ``flow`` to
+``f<k+1>``, so the first entry's defaults are ``f1``, ``40001``, ``r1``.
+
+Validation is strict: an unknown key anywhere, a wrong type, a value out of range, a
+duplicate name or port, or a reference to a flow or reader that does not exist raises
+:class:`ConfigError`, whose message names the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import ipaddress
+import json
+import math
+import re
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from actors.nic.model import MICROSOFT_RSS_KEY
+from actors.peer.impairments import EventAction, FlowKey, ScriptedEvent, WireImpairments
+from actors.profiles import MS, PROFILES, US, Profile, Sysctls, get_profile
+
+DEFAULT_SOURCE = "<default>"
+OVERRIDE_SOURCE = "command line"
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+ProbeStyle = Literal["linux", "data"]
+EventMatch = Literal["data", "any"]
+
+LOG_LEVELS: tuple[str, ...] = typing.get_args(LogLevel)
+PROBE_STYLES: tuple[str, ...] = typing.get_args(ProbeStyle)
+EVENT_ACTIONS: tuple[str, ...] = typing.get_args(EventAction)
+EVENT_MATCHES: tuple[str, ...] = typing.get_args(EventMatch)
+
+# SOCK_MIN_RCVBUF = 2 * TCP_SKB_MIN_TRUESIZE = 2 * (2048 + SKB_DATA_ALIGN(sizeof(sk_buff))):
+# the floor sock_setsockopt(SO_RCVBUF) applies after doubling.
+SOCK_MIN_RCVBUF = 2 * (2048 + 256)
+# setsockopt takes an int and doubles it; keep the doubled value an int.
+_SO_RCVBUF_MAX = (2**31 - 1) // 2
+_TCP_MIN_MSS = 88  # include/net/tcp.h
+_TCP_MAX_MSS = 65535 - 20 - 20  # the largest IPv4 datagram minus both headers
+_TCP_MAX_WSCALE = 14  # RFC 7323
+_RSS_KEY_MIN_BYTES = 40  # 36 bytes of IPv4 4-tuple input need a 40-byte Toeplitz key
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_NAME_EXPECTED = "a name matching [a-z][a-z0-9_-]* of at most 32 characters"
+
+# Kernel ranges of the sysctls a scenario may set; unlisted integer sysctls take >= 0.
+_SYSCTL_RANGES: dict[str, tuple[int, int | None]] = {
+    "tcp_low_latency": (0, 1),
+    "tcp_moderate_rcvbuf": (0, 1),
+    "tcp_sack": (0, 1),
+    "tcp_dsack": (0, 1),
+    "tcp_timestamps": (0, 2),
+    "tcp_window_scaling": (0, 1),
+    "tcp_app_win": (0, 31),
+    "tcp_comp_sack_nr": (0, 255),
+    "tcp_backlog_ack_defer": (0, 1),
+    "tcp_shrink_window": (0, 1),
+    "netdev_budget": (1, None),
+    "dev_weight": (1, None),
+    "netdev_max_backlog": (1, None),
+}
+_SYSCTL_TYPES: dict[str, Any] = typing.get_type_hints(Sysctls)
+
+
+class ConfigError(Exception):
+    """A scenario that cannot be used, with where and why.
+
+    ``source`` is the file (or ``<default>`` / ``command line``), ``key`` the dotted key
+    path (``readers[1].think_us``) or None, ``detail`` what was expected and found.
+    """
+
+    def __init__(self, source: str, key: str | None, detail: str, *,
+                 line: int | None = None, column: int | None = None) -> None:
+        self.source = source
+        self.key = key
+        self.detail = detail
+        self.line = line
+        self.column = column
+        where = source
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
+        if key:
+            where += f": {key}"
+        super().__init__(f"{where}: {detail}")
+
+
+# -- the typed scenario ----------------------------------------------------------------
+
+
+def ms_to_ns(ms: float) -> int:
+    return round(ms * MS)
+
+
+def us_to_ns(us: float) -> int:
+    return round(us * US)
+
+
+@dataclass(frozen=True, slots=True)
+class NicConfig:
+    """The NIC: RX queues (one descriptor ring each), interrupt coalescing, RSS."""
+
+    queues: int = 2
+    ring_size: int = 256
+    rx_usecs: int = 0
+    rx_frames: int = 1
+    rss_key: bytes = MICROSOFT_RSS_KEY
+    cost_per_frame_us: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CpuConfig:
+    """The CPUs that take the NIC's interrupts and run NAPI; costs are emulated work."""
+
+    count: int = 2
+    cost_per_segment_us: float = 0.0
+    cost_per_byte_ns: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    """The receiving host's TCP: the listening socket and its per-segment costs."""
+
+    cost_per_segment_us: float = 0.0
+    cost_per_byte_ns: float = 0.0
+    rcvbuf: int = 0  # SO_RCVBUF as passed to setsockopt; 0 = not set
+    rcvlowat: int = 1
+    listen_port: int = 5001
+    address: str = "10.0.0.2"
+
+    @property
+    def rcvbuf_locked(self) -> bool:
+        """SO_RCVBUF sets SOCK_RCVBUF_LOCK, which turns receive autotuning off."""
+        return self.rcvbuf > 0
+
+    def sk_rcvbuf(self, sysctls: Sysctls) -> int:
+        """The initial ``sk_rcvbuf``: ``tcp_rmem[1]``, or SO_RCVBUF doubled like Linux.
+
+        net.core.rmem_max is not modelled, so a large SO_RCVBUF is not clamped.
+        """
+        if self.rcvbuf == 0:
+            return sysctls.tcp_rmem[1]
+        return max(self.rcvbuf * 2, SOCK_MIN_RCVBUF)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """The remote host that sends every flow (the active-open side)."""
+
+    address: str = "10.0.0.1"
+    mss: int = 1460
+    wscale: int = 7
+    sack: bool = True
+    timestamps: bool = True
+    probe_style: ProbeStyle = "linux"
+    resegment: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    """One TCP connection from the peer to the stack's listening port."""
+
+    name: str = "f1"
+    bytes: int = 1_000_000
+    sport: int = 40001
+    start_ms: float = 0.0
+    reader: str = "r1"
+
+    @property
+    def start_ns(self) -> int:
+        return ms_to_ns(self.start_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedEventConfig:
+    """A deterministic impairment of the ``index``-th matching frame (counted from 1).
+
+    ``flow`` None applies it to every flow, each counted separately. ``hold_segments`` and
+    ``max_hold_ms`` apply to ``hold`` only, ``delay_ms`` to ``delay`` only.
+    """
+
+    action: EventAction
+    index: int
+    flow: str | None = None
+    match: EventMatch = "data"
+    hold_segments: int = 0
+    delay_ms: float = 0.0
+    max_hold_ms: float | None = None
+
+    def to_event(self, flow_key: FlowKey | None) -> ScriptedEvent:
+        """The :class:`ScriptedEvent`, with the flow name resolved to the frames' 4-tuple."""
+        return ScriptedEvent(
+            action=self.action, nth=self.index, flow=flow_key, match=self.match,
+            hold_segments=self.hold_segments, delay_ns=ms_to_ns(self.delay_ms),
+            max_hold_ns=None if self.max_hold_ms is None else ms_to_ns(self.max_hold_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class ImpairmentsConfig:
+    """The data path, peer -> NIC (netem-like); rates are probabilities per frame."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    corrupt: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    reorder_gap_ms: float = 1.0
+    events: tuple[ScriptedEventConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AckImpairmentsConfig:
+    """The ACK path, NIC -> peer: losing ACKs is what matters there."""
+
+    loss: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    events: tuple[ScriptedEventConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderConfig:
+    """A user process reading one flow with ``read()`` (``tcp_recvmsg``) in a loop."""
+
+    name: str = "r1"
+    flow: str = "f1"
+    read_size: int = 65536
+    think_us: float = 0.0  # between reads, socket lock not held
+    hold_lock_us: float = 0.0  # inside a read, with the socket lock held (a slow reader)
+    copy_ns_per_byte: float = 0.0
+    nonblocking: bool = False
+    waitall: bool = False
+    start_ms: float = 0.0
+
+    @property
+    def think_ns(self) -> int:
+        return us_to_ns(self.think_us)
+
+    @property
+    def hold_lock_ns(self) -> int:
+        return us_to_ns(self.hold_lock_us)
+
+    @property
+    def start_ns(self) -> int:
+        return ms_to_ns(self.start_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: LogLevel = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One validated run description. ``to_dict()`` gives it back, defaults filled in."""
+
+    profile: str = "legacy"
+    seed: int = 1
+    duration: float = 60.0
+    description: str = ""
+    sysctl: Sysctls = field(default_factory=Sysctls)
+    nic: NicConfig = field(default_factory=NicConfig)
+    cpu: CpuConfig = field(default_factory=CpuConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
+    flows: tuple[FlowConfig, ...] = ()
+    impairments: ImpairmentsConfig = field(default_factory=ImpairmentsConfig)
+    ack_impairments: AckImpairmentsConfig = field(default_factory=AckImpairmentsConfig)
+    readers: tuple[ReaderConfig, ...] = ()
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = field(default=DEFAULT_SOURCE, compare=False)
+
+    @property
+    def kernel_profile(self) -> Profile:
+        return get_profile(self.profile)
+
+    @property
+    def duration_ns(self) -> int:
+        return round(self.duration * 1_000_000_000)
+
+    @property
+    def queue_to_cpu(self) -> tuple[int, ...]:
+        """The CPU that takes each RX queue's interrupt (round robin, as irqbalance-free
+        drivers spread them)."""
+        return tuple(q % self.cpu.count for q in range(self.nic.queues))
+
+    def flow(self, name: str) -> FlowConfig:
+        for flow in self.flows:
+            if flow.name == name:
+                return flow
+        raise KeyError(name)
+
+    def reader(self, name: str) -> ReaderConfig:
+        for reader in self.readers:
+            if reader.name == name:
+                return reader
+        raise KeyError(name)
+
+    def readers_of(self, flow: str) -> tuple[ReaderConfig, ...]:
+        return tuple(r for r in self.readers if r.flow == flow)
+
+    def four_tuple(self, flow: str) -> FlowKey:
+        """(src, sport, dst, dport) of the flow's data segments, peer -> stack."""
+        f = self.flow(flow)
+        return (self.peer.address, f.sport, self.stack.address, self.stack.listen_port)
+
+    def seed_for(self, label: str) -> int:
+        """A seed for one consumer of randomness, derived from ``seed`` and a label, so
+        adding a consumer does not change the draws of the others."""
+        digest = hashlib.sha256(f"{self.seed}:{label}".encode()).digest()
+        return int.from_bytes(digest[:8], "big")
+
+    def wire_impairments(self) -> WireImpairments:
+        """The data path's :class:`WireImpairments`, seeded from the scenario seed."""
+        imp = self.impairments
+        return WireImpairments(
+            loss=imp.loss, reorder=imp.reorder, reorder_gap_ns=ms_to_ns(imp.reorder_gap_ms),
+            duplicate=imp.duplicate, delay_ns=ms_to_ns(imp.delay_ms),
+            jitter_ns=ms_to_ns(imp.jitter_ms), corrupt=imp.corrupt,
+            seed=self.seed_for("wire"),
+            events=tuple(e.to_event(None if e.flow is None else self.four_tuple(e.flow))
+                         for e in imp.events))
+
+    def ack_wire_impairments(self) -> WireImpairments:
+        """The ACK path's :class:`WireImpairments`; its frames carry the reversed 4-tuple."""
+        imp = self.ack_impairments
+        events = []
+        for e in imp.events:
+            key = None
+            if e.flow is not None:
+                src, sport, dst, dport = self.four_tuple(e.flow)
+                key = (dst, dport, src, sport)
+            events.append(e.to_event(key))
+        return WireImpairments.ack_path(
+            loss=imp.loss, delay_ns=ms_to_ns(imp.delay_ms), jitter_ns=ms_to_ns(imp.jitter_ms),
+            seed=self.seed_for("ack-wire"), events=tuple(events))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective scenario as plain JSON-able data in the file's own schema, every
+        default filled in; :meth:`from_dict` (or a TOML dump of it) gives it back."""
+        out = _dataclass_to_dict(self)
+        del out["source"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Scenario:
+        """Validate already-parsed data (a TOML document, or a :meth:`to_dict` result),
+        with the same defaults as a file."""
+        return _from_raw(copy.deepcopy(dict(data)), source, None)
+
+
+def _dataclass_to_dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(obj, ScriptedEventConfig) and not _event_key_applies(obj.action, f.name):
+            continue
+        if value is None:
+            continue  # TOML has no null: an absent key means "not set"
+        out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return _dataclass_to_dict(value)
+    return value
+
+
+def _event_key_applies(action: str, key: str) -> bool:
+    if key in ("hold_segments", "max_hold_ms"):
+        return action == "hold"
+    if key == "delay_ms":
+        return action == "delay"
+    return True
+
+
+# -- command-line overrides ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """What the command line may change on top of a scenario file.
+
+    ``sysctl`` holds ``key=value`` strings as typed by the user, e.g.
+    ``tcp_low_latency=1`` or ``tcp_rmem=4096,131072,6291456`` (commas or spaces).
+    """
+
+    profile: str | None = None
+    seed: int | None = None
+    duration: float | None = None
+    sysctl: tuple[str, ...] = ()
+
+
+def parse_sysctl_assignment(text: str) -> tuple[str, int | tuple[int, ...]]:
+    """``"key=value"`` -> (key, typed value); raises :class:`ConfigError` (command line)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().removeprefix("sysctl.")
+    # sysctl(8) spells them net.ipv4.tcp_rmem; accept that and keep the last part.
+    key = key.rsplit(".", 1)[-1]
+    if not sep or not key:
+        raise ConfigError(OVERRIDE_SOURCE, "sysctl",
+                          f"expected key=value, got {_show(text)}")
+    path = f"sysctl.{key}"
+    if key not in _SYSCTL_TYPES:
+        raise ConfigError(OVERRIDE_SOURCE, path, _unknown_key_detail(key, _SYSCTL_TYPES))
+    parts = [p for p in re.split(r"[\s,]+", raw.strip()) if p]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if typing.get_origin(_SYSCTL_TYPES[key]) is tuple:
+        if not numbers:
+            raise ConfigError(OVERRIDE_SOURCE, path,
+                              f"expected {_sysctl_expected(key)}, got {_show(raw)}")
+        return key, tuple(numbers)
+    if len(numbers) != 1:
+        raise ConfigError(OVERRIDE_SOURCE, path,
+                          f"expected {_sysctl_expected(key)}, got {_show(raw)}")
+    return key, numbers[0]
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Overrides) -> None:
+    """Check each override on its own (errors name the command line), then put it in."""
+    top = _Table(OVERRIDE_SOURCE, {}, "", ())
+    if overrides.profile is not None:
+        top.data["profile"] = overrides.profile
+        raw["profile"] = top.choice("profile", "legacy", tuple(PROFILES))
+    if overrides.seed is not None:
+        top.data["seed"] = overrides.seed
+        raw["seed"] = top.integer("seed", 1, lo=0)
+    if overrides.duration is not None:
+        top.data["duration"] = overrides.duration
+        raw["duration"] = top.number("duration", 60.0, lo=0.0, lo_open=True)
+    if overrides.sysctl:
+        section = raw.get("sysctl")
+        section = dict(section) if isinstance(section, dict) else {}
+        sysctl = _Table(OVERRIDE_SOURCE, {}, "sysctl", tuple(_SYSCTL_TYPES))
+        for text in overrides.sysctl:
+            key, value = parse_sysctl_assignment(text)
+            sysctl.data[key] = list(value) if isinstance(value, tuple) else value
+            _sysctl_value(sysctl, key)
+            section[key] = sysctl.data[key]
+        raw["sysctl"] = section
+
+
+# -- loading ---------------------------------------------------------------------------
+
+DEFAULT_SCENARIO_TOML = """\
+# The embedded default topology (`rxpath run` with no config): one peer sends two
+# 4 MB flows through a 2-queue NIC and 2 CPUs to two readers, on the legacy (4.13)
+# kernel, over a wire that loses, duplicates, reorders and corrupts frames. Segments
+# reach tcp_data_queue in order, as full duplicates, out of order, and partially
+# overlapping (a re-segmented retransmission straddling rcv_nxt); corrupted ones die
+# at the checksum. Segments beyond the window need a sender that exceeds it, such as
+# peer.probe_style = "data" against a zero window (a slow reader).
+profile = "legacy"
+seed = 1
+duration = 60.0
+description = "default: 2 flows x 4 MB -> 2 readers, 2 queues, 2 cpus, legacy, impaired wire"
+
+[[flows]]
+name = "f1"
+bytes = 4_000_000
+sport = 40001
+reader = "r1"
+
+[[flows]]
+name = "f2"
+bytes = 4_000_000
+sport = 40002
+reader = "r2"
+
+[[readers]]
+name = "r1"
+flow = "f1"
+
+[[readers]]
+name = "r2"
+flow = "f2"
+
+[impairments]
+loss = 0.01
+duplicate = 0.01
+reorder = 0.02
+corrupt = 0.002
+
+# Early, deterministic cases on every flow (each flow counts its own data frames).
+[[impairments.events]]
+index = 4           # arrives twice: the copy is a full duplicate (DSACK)
+action = "duplicate"
+
+[[impairments.events]]
+index = 8           # overtaken by the 3 frames behind it: they go to the ofo queue
+action = "hold"
+hold_segments = 3
+
+[[impairments.events]]
+index = 16          # a hole that only a retransmission fills
+action = "drop"
+"""
+
+_WHOLE_SECTIONS = ("flows", "readers", "impairments", "ack_impairments")
+
+
+def load_scenario(path: str | Path | None = None,
+                  overrides: Overrides | None = None) -> Scenario:
+    """Load and validate a scenario file; ``None`` is the embedded default topology."""
+    if path is None:
+        raw = _parse_toml(DEFAULT_SCENARIO_TOML, DEFAULT_SOURCE)
+        return _from_raw(raw, DEFAULT_SOURCE, overrides, with_defaults=False)
+    source = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, None, "no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, None, f"not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
+    return parse_scenario(text, source, overrides)
+
+
+def parse_scenario(text: str, source: str = "<string>",
+                   overrides: Overrides | None = None) -> Scenario:
+    """Validate a scenario given as TOML text; ``source`` names it in error messages."""
+    return _from_raw(_parse_toml(text, source), source, overrides)
+
+
+def _from_raw(raw: dict[str, Any], source: str, overrides: Overrides | None,
+              with_defaults: bool = True) -> Scenario:
+    """Fill whole sections the document leaves out from the default, then validate."""
+    defaulted: frozenset[str] = frozenset()
+    if with_defaults:
+        default_raw = _parse_toml(DEFAULT_SCENARIO_TOML, DEFAULT_SOURCE)
+        derive_readers = "flows" in raw and "readers" not in raw
+        missing = {k for k in _WHOLE_SECTIONS if k not in raw and k in default_raw}
+        if derive_readers:
+            missing.discard("readers")
+        for key in missing:
+            raw[key] = default_raw[key]
+        defaulted = frozenset(missing)
+    if overrides is not None:
+        _apply_overrides(raw, overrides)
+    return _build(raw, source, defaulted)
+
+
+def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+        lines = text.splitlines()
+        if match:
+            line, column = int(match.group(1)), int(match.group(2))
+            message = message[:match.start()]
+        else:
+            message = re.sub(r"\s*\(at end of document\)$", "", message)
+            line, column = max(len(lines), 1), None
+        detail = f"invalid TOML: {message}"
+        if 1 <= line <= len(lines):
+            detail += f"\n    {line} | {lines[line - 1]}"
+            if column is not None:
+                detail += "\n    " + " " * len(str(line)) + " | " + " " * (column - 1) + "^"
+        raise ConfigError(source, None, detail, line=line, column=column) from None
+
+
+def _build(raw: dict[str, Any], source: str, defaulted: frozenset[str]) -> Scenario:
+    try:
+        return _Builder(raw, source).scenario()
+    except ConfigError as err:
+        section = (err.key or "").split(".", 1)[0].split("[", 1)[0]
+        if section in defaulted:
+            header = f"[[{section}]]" if section in ("flows", "readers") else f"[{section}]"
+            raise ConfigError(
+                err.source, err.key,
+                f"{err.detail} (this file gives no {header}, so it comes from the "
+                "default topology)") from None
+        raise
+
+
+# -- validation helpers ------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    """A value as a TOML user would write it, for 'got ...' in messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, int | float):
+        text = repr(value)
+    elif isinstance(value, dict):
+        return "a table"
+    elif isinstance(value, list | tuple):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    else:
+        return f"a {type(value).__name__}"  # TOML dates and times
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unknown_key_detail(key: str, allowed: Mapping[str, Any] | Sequence[str]) -> str:
+    names = sorted(allowed)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {_show(close[0])}?)" if close else ""
+    return f"unknown key{hint}; expected one of: {', '.join(names)}"
+
+
+def _range_text(kind: str, lo: float | None, hi: float | None, lo_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f"{kind} in [{lo}, {hi}]"
+    if lo is not None:
+        return f"{kind} {'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f"{kind} <= {hi}"
+    return kind
+
+
+class _Table:
+    """One TOML table being read: typed getters that know the key path for errors.
+
+    ``allowed`` lists the keys the table may hold; empty means any (override checks).
+    """
+
+    def __init__(self, source: str, data: Any, path: str, allowed: Sequence[str]) -> None:
+        self.source = source
+        self.path = path
+        if not isinstance(data, dict):
+            raise ConfigError(source, path or None, f"expected a table, got {_show(data)}")
+        self.data: dict[str, Any] = data
+        for key in data:
+            if allowed and key not in allowed:
+                raise ConfigError(source, self.key(key), _unknown_key_detail(key, allowed))
+
+    def key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, expected: str, value: Any = None, *,
+              show: bool = True) -> ConfigError:
+        got = f", got {_show(value)}" if show else ""
+        return ConfigError(self.source, self.key(key), f"expected {expected}{got}")
+
+    def integer(self, key: str, default: int, *, lo: int | None = None,
+                hi: int | None = None) -> int:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise self.error(key, _range_text("an integer", lo, hi), value)
+        return cast(int, value)
+
+    def number(self, key: str, default: float, *, lo: float | None = 0.0,
+               hi: float | None = None, lo_open: bool = False) -> float:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        expected = _range_text("a number", _num(lo), _num(hi), lo_open)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
+            raise self.error(key, expected, value)
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise self.error(key, expected, value)
+        if hi is not None and value > hi:
+            raise self.error(key, expected, value)
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, bool):
+            raise self.error(key, "true or false", value)
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, str) or "\n" in value:
+            raise self.error(key, "a one-line string", value)
+        return value
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, str) or value not in choices:
+            raise self.error(key, "one of " + ", ".join(json.dumps(c) for c in choices), value)
+        return value
+
+    def name(self, key: str, default: str) -> str:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, str) or not _NAME_RE.match(value):
+            raise self.error(key, _NAME_EXPECTED, value)
+        return value
+
+    def ipv4(self, key: str, default: str) -> str:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        try:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return str(ipaddress.IPv4Address(value))
+        except ValueError:
+            raise self.error(key, "an IPv4 address like \"10.0.0.1\"", value) from None
+
+    def array_of_tables(self, key: str) -> list[Any]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list):
+            raise self.error(key, f"an array of tables ([[{self.key(key)}]])", value)
+        return value
+
+    def sub(self, key: str, allowed: Sequence[str]) -> _Table:
+        return _Table(self.source, self.data.get(key, {}), self.key(key), allowed)
+
+
+def _num(value: float | None) -> float | int | None:
+    """1.0 -> 1 in messages: 'a number in [0, 1]' reads better than '[0.0, 1.0]'."""
+    if value is not None and float(value).is_integer():
+        return int(value)
+    return value
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _sysctl_expected(key: str) -> str:
+    if typing.get_origin(_SYSCTL_TYPES[key]) is tuple:
+        n = len(typing.get_args(_SYSCTL_TYPES[key]))
+        return f"an array of {n} integers >= 1 (min <= default <= max)"
+    lo, hi = _SYSCTL_RANGES.get(key, (0, None))
+    return _range_text("an integer", lo, hi)
+
+
+def _sysctl_value(table: _Table, key: str) -> int | tuple[int, ...]:
+    value = table.data[key]
+    if typing.get_origin(_SYSCTL_TYPES[key]) is tuple:
+        n = len(typing.get_args(_SYSCTL_TYPES[key]))
+        ok = (isinstance(value, list) and len(value) == n
+              and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+              and all(a <= b for a, b in pairwise(value)))
+        if not ok:
+            raise table.error(key, _sysctl_expected(key), value)
+        return tuple(value)
+    lo, hi = _SYSCTL_RANGES.get(key, (0, None))
+    return table.integer(key, 0, lo=lo, hi=hi)
+
+
+_TOP_KEYS = ("profile", "seed", "duration", "description", "sysctl", "nic", "cpu", "stack",
+             "peer", "flows", "impairments", "ack_impairments", "readers", "log")
+
+
+class _Builder:
+    """Reads the raw document section by section, in dependency order."""
+
+    def __init__(self, raw: dict[str, Any], source: str) -> None:
+        self.source = source
+        self.top = _Table(source, raw, "", _TOP_KEYS)
+
+    def scenario(self) -> Scenario:
+        top = self.top
+        profile = top.choice("profile", "legacy", tuple(PROFILES))
+        seed = top.integer("seed", 1, lo=0)
+        duration = top.number("duration", 60.0, lo=0.0, lo_open=True)
+        description = top.string("description", "")
+        sysctl = self._sysctl(get_profile(profile))
+        nic = self._nic()
+        cpu = self._cpu(nic)
+        stack = self._stack()
+        peer = self._peer(stack)
+        flows = self._flows(duration)
+        readers = self._readers(flows, duration)
+        self._check_flow_readers(flows, readers)
+        flow_names = {f.name for f in flows}
+        impairments = self._impairments(flow_names)
+        ack_impairments = self._ack_impairments(flow_names)
+        log = LogConfig(level=cast(LogLevel, top.sub("log", _field_names(LogConfig)).choice(
+            "level", "info", LOG_LEVELS)))
+        return Scenario(
+            profile=profile, seed=seed, duration=duration, description=description,
+            sysctl=sysctl, nic=nic, cpu=cpu, stack=stack, peer=peer, flows=flows,
+            impairments=impairments, ack_impairments=ack_impairments, readers=readers,
+            log=log, source=self.source)
+
+    def _sysctl(self, profile: Profile) -> Sysctls:
+        t = self.top.sub("sysctl", tuple(_SYSCTL_TYPES))
+        values = {key: _sysctl_value(t, key) for key in t.data}
+        return replace(profile.default_sysctls, **values)
+
+    def _nic(self) -> NicConfig:
+        t = self.top.sub("nic", _field_names(NicConfig))
+        d = NicConfig()
+        rx_usecs = t.integer("rx_usecs", d.rx_usecs, lo=0)
+        rx_frames = t.integer("rx_frames", d.rx_frames, lo=0)
+        if rx_usecs == 0 and rx_frames > 1:
+            # ethtool: rx-usecs 0 disables the timer, so a lone frame would never interrupt.
+            raise t.error("rx_frames", "0 or 1 while nic.rx_usecs = 0 (a lone frame would "
+                          "never raise an interrupt)", rx_frames)
+        return NicConfig(
+            queues=t.integer("queues", d.queues, lo=1),
+            ring_size=t.integer("ring_size", d.ring_size, lo=1),
+            rx_usecs=rx_usecs, rx_frames=rx_frames,
+            rss_key=self._rss_key(t, d.rss_key),
+            cost_per_frame_us=t.number("cost_per_frame_us", d.cost_per_frame_us))
+
+    def _rss_key(self, t: _Table, default: bytes) -> bytes:
+        if "rss_key" not in t.data:
+            return default
+        value = t.data["rss_key"]
+        expected = (f"a hex string of at least {_RSS_KEY_MIN_BYTES} bytes "
+                    "(':' between bytes allowed)")
+        try:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            key = bytes.fromhex(value.replace(":", ""))
+        except ValueError:
+            raise t.error("rss_key", expected, value) from None
+        if len(key) < _RSS_KEY_MIN_BYTES:
+            raise t.error("rss_key", expected, value)
+        return key
+
+    def _cpu(self, nic: NicConfig) -> CpuConfig:
+        t = self.top.sub("cpu", _field_names(CpuConfig))
+        d = CpuConfig()
+        count = t.integer("count", d.count, lo=1)
+        if count > nic.queues:
+            raise t.error("count", f"at most nic.queues ({nic.queues}): every cpu polls at "
+                          "least one RX queue", count)
+        return CpuConfig(
+            count=count,
+            cost_per_segment_us=t.number("cost_per_segment_us", d.cost_per_segment_us),
+            cost_per_byte_ns=t.number("cost_per_byte_ns", d.cost_per_byte_ns))
+
+    def _stack(self) -> StackConfig:
+        t = self.top.sub("stack", _field_names(StackConfig))
+        d = StackConfig()
+        return StackConfig(
+            cost_per_segment_us=t.number("cost_per_segment_us", d.cost_per_segment_us),
+            cost_per_byte_ns=t.number("cost_per_byte_ns", d.cost_per_byte_ns),
+            rcvbuf=t.integer("rcvbuf", d.rcvbuf, lo=0, hi=_SO_RCVBUF_MAX),
+            rcvlowat=t.integer("rcvlowat", d.rcvlowat, lo=1),
+            listen_port=t.integer("listen_port", d.listen_port, lo=1, hi=65535),
+            address=t.ipv4("address", d.address))
+
+    def _peer(self, stack: StackConfig) -> PeerConfig:
+        t = self.top.sub("peer", _field_names(PeerConfig))
+        d = PeerConfig()
+        address = t.ipv4("address", d.address)
+        if address == stack.address:
+            raise t.error("address", f"an address other than stack.address ({stack.address})",
+                          address)
+        return PeerConfig(
+            address=address,
+            mss=t.integer("mss", d.mss, lo=_TCP_MIN_MSS, hi=_TCP_MAX_MSS),
+            wscale=t.integer("wscale", d.wscale, lo=0, hi=_TCP_MAX_WSCALE),
+            sack=t.boolean("sack", d.sack),
+            timestamps=t.boolean("timestamps", d.timestamps),
+            probe_style=cast(ProbeStyle, t.choice("probe_style", d.probe_style, PROBE_STYLES)),
+            resegment=t.boolean("resegment", d.resegment))
+
+    def _entries(self, key: str, cls: type) -> list[_Table]:
+        items = self.top.array_of_tables(key)
+        return [_Table(self.source, item, f"{key}[{i}]", _field_names(cls))
+                for i, item in enumerate(items)]
+
+    def _start_ms(self, t: _Table, duration: float) -> float:
+        start = t.number("start_ms", 0.0)
+        if start >= duration * 1000:
+            raise t.error("start_ms", f"a number >= 0 and < duration ({_num(duration * 1000)} ms)",
+                          _num(start))
+        return start
+
+    def _flows(self, duration: float) -> tuple[FlowConfig, ...]:
+        flows: list[FlowConfig] = []
+        seen_names: dict[str, int] = {}
+        seen_ports: dict[int, int] = {}
+        seen_readers: dict[str, int] = {}
+        for i, t in enumerate(self._entries("flows", FlowConfig)):
+            name = t.name("name", f"f{i + 1}")
+            if name in seen_names:
+                raise t.error("name", f"a flow name not already used (flows[{seen_names[name]}] "
+                              "has it)", name)
+            sport = t.integer("sport", 40001 + i, lo=1, hi=65535)
+            if sport in seen_ports:
+                raise t.error("sport", f"a port not already used (flows[{seen_ports[sport]}] "
+                              "has it)", sport)
+            reader = t.name("reader", f"r{i + 1}")
+            if reader in seen_readers:
+                other = seen_readers[reader]
+                raise t.error("reader", f"a reader no other flow uses (flows[{other}] has it): "
+                              "several flows may not share a reader", reader)
+            seen_names[name] = i
+            seen_ports[sport] = i
+            seen_readers[reader] = i
+            flows.append(FlowConfig(
+                name=name, bytes=t.integer("bytes", 1_000_000, lo=1), sport=sport,
+                start_ms=self._start_ms(t, duration), reader=reader))
+        if not flows:
+            raise ConfigError(self.source, "flows", "expected at least one [[flows]] entry")
+        return tuple(flows)
+
+    def _readers(self, flows: tuple[FlowConfig, ...],
+                 duration: float) -> tuple[ReaderConfig, ...]:
+        if "readers" not in self.top.data:
+            # [[flows]] without [[readers]]: each flow's own reader, default settings.
+            return tuple(ReaderConfig(name=f.reader, flow=f.name) for f in flows)
+        flow_names = [f.name for f in flows]
+        readers: list[ReaderConfig] = []
+        seen: dict[str, int] = {}
+        for i, t in enumerate(self._entries("readers", ReaderConfig)):
+            d = ReaderConfig()
+            name = t.name("name", f"r{i + 1}")
+            if name in seen:
+                raise t.error("name", f"a reader name not already used (readers[{seen[name]}] "
+                              "has it)", name)
+            seen[name] = i
+            flow = t.name("flow", f"f{i + 1}")
+            if flow not in flow_names:
+                raise t.error("flow", "the name of a flow (" + ", ".join(
+                    json.dumps(n) for n in flow_names) + ")", flow)
+            readers.append(ReaderConfig(
+                name=name, flow=flow,
+                read_size=t.integer("read_size", d.read_size, lo=1),
+                think_us=t.number("think_us", d.think_us),
+                hold_lock_us=t.number("hold_lock_us", d.hold_lock_us),
+                copy_ns_per_byte=t.number("copy_ns_per_byte", d.copy_ns_per_byte),
+                nonblocking=t.boolean("nonblocking", d.nonblocking),
+                waitall=t.boolean("waitall", d.waitall),
+                start_ms=self._start_ms(t, duration)))
+        if not readers:
+            raise ConfigError(self.source, "readers", "expected at least one [[readers]] entry")
+        return tuple(readers)
+
+    def _check_flow_readers(self, flows: tuple[FlowConfig, ...],
+                            readers: tuple[ReaderConfig, ...]) -> None:
+        by_name = {r.name: r for r in readers}
+        for i, flow in enumerate(flows):
+            key = f"flows[{i}].reader"
+            reader = by_name.get(flow.reader)
+            if reader is None:
+                names = ", ".join(json.dumps(r.name) for r in readers)
+                raise ConfigError(self.source, key, f"expected the name of a reader ({names}), "
+                                  f"got {_show(flow.reader)}")
+            if reader.flow != flow.name:
+                raise ConfigError(self.source, key, f"expected a reader of flow "
+                                  f"{_show(flow.name)}, got {_show(flow.reader)} (which "
+                                  f"reads {_show(reader.flow)})")
+
+    def _events(self, parent: _Table, flow_names: set[str],
+                default_match: EventMatch) -> tuple[ScriptedEventConfig, ...]:
+        items = parent.array_of_tables("events")
+        events = []
+        for i, item in enumerate(items):
+            t = _Table(self.source, item, parent.key(f"events[{i}]"),
+                       _field_names(ScriptedEventConfig))
+            if "action" not in t.data:
+                raise t.error("action", "one of " + ", ".join(
+                    json.dumps(a) for a in EVENT_ACTIONS) + " (required)", show=False)
+            action = cast(EventAction, t.choice("action", "drop", EVENT_ACTIONS))
+            if "index" not in t.data:
+                raise t.error("index", "an integer >= 1 (required: the k-th matching frame)",
+                              show=False)
+            index = t.integer("index", 1, lo=1)
+            flow: str | None = None
+            if "flow" in t.data:
+                flow = t.name("flow", "")
+                if flow not in flow_names:
+                    raise t.error("flow", "the name of a flow (" + ", ".join(
+                        json.dumps(n) for n in sorted(flow_names)) + ")", flow)
+            for key in ("hold_segments", "max_hold_ms", "delay_ms"):
+                if key in t.data and not _event_key_applies(action, key):
+                    wanted = "hold" if key != "delay_ms" else "delay"
+                    raise t.error(key, f"{key} only with action = \"{wanted}\", got it with "
+                                  f"action = {_show(action)}", show=False)
+            delay_ms = 0.0
+            if action == "delay":
+                if "delay_ms" not in t.data:
+                    raise t.error("delay_ms", "a number > 0 (required for action = \"delay\")",
+                                  show=False)
+                delay_ms = t.number("delay_ms", 0.0, lo=0.0, lo_open=True)
+            hold_segments = 0
+            max_hold_ms: float | None = None
+            if action == "hold":
+                hold_segments = t.integer("hold_segments", 1, lo=1)
+                if "max_hold_ms" in t.data:
+                    max_hold_ms = t.number("max_hold_ms", 0.0)
+            events.append(ScriptedEventConfig(
+                action=action, index=index, flow=flow,
+                match=cast(EventMatch, t.choice("match", default_match, EVENT_MATCHES)),
+                hold_segments=hold_segments, delay_ms=delay_ms, max_hold_ms=max_hold_ms))
+        return tuple(events)
+
+    def _impairments(self, flow_names: set[str]) -> ImpairmentsConfig:
+        t = self.top.sub("impairments", _field_names(ImpairmentsConfig))
+        d = ImpairmentsConfig()
+        return ImpairmentsConfig(
+            loss=t.number("loss", d.loss, hi=1.0),
+            duplicate=t.number("duplicate", d.duplicate, hi=1.0),
+            reorder=t.number("reorder", d.reorder, hi=1.0),
+            corrupt=t.number("corrupt", d.corrupt, hi=1.0),
+            delay_ms=t.number("delay_ms", d.delay_ms),
+            jitter_ms=t.number("jitter_ms", d.jitter_ms),
+            reorder_gap_ms=t.number("reorder_gap_ms", d.reorder_gap_ms),
+            events=self._events(t, flow_names, "data"))
+
+    def _ack_impairments(self, flow_names: set[str]) -> AckImpairmentsConfig:
+        t = self.top.sub("ack_impairments", _field_names(AckImpairmentsConfig))
+        d = AckImpairmentsConfig()
+        return AckImpairmentsConfig(
+            loss=t.number("loss", d.loss, hi=1.0),
+            delay_ms=t.number("delay_ms", d.delay_ms),
+            jitter_ms=t.number("jitter_ms", d.jitter_ms),
+            events=self._events(t, flow_names, "any"))
+
+
+def default_scenario() -> Scenario:
+    """The embedded default topology, as ``rxpath run`` without a config uses it."""
+    return load_scenario(None)
