@@ -9,6 +9,7 @@ from typing import Any
 from actors.profiles import MS, get_profile, sysctls_for
 from actors.reader.tcp_recvmsg import ReaderCosts, RecvFlags, RecvResult, StepDriver, tcp_recvmsg
 from actors.stack.net import OpDone, Transmit
+from actors.stack.sock import TcpSock
 from actors.stack.tcp_ipv4 import Stack
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_add
@@ -18,6 +19,8 @@ REMOTE = "10.0.0.1"
 PORT = 5001
 SPORT = 40001
 ISN = 1_000_000
+NO_FLAGS = RecvFlags()
+NO_COSTS = ReaderCosts()
 
 
 @dataclass
@@ -34,7 +37,7 @@ class Conn:
     ts: bool = False
 
     @property
-    def sk(self):  # noqa: ANN201 - the TcpSock
+    def sk(self) -> TcpSock:
         return self.stack.socks[self.sock]
 
     def seq(self, offset: int) -> int:
@@ -113,8 +116,8 @@ def connect(profile: str = "legacy", *, ts: bool = False, sack: bool = True, wsc
 class Reader:
     """One read() call driven step by step against the stack, in virtual time."""
 
-    def __init__(self, conn: Conn, task: str, length: int, flags: RecvFlags = RecvFlags(),
-                 timeo_ns: int | None = None, costs: ReaderCosts = ReaderCosts()) -> None:
+    def __init__(self, conn: Conn, task: str, length: int, flags: RecvFlags = NO_FLAGS,
+                 timeo_ns: int | None = None, costs: ReaderCosts = NO_COSTS) -> None:
         self.conn = conn
         self.task = task
         stack = conn.stack

@@ -91,6 +91,10 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
         res = yield from step("sk_wait_data", **args)
         if res.get("timed_out"):
             timeo = 0
+        if res.get("relock"):
+            # Woken without the lock: sk_wait_event ends with lock_sock, which may wait.
+            locked = yield from step("lock_sock")
+            res = {**locked, "timed_out": bool(res.get("timed_out"))}
         return res
 
     state = yield from step("lock_sock")
@@ -126,10 +130,15 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
             if state["err"] or state["closed"] or state["shutdown"] or timeo == 0:
                 break
         else:
-            if state["done"] or state["shutdown"]:
+            # Kernel order: SOCK_DONE, then sk_err, then RCV_SHUTDOWN (a RST sets both
+            # sk_err and the shutdown bits, and must read as an error).
+            if state["done"]:
                 break
             if state["err"]:
-                error = -int(state["err"])
+                res = yield from step("sock_error")  # sock_error() consumes sk_err
+                error = -int(res["sock_err"] or state["err"])
+                break
+            if state["shutdown"]:
                 break
             if state["closed"]:
                 error = -ENOTCONN

@@ -35,6 +35,7 @@ A role subclass only writes handlers and hooks::
         def counters(self) -> dict[str, Any]:
             return {"pings": self.pings}
 
+Handlers can also be listed as a class attribute, ``HANDLERS = {PING: "on_ping"}``.
 Hooks: :meth:`on_start`, :meth:`next_deadline` / :meth:`on_timer`, :meth:`on_stop`,
 :meth:`on_end_of_stream`, :meth:`counters`.  Timers: :meth:`call_at` /
 :meth:`call_later`, both cancellable.
@@ -242,15 +243,21 @@ class Actor:
     """Base class of every role's process shell; see the module docstring."""
 
     role: ClassVar[str] = ""
+    # The dict way to register handlers: {kind: method name}; @handles is the other.
+    HANDLERS: ClassVar[Mapping[str, str]] = {}
     _handler_names: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         names: dict[str, str] = {}
         for klass in reversed(cls.__mro__):
+            names.update(vars(klass).get("HANDLERS", {}))
             for attr, value in vars(klass).items():
                 for kind in getattr(value, "_rx_handles", ()):
                     names[kind] = attr
+        for kind, attr in names.items():
+            if not callable(getattr(cls, attr, None)):
+                raise TypeError(f"{cls.__name__}: handler {attr!r} for {kind!r} is not a method")
         cls._handler_names = names
 
     def __init__(self, settings: ActorSettings, *, log: Any = None,

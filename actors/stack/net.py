@@ -60,12 +60,19 @@ DROP_REASONS: dict[str, str | None] = {
     "TCP_OFO_QUEUE_PRUNE": "TcpExtOfoPruned",
     "PROTO_MEM": "TcpExtTCPRcvQDrop",
     "TCP_INVALID_SEQUENCE": None,
-    "TCP_RFC7323_PAWS": "TcpExtPAWSEstab",
+    "TCP_RFC7323_PAWS": None,  # TcpExtPAWSEstab (modern: PAWSOldAck for old pure ACKs)
     "TCP_RESET": None,
     "TCP_INVALID_ACK_SEQUENCE": None,
     "TCP_CLOSE": None,
     "SOCKET_CLOSE": None,
     "TCP_OLD_ACK": None,
+    "TCP_OLD_SEQUENCE": None,  # answered by a dupack (DelayedACKLost if it had data)
+    "TCP_INVALID_END_SEQUENCE": "TcpExtBeyondWindow",
+    "TCP_ACK_UNSENT_DATA": None,
+    "TCP_OFO_DUP": None,  # an ofo skb that in-order data overtook entirely
+    "TCP_DATA_AFTER_FIN": None,
+    "TCP_ABORT_ON_DATA": "TcpExtTCPAbortOnData",
+    "LISTEN_OVERFLOW": "TcpExtListenDrops",
 }
 
 # Fates that are not drops: the bytes reached a reader, or the segment carried no

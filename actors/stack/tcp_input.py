@@ -41,7 +41,7 @@ TCP_RCVBUF_LOW_RTT_US = 1000
 TCP_COMP_SACK_RTT_PERCENT = 33
 TCP_REMNANT = TcpFlags.FIN | TcpFlags.URG | TcpFlags.SYN | TcpFlags.PSH
 PAGE_SIZE = 4096
-SK_RECLAIM_THRESHOLD = 64 * 1024  # uncharging beyond this returns whole pages
+SK_RECLAIM_THRESHOLD = PAGE_SIZE  # sk_mem_uncharge returns whole unused pages at once
 ECONNRESET = 104
 EPIPE = 32
 ECONNREFUSED = 111
@@ -1274,6 +1274,9 @@ def _hp_direct_copy(sk: TcpSock, skb: Skb, now: int) -> bool:
         tcp_ack(sk, skb, slowpath=False)
     __tcp_ack_snd_check(sk, False, now)
     kfree_skb_consumed(sk, skb, DELIVERED)
+    # 4.13 calls sk_data_ready even for an eaten skb: it ends the reader's
+    # sk_wait_data when the copy happened during its own backlog replay.
+    tcp_data_ready(sk, now)
     return True
 
 

@@ -278,7 +278,8 @@ class Stack:
             return
         pending = sum(1 for s in self.socks.values()
                       if s.parent == lsk.sock_id and s.state == TcpState.SYN_RECV)
-        if len(lsk.accept_queue) >= lsk.backlog_max or pending >= self.sysctls.tcp_max_syn_backlog:
+        # sk_acceptq_is_full: ack_backlog > max_ack_backlog (listen(n) holds n + 1).
+        if len(lsk.accept_queue) > lsk.backlog_max or pending >= self.sysctls.tcp_max_syn_backlog:
             net.inc("TcpExtListenOverflows")
             net.inc("TcpExtListenDrops")
             self._drop_unowned(skb, "LISTEN_OVERFLOW")
@@ -414,6 +415,13 @@ class Stack:
                 self._send_reset(_segment_of(sk, skb))
                 tcp_drop(sk, skb, "TCP_INVALID_ACK_SEQUENCE")
                 return
+            parent = self.socks.get(sk.parent) if sk.parent is not None else None
+            if parent is not None and len(parent.accept_queue) > parent.backlog_max:
+                # tcp_v4_syn_recv_sock: no room; the request stays and the peer retries.
+                net.inc("TcpExtListenOverflows")
+                net.inc("TcpExtListenDrops")
+                self._drop_unowned(skb, "LISTEN_OVERFLOW")
+                return
             self._established(sk, skb, now)
         else:
             if tcp_ack(sk, skb, slowpath=True) < 0:
@@ -471,13 +479,15 @@ class Stack:
                 self._relock(sk, w.task, {"timed_out": False}, now)
 
     def _relock(self, sk: TcpSock, task: str, result: dict[str, Any], now: int) -> None:
-        """The second half of sk_wait_event: lock_sock again, then report to the task."""
-        if sk.owned:
-            sk.lock_waiters.append(LockWaiter(task, result))
-            return
-        sk.owner = task
-        self.net.event("lock", sk.sock_id, task=task)
-        self.net.outputs.append(OpDone(task, sk.sock_id, self._with_direct(sk, task, result)))
+        """Wake a task asleep in sk_wait_event; it takes the lock itself when it runs.
+
+        Until the woken reader's own ``lock_sock`` arrives the socket is not owned, so
+        softirq keeps prequeueing (legacy) or processing segments directly: the time
+        a wakeup takes to get the reader running is what the prequeue exists for.
+        """
+        out = self._with_direct(sk, task, result)
+        out["relock"] = True
+        self.net.outputs.append(OpDone(task, sk.sock_id, out))
 
     def _finish_accept(self, lsk: TcpSock, w: Waiter, now: int) -> None:
         if lsk.accept_queue:
@@ -739,6 +749,12 @@ class Stack:
             self.net.event("copy", sk.sock_id, task=task, bytes=copied)
         return {"data": bytes(out), "copied": copied, "fin": fin, "seq": seq}
 
+    def _op_sock_error(self, sk: TcpSock, task: str, args: dict[str, Any],
+                       now: int) -> dict[str, Any]:
+        """sock_error(): report the pending socket error once, clearing it."""
+        err, sk.sk_err = sk.sk_err, 0
+        return {"sock_err": err}
+
     def _op_cleanup_rbuf(self, sk: TcpSock, task: str, args: dict[str, Any],
                          now: int) -> dict[str, Any]:
         tcp_cleanup_rbuf(sk, int(args.get("copied", 0)), now)
@@ -879,6 +895,7 @@ _OPS = {
     "flush_backlog": Stack._op_flush_backlog,
     "recv_copy": Stack._op_recv_copy,
     "cleanup_rbuf": Stack._op_cleanup_rbuf,
+    "sock_error": Stack._op_sock_error,
     "ucopy_install": Stack._op_ucopy_install,
     "ucopy_clear": Stack._op_ucopy_clear,
     "prequeue_process": Stack._op_prequeue_process,
@@ -932,13 +949,13 @@ def _backlog_coalesce(tail: Skb, skb: Skb) -> bool:
         return False
     if tail.options != skb.options or tail.fin or not skb.raw_csum_ok:
         return False
+    tail.gso_size = max(tail.gso_size or tail.len, skb.len)
     tail.data += skb.data
     tail.end_seq = skb.end_seq
     if not before(skb.ack_seq, tail.ack_seq):
         tail.ack_seq = skb.ack_seq
         tail.window = skb.window
     tail.flags |= skb.flags
-    tail.gso_size = max(tail.gso_size or tail.len, skb.len)
     tail.gso_segs = min(tail.gso_segs + skb.gso_segs, 65535)
     tail.frags += skb.frags
     tail.ids.extend(skb.ids)
