@@ -799,7 +799,8 @@ class Stack:
 
     def _op_sk_wait_data(self, sk: TcpSock, task: str, args: dict[str, Any],
                          now: int) -> dict[str, Any] | None:
-        """Sleep until data arrives: release (draining the backlog), wait, re-lock."""
+        """Sleep until data arrives: release (draining the backlog) and wait; the woken
+        task then sends its own ``lock_sock`` (the end of sk_wait_event)."""
         timeo = args.get("timeo_ns")
         last = sk.tail()
         # On the wait queue before release_sock, so a wakeup raised by the backlog
