@@ -34,7 +34,8 @@ TCPEXT_COUNTERS = (
     # memory
     "PruneCalled", "RcvPruned", "OfoPruned", "TCPRcvCollapsed",
     # validation
-    "PAWSEstab", "PAWSOldAck", "BeyondWindow", "TCPACKSkippedPAWS", "TCPACKSkippedSeq", "TCPACKSkippedChallenge",
+    "PAWSEstab", "PAWSOldAck", "BeyondWindow", "TCPACKSkippedPAWS", "TCPACKSkippedSeq",
+    "TCPACKSkippedChallenge",
     "TCPSYNChallenge", "TCPChallengeACK", "OutOfWindowIcmps",
     # ACKs and windows
     "DelayedACKs", "DelayedACKLocked", "TCPAckCompressed", "TCPWantZeroWindowAdv",
