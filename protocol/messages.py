@@ -13,7 +13,7 @@ actors) are declared first; data kinds follow, one section per role.
 
 from __future__ import annotations
 
-from protocol.envelope import register_kind
+from protocol.envelope import ListOf, register_kind
 
 # --- control: actor lifecycle and telemetry -------------------------------------------
 
@@ -54,3 +54,34 @@ CONTROL_KINDS = frozenset({
 # Each role declares the kinds it sends here (or in a protocol module imported below),
 # with register_kind(name, {field: type, ...}); for example, a NIC -> CPU DMA batch
 # might be: register_kind("dma_batch", {"queue": int, "frames": ListOf(bytes)}).
+
+# --- the wire and the NIC --------------------------------------------------------------
+WIRE = register_kind(
+    "wire", {"frames": ListOf(bytes)},
+    doc="peer -> nic: frames reaching the NIC from the wire; nic -> peer: frames it sent")
+DMA = register_kind(
+    "dma", {"queue": int, "frames": ListOf(bytes)},
+    doc="nic -> cpu: frames written into descriptors of the queue's RX ring")
+IRQ = register_kind("irq", {"queue": int}, doc="nic -> cpu: the queue's interrupt fired")
+REFILL = register_kind(
+    "refill", {"queue": int, "n": int},
+    doc="cpu -> nic: n descriptors of the queue's ring are free again (credits)")
+UNMASK = register_kind(
+    "unmask", {"queue": int}, doc="cpu -> nic: napi_complete_done re-enabled the queue's IRQ")
+
+# --- softirq -> stack ------------------------------------------------------------------
+RCV_BATCH = register_kind(
+    "rcv_batch", {"batch": int, "frames": ListOf(bytes)},
+    doc="cpu -> stack: one napi_poll's frames that passed ip_rcv, for tcp_v4_rcv in order")
+RCV_DONE = register_kind(
+    "rcv_done", {"batch": int},
+    doc="stack -> cpu: every frame of the batch went through tcp_v4_rcv")
+TX = register_kind("tx", {"frames": ListOf(bytes)}, doc="stack -> nic: segments to transmit")
+
+# --- readers' system calls -------------------------------------------------------------
+SOCK_OP = register_kind(
+    "sock_op", {"request_id": int, "op": str, "sock": int, "args": dict},
+    doc="reader -> stack: one process-context step (lock_sock, recv_copy, sk_wait_data...)")
+SOCK_OP_DONE = register_kind(
+    "sock_op_done", {"request_id": int, "result": dict},
+    doc="stack -> reader: the step's result (at once, or when a sleeping step completes)")

@@ -64,6 +64,8 @@ class Harness:
         if r is not None and r.result is not None:
             assert r.result.ret >= 0 or r.result.ret == -11, r.result
             self.got += r.result.data
+            for off, chunk in r.result.chunks:  # each piece knows where it belongs
+                assert self.stream[off:off + len(chunk)] == chunk
             self.reader = None
 
     def holder_toggle(self) -> None:

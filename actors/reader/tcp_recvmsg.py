@@ -41,6 +41,9 @@ class RecvResult:
     ret: int
     data: bytes = b""
     direct: int = 0  # bytes that arrived by direct copy (prequeue/backlog replay)
+    # (stream offset, bytes) of every piece, in the order they were copied: two readers
+    # sharing a socket each get pieces of the stream, which they verify by offset.
+    chunks: list[tuple[int, bytes]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
 
 
@@ -80,6 +83,7 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
             out.extend(direct)
             copied += len(direct)
             result.direct += len(direct)
+            result.chunks.append((int(res.get("direct_offset", -1)), bytes(direct)))
         return res
 
     def wait() -> Generator[Step, dict[str, Any], dict[str, Any]]:
@@ -115,6 +119,8 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
         if flags.peek:
             peek_seq = int(state["seq"])
         out.extend(state["data"])
+        if state["data"]:
+            result.chunks.append((int(state["offset"]), bytes(state["data"])))
         copied += got
         if got and costs.copy_ns_per_byte:
             yield ("cpu", {"ns": int(got * costs.copy_ns_per_byte), "why": "copy"})

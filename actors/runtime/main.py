@@ -32,7 +32,13 @@ EX_TEMPFAIL = 75
 
 # role -> "module:Class"; each role package adds its shell here as it lands
 # (peer, nic, cpu, stack, reader).
-ROLE_CLASSES: dict[str, str] = {}
+ROLE_CLASSES: dict[str, str] = {
+    "peer": "actors.peer.actor:PeerActor",
+    "nic": "actors.nic.actor:NicActor",
+    "cpu": "actors.cpu.actor:CpuActor",
+    "stack": "actors.stack.actor:StackActor",
+    "reader": "actors.reader.actor:ReaderActor",
+}
 
 
 def load_class(spec: str) -> type[Actor]:

@@ -125,6 +125,7 @@ class Ucopy:
     # Bytes copied straight into the installed reader's buffer by header
     # prediction or tcp_data_queue in its own context, not yet returned to it.
     iov: bytearray = field(default_factory=bytearray)
+    iov_seq: int = 0  # sequence number of iov's first byte
 
 
 @dataclass

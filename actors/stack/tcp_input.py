@@ -833,6 +833,8 @@ def _direct_copy(sk: TcpSock, skb: Skb, now: int) -> int:
             and sk.copied_seq == sk.rcv_nxt and uc.len > 0 and sk.owned and skb.len):
         return 0
     chunk = min(skb.len, uc.len)
+    if not uc.iov:
+        uc.iov_seq = sk.copied_seq
     uc.iov += skb.data[:chunk]
     uc.len -= chunk
     sk.copied_seq = seq_add(sk.copied_seq, chunk)
@@ -1259,8 +1261,12 @@ def _hp_direct_copy(sk: TcpSock, skb: Skb, now: int) -> bool:
     if not (net.profile.hp_direct_copy and uc.task is not None and uc.task == net.current
             and sk.copied_seq == sk.rcv_nxt and skb.len <= uc.len and sk.owned):
         return False
+    if not skb.raw_csum_ok:
+        return False  # skb_copy_and_csum_datagram_msg fails: the slow path counts it
     if sk.rx_opt.saw_tstamp and sk.rcv_nxt == sk.rcv_wup:
         tcp_replace_ts_recent(sk, skb.seq, now)
+    if not uc.iov:
+        uc.iov_seq = sk.copied_seq
     uc.iov += skb.data
     uc.len -= skb.len
     sk.copied_seq = seq_add(sk.copied_seq, skb.len)

@@ -640,6 +640,7 @@ class Stack:
         uc = sk.ucopy
         if uc.task == task and uc.iov:
             out["direct"] = bytes(uc.iov)
+            out["direct_offset"] = stream_offset(sk, uc.iov_seq)
             uc.iov.clear()
         out.update(self._snapshot(sk))
         return out
@@ -712,6 +713,7 @@ class Stack:
         peek = bool(args.get("peek"))
         trunc = bool(args.get("trunc"))
         seq = int(args["peek_seq"]) if peek and "peek_seq" in args else sk.copied_seq
+        start = seq
         out = bytearray()
         copied = 0
         fin = False
@@ -747,7 +749,8 @@ class Stack:
         if copied:
             sk.bytes_received += 0  # bytes_received counts arrivals, not reads
             self.net.event("copy", sk.sock_id, task=task, bytes=copied)
-        return {"data": bytes(out), "copied": copied, "fin": fin, "seq": seq}
+        return {"data": bytes(out), "copied": copied, "fin": fin, "seq": seq,
+                "offset": stream_offset(sk, start)}
 
     def _op_sock_error(self, sk: TcpSock, task: str, args: dict[str, Any],
                        now: int) -> dict[str, Any]:
@@ -908,6 +911,11 @@ _OPS = {
     "close": Stack._op_close,
     "task_exit": Stack._op_task_exit,
 }
+
+
+def stream_offset(sk: TcpSock, seq: int) -> int:
+    """Position of ``seq`` in the peer's byte stream (byte 0 follows its SYN)."""
+    return seq_sub(seq, sk.irs) - 1
 
 
 def tcp_cleanup_rbuf(sk: TcpSock, copied: int, now: int) -> None:

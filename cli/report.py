@@ -1,0 +1,65 @@
+"""Tables a user reads at the end of a run: nstat-style counters, NIC, softnet, flows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from actors.mib import ALL_NAMES
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
+    """Left-aligned text columns, numbers right-aligned."""
+    allrows = ([header] if header else []) + rows
+    if not allrows:
+        return ""
+    widths = [max(len(r[i]) for r in allrows) for i in range(len(allrows[0]))]
+    out = []
+    for r in allrows:
+        cells = [c.rjust(w) if c.replace(".", "").replace("-", "").isdigit() else c.ljust(w)
+                 for c, w in zip(r, widths, strict=True)]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def print_summary(s: dict[str, Any], *, all_counters: bool = False) -> None:
+    echo = typer.echo
+    nstat = s["nstat"]
+    names = [n for n in ALL_NAMES if all_counters or nstat.get(n)]
+    echo("\n#kernel counters (nstat)")
+    echo(table([(n, str(nstat.get(n, 0))) for n in names]))
+    if s.get("drops"):
+        echo("\n#drops by reason (SKB_DROP_REASON_*)")
+        echo(table([(k, str(v)) for k, v in sorted(s["drops"].items())]))
+    nic = {k: v for k, v in s.get("nic", {}).items() if all_counters or v}
+    if nic:
+        echo("\n#NIC statistics (ethtool -S)")
+        echo(table([(k, str(v)) for k, v in nic.items()]))
+    echo("\n#/proc/net/softnet_stat (hex columns as the kernel prints them)")
+    for cpu, cols in s.get("softnet_stat", {}).items():
+        echo(f"{cpu}: " + " ".join(f"{int(v):08x}" for v in cols))
+    if s.get("sockets"):
+        echo("\n#sockets (ss -tmi)")
+        rows = []
+        for sk in s["sockets"]:
+            m = sk["skmem"]
+            rows.append((sk["state"], sk["peer"], str(sk["recv_q"]),
+                         f"skmem:(r{m['r']},rb{m['rb']},f{m['f']},bl{m['bl']},d{m['d']})",
+                         f"rcv_wnd:{sk['rcv_wnd']}", f"rcv_space:{sk['rcv_space']}",
+                         f"rcv_mss:{sk['rcv_mss']}"))
+        echo(table(rows, ("State", "Peer", "Recv-Q", "skmem", "window", "space", "mss")))
+    echo("\n#flows")
+    rows = []
+    for f in s["flows"]:
+        verdict = "intact" if f["intact"] else "BROKEN"
+        snd = f.get("sender") or {}
+        rows.append((f["flow"], str(f["bytes"]), str(f["received"]), str(f["bad_chunks"]),
+                     "yes" if f["eof"] else "no", str(snd.get("retransmits", snd.get(
+                         "retrans_segments", ""))), ",".join(f["readers"]), verdict))
+    echo(table(rows, ("flow", "sent", "received", "bad", "eof", "retrans", "readers",
+                      "verdict")))
+    echo(f"\nstopped: {s['reason']} after {s['elapsed_s']} s; "
+         f"integrity {'holds' if s['integrity'] else 'BROKEN'}")
+    for e in s.get("errors", []):
+        echo(f"error: {e}")
