@@ -73,7 +73,8 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
     started = time.monotonic()
     reason = "duration"
     with Launcher(topology, run_dir, ready_timeout_s=ready_timeout_s) as launcher:
-        deadline = started + sc.duration
+        traffic_start = time.monotonic()  # every actor is up and started
+        deadline = traffic_start + sc.duration
         last_print = 0.0
         readers = {r.name for r in sc.readers}
         while time.monotonic() < deadline:
@@ -89,12 +90,14 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
             if progress and time.monotonic() - last_print >= 0.5:
                 last_print = time.monotonic()
                 _progress(sc, launcher.last_counters, time.monotonic() - started)
+        transfer_s = time.monotonic() - traffic_start
         final = launcher.request_stats(timeout_s=10)
         state.counters = {**launcher.last_counters, **final}
         launcher.stop()
     if progress:
         _progress(sc, state.counters, time.monotonic() - started, end=True)
     summary = summarize(sc, state, reason, time.monotonic() - started)
+    summary["transfer_s"] = round(transfer_s, 3)
     (run_dir / "counters.json").write_text(json.dumps(state.counters, indent=2, default=str))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

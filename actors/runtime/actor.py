@@ -275,6 +275,7 @@ class Actor:
         self.mailbox.on_arrival = self._on_arrival
         self.timers = TimerQueue()
         self.runtime_counters = RuntimeCounters()
+        self.link_latency: dict[str, list[int]] = {}  # sender -> [count, sum_ns, max_ns]
         self.started = False
         self.t0_ns: int | None = None           # run start, from the launcher's `start`
         self.stop_reason: str | None = None
@@ -393,6 +394,9 @@ class Actor:
         runtime["uptime_ns"] = now - self._born_ns
         runtime["incarnation"] = self.settings.incarnation
         runtime["inbound_queued"] = len(self.mailbox.inbound)
+        runtime["link_latency_us"] = {
+            sender: {"messages": n, "mean": round(total / n / 1000, 1), "max": round(mx / 1000, 1)}
+            for sender, (n, total, mx) in self.link_latency.items() if n}
         return {"role": self.counters(), "transport": self.mailbox.counters.snapshot(),
                 "runtime": runtime}
 
@@ -483,6 +487,13 @@ class Actor:
         if handler is None:
             self.mailbox.reject("unhandled_kind", env.kind, env.sender)
             return
+        # One-way delay of the hop (one host: the senders share this monotonic clock),
+        # measured when the message is taken up, so queueing in between counts.
+        lat = self.link_latency.setdefault(env.sender, [0, 0, 0])
+        delay = max(0, now - env.ts_ns)
+        lat[0] += 1
+        lat[1] += delay
+        lat[2] = max(lat[2], delay)
         try:
             handler(env, now)
         except RejectMessage as exc:
