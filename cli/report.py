@@ -55,8 +55,8 @@ def print_summary(s: dict[str, Any], *, all_counters: bool = False) -> None:
         verdict = "intact" if f["intact"] else "BROKEN"
         snd = f.get("sender") or {}
         rows.append((f["flow"], str(f["bytes"]), str(f["received"]), str(f["bad_chunks"]),
-                     "yes" if f["eof"] else "no", str(snd.get("retransmits", snd.get(
-                         "retrans_segments", ""))), ",".join(f["readers"]), verdict))
+                     "yes" if f["eof"] else "no", str(snd.get("segments_retransmitted", "")),
+                     ",".join(f["readers"]), verdict))
     echo(table(rows, ("flow", "sent", "received", "bad", "eof", "retrans", "readers",
                       "verdict")))
     echo(f"\nstopped: {s['reason']} after {s['elapsed_s']} s; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -11,6 +12,7 @@ from actors.runtime.costs import spend
 from cli.config import Scenario
 from protocol import messages as msg
 from protocol.envelope import Envelope
+from protocol.pcap import PcapWriter
 
 PEER = "peer"
 
@@ -29,6 +31,9 @@ class NicActor(Actor):
         self.nic = Nic(nc.queues, nc.ring_size, rx_usecs=nc.rx_usecs, rx_frames=nc.rx_frames,
                        rss_key=nc.rss_key, queue_to_cpu=sc.queue_to_cpu)
         self.cost_ns = int(nc.cost_per_frame_us * 1000)
+        # The wire as the NIC sees it, both directions (a restarted NIC starts a new file).
+        suffix = f".{settings.incarnation}" if settings.incarnation else ""
+        self.pcap = PcapWriter(settings.run_dir / f"wire{suffix}.pcap")
 
     def _out(self, outputs: list[NicOutput]) -> None:
         # DMA writes go first, then the interrupts: one socket per cpu keeps that order.
@@ -47,7 +52,9 @@ class NicActor(Actor):
     @handles(msg.WIRE)
     def on_wire(self, env: Envelope, now: int) -> None:
         out: list[NicOutput] = []
+        wall = time.time_ns()
         for frame in env.body["frames"]:
+            self.pcap.write(frame, wall)
             spend(self.cost_ns)
             out += self.nic.rx_frame(frame, now)
         self._out(out)
@@ -63,7 +70,9 @@ class NicActor(Actor):
     @handles(msg.TX)
     def on_tx(self, env: Envelope, now: int) -> None:
         frames = env.body["frames"]
+        wall = time.time_ns()
         for frame in frames:
+            self.pcap.write(frame, wall)
             self.nic.tx_frame(frame, now)
         self.send(PEER, msg.WIRE, {"frames": frames})
 
@@ -73,5 +82,9 @@ class NicActor(Actor):
     def on_timer(self, now: int) -> None:
         self._out(self.nic.on_timer(now))
 
+    def on_stop(self, now: int) -> None:
+        self.pcap.close()
+
     def counters(self) -> dict[str, Any]:
-        return {"ethtool": self.nic.ethtool_stats()}
+        self.pcap.flush()
+        return {"ethtool": self.nic.ethtool_stats(), "pcap_frames": self.pcap.frames}

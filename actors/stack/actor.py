@@ -13,7 +13,7 @@ from typing import Any
 
 from actors.runtime.actor import Actor, ActorSettings, handles
 from actors.runtime.costs import cost_ns, spend
-from actors.stack.net import OpDone, Transmit
+from actors.stack.net import DROP_REASONS, Event, OpDone, Transmit
 from actors.stack.sock import TcpState
 from actors.stack.tcp_ipv4 import OpError, Stack, sock_info
 from cli.config import Scenario
@@ -31,7 +31,8 @@ class StackActor(Actor):
         super().__init__(settings, **kw)
         sc = Scenario.from_dict(self.config["scenario"])
         self.scenario = sc
-        self.stack = Stack(sc.kernel_profile, sc.sysctl, seed=sc.seed_for("stack"))
+        self.stack = Stack(sc.kernel_profile, sc.sysctl, seed=sc.seed_for("stack"),
+                           emit_events=True)
         st = sc.stack
         self.listener = self.stack.listen(
             st.address, st.listen_port, self.clock(), rcvbuf=st.rcvbuf or None,
@@ -136,6 +137,11 @@ class StackActor(Actor):
                 rid = self.pending.pop(out.task, None)
                 if rid is not None:
                     self.send(out.task, msg.SOCK_OP_DONE, {"request_id": rid, "result": out.result})
+            elif isinstance(out, Event) and out.name == "drop":
+                reason = str(out.fields["reason"])
+                self.log.info("drop", reason="SKB_DROP_REASON_" + reason, sock=out.sock_id,
+                              counter=DROP_REASONS.get(reason), seq=out.fields.get("seq"),
+                              end_seq=out.fields.get("end_seq"))
         if frames:
             self.send(NIC, msg.TX, {"frames": frames})
 
