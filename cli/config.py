@@ -277,6 +277,33 @@ class LogConfig:
     level: LogLevel = "info"
 
 
+CHAOS_ACTIONS = ("kill", "stop", "cont", "cut_link", "delay_link")
+CHAOS_ROLES = ("peer", "nic", "cpu", "stack", "reader")
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosEventConfig:
+    """One scheduled fault: ``at_ms`` after traffic starts, ``action`` on ``target`` (an
+    actor name like ``cpu0`` or ``r1``, or a role, meaning one of its actors chosen by
+    the seed; a link is ``"a->b"``)."""
+
+    at_ms: float = 0.0
+    action: str = "kill"
+    target: str = ""
+    delay_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosConfig:
+    """``[chaos]``: seeded random kills of ``kill`` roles every ``every_ms``, and/or an
+    explicit ``[[chaos.schedule]]``."""
+
+    kill: tuple[str, ...] = ()
+    every_ms: float = 0.0
+    seed: int | None = None
+    schedule: tuple[ChaosEventConfig, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """One validated run description. ``to_dict()`` gives it back, defaults filled in."""
@@ -295,6 +322,7 @@ class Scenario:
     ack_impairments: AckImpairmentsConfig = field(default_factory=AckImpairmentsConfig)
     readers: tuple[ReaderConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
+    chaos: ChaosConfig = field(default_factory=ChaosConfig)
     source: str = field(default=DEFAULT_SOURCE, compare=False)
 
     @property
@@ -784,7 +812,7 @@ def _sysctl_value(table: _Table, key: str) -> int | tuple[int, ...]:
 
 
 _TOP_KEYS = ("profile", "seed", "duration", "description", "sysctl", "nic", "cpu", "stack",
-             "peer", "flows", "impairments", "ack_impairments", "readers", "log")
+             "peer", "flows", "impairments", "ack_impairments", "readers", "log", "chaos")
 
 
 class _Builder:
@@ -817,7 +845,26 @@ class _Builder:
             profile=profile, seed=seed, duration=duration, description=description,
             sysctl=sysctl, nic=nic, cpu=cpu, stack=stack, peer=peer, flows=flows,
             impairments=impairments, ack_impairments=ack_impairments, readers=readers,
-            log=log, source=self.source)
+            log=log, chaos=self._chaos(), source=self.source)
+
+    def _chaos(self) -> ChaosConfig:
+        t = self.top.sub("chaos", _field_names(ChaosConfig))
+        kill = t.data.get("kill", [])
+        if not isinstance(kill, list) or any(k not in CHAOS_ROLES for k in kill):
+            raise t.error("kill", "an array of roles from " + ", ".join(CHAOS_ROLES), kill)
+        seed = t.integer("seed", -1, lo=0) if "seed" in t.data else None
+        schedule = []
+        for i, raw in enumerate(t.array_of_tables("schedule")):
+            e = _Table(self.source, raw, f"chaos.schedule[{i}]",
+                       _field_names(ChaosEventConfig))
+            target = e.string("target", "")
+            if not target:
+                raise e.error("target", "an actor name, a role, or a link \"a->b\"", target)
+            schedule.append(ChaosEventConfig(
+                at_ms=e.number("at_ms", 0.0), action=e.choice("action", "kill", CHAOS_ACTIONS),
+                target=target, delay_ms=e.number("delay_ms", 0.0)))
+        return ChaosConfig(kill=tuple(kill), every_ms=t.number("every_ms", 0.0), seed=seed,
+                           schedule=tuple(schedule))
 
     def _sysctl(self, profile: Profile) -> Sysctls:
         t = self.top.sub("sysctl", tuple(_SYSCTL_TYPES))

@@ -7,7 +7,18 @@ it, imported here so that ``rxpath COMMAND`` finds it. To add a command, write
 
 from __future__ import annotations
 
-from cli import bench, run, stat, validate  # noqa: F401  (register their commands on app)
+from cli import (  # noqa: F401  (register their commands on app)
+    actor_cmd,
+    bench,
+    chaos,
+    compose,
+    coordinate,
+    report_html,
+    run,
+    stat,
+    trace,
+    validate,
+)
 from cli.app import CONFIG_ERROR_EXIT, app, fail_config
 
 __all__ = ["CONFIG_ERROR_EXIT", "app", "fail_config", "main"]

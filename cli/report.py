@@ -8,6 +8,10 @@ import typer
 
 from actors.mib import ALL_NAMES
 
+# The sender's stats shown per flow: segments it retransmitted, ACKs it got carrying SACK
+# blocks and DSACK blocks, and zero-window probes it sent.
+_SENDER_COLUMNS = ("segments_retransmitted", "sacks", "dsacks", "probes")
+
 
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
     """Left-aligned text columns, numbers right-aligned."""
@@ -49,16 +53,27 @@ def print_summary(s: dict[str, Any], *, all_counters: bool = False) -> None:
                          f"rcv_wnd:{sk['rcv_wnd']}", f"rcv_space:{sk['rcv_space']}",
                          f"rcv_mss:{sk['rcv_mss']}"))
         echo(table(rows, ("State", "Peer", "Recv-Q", "skmem", "window", "space", "mss")))
-    echo("\n#flows")
+    readers = s.get("readers") or {}
+    if readers:
+        # direct: bytes copied into the reader's buffer while the stack replayed the
+        # prequeue or backlog in its context (legacy), rather than read off the queue.
+        echo("\n#readers")
+        echo(table([(name, str(r.get("flow", "")), str(r.get("reads", 0)),
+                     str(r.get("bytes", 0)), str(r.get("direct_bytes", 0)),
+                     str(r.get("eagain", 0)))
+                    for name, r in readers.items()],
+                   ("reader", "flow", "reads", "bytes", "direct", "eagain")))
+    echo("\n#flows (retrans, sacks, dsacks, probes: as the sender counted them)")
     rows = []
     for f in s["flows"]:
         verdict = "intact" if f["intact"] else "BROKEN"
         snd = f.get("sender") or {}
         rows.append((f["flow"], str(f["bytes"]), str(f["received"]), str(f["bad_chunks"]),
-                     "yes" if f["eof"] else "no", str(snd.get("segments_retransmitted", "")),
+                     "yes" if f["eof"] else "no",
+                     *(str(snd.get(k, "")) for k in _SENDER_COLUMNS),
                      ",".join(f["readers"]), verdict))
-    echo(table(rows, ("flow", "sent", "received", "bad", "eof", "retrans", "readers",
-                      "verdict")))
+    echo(table(rows, ("flow", "sent", "received", "bad", "eof", "retrans", "sacks", "dsacks",
+                      "probes", "readers", "verdict")))
     echo(f"\nstopped: {s['reason']} after {s['elapsed_s']} s; "
          f"integrity {'holds' if s['integrity'] else 'BROKEN'}")
     for e in s.get("errors", []):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from actors.runtime.launcher import ActorStartError, Launcher
+from actors.runtime.supervisor import RestartPolicy, Supervisor, SupervisorGaveUp
 from cli.app import app
+from cli.checker import check_run, format_verdict
 from cli.config import Scenario
 from cli.options import (
     DurationOption,
@@ -56,6 +59,12 @@ class RunState:
     eof: dict[str, dict[str, Any]] = field(default_factory=dict)  # reader -> fields
     errors: list[dict[str, Any]] = field(default_factory=list)
     peer_done: dict[str, Any] | None = None
+    resets: set[str] = field(default_factory=set)                 # flows reset
+    supervision: dict[str, Any] = field(default_factory=dict)
+
+# Called every turn of the run loop with the launcher, the supervisor and the seconds
+# since traffic started (how `rxpath chaos` injects its faults).
+ChaosHook = Callable[[Launcher, Supervisor, float], None]
 
 
 def default_run_dir() -> Path:
@@ -64,8 +73,11 @@ def default_run_dir() -> Path:
 
 
 def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
-                 ready_timeout_s: float = 60.0) -> dict[str, Any]:
-    """Run the scenario's processes until every reader saw EOF (or the duration ends)."""
+                 ready_timeout_s: float = 60.0, chaos: ChaosHook | None = None,
+                 policy: RestartPolicy | None = None) -> dict[str, Any]:
+    """Run the scenario's processes until every reader saw EOF (or the duration ends),
+    supervised (see :mod:`actors.runtime.supervisor`); the summary ends with the
+    checker's verdict."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "scenario.json").write_text(json.dumps(sc.to_dict(), indent=2, default=str))
     topology = build_topology(sc)
@@ -75,32 +87,75 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
     with Launcher(topology, run_dir, ready_timeout_s=ready_timeout_s) as launcher:
         traffic_start = time.monotonic()  # every actor is up and started
         deadline = traffic_start + sc.duration
-        last_print = 0.0
         readers = {r.name for r in sc.readers}
-        while time.monotonic() < deadline:
-            for env in launcher.poll(timeout_ms=100):
-                _absorb(state, env.sender, env.kind, env.body)
-            if readers and readers <= set(state.eof) | {e["actor"] for e in state.errors}:
-                reason = "complete"
-                break
-            gone = launcher.exited()
-            if gone:
-                reason = "actor_exited: " + ", ".join(f"{n} ({c})" for n, c in gone.items())
-                break
-            if progress and time.monotonic() - last_print >= 0.5:
-                last_print = time.monotonic()
-                _progress(sc, launcher.last_counters, time.monotonic() - started)
+        supervisor = Supervisor(launcher, policy)
+        try:
+            reason = _supervised_loop(sc, launcher, supervisor, state, chaos, readers,
+                                      deadline, traffic_start, progress, started)
+        except SupervisorGaveUp as err:
+            reason = f"supervisor gave up: {err}"
+        supervisor.resume_all()
+        state.supervision = supervisor.summary()
         transfer_s = time.monotonic() - traffic_start
-        final = launcher.request_stats(timeout_s=10)
+        # Upstream first, so a frame moving down between two snapshots is not counted
+        # twice (the checker's conservation equations).
+        final: dict[str, dict[str, Any]] = {}
+        for group in (["peer", "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
+                      ["stack", *sorted(readers)]):
+            final.update(launcher.request_stats(group, timeout_s=5))
         state.counters = {**launcher.last_counters, **final}
         launcher.stop()
     if progress:
         _progress(sc, state.counters, time.monotonic() - started, end=True)
     summary = summarize(sc, state, reason, time.monotonic() - started)
     summary["transfer_s"] = round(transfer_s, 3)
+    summary["supervision"] = state.supervision
+    verdict = run_checker(sc, run_dir, state, summary)
+    summary["checker"] = verdict.to_dict()
+    summary["checker_text"] = format_verdict(verdict)
     (run_dir / "counters.json").write_text(json.dumps(state.counters, indent=2, default=str))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from cli.trace import write_trace_after_run  # the merged trace: RUN_DIR/trace.json
+    write_trace_after_run(run_dir)
     return summary
+
+
+def run_checker(sc: Scenario, run_dir: Path, state: RunState,
+                summary: dict[str, Any]) -> Any:
+    """The checker's verdict on this run (see :mod:`cli.checker`)."""
+    flows = [(f.name, i + 1, f.bytes) for i, f in enumerate(sc.flows)]
+    deaths = state.supervision.get("deaths", [])
+    reader_flow = {r.name: r.flow for r in sc.readers}
+    reader_deaths: dict[str, int] = {}
+    for d in deaths:
+        if d["role"] == "reader":
+            flow = reader_flow[d["actor"]]
+            reader_deaths[flow] = reader_deaths.get(flow, 0) + 1
+    return check_run(run_dir, flows, counters=state.counters,
+                     cpus=[f"cpu{i}" for i in range(sc.cpu.count)], resets=state.resets,
+                     reader_deaths=reader_deaths,
+                     restarted_roles={d["role"] for d in deaths},
+                     complete_expected=summary["reason"] == "complete")
+
+
+def _supervised_loop(sc: Scenario, launcher: Launcher, supervisor: Supervisor,
+                     state: RunState, chaos: ChaosHook | None, readers: set[str],
+                     deadline: float, traffic_start: float, progress: bool,
+                     started: float) -> str:
+    last_print = 0.0
+    while time.monotonic() < deadline:
+        for env in launcher.poll(timeout_ms=50):
+            supervisor.observe(env)
+            _absorb(state, env.sender, env.kind, env.body)
+        if readers and readers <= set(state.eof) | {e["actor"] for e in state.errors}:
+            return "complete"
+        if chaos is not None:
+            chaos(launcher, supervisor, time.monotonic() - traffic_start)
+        supervisor.tick()
+        if progress and time.monotonic() - last_print >= 0.5:
+            last_print = time.monotonic()
+            _progress(sc, launcher.last_counters, time.monotonic() - started)
+    return "duration"
 
 
 def _absorb(state: RunState, sender: str, kind: str, body: dict[str, Any]) -> None:
@@ -112,6 +167,12 @@ def _absorb(state: RunState, sender: str, kind: str, body: dict[str, Any]) -> No
             state.peer_done = fields
         elif body["level"] in ("error", "critical"):
             state.errors.append({"actor": sender, "event": event, **fields})
+            if event == "reader_error" and fields.get("reset"):
+                state.resets.add(str(fields.get("flow")))
+        if event == "peer_done":
+            for flow, outcome in (fields.get("flows") or {}).items():
+                if "reset" in str(outcome).lower():
+                    state.resets.add(str(flow))
 
 
 def _progress(sc: Scenario, counters: dict[str, Any], elapsed: float, end: bool = False) -> None:
@@ -202,4 +263,5 @@ def run(
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
         print_summary(summary, all_counters=all_counters)
-    raise typer.Exit(0 if summary["integrity"] else 1)
+        typer.echo(summary["checker_text"])
+    raise typer.Exit(0 if summary["integrity"] and summary["checker"]["ok"] else 1)

@@ -56,11 +56,13 @@ CONTROL_KINDS = frozenset({
 # might be: register_kind("dma_batch", {"queue": int, "frames": ListOf(bytes)}).
 
 # --- the wire and the NIC --------------------------------------------------------------
+# Optional `ids`: one run-unique trace flow id per frame, in the order of `frames`, so a
+# trace can follow each frame across processes (see actors/runtime/trace.py).
 WIRE = register_kind(
-    "wire", {"frames": ListOf(bytes)},
+    "wire", {"frames": ListOf(bytes)}, optional={"ids": ListOf(int)},
     doc="peer -> nic: frames reaching the NIC from the wire; nic -> peer: frames it sent")
 DMA = register_kind(
-    "dma", {"queue": int, "frames": ListOf(bytes)},
+    "dma", {"queue": int, "frames": ListOf(bytes)}, optional={"ids": ListOf(int)},
     doc="nic -> cpu: frames written into descriptors of the queue's RX ring")
 IRQ = register_kind("irq", {"queue": int}, doc="nic -> cpu: the queue's interrupt fired")
 REFILL = register_kind(
@@ -71,12 +73,13 @@ UNMASK = register_kind(
 
 # --- softirq -> stack ------------------------------------------------------------------
 RCV_BATCH = register_kind(
-    "rcv_batch", {"batch": int, "frames": ListOf(bytes)},
+    "rcv_batch", {"batch": int, "frames": ListOf(bytes)}, optional={"ids": ListOf(int)},
     doc="cpu -> stack: one napi_poll's frames that passed ip_rcv, for tcp_v4_rcv in order")
 RCV_DONE = register_kind(
     "rcv_done", {"batch": int},
     doc="stack -> cpu: every frame of the batch went through tcp_v4_rcv")
-TX = register_kind("tx", {"frames": ListOf(bytes)}, doc="stack -> nic: segments to transmit")
+TX = register_kind("tx", {"frames": ListOf(bytes)}, optional={"ids": ListOf(int)},
+                   doc="stack -> nic: segments to transmit")
 
 # --- readers' system calls -------------------------------------------------------------
 SOCK_OP = register_kind(

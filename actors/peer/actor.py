@@ -9,6 +9,7 @@ from typing import Any
 
 from actors.peer.sender import Peer, SenderConfig, TcpSender
 from actors.runtime.actor import Actor, ActorSettings, handles
+from actors.runtime.trace import HOP_END, HOP_SOURCE, ORIGIN_PEER, FlowIds
 from cli.config import Scenario
 from protocol import messages as msg
 from protocol.envelope import Envelope
@@ -41,6 +42,7 @@ class PeerActor(Actor):
         self._order = itertools.count()
         self._t0 = 0
         self._reported_done = False
+        self.flow_ids = FlowIds(ORIGIN_PEER, settings.incarnation)
 
     def on_start(self, now: int) -> None:
         self._t0 = now
@@ -59,13 +61,28 @@ class PeerActor(Actor):
             else:
                 heapq.heappush(self._due, (at, next(self._order), frame))
         if batch:
-            self.send(NIC, msg.WIRE, {"frames": batch})
+            self._send_wire(batch)
+
+    def _send_wire(self, frames: list[bytes]) -> None:
+        if not self.trace.on:
+            self.send(NIC, msg.WIRE, {"frames": frames})
+            return
+        ids = self.flow_ids.take(len(frames))
+        start = self.clock()
+        self.send(NIC, msg.WIRE, {"frames": frames, "ids": ids})
+        self.trace.complete("wire xmit", start, self.clock(), "wire",
+                            args={"frames": len(frames)}, flows=[[HOP_SOURCE, ids]])
 
     @handles(msg.WIRE)
     def on_wire(self, env: Envelope, now: int) -> None:
         out: list[tuple[int, bytes]] = []
         for frame in env.body["frames"]:
             out += self.peer.on_frame(frame, now)
+        if self.trace.on:
+            ids = env.body.get("ids")
+            self.trace.complete("ACKs received", now, self.clock(), "wire",
+                                args={"frames": len(env.body["frames"])},
+                                flows=[[HOP_END, ids]] if ids else None)
         self._emit(out, now)
         self._check_done()
 
@@ -82,7 +99,7 @@ class PeerActor(Actor):
         while self._due and self._due[0][0] <= now:
             batch.append(heapq.heappop(self._due)[2])
         if batch:
-            self.send(NIC, msg.WIRE, {"frames": batch})
+            self._send_wire(batch)
         self._emit(self.peer.on_timer(now), now)
         self._check_done()
 

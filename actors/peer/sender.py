@@ -967,8 +967,11 @@ class TcpSender:
         head = self._head_skb()
         if self.ca_state == CaState.RECOVERY:
             if self.snd_una < self.recover:
-                if advanced and head is not None:
+                if advanced and head is not None and not self.sack_ok:
                     # NewReno partial ACK (RFC 6582 §3.2 step 3): the next hole is lost too.
+                    # With SACK the scoreboard says which holes are lost (tcp_is_reno in
+                    # tcp_fastretrans_alert): resending the new head on every partial ACK
+                    # would resend data that was merely not acknowledged yet.
                     self.counters["partial_acks"] += 1
                     self._mark_lost(head)
                     self._force_retransmit = True

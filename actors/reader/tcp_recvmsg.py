@@ -102,6 +102,11 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
         return res
 
     state = yield from step("lock_sock")
+    if state.get("listen"):
+        # tcp_recvmsg_locked: a listening socket has no stream to read.
+        yield from step("release_sock")
+        result.ret = -ENOTCONN
+        return result
     if costs.hold_ns:
         yield ("cpu", {"ns": costs.hold_ns, "why": "hold"})
     target = sock_rcvlowat(flags.waitall, rcvlowat, length)

@@ -59,6 +59,8 @@ from typing import Any, ClassVar, TypeVar
 from actors.runtime.addressing import LAUNCHER, Endpoint, endpoints_from_topology, validate_name
 from actors.runtime.logging import LogSettings, make_logger
 from actors.runtime.mailbox import DEFAULT_HWM, Mailbox
+from actors.runtime.supervisor import PEER_EVENT
+from actors.runtime.trace import TraceWriter, clock_domain, trace_path, tracing_enabled
 from protocol import messages as msg
 from protocol.envelope import KINDS, Envelope, MalformedMessage
 
@@ -192,6 +194,7 @@ class ActorSettings:
     stop_drain_ms: int = DEFAULT_STOP_DRAIN_MS
     log: LogSettings = field(default_factory=LogSettings)
     incarnation: int = 0
+    trace: bool = True            # record DIR/trace/<name>.jsonl (runtime key `trace`)
 
     @classmethod
     def from_topology(cls, topology: Mapping[str, Any], name: str, run_dir: str | Path, *,
@@ -220,7 +223,8 @@ class ActorSettings:
             heartbeat_ms=heartbeat_ms,
             hwm=int(runtime.get("hwm", DEFAULT_HWM)),
             stop_drain_ms=int(runtime.get("stop_drain_ms", DEFAULT_STOP_DRAIN_MS)),
-            log=LogSettings.from_dict(log), incarnation=incarnation)
+            log=LogSettings.from_dict(log), incarnation=incarnation,
+            trace=tracing_enabled(runtime.get("trace", True)))
 
 
 @dataclass
@@ -275,6 +279,12 @@ class Actor:
         self.mailbox.on_arrival = self._on_arrival
         self.timers = TimerQueue()
         self.runtime_counters = RuntimeCounters()
+        self.trace = TraceWriter(
+            trace_path(settings.run_dir, settings.name, settings.incarnation)
+            if settings.trace else None,
+            meta={"name": settings.name, "role": settings.role, "os_pid": os.getpid(),
+                  "incarnation": settings.incarnation, "clock": clock_domain()})
+        self._busy_mark: tuple[int, int] | None = None  # (time, busy_ns) at the last beat
         self.link_latency: dict[str, list[int]] = {}  # sender -> [count, sum_ns, max_ns]
         self.started = False
         self.t0_ns: int | None = None           # run start, from the launcher's `start`
@@ -296,6 +306,7 @@ class Actor:
             msg.STATS_REQUEST: self._on_stats_request,
             msg.END_OF_STREAM: self._on_end_of_stream_msg,
             msg.END_OF_STREAM_ACK: self._on_end_of_stream_ack,
+            PEER_EVENT: self._on_peer_event,
         }
 
     # --- what a role implements ---------------------------------------------------------
@@ -319,6 +330,9 @@ class Actor:
     def counters(self) -> dict[str, Any]:
         """The role's counters: string keys, msgpack-able values."""
         return {}
+
+    def on_peer_event(self, actor: str, role: str, event: str, now: int) -> None:
+        """The supervisor says ``actor`` ``event``-ed (``exited`` or ``restarted``)."""
 
     # --- what a role calls ----------------------------------------------------------------
 
@@ -420,6 +434,7 @@ class Actor:
         finally:
             self._restore_signal_handlers()
             self.mailbox.close()
+            self.trace.close(self.clock())
         self.log.info("exit", code=code, reason=self.stop_reason)
         return code
 
@@ -521,6 +536,8 @@ class Actor:
         self.started = True
         self.t0_ns = env.body["t0_ns"]
         self.log.info("start", t0_ns=self.t0_ns, held=len(self._held))
+        self.trace.meta(t0_ns=self.t0_ns)
+        self._busy_mark = (now, self.runtime_counters.busy_ns)
         # Messages held back before `start` go first, in arrival order.
         self.mailbox.inbound.extendleft(reversed(self._held))
         self._held.clear()
@@ -541,12 +558,30 @@ class Actor:
         if self.started:
             self.on_end_of_stream(env.sender, now)
 
+    def _on_peer_event(self, env: Envelope, now: int) -> None:
+        if not self._from_launcher(env):
+            return
+        body = env.body
+        # No seq bookkeeping here: the new incarnation's messages may already have come,
+        # and the link tracker counts a seq that starts over as a restart, not a loss.
+        self.log.info("peer_event", actor=body["actor"], what=body["event"],
+                      incarnation=body["incarnation"])
+        self.on_peer_event(body["actor"], body["role"], body["event"], now)
+
     def _on_end_of_stream_ack(self, env: Envelope, now: int) -> None:
         if self._eos_waiting.get(env.sender) == env.body["request_id"]:
             del self._eos_waiting[env.sender]
 
     def _send_heartbeat(self, now: int) -> None:
         self.send(LAUNCHER, msg.HEARTBEAT, {"counters": self.snapshot(now)})
+        if self.trace.on and self._busy_mark is not None:
+            # Share of the last beat spent in handlers: the actor's utilisation over time.
+            since, busy = self._busy_mark
+            total = self.runtime_counters.busy_ns
+            self.trace.counter("actor", now, {
+                "utilisation/percent": round(100 * (total - busy) / max(1, now - since), 1),
+                "busy time/ms": total // 1_000_000})
+            self._busy_mark = (now, total)
         self.runtime_counters.heartbeats_sent += 1
         period = self.settings.heartbeat_ms * 1_000_000
         # Keep a steady beat, but after a stall skip the missed beats instead of bursting.

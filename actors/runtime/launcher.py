@@ -327,6 +327,7 @@ class Launcher:
             self.kill(name, signal.SIGKILL)
         # The old process's queue and numbering die with it.
         self._mailbox.reset_link(name)
+        self._mailbox.tracker.forget(name)
         proc.incarnation += 1
         self._spawn(proc)
         self._wait_ready([name], ready_timeout_s or self.ready_timeout_s)

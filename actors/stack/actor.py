@@ -13,8 +13,17 @@ from typing import Any
 
 from actors.runtime.actor import Actor, ActorSettings, handles
 from actors.runtime.costs import cost_ns, spend
-from actors.stack.net import DROP_REASONS, Event, OpDone, Transmit
-from actors.stack.sock import TcpState
+from actors.runtime.trace import (
+    HOP_END,
+    HOP_PROCESS_CONTEXT,
+    HOP_SOURCE,
+    HOP_TCP_V4_RCV,
+    ORIGIN_STACK,
+    FlowIds,
+    is_flow_id,
+)
+from actors.stack.net import DROP_REASONS, MERGED, Event, OpDone, Transmit
+from actors.stack.sock import TcpSock, TcpState
 from actors.stack.tcp_ipv4 import OpError, Stack, sock_info
 from cli.config import Scenario
 from protocol import messages as msg
@@ -22,6 +31,29 @@ from protocol.envelope import Envelope
 from protocol.wire import MalformedPacket, decode_ipv4, decode_tcp, encode, tcp_checksum_ok
 
 NIC = "nic"
+# Steps that replay the backlog or the prequeue on behalf of the calling reader.
+REPLAY_OPS = frozenset({"release_sock", "sk_wait_data", "flush_backlog", "prequeue_process",
+                        "close", "task_exit"})
+OP_SLICE_NAMES = {"prequeue_process": "tcp_prequeue_process",
+                  "flush_backlog": "__sk_flush_backlog", "recv_copy": "skb_copy_datagram_msg"}
+
+
+# Counter series of a socket, "<track>/<unit>" (see _trace_sock).
+SOCK_SERIES = ("backlog/segments", "backlog/bytes", "prequeue/segments", "receive queue/bytes",
+               "rmem_alloc/bytes", "ofo queue/segments", "advertised window/bytes")
+
+
+class _FateLog(dict[int, str]):
+    """``net.fates`` that also remembers each new fate, so a trace slice can end the
+    flows of the segments whose fate was decided while it ran."""
+
+    def __init__(self, fresh: list[tuple[int, str]]) -> None:
+        super().__init__()
+        self.fresh = fresh
+
+    def __setitem__(self, key: int, value: str) -> None:
+        super().__setitem__(key, value)
+        self.fresh.append((key, value))
 
 
 class StackActor(Actor):
@@ -44,11 +76,26 @@ class StackActor(Actor):
         self.claimed: dict[int, int] = {}  # sport -> sock id
         self.malformed = 0
         self.segments = 0
+        self.task_exits = 0
+        # Tracing: ids of each batch's frames (keyed by the frames deque), new fates, and
+        # the ids given to segments we transmit (keyed by their Transmit output).
+        self.batch_ids: dict[int, deque[int]] = {}
+        self.fresh_fates: list[tuple[int, str]] = []
+        self.tx_ids: dict[int, int] = {}
+        self.flow_ids = FlowIds(ORIGIN_STACK, settings.incarnation)
+        self.flow_of_port = {sc.four_tuple(f.name)[1]: f.name for f in sc.flows}
+        self.sock_samples: dict[int, tuple[int, ...]] = {}
+        if self.trace.on:
+            self.stack.net.fates = _FateLog(self.fresh_fates)
 
     # --- softirq ----------------------------------------------------------------------
     @handles(msg.RCV_BATCH)
     def on_rcv_batch(self, env: Envelope, now: int) -> None:
-        self.work.append((env.sender, env.body["batch"], deque(env.body["frames"])))
+        frames = deque(env.body["frames"])
+        self.work.append((env.sender, env.body["batch"], frames))
+        ids = env.body.get("ids")
+        if ids is not None and self.trace.on:
+            self.batch_ids[id(frames)] = deque(ids)
 
     def next_deadline(self) -> int | None:
         if self.work:
@@ -59,16 +106,24 @@ class StackActor(Actor):
         if self.work:
             cpu, batch, frames = self.work[0]
             if frames:
-                self._tcp_v4_rcv(frames.popleft(), now)
+                ids = self.batch_ids.get(id(frames))
+                self._tcp_v4_rcv(frames.popleft(), now, ids.popleft() if ids else None)
             if not frames:
+                self.batch_ids.pop(id(frames), None)
                 self.work.popleft()
-                self.send(cpu, msg.RCV_DONE, {"batch": batch})
+                if not cpu.endswith("#gone"):
+                    self.send(cpu, msg.RCV_DONE, {"batch": batch})
         deadline = self.stack.next_deadline()
         if deadline is not None and deadline <= now:
-            self.stack.run_timers(now)
+            if self.trace.on:
+                t, n0 = self.clock(), len(self.stack.net.outputs)
+                self.stack.run_timers(now)
+                self._trace_timers(t, n0)
+            else:
+                self.stack.run_timers(now)
         self._flush()
 
-    def _tcp_v4_rcv(self, frame: bytes, now: int) -> None:
+    def _tcp_v4_rcv(self, frame: bytes, now: int, fid: int | None = None) -> None:
         self.segments += 1
         try:
             pkt = decode_ipv4(frame)
@@ -82,7 +137,14 @@ class StackActor(Actor):
             return
         spend(cost_ns(*self.cost, len(seg.payload)))
         hdr = (pkt.l4[12] >> 4) * 4 if len(pkt.l4) > 12 else 20
-        self.stack.tcp_v4_rcv(seg, now, csum_ok=tcp_checksum_ok(pkt), hdr_len=hdr)
+        if self.trace.on:
+            n0 = len(self.stack.net.outputs)
+            traced = fid if is_flow_id(fid) else None
+            self.stack.tcp_v4_rcv(seg, now, seg_id=traced, csum_ok=tcp_checksum_ok(pkt),
+                                  hdr_len=hdr)
+            self._trace_segment(seg, traced, now, n0)
+        else:
+            self.stack.tcp_v4_rcv(seg, now, csum_ok=tcp_checksum_ok(pkt), hdr_len=hdr)
         if self.flow_waiters:
             self._serve_flow_waiters()
 
@@ -97,8 +159,11 @@ class StackActor(Actor):
             self._serve_flow_waiters()
             self._flush()
             return
+        traced = self._trace_op_begin(body["sock"], op) if self.trace.on else None
         try:
             result = self.stack.do_op(task, body["sock"], op, body["args"], now)
+            if traced is not None:
+                self._trace_op_end(task, op, body["sock"], now, *traced)
         except (OpError, KeyError, TypeError, ValueError) as err:
             self.log.warning("bad_sock_op", task=task, op=op, error=str(err))
             self.send(task, msg.SOCK_OP_DONE,
@@ -128,11 +193,42 @@ class StackActor(Actor):
             for task, rid in self.flow_waiters.pop(sport):
                 self.send(task, msg.SOCK_OP_DONE, {"request_id": rid, "result": {"sock": sock}})
 
+    # --- supervision ------------------------------------------------------------------
+    def on_peer_event(self, actor: str, role: str, event: str, now: int) -> None:
+        if role == "reader":
+            self._task_exit(actor, now)
+        elif role == "cpu":
+            # Batches of a dead cpu are still host memory already handed over: finish
+            # them, but nobody waits for their rcv_done.
+            self.work = deque((actor + "#gone" if c == actor else c, b, f)
+                              for c, b, f in self.work)
+
+    def _task_exit(self, task: str, now: int) -> None:
+        """A reader process died: as do_exit() closes its files, its socket lock,
+        prequeue installation and waits go (the backlog is processed on release)."""
+        self.pending.pop(task, None)
+        for sport, waiters in list(self.flow_waiters.items()):
+            waiters[:] = [(t, r) for t, r in waiters if t != task]
+            if not waiters:
+                del self.flow_waiters[sport]
+        released = 0
+        for sid in set(self.claimed.values()):
+            sk = self.stack.socks.get(sid)
+            if sk is None:
+                continue
+            released += sk.owner == task
+            self.stack.do_op(task, sid, "task_exit", {}, now)
+        self.task_exits += 1
+        self.log.warning("task_exit", task=task, released_lock=released)
+        self._flush()
+
     def _flush(self) -> None:
         frames = []
+        tx_ids: list[int] = []
         for out in self.stack.take_outputs():
             if isinstance(out, Transmit):
                 frames.append(encode(out.segment))
+                tx_ids.append(self.tx_ids.pop(id(out), -1))
             elif isinstance(out, OpDone):
                 rid = self.pending.pop(out.task, None)
                 if rid is not None:
@@ -143,7 +239,10 @@ class StackActor(Actor):
                               counter=DROP_REASONS.get(reason), seq=out.fields.get("seq"),
                               end_seq=out.fields.get("end_seq"))
         if frames:
-            self.send(NIC, msg.TX, {"frames": frames})
+            if self.trace.on:
+                self.send(NIC, msg.TX, {"frames": frames, "ids": tx_ids})
+            else:
+                self.send(NIC, msg.TX, {"frames": frames})
 
     def counters(self) -> dict[str, Any]:
         net = self.stack.net
@@ -156,4 +255,171 @@ class StackActor(Actor):
             "segments": self.segments,
             "malformed": self.malformed,
             "batches_waiting": len(self.work),
+            "frames_waiting": sum(len(f) for _, _, f in self.work),
+            "task_exits": self.task_exits,
+            "backlog_enqueued": self.stack.backlog_enqueued,
+            "lock_waits": self.stack.lock_waits,
         }
+
+    # --- tracing ------------------------------------------------------------------------
+    def _sock_name(self, sock_id: int | None) -> str:
+        sk = self.stack.socks.get(sock_id) if sock_id is not None else None
+        if sk is None:
+            return f"sock{sock_id}"
+        return self.flow_of_port.get(sk.rport, f"sock{sock_id}")
+
+    def _take_fates(self) -> list[int]:
+        """Flow ids whose fate (delivered, consumed, dropped) was decided since last asked."""
+        fresh = self.fresh_fates
+        if not fresh:
+            return []
+        ended = [i for i, fate in fresh if fate != MERGED and is_flow_id(i)]
+        fresh.clear()
+        return ended
+
+    def _tx_sources(self, n0: int) -> list[int]:
+        """A flow id for every segment the model queued for transmit since output ``n0``."""
+        ids: list[int] = []
+        for out in self.stack.net.outputs[n0:]:
+            if isinstance(out, Transmit):
+                fid = self.flow_ids.take(1)[0]
+                self.tx_ids[id(out)] = fid
+                ids.append(fid)
+        return ids
+
+    def _trace_sock(self, sk: TcpSock, t: int) -> None:
+        """One counter sample of a socket's queues and window, when any of them changed.
+        Series are "<track>/<unit>": the merger makes one counter track of each."""
+        values = (len(sk.backlog), sk.backlog_len, len(sk.ucopy.prequeue), sk.inq(),
+                  sk.rmem_alloc, len(sk.ofo), sk.rcv_wnd)
+        if self.sock_samples.get(sk.sock_id) == values:
+            return
+        self.sock_samples[sk.sock_id] = values
+        self.trace.counter(self.flow_of_port.get(sk.rport, f"sock{sk.sock_id}"), t,
+                           dict(zip(SOCK_SERIES, values, strict=True)))
+
+    def _trace_segment(self, seg: Any, fid: int | None, start: int, n0: int) -> None:
+        """The tcp_v4_rcv slice of one segment, with where it went and the ACKs it caused."""
+        end = self.clock()
+        ended = self._take_fates()
+        where = "receive_queue" if seg.payload else "consumed"
+        for out in self.stack.net.outputs[n0:]:
+            if isinstance(out, Event):
+                name = out.name
+                if name == "backlog_add":
+                    where = "backlog"
+                elif name == "prequeue_add":
+                    where = "prequeue"
+                elif name == "ofo_queue":
+                    where = "ofo_queue"
+                elif name == "direct_copy":
+                    where = "direct_copy"
+                elif name == "drop":
+                    where = "drop:" + str(out.fields.get("reason"))
+        tx = self._tx_sources(n0)
+        sid = self.stack.ehash.get(seg.four_tuple)
+        sk = self.stack.socks.get(sid) if sid is not None else None
+        args: dict[str, Any] = {"seq": seg.seq, "len": len(seg.payload),
+                                "flags": seg.flags.short(), "to": where}
+        if sk is not None:
+            args["flow"] = self.flow_of_port.get(sk.rport, f"sock{sk.sock_id}")
+            args["offset"] = (seg.seq - sk.irs - 1) & 0xFFFFFFFF
+        if tx:
+            args["acks_sent"] = len(tx)
+        flows: list[list[Any]] = []
+        if fid is not None and fid not in ended:
+            flows.append([HOP_TCP_V4_RCV, [fid]])
+        if ended:
+            flows.append([HOP_END, ended])
+        if tx:
+            flows.append([HOP_SOURCE, tx])
+        self.trace.complete("tcp_v4_rcv", start, end, "softirq", args=args, flows=flows)
+        if sk is not None:
+            self._trace_sock(sk, end)
+
+    def _trace_timers(self, start: int, n0: int) -> None:
+        end = self.clock()
+        ended = self._take_fates()
+        tx = self._tx_sources(n0)
+        flows = [[HOP_END, ended]] if ended else []
+        if tx:
+            flows.append([HOP_SOURCE, tx])
+        self.trace.complete("tcp timers", start, end, "softirq",
+                            args={"acks_sent": len(tx)}, flows=flows)
+        for sk in self.stack.socks.values():
+            if sk.state != TcpState.LISTEN:
+                self._trace_sock(sk, end)
+
+    def _trace_op_begin(self, sock_id: int, op: str) -> tuple[int, list[int], list[int]]:
+        """Before a reader's step: which segments wait in the backlog and the prequeue."""
+        self.fresh_fates.clear()
+        backlog: list[int] = []
+        prequeue: list[int] = []
+        sk = self.stack.socks.get(sock_id)
+        if sk is not None and op in REPLAY_OPS:
+            for skb in sk.backlog:
+                backlog.extend(skb.ids)
+            for skb in sk.ucopy.prequeue:
+                prequeue.extend(skb.ids)
+        return len(self.stack.net.outputs), backlog, prequeue
+
+    def _trace_op_end(self, task: str, op: str, sock_id: int, start: int, n0: int,
+                      backlog: list[int], prequeue: list[int]) -> None:
+        """A reader's step, on the reader's own track: the kernel work done on its behalf
+        (backlog and prequeue processing, copies, ACKs it sends), with the flows of the
+        segments it moved on or delivered."""
+        end = self.clock()
+        ended = self._take_fates()
+        tx = self._tx_sources(n0)
+        sk = self.stack.socks.get(sock_id)
+        still: set[int] = set()
+        if sk is not None and (backlog or prequeue):
+            for skb in sk.backlog:
+                still.update(skb.ids)
+            for skb in sk.ucopy.prequeue:
+                still.update(skb.ids)
+        done = set(ended)
+        from_backlog = [i for i in backlog if i not in still]
+        from_prequeue = [i for i in prequeue if i not in still]
+        moved = [i for i in from_backlog + from_prequeue if i not in done and is_flow_id(i)]
+        name = OP_SLICE_NAMES.get(op, op)
+        if from_backlog and op != "flush_backlog":
+            name = "__release_sock (backlog)"
+        elif from_prequeue:
+            name = "tcp_prequeue_process"
+        args = {"op": op, "backlog_segments": len(from_backlog),
+                "prequeue_segments": len(from_prequeue), "segments_done": len(ended)}
+        flows: list[list[Any]] = []
+        if tx:  # ACKs and window updates sent from the reader's context
+            flows.append([HOP_SOURCE, tx])
+        if moved:
+            flows.append([HOP_PROCESS_CONTEXT, moved])
+        if ended:
+            flows.append([HOP_END, ended])
+        self.trace.complete(name, start, end, "main", args=args, flows=flows, pid=task)
+        self._trace_lock_events(n0, start, end)
+        if sk is not None:
+            self._trace_sock(sk, end)
+
+    def _trace_lock_events(self, n0: int, start: int, end: int) -> None:
+        """sk_lock.owned as slices named after the owner; waits for it per waiting task."""
+        unlocked = False
+        tr = self.trace
+        for out in self.stack.net.outputs[n0:]:
+            if not isinstance(out, Event) or out.name not in ("lock", "unlock", "lock_wait"):
+                continue
+            sid = out.sock_id
+            task = str(out.fields.get("task"))
+            track = f"{self._sock_name(sid)} sk_lock"
+            if out.name == "unlock":
+                tr.end(("owner", sid), end)
+                unlocked = True
+            elif out.name == "lock":
+                # Granted at the step's start, or (handed over by a release) at its end.
+                t = end if unlocked else start
+                tr.end(("wait", sid, task), t)
+                tr.begin(("owner", sid), f"owned by {task}", t, track, args={"owner": task})
+            else:
+                tr.begin(("wait", sid, task),
+                         f"{task} waits for sk_lock ({out.fields.get('owner')} owns it)",
+                         start, f"{track} waiter {task}", args={"owner": out.fields.get("owner")})

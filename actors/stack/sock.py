@@ -242,6 +242,7 @@ class TcpSock:
     synack_retries: int = 0
     # set by every wakeup (sk_data_ready / state change); the stack wakes sleepers
     data_ready: bool = False
+    wakeups: int = 0  # wakeups delivered so far (sock_def_readable calls)
 
     # --- receive RTT and autotuning ---
     rcv_rtt_us: int = 0  # rcv_rtt_est.rtt_us (x8)

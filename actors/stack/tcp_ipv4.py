@@ -51,6 +51,7 @@ from actors.stack.tcp_output import (
     TCP_RTO_MIN,
     __tcp_select_window,
     make_segment,
+    tcp_event_ack_sent,
     tcp_full_space,
     tcp_receive_window,
     tcp_select_initial_window,
@@ -64,6 +65,8 @@ from protocol.wire import encode_options
 EAGAIN = 11
 ENOTCONN = 107
 EINVAL = 22
+EPIPE = 32
+TCP_INIT_CWND = 10
 TCP_MSS_DEFAULT = 536
 TCP_MIN_MSS = 88
 ADVMSS = 1460  # our MTU 1500 minus IPv4 and TCP headers
@@ -92,6 +95,11 @@ class Stack:
         self.listeners: dict[int, int] = {}
         self._next_id = 1
         self._next_seg_id = 1
+        # Segments the backlog took (appended or coalesced into its tail): Linux has no
+        # MIB counter for a successful sk_add_backlog, only for its failure.
+        self.backlog_enqueued = 0
+        # lock_sock calls that found the socket owned and had to wait for release_sock.
+        self.lock_waits = 0
 
     # ------------------------------------------------------------------ helpers
 
@@ -145,14 +153,21 @@ class Stack:
 
     def tcp_v4_rcv(self, seg: Segment, now: int, *, seg_id: int | None = None,
                    csum_ok: bool = True, hdr_len: int | None = None,
-                   truesize: int | None = None) -> int:
-        """A segment handed up by ``ip_rcv``; returns its arrival id (for its fate)."""
+                   truesize: int | None = None, gso_size: int = 0) -> int:
+        """A segment handed up by ``ip_rcv``; returns its arrival id (for its fate).
+
+        ``gso_size`` marks a GRO/GSO super-packet (several wire segments of that size
+        merged into one skb), as a NIC with GRO or a tun device with GSO delivers it.
+        """
         net = self.net
         sid = self.new_seg_id() if seg_id is None else seg_id
         net.current = None
         net.mib.add("TcpInSegs")
         skb = Skb.from_segment(seg, sid, now, header_len=hdr_len or header_len(seg),
                                csum_ok=csum_ok, truesize=truesize)
+        if gso_size and len(seg.payload) > gso_size:
+            skb.gso_size = gso_size
+            skb.gso_segs = -(-len(seg.payload) // gso_size)
         sk = self._lookup(seg)
         if sk is None:
             self._no_tcp_socket(seg, skb, csum_ok)
@@ -160,9 +175,10 @@ class Stack:
         if sk.state == TcpState.LISTEN:
             self._listen_rcv(sk, seg, skb, now)
             return sid
-        sk.segs_in += 1
+        # tcp_segs_in: a GRO/GSO skb counts every wire segment it carries
+        sk.segs_in += max(1, skb.gso_segs)
         if seg.payload:
-            sk.data_segs_in += 1
+            sk.data_segs_in += max(1, skb.gso_segs)
         if not sk.owned:
             if not (self.profile.has_prequeue and self._tcp_prequeue(sk, skb, now)):
                 self.tcp_v4_do_rcv(sk, skb, now)
@@ -223,6 +239,7 @@ class Stack:
             sk.backlog_len += skb.truesize - 256
             tail.truesize += skb.truesize - 256
             net.inc("TcpExtTCPBacklogCoalesce")
+            self.backlog_enqueued += 1
             return
         limit = profile.backlog_limit(sk.rcvbuf, sk.sndbuf)
         if sk.backlog_len + sk.rmem_alloc > limit:
@@ -231,6 +248,7 @@ class Stack:
             return
         sk.backlog.append(skb)
         sk.backlog_len += skb.truesize
+        self.backlog_enqueued += 1
         net.event("backlog_add", sk.sock_id, seq=skb.seq, backlog_len=sk.backlog_len)
 
     def _tcp_prequeue(self, sk: TcpSock, skb: Skb, now: int) -> bool:
@@ -469,6 +487,7 @@ class Stack:
         if not sk.data_ready:
             return
         sk.data_ready = False
+        sk.wakeups += 1  # what an edge-triggered epoll watcher sees (ep_poll_callback)
         woken = [w for w in sk.waiters]
         sk.waiters.clear()
         for w in woken:
@@ -655,6 +674,7 @@ class Stack:
             "shutdown": sk.rcv_shutdown,
             "err": sk.sk_err,
             "closed": sk.state == TcpState.CLOSE,
+            "listen": sk.state == TcpState.LISTEN,
             "ucopy_len": sk.ucopy.len,
         }
 
@@ -688,6 +708,7 @@ class Stack:
             raise OpError(f"{task} already owns socket {sk.sock_id}")
         if sk.owned:
             sk.lock_waiters.append(LockWaiter(task, {}))
+            self.lock_waits += 1
             self.net.event("lock_wait", sk.sock_id, task=task, owner=sk.owner)
             return None
         sk.owner = task
@@ -869,14 +890,66 @@ class Stack:
             tcp_done(sk)
             self._unhash(sk)
         elif sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
-            fin = make_segment(sk, now, TcpFlags.FIN | TcpFlags.ACK)
-            sk.fin_sent = True
-            sk.snd_nxt = seq_add(sk.snd_nxt, 1)
-            set_state(sk, TcpState.FIN_WAIT1 if sk.state == TcpState.ESTABLISHED
-                      else TcpState.LAST_ACK)
-            net.transmit(fin, sk.sock_id)
+            self._send_fin(sk, now)
         self._release_sock(sk, task, now)
         return {}
+
+    def _send_fin(self, sk: TcpSock, now: int) -> None:
+        """tcp_send_fin: our FIN (with ACK) and the state it moves us to (tcp_close_state)."""
+        fin = make_segment(sk, now, TcpFlags.FIN | TcpFlags.ACK)
+        sk.fin_sent = True
+        sk.snd_nxt = seq_add(sk.snd_nxt, 1)
+        sk.snd_shutdown = True
+        set_state(sk, TcpState.FIN_WAIT1 if sk.state == TcpState.ESTABLISHED
+                  else TcpState.LAST_ACK)
+        tcp_event_ack_sent(sk)  # the FIN carries our ACK: no delayed ACK is due any more
+        self.net.transmit(fin, sk.sock_id)
+
+    def _op_shutdown(self, sk: TcpSock, task: str, args: dict[str, Any],
+                     now: int) -> dict[str, Any]:
+        """shutdown(2): SHUT_RD marks the receive side closed; SHUT_WR sends our FIN."""
+        how = int(args.get("how", 1))
+        if sk.state in (TcpState.LISTEN, TcpState.CLOSE, TcpState.SYN_SENT):
+            return {"error": ENOTCONN}
+        if how in (0, 2):  # SHUT_RD / SHUT_RDWR
+            sk.rcv_shutdown = True
+            sk.data_ready = True
+        if how in (1, 2) and sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            self._send_fin(sk, now)
+        return {}
+
+    def _op_send(self, sk: TcpSock, task: str, args: dict[str, Any],
+                 now: int) -> dict[str, Any]:
+        """A minimal tcp_sendmsg + tcp_write_xmit: send ``data`` now in mss-sized segments.
+
+        rxpath models a receiver: what it sends is only what a receive-side test needs
+        (replies that carry our ACK). Nothing is kept for later: a write sends what
+        the peer's window allows at once and returns that count; nothing is
+        retransmitted.
+        """
+        if sk.state not in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) or sk.snd_shutdown:
+            return {"error": EPIPE}
+        data = bytes(args["data"])
+        mss = max(sk.mss_cache, 1)
+        room = max(0, seq_sub(seq_add(sk.snd_una, sk.snd_wnd), sk.snd_nxt))
+        room = min(room, TCP_INIT_CWND * mss)  # the initial congestion window
+        data = data[:room]
+        sent = 0
+        while sent < len(data):
+            chunk = data[sent:sent + mss]
+            sent += len(chunk)
+            flags = TcpFlags.ACK | (TcpFlags.PSH if sent == len(data) else TcpFlags(0))
+            seg = make_segment(sk, now, flags).with_(payload=chunk)
+            sk.snd_nxt = seq_add(sk.snd_nxt, len(chunk))
+            tcp_event_ack_sent(sk)
+            # tcp_event_data_sent: a reply within ato of the last receive means
+            # the connection is interactive (pingpong).
+            if now - sk.icsk_ack.lrcvtime < sk.icsk_ack.ato:
+                sk.icsk_ack.pingpong += 1
+            self.net.transmit(seg, sk.sock_id)
+        if not sent and args["data"]:
+            return {"error": EAGAIN}  # no room: the model keeps no unsent data
+        return {"sent": sent}
 
     def _op_task_exit(self, sk: TcpSock, task: str, args: dict[str, Any],
                       now: int) -> dict[str, Any]:
@@ -909,6 +982,8 @@ _OPS = {
     "info": Stack._op_info,
     "setsockopt": Stack._op_setsockopt,
     "close": Stack._op_close,
+    "shutdown": Stack._op_shutdown,
+    "send": Stack._op_send,
     "task_exit": Stack._op_task_exit,
 }
 

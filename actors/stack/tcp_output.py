@@ -54,6 +54,9 @@ def tcp_select_initial_window(sk: TcpSock, space: int, mss: int, wscale_ok: bool
     if space > mss:
         space -= space % mss
     rcv_wnd = space
+    if profile.modern_autotune:
+        # Modern kernels never offer more than 64K before window scaling is in use.
+        rcv_wnd = min(rcv_wnd, U16_MAX)
     if not profile.modern_autotune and mss > 0:
         # 4.13 limits the first window to what a 10-segment initial cwnd can fill.
         init_cwnd = TCP_INIT_CWND if mss <= 1460 else max(1460 * TCP_INIT_CWND // mss, 2)

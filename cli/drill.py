@@ -1,0 +1,81 @@
+"""``rxpath drill``: run packetdrill scripts against the emulated receiver.
+
+Each script runs against rxpath's kernel model on a virtual clock (deterministic,
+exact timing). For every script the command prints ``PASS``, ``SKIP`` with the
+reason (something the script needs is not modelled), or ``FAIL`` with the first
+mismatch: the script line, what it expected and what rxpath did. The last line is
+``N passed, N failed, N skipped``; the exit status is 1 if any script failed or
+could not be parsed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from actors.profiles import get_profile
+from cli.app import app
+from cli.drill_model import ModelReceiver
+from cli.drill_runner import DrillRunner, Outcome, ScriptResult
+from protocol.packetdrill import ParseError, parse_file
+
+
+def run_script(path: str | Path, profile: str = "modern", *, verbose: bool = False,
+               seed: int = 1) -> ScriptResult:
+    """Parse and run one script against the kernel model; a parse error is a failure."""
+    try:
+        script = parse_file(path)
+    except ParseError as err:
+        from cli.drill_runner import Mismatch
+        return ScriptResult(str(path), Outcome.FAIL,
+                            Mismatch(err.line, f"parse error: {err.message}"))
+    receiver = ModelReceiver(get_profile(profile), seed=seed)
+    return DrillRunner(script, receiver, verbose=verbose).run()
+
+
+def format_result(res: ScriptResult, *, verbose: bool = False) -> str:
+    lines: list[str] = []
+    if res.outcome is Outcome.PASS:
+        lines.append(f"PASS {res.path}")
+    elif res.outcome is Outcome.SKIP:
+        lines.append(f"SKIP {res.path}: {res.skip_reason}")
+    else:
+        assert res.mismatch is not None
+        lines.append(f"FAIL {res.mismatch.format(res.path)}")
+    if verbose:
+        lines += [f"    skipped line {n}: {text}" for n, text in res.skipped_lines]
+        lines += [f"    {entry}" for entry in res.log]
+    return "\n".join(lines)
+
+
+def summary(results: list[ScriptResult]) -> str:
+    counts = {o: sum(1 for r in results if r.outcome is o) for o in Outcome}
+    return (f"{counts[Outcome.PASS]} passed, {counts[Outcome.FAIL]} failed, "
+            f"{counts[Outcome.SKIP]} skipped")
+
+
+@app.command()
+def drill(
+    scripts: Annotated[list[Path], typer.Argument(help="packetdrill scripts (.pkt) to run.")],
+    profile: Annotated[str, typer.Option(
+        "--profile", help="Kernel profile: modern or legacy (4.13, prequeue).")] = "modern",
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show every packet, call and skipped line.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the receiver's ISN.")] = 1,
+) -> None:
+    """Run packetdrill scripts against the emulated receiver (kernel model, virtual time)."""
+    try:
+        get_profile(profile)
+    except ValueError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    results = []
+    for path in scripts:
+        res = run_script(path, profile, verbose=verbose, seed=seed)
+        results.append(res)
+        typer.echo(format_result(res, verbose=verbose))
+    typer.echo(summary(results))
+    if any(r.outcome is Outcome.FAIL for r in results):
+        raise typer.Exit(1)
