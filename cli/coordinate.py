@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from actors.runtime.launcher import ActorStartError, Launcher
+from actors.runtime.supervisor import tell_neighbours
 from cli.app import CONFIG_ERROR_EXIT, app
 from cli.config import ConfigError, Scenario
 from cli.run import RunState, _absorb, summarize
@@ -49,6 +50,9 @@ class ExternalLauncher(Launcher):
             self.log.warning("actor_rejoined", actor=env.sender, pid=env.body["pid"],
                              times=self.rejoined[env.sender])
             self._mailbox.send(env.sender, msg.START, {"t0_ns": self.t0_ns})
+            # Its neighbours drop what they kept for the old process (credits, batches).
+            tell_neighbours(self, env.sender, proc.role, "restarted",
+                            self.rejoined[env.sender])
         return keep
 
 

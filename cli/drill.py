@@ -18,20 +18,26 @@ import typer
 from actors.profiles import get_profile
 from cli.app import app
 from cli.drill_model import ModelReceiver
-from cli.drill_runner import DrillRunner, Outcome, ScriptResult
+from cli.drill_runner import DrillRunner, Mismatch, Outcome, ScriptResult
 from protocol.packetdrill import ParseError, parse_file
 
 
 def run_script(path: str | Path, profile: str = "modern", *, verbose: bool = False,
-               seed: int = 1) -> ScriptResult:
-    """Parse and run one script against the kernel model; a parse error is a failure."""
+               seed: int = 1, sysctls: dict[str, str] | None = None) -> ScriptResult:
+    """Parse and run one script against the kernel model; a parse error is a failure.
+
+    ``sysctls`` are the host's settings before the script starts (its own commands
+    may change them further).
+    """
     try:
         script = parse_file(path)
     except ParseError as err:
-        from cli.drill_runner import Mismatch
         return ScriptResult(str(path), Outcome.FAIL,
                             Mismatch(err.line, f"parse error: {err.message}"))
     receiver = ModelReceiver(get_profile(profile), seed=seed)
+    for name, value in (sysctls or {}).items():
+        if not receiver.set_sysctl(name, value):
+            raise ValueError(f"sysctl {name}={value!r} is not modelled")
     return DrillRunner(script, receiver, verbose=verbose).run()
 
 
@@ -64,18 +70,37 @@ def drill(
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show every packet, call and skipped line.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the receiver's ISN.")] = 1,
+    sysctl: Annotated[list[str] | None, typer.Option(
+        "--sysctl", "-s", metavar="NAME=VALUE",
+        help="Host setting before each script, e.g. "
+             "net.ipv4.tcp_rmem='4096 87380 3732736' (repeatable).")] = None,
 ) -> None:
     """Run packetdrill scripts against the emulated receiver (kernel model, virtual time)."""
     try:
         get_profile(profile)
+        settings = dict(_sysctl_arg(s) for s in sysctl or ())
+        # Reject an unknown name before any script runs.
+        probe = ModelReceiver(get_profile(profile))
+        for name, value in settings.items():
+            if not probe.set_sysctl(name, value):
+                raise ValueError(f"sysctl {name}={value!r} is not modelled")
     except ValueError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     results = []
     for path in scripts:
-        res = run_script(path, profile, verbose=verbose, seed=seed)
+        res = run_script(path, profile, verbose=verbose, seed=seed, sysctls=settings)
         results.append(res)
         typer.echo(format_result(res, verbose=verbose))
     typer.echo(summary(results))
     if any(r.outcome is Outcome.FAIL for r in results):
         raise typer.Exit(1)
+
+
+def _sysctl_arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--sysctl expects NAME=VALUE, got {text!r}")
+    if "." not in name:
+        name = "net.ipv4." + name
+    return name, value.strip().strip("'\"")

@@ -18,11 +18,13 @@ from typing import Any
 from actors.profiles import MS, Profile
 from actors.reader.tcp_recvmsg import RecvFlags, StepDriver, tcp_recvmsg
 from actors.stack.net import OpDone, Transmit
+from actors.stack.skb import SKB_SHINFO_SIZE, SKB_STRUCT_SIZE, skb_data_align
 from actors.stack.sock import TcpSock, TcpState
 from actors.stack.tcp_ipv4 import Stack, _set_rcvbuf
 from cli.drill_runner import LOCAL_IP, SYMBOLS, Unsupported, errno_name
-from protocol.segment import Segment
+from protocol.segment import IPV4_HEADER_LEN, TCP_HEADER_LEN, Segment
 from protocol.seq import seq_sub
+from protocol.wire import encode_options
 
 # Linux's tcp_info state numbers (include/net/tcp_states.h).
 TCP_STATE_NUMBERS = {
@@ -36,6 +38,8 @@ EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = (SYMBOLS[n] for n in
 EPOLLRDNORM, EPOLLWRNORM, EPOLLRDHUP, EPOLLET = (SYMBOLS[n] for n in (
     "EPOLLRDNORM", "EPOLLWRNORM", "EPOLLRDHUP", "EPOLLET"))
 O_RDWR, O_NONBLOCK = SYMBOLS["O_RDWR"], SYMBOLS["O_NONBLOCK"]
+PAGE_SIZE = 4096
+NET_SKB_PAD = 64  # tun's headroom (tun->align)
 
 # A system call is a generator: it yields ("op", sock, name, args) for a stack
 # operation or ("wait", deadline, predicate) to sleep, and returns
@@ -76,6 +80,31 @@ class FileDesc:
     rcvlowat: int = 1
     inq_cmsg: bool = False  # TCP_INQ
     interest: dict[int, EpollItem] = field(default_factory=dict)  # epoll: fd -> item
+
+
+def _kmalloc_size(n: int) -> int:
+    """kmalloc_size_roundup: the slab object a request of n bytes gets."""
+    for size in (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192):
+        if n <= size:
+            return size
+    return -(-n // PAGE_SIZE) * PAGE_SIZE
+
+
+def tun_skb(ip_len: int) -> tuple[int, bool]:
+    """(truesize, head_frag) of the skb tun_get_user builds for a written IP packet.
+
+    packetdrill injects through a tun device, not a NIC ring. tun_alloc_skb keeps a
+    packet that fits in a page (with its NET_SKB_PAD headroom) in a kmalloc'd linear
+    area: truesize is that slab object plus the sk_buff, and the area cannot be
+    stolen by skb_try_coalesce. A bigger (GSO) packet goes into page fragments: the
+    model charges whole pages for the headroom, shared info and packet, plus the
+    sk_buff; such an skb coalesces like a NIC's.
+    """
+    if NET_SKB_PAD + ip_len < PAGE_SIZE:
+        head = _kmalloc_size(skb_data_align(NET_SKB_PAD + ip_len) + SKB_SHINFO_SIZE)
+        return head + SKB_STRUCT_SIZE, False
+    pages = -(-(NET_SKB_PAD + SKB_SHINFO_SIZE + ip_len) // PAGE_SIZE)
+    return pages * PAGE_SIZE + SKB_STRUCT_SIZE, True
 
 
 def _err(name: str, extra: dict[str, Any] | None = None) -> CallResult:
@@ -121,7 +150,11 @@ class ModelReceiver:
     # ------------------------------------------------------------------ wire
 
     def inject(self, seg: Segment, *, gso_size: int = 0) -> None:
-        self.stack.tcp_v4_rcv(seg, self._now, gso_size=gso_size)
+        ip_len = IPV4_HEADER_LEN + TCP_HEADER_LEN + len(encode_options(seg.options)) \
+            + len(seg.payload)
+        truesize, head_frag = tun_skb(ip_len)
+        self.stack.tcp_v4_rcv(seg, self._now, gso_size=gso_size, truesize=truesize,
+                              head_frag=head_frag)
         self._drain()
 
     def take_outbound(self) -> list[tuple[int, Segment]]:
@@ -281,9 +314,24 @@ class ModelReceiver:
         return self._new_fd(child), None, {}
 
     def _sys_connect(self, fd: int, addr: str, port: int) -> CallGen:
-        raise Unsupported("connect(): rxpath models the receiving (passive) side; "
-                          "active open is not modelled")
-        yield  # pragma: no cover
+        desc = self._desc(fd)
+        if desc is None or desc.kind != "sock":
+            return _err("EBADF")
+        if desc.sock is not None:
+            sk = self._sk(desc)
+            if sk is not None and sk.state == TcpState.SYN_SENT:
+                return _err("EALREADY")
+            return _err("EISCONN")
+        desc.sock = self.stack.connect(self.local_ip, addr, port, self._now, lport=desc.port,
+                                       rcvbuf=desc.rcvbuf, rcvlowat=desc.rcvlowat)
+        sk = self._sk(desc)
+        assert sk is not None
+        if desc.nonblock:
+            return _err("EINPROGRESS")
+        yield ("wait", None, lambda: sk.state != TcpState.SYN_SENT)
+        if sk.state == TcpState.CLOSE:
+            return _err(errno_name(sk.sk_err or 111))
+        return 0, None, {}
 
     def _sys_setsockopt(self, fd: int, level: int, name: str, value: int | None) -> CallGen:
         desc = self._desc(fd)
@@ -330,7 +378,7 @@ class ModelReceiver:
         raise Unsupported(f"getsockopt({name}) is not modelled")
         yield  # pragma: no cover
 
-    def _sys_read(self, fd: int, len: int, flags: int) -> CallGen:  # noqa: A002
+    def _sys_read(self, fd: int, length: int, flags: int) -> CallGen:
         desc = self._desc(fd)
         if desc is None:
             return _err("EBADF")
@@ -344,7 +392,7 @@ class ModelReceiver:
                            trunc=bool(flags & SYMBOLS["MSG_TRUNC"]),
                            dontwait=bool(flags & SYMBOLS["MSG_DONTWAIT"]) or desc.nonblock,
                            waitall=bool(flags & SYMBOLS["MSG_WAITALL"]))
-        gen = tcp_recvmsg(self.profile, self.stack.sysctls, desc.sock, len, rflags,
+        gen = tcp_recvmsg(self.profile, self.stack.sysctls, desc.sock, length, rflags,
                           rcvlowat=sk.rcvlowat, timeo_ns=None, clock=self.now)
         driver = StepDriver(gen)
         while not driver.done:
@@ -377,13 +425,13 @@ class ModelReceiver:
             return _err(errno_name(int(res["error"])), dict(res))
         return 0, None, dict(res)
 
-    def _sys_write(self, fd: int, len: int) -> CallGen:  # noqa: A002
+    def _sys_write(self, fd: int, length: int) -> CallGen:
         desc = self._desc(fd)
         if desc is None:
             return _err("EBADF")
         if desc.sock is None:
             return _err("EPIPE")
-        ret, err, extra = yield from self._locked(desc.sock, "send", {"data": bytes(len)})
+        ret, err, extra = yield from self._locked(desc.sock, "send", {"data": bytes(length)})
         if err:
             return ret, err, extra
         return int(extra.get("sent", 0)), None, {}
@@ -404,7 +452,7 @@ class ModelReceiver:
             other.interest.pop(fd, None)
         if desc.sock is None:
             return 0, None, {}
-        ret, err, extra = yield from self._locked(desc.sock, "close", {})
+        ret, err, _ = yield from self._locked(desc.sock, "close", {})
         return ret, err, {}
 
     def _sys_fcntl(self, fd: int, cmd: int | None, arg: int | None) -> CallGen:

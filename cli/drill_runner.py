@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from actors.profiles import US
 from protocol.packetdrill import (
     BinaryExpr,
     CallExpr,
@@ -57,8 +58,6 @@ from protocol.packetdrill import (
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_add, seq_sub
 from protocol.wire import default_layout
-
-US = 1_000  # ns per microsecond
 
 # packetdrill's defaults (config.c)
 DEFAULT_TOLERANCE_US = 4000
@@ -280,7 +279,6 @@ class DrillRunner:
         self.nstat_history: dict[str, int] = {}
         self.last_event: Event | None = None
         self.last_event_us = 0
-        self.fd_nonblock: dict[int, bool] = {}
 
     # ------------------------------------------------------------------ entry
 
@@ -295,13 +293,15 @@ class DrillRunner:
                 raise Unsupported(f"--ip_version={self.script.option('ip_version')}: "
                                   "rxpath models IPv4 only")
             if self.script.init_command is not None:
-                self._command(0, self.script.init_command)
+                self._command(self.script.init_command.line, self.script.init_command)
             for i, ev in enumerate(self.script.events):
                 if i == 0 and ev.time.start_us != 0 and ev.time.kind == TimeKind.ABSOLUTE:
                     raise _Failed(Mismatch(ev.line, "first event should be at time 0"))
                 self._event(ev)
                 self.last_event = ev
             self._finish_blocking()
+            if self.script.cleanup_command is not None:
+                self._command(self.script.cleanup_command.line, self.script.cleanup_command)
         except _Failed as exc:
             self.result.outcome = Outcome.FAIL
             self.result.mismatch = exc.mismatch
@@ -377,10 +377,12 @@ class DrillRunner:
 
     def _inbound(self, ev: Event, spec: PacketSpec) -> None:
         if spec.has("S") and not spec.has(".") and (self.conn is None or self.listening):
-            # A SYN for the listener: a new connection under test (new remote port).
+            # A SYN for the listener: the child it creates is the new connection under
+            # test, from a new remote port (as packetdrill does).
             self.conn = _Conn(rport=self.next_rport, lport=self._bind_port,
                               remote_isn=spec.seq, synack_pending=True)
             self.next_rport += 1
+            self.listening = False
         conn = self.conn
         if conn is None:
             raise _Failed(Mismatch(ev.line, "no connection for this inbound packet "
@@ -394,15 +396,18 @@ class DrillRunner:
             src=self.remote_ip, sport=ports[0] if ports and ports[0] else conn.rport,
             dst=self.local_ip, dport=ports[1] if ports and ports[1] else conn.lport,
             seq=spec.seq & 0xFFFFFFFF,
-            ack=seq_add(spec.ack, ack_off) if spec.has(".") else 0,
+            ack=seq_add(spec.ack, ack_off) if spec.has(".") else spec.ack & 0xFFFFFFFF,
             flags=_flags_of(spec.flags),
             window=spec.window or 0,
             options=opts,
             payload=bytes(spec.payload_len),
             urg_ptr=spec.urg_ptr,
         )
-        gso = self.gso_mss if self.gso_mss and spec.payload_len > self.gso_mss else 0
-        self._log(f"inject {seg.describe()}" + (f" gso_size {gso}" if gso else ""))
+        # packetdrill writes every TCP packet to tun with gso_size = --mss; the kernel
+        # keeps it only for a packet longer than that (virtio_net_hdr_to_skb).
+        ip_len = 40 + sum(o.length for o in spec.options or ()) + spec.payload_len
+        gso = self.gso_mss if self.gso_mss and ip_len > self.gso_mss else 0
+        self._log(f"inject  {spec}" + (f"  (gso_size {gso})" if gso else ""))
         self.rx.inject(seg, gso_size=gso)
         self._poll_blocking()
 
@@ -449,7 +454,9 @@ class DrillRunner:
     def _collect_outbound(self) -> None:
         for t, seg in self.rx.take_outbound():
             conn = self.conn
-            if conn is not None and seg.dst == self.remote_ip and seg.dport == conn.rport:
+            if conn is not None and seg.dst == self.remote_ip and seg.dport == conn.rport \
+                    and conn.lport in (0, seg.sport):
+                conn.lport = seg.sport
                 self.outq.append((t, seg))
             else:
                 self._log(f"ignored outbound (not the connection under test) {seg.describe()}")
@@ -484,8 +491,8 @@ class DrillRunner:
                                    "but the receiver sent nothing", expected=str(spec),
                                    actual="(nothing)"))
         t_ns, seg = got
-        self._log(f"sent {seg.describe()} at {t_ns / 1e9:.6f}")
         actual, problem = self._compare(spec, seg)
+        self._log(f"sent    {actual}  (at {t_ns / 1e9:.6f})")
         if problem:
             raise _Failed(Mismatch(ev.line, f"outbound packet differs: {problem}",
                                    expected=str(spec), actual=actual))
@@ -593,7 +600,6 @@ class DrillRunner:
         if handler is None:
             raise Unsupported(f"line {ev.line}: system call {spec.name}() is not supported")
         call, check = handler(ev, spec)
-        self._log(f"{spec.name}() started")
         if spec.blocking:
             assert spec.end_us is not None
             relative = ev.time.kind == TimeKind.RELATIVE
@@ -639,6 +645,7 @@ class DrillRunner:
                         ) -> Callable[[Call], None]:
         def check(call: Call) -> None:
             actual = f"{spec.name}(...) = {call.ret}" + (f" {call.errno}" if call.errno else "")
+            self._log(f"call    {actual}")
             want = self._int(ev, spec.result) if not isinstance(spec.result, EllipsisExpr) \
                 else None
             if want is not None and call.ret != want:
@@ -703,22 +710,15 @@ class DrillRunner:
         return call, check
 
     def _sys_accept(self, ev: Event, spec: SyscallSpec) -> tuple[Call, Callable[[Call], None]]:
-        call, check = self._simple(ev, spec, "accept", fd=self._fd(ev, spec))
-
-        def accepted(c: Call) -> None:
-            check(c)
-            self.listening = False
-        return call, accepted
+        return self._simple(ev, spec, "accept", fd=self._fd(ev, spec))
 
     def _sys_connect(self, ev: Event, spec: SyscallSpec) -> tuple[Call, Callable[[Call], None]]:
         port = int(self.script.option("connect_port") or BIND_PORT)
-        call, check = self._simple(ev, spec, "connect", fd=self._fd(ev, spec),
-                                   addr=self.remote_ip, port=port)
-        lport = call.extra.get("lport")
-        if lport is not None:
-            self.conn = _Conn(rport=port, lport=int(lport), active=True)
-            self.listening = False
-        return call, check
+        # The local port is the kernel's choice: learnt from our SYN.
+        self.conn = _Conn(rport=port, lport=0, active=True)
+        self.listening = False
+        return self._simple(ev, spec, "connect", fd=self._fd(ev, spec),
+                            addr=self.remote_ip, port=port)
 
     def _sys_setsockopt(self, ev: Event, spec: SyscallSpec
                         ) -> tuple[Call, Callable[[Call], None]]:
@@ -748,7 +748,7 @@ class DrillRunner:
 
     def _recv_common(self, ev: Event, spec: SyscallSpec, fd: int, length: int, flags: int,
                      cmsg_inq: int | None) -> tuple[Call, Callable[[Call], None]]:
-        call = self.rx.syscall("read", {"fd": fd, "len": length, "flags": flags})
+        call = self.rx.syscall("read", {"fd": fd, "length": length, "flags": flags})
 
         def inq(c: Call) -> str | None:
             if cmsg_inq is None:
@@ -798,7 +798,7 @@ class DrillRunner:
 
     def _sys_write(self, ev: Event, spec: SyscallSpec) -> tuple[Call, Callable[[Call], None]]:
         length = self._int(ev, self._arg(ev, spec, 2)) or 0
-        return self._simple(ev, spec, "write", fd=self._fd(ev, spec), len=length)
+        return self._simple(ev, spec, "write", fd=self._fd(ev, spec), length=length)
 
     _sys_send = _sys_write
 
@@ -976,7 +976,8 @@ class DrillRunner:
                                  "float": float, "print": lambda *a, **k: None,
                                  "AssertionError": AssertionError}}
         try:
-            exec(compile(code, f"{self.script.path}:{ev.line}", "exec"), safe, namespace)  # noqa: S102
+            # The script's own check, as packetdrill runs it (with python3).
+            exec(compile(code, f"{self.script.path}:{ev.line}", "exec"), safe, namespace)
         except AssertionError as exc:
             detail = f" ({exc})" if str(exc) else ""
             raise _Failed(Mismatch(ev.line, f"assertion failed{detail}", expected=str(spec),

@@ -13,6 +13,7 @@ from cli import (  # noqa: F401  (register their commands on app)
     chaos,
     compose,
     coordinate,
+    drill,
     report_html,
     run,
     stat,

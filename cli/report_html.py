@@ -280,10 +280,9 @@ def reduce_points(pts: list[tuple[float, float]], x0: float, x1: float,
 def _bucket_shape(bucket: list[tuple[float, float]]) -> list[tuple[float, float]]:
     if len(bucket) <= 4:
         return bucket
-    lo = min(bucket, key=lambda p: p[1])
-    hi = max(bucket, key=lambda p: p[1])
-    keep = sorted({bucket[0], lo, hi, bucket[-1]}, key=lambda p: p[0])
-    return keep
+    lo = min(range(len(bucket)), key=lambda i: bucket[i][1])
+    hi = max(range(len(bucket)), key=lambda i: bucket[i][1])
+    return [bucket[i] for i in sorted({0, lo, hi, len(bucket) - 1})]
 
 
 def _esc(text: object) -> str:
@@ -297,7 +296,10 @@ def line_chart(title: str, series: list[Series], *, y_label: str, x_end: float |
     npoints = sum(len(s.points) for s in series)
     if not series:
         return _empty_plot(title, "no samples were recorded for this plot")
-    ml, mr, mt, mb = 64, 16, 34, 40
+    legend_rows = (len(series) + 2) // 3
+    ml, mr, mb = 64, 16, 40
+    mt = 28 + 15 * legend_rows  # the legend sits between the title and the plot
+    height += 15 * legend_rows
     pw, ph = width - ml - mr, height - mt - mb
     x0 = 0.0
     x1 = max(max(p[0] for s in series for p in s.points), x_end or 0.0) or 1.0
@@ -306,6 +308,8 @@ def line_chart(title: str, series: list[Series], *, y_label: str, x_end: float |
     if y_hi <= y_lo:
         y_hi = y_lo + 1
     yt = nice_ticks(y_lo, y_hi)
+    if yt[-1] < y_hi and len(yt) > 1:  # headroom: the top tick above the highest value
+        yt.append(yt[-1] + (yt[1] - yt[0]))
     y_hi = max(y_hi, yt[-1])
     xt = nice_ticks(x0, x1, 8)
 
@@ -350,8 +354,8 @@ def line_chart(title: str, series: list[Series], *, y_label: str, x_end: float |
             coords.append(f"{sx(x1):.1f},{sy(prev_y):.1f}")  # the last value holds
         parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="1.5" '
                      f'points="{" ".join(coords)}"><title>{_esc(s.label)}</title></polyline>')
-        lx = ml + 8 + (i % 3) * 280
-        ly = mt + 14 + (i // 3) * 14
+        lx = ml + (i % 3) * 280
+        ly = 38 + (i // 3) * 15
         parts.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
                      f'<text x="{lx + 14}" y="{ly}" class="legend">{_esc(s.label)}</text>')
     parts.append("</svg>")

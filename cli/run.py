@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -72,6 +73,20 @@ def default_run_dir() -> Path:
     return Path("runs") / stamp
 
 
+RUN_OUTPUTS = ("deliveries", "logs", "trace", "sock")
+RUN_FILES = ("scenario.json", "topology.json", "counters.json", "summary.json", "trace.json",
+             "report.html", "bench.json")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Forget an earlier run in the same directory: its records would mix with this one's."""
+    for name in RUN_OUTPUTS:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+    for path in [*(run_dir / n for n in RUN_FILES), *run_dir.glob("wire*.pcap")]:
+        path.unlink(missing_ok=True)
+
+
 def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
                  ready_timeout_s: float = 60.0, chaos: ChaosHook | None = None,
                  policy: RestartPolicy | None = None) -> dict[str, Any]:
@@ -79,6 +94,7 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
     supervised (see :mod:`actors.runtime.supervisor`); the summary ends with the
     checker's verdict."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    clear_run_dir(run_dir)
     (run_dir / "scenario.json").write_text(json.dumps(sc.to_dict(), indent=2, default=str))
     topology = build_topology(sc)
     state = RunState()

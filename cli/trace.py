@@ -31,12 +31,13 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from actors.runtime.trace import FLOW_ID_SHIFT, ORIGIN_STACK, TRACE_DIR
+from actors.runtime.trace import FLOW_ID_MIN, FLOW_ID_SHIFT, ORIGIN_STACK, TRACE_DIR
 from cli.app import app
 
 ROLE_ORDER = {"peer": 0, "nic": 1, "cpu": 2, "stack": 3, "reader": 4}
@@ -63,12 +64,8 @@ class ActorFile:
     bad_lines: int = 0
 
 
-@dataclass
-class FlowPoint:
-    hop: int
-    ts: int  # ns, already shifted into the common clock
-    pid: int
-    tid: int
+# A flow point: (hop, ts in ns on the common clock, pid, tid).
+FlowPoint = tuple[int, int, int, int]
 
 
 @dataclass
@@ -79,6 +76,7 @@ class MergeStats:
     flows: int = 0
     flow_points: int = 0
     single_point_flows: int = 0  # a frame seen at one hop only (e.g. still in flight)
+    overlapping_slices: int = 0  # moved to an extra track because they did not nest
     bad_lines: int = 0
     clock_shifts_ns: dict[str, int] = field(default_factory=dict)
 
@@ -93,29 +91,33 @@ def read_actor_file(path: Path) -> ActorFile:
     stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.stem
     name, _, inc = stem.partition(".")
     af = ActorFile(path=path, name=name, role="", incarnation=int(inc) if inc.isdigit() else 0)
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:  # one parse for the whole file; line by line only if a line is damaged
+        records = json.loads("[" + ",".join(lines) + "]")
+        if len(records) != len(lines):  # a cut line swallowed the next one
+            raise ValueError
+    except ValueError:
+        records = []
+        for line in lines:
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                records.append(json.loads(line))
+            except ValueError:
                 af.bad_lines += 1  # a line cut short by a killed process
-                continue
-            if not isinstance(rec, list) or not rec:
-                af.bad_lines += 1
-                continue
-            if rec[0] == "M" and len(rec) > 1 and isinstance(rec[1], dict):
-                meta = rec[1]
-                af.name = str(meta.get("name", af.name))
-                af.role = str(meta.get("role", af.role))
-                af.incarnation = int(meta.get("incarnation", af.incarnation))
-                if meta.get("t0_ns") is not None:
-                    af.t0_ns = int(meta["t0_ns"])
-                if meta.get("clock"):
-                    af.clock_domain = str(meta["clock"])
-                continue
-            af.records.append(rec)
+    for rec in records:
+        if not isinstance(rec, list) or not rec:
+            af.bad_lines += 1
+            continue
+        if rec[0] == "M" and len(rec) > 1 and isinstance(rec[1], dict):
+            meta = rec[1]
+            af.name = str(meta.get("name", af.name))
+            af.role = str(meta.get("role", af.role))
+            af.incarnation = int(meta.get("incarnation", af.incarnation))
+            if meta.get("t0_ns") is not None:
+                af.t0_ns = int(meta["t0_ns"])
+            if meta.get("clock"):
+                af.clock_domain = str(meta["clock"])
+            continue
+        af.records.append(rec)
     if not af.role:
         af.role = "cpu" if name.startswith("cpu") and name[3:].isdigit() else name
     return af
@@ -157,21 +159,29 @@ def _raw_points(files: list[ActorFile]) -> dict[int, list[tuple[int, int, int]]]
             ts = point_ts(rec[1], rec[2])
             for hop, ids in rec[6]:
                 for fid in ids:
-                    points[fid].append((hop, ts, fi))
+                    if fid >= FLOW_ID_MIN:  # -1: a frame sent without an id
+                        points[fid].append((hop, ts, fi))
     return points
 
 
 def split_counter(name: str, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A raw counter sample as counter tracks: series ``"<track>/<unit>"`` goes to track
     ``"<name> <track>"`` as ``{unit: value}``; other series stay on ``name``."""
-    out: dict[str, dict[str, Any]] = {}
-    for series, value in values.items():
+    return {track: {unit: values[key] for unit, key in units}
+            for track, units in counter_layout(name, values)}
+
+
+def counter_layout(name: str, values: Iterable[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """How :func:`split_counter` lays out a sample with these series: per track, the
+    (unit, series) pairs (computed once per shape of sample)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for series in values:
         track, sep, unit = series.partition("/")
         if sep:
-            out.setdefault(f"{name} {track}", {})[unit] = value
+            out.setdefault(f"{name} {track}", []).append((unit, series))
         else:
-            out.setdefault(name, {})[series] = value
-    return out
+            out.setdefault(name, []).append((series, series))
+    return list(out.items())
 
 
 def point_ts(start: int, dur: int) -> int:
@@ -233,8 +243,10 @@ def merge(files: list[ActorFile]) -> tuple[dict[str, Any], MergeStats]:
             tids[key] = tid
         return tid
 
-    raw_points = _raw_points(files)
-    offsets = align_clocks(files, raw_points)
+    if len({af.clock_domain for af in files}) > 1:
+        offsets = align_clocks(files, _raw_points(files))
+    else:
+        offsets = {files[0].clock_domain: 0}
     stats.clock_shifts_ns = {d or "local": o for d, o in offsets.items() if o}
     shift = [offsets[af.clock_domain] for af in files]
     starts = [af.t0_ns + shift[i] for i, af in enumerate(files) if af.t0_ns is not None]
@@ -244,41 +256,59 @@ def merge(files: list[ActorFile]) -> tuple[dict[str, Any], MergeStats]:
     t0 = min(starts + firsts)
 
     events: list[dict[str, Any]] = []
-    points: dict[int, list[FlowPoint]] = defaultdict(list)
+    # Slices per (pid, thread name): (start, end, name, category, args, flows), in ns.
+    slices: dict[tuple[int, str], list[tuple[int, int, str, str, Any, Any]]] = defaultdict(list)
+    min_dur = 2 * POINT_OFFSET_NS
+    layouts: dict[tuple[str, ...], list[tuple[str, list[tuple[str, str]]]]] = {}
     for i, af in enumerate(files):
         own_pid = pids[af.name]
         off = shift[i] - t0
         for rec in af.records:
             kind = rec[0]
             if kind == "X" and len(rec) >= 6:
-                start, dur, tname, name, args = rec[1], rec[2], rec[3], rec[4], rec[5]
                 target = rec[7] if len(rec) > 7 and rec[7] else None
                 pid = pids.get(target, own_pid) if target else own_pid
-                tid = tid_of(pid, str(tname))
-                ev: dict[str, Any] = {
-                    "ph": "X", "name": name, "cat": af.role, "ts": _us(start + off),
-                    "dur": _us(max(dur, 2 * POINT_OFFSET_NS)), "pid": pid, "tid": tid}
-                if args:
-                    ev["args"] = args
-                events.append(ev)
-                stats.slices += 1
-                if len(rec) > 6 and rec[6]:
-                    pts = point_ts(start + off, max(dur, 2 * POINT_OFFSET_NS))
-                    for hop, ids in rec[6]:
-                        for fid in ids:
-                            points[fid].append(FlowPoint(hop, pts, pid, tid))
+                start = rec[1] + off
+                slices[(pid, str(rec[3]))].append(
+                    (start, start + max(rec[2], min_dur), rec[4], af.role, rec[5],
+                     rec[6] if len(rec) > 6 else None))
             elif kind == "C" and len(rec) >= 4 and isinstance(rec[3], dict):
                 target = rec[4] if len(rec) > 4 and rec[4] else None
                 pid = pids.get(target, own_pid) if target else own_pid
                 tid = tid_of(pid, "counters")
                 ts = _us(rec[1] + off)
-                for track, values in split_counter(rec[2], rec[3]).items():
+                values = rec[3]
+                layout_key = (rec[2], *values)
+                layout = layouts.get(layout_key)
+                if layout is None:
+                    layout = layouts[layout_key] = counter_layout(rec[2], values)
+                for track, units in layout:
                     events.append({"ph": "C", "name": track, "ts": ts, "pid": pid, "tid": tid,
-                                   "args": values})
+                                   "args": {unit: values[key] for unit, key in units}})
                 stats.counters += 1
 
+    points: dict[int, list[FlowPoint]] = defaultdict(list)
+    for (pid, tname), spans in sorted(slices.items()):
+        for level, (start, end, name, cat, args, flows) in nest(spans):
+            if level:
+                stats.overlapping_slices += 1
+            tid = tid_of(pid, tname if not level else f"{tname} (overlapping {level})")
+            ev: dict[str, Any] = {"ph": "X", "name": name, "cat": cat, "ts": _us(start),
+                                  "dur": _us(end - start), "pid": pid, "tid": tid}
+            if args:
+                ev["args"] = args
+            events.append(ev)
+            stats.slices += 1
+            if flows:
+                pts = point_ts(start, end - start)
+                for hop, ids in flows:
+                    for fid in ids:
+                        if fid >= FLOW_ID_MIN:
+                            points[fid].append((hop, pts, pid, tid))
+
     events.extend(flow_events(points, stats))
-    events.sort(key=_sort_key)
+    # Not sorted globally (viewers sort): each thread's slices are already in nesting
+    # order, parents first, and each flow's points in path order.
     meta: list[dict[str, Any]] = []
     for name, pid in pids.items():
         meta.append({"ph": "M", "name": "process_name", "pid": pid, "tid": pid * 100,
@@ -290,38 +320,57 @@ def merge(files: list[ActorFile]) -> tuple[dict[str, Any], MergeStats]:
                      "args": {"name": tname}})
         meta.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
                      "args": {"sort_index": tid}})
-    trace = {"traceEvents": meta + events, "displayTimeUnit": "ns",
+    # No "displayTimeUnit": some Perfetto versions read "ns" there as the unit of `ts`.
+    trace = {"traceEvents": meta + events,
              "otherData": {"source": "rxpath", "t0_ns": t0, "actors": order}}
     return trace, stats
 
 
-_PHASE_RANK = {"X": 0, "C": 1, "s": 2, "t": 2, "f": 2}
+def nest(spans: list[tuple[int, int, Any, Any, Any, Any]]) -> list[tuple[int, tuple[Any, ...]]]:
+    """Give every slice of one thread a level such that the slices of each level nest.
 
-
-def _sort_key(ev: dict[str, Any]) -> tuple[float, int, float]:
-    # Equal start: the enclosing (longer) slice first, flow points after the slices.
-    return (ev["ts"], _PHASE_RANK.get(ev["ph"], 3), -ev.get("dur", 0))
+    Level 0 is the thread itself.  Slices recorded by different processes on one track
+    (the stack's work on a reader's behalf, inside the reader's step) nest by causality;
+    one that cannot (a step of a reader that died and came back) goes to a further level,
+    shown as a separate track, rather than breaking the trace."""
+    out: list[tuple[int, tuple[Any, ...]]] = []
+    stacks: list[list[int]] = []  # per level: ends of the open slices
+    spans = sorted(spans, key=itemgetter(1), reverse=True)
+    spans.sort(key=itemgetter(0))  # by start, the longer first (the sorts are stable)
+    for span in spans:
+        start, end = span[0], span[1]
+        for level, stack in enumerate(stacks):
+            while stack and stack[-1] <= start:
+                stack.pop()
+            if not stack or end <= stack[-1]:
+                stack.append(end)
+                out.append((level, span))
+                break
+        else:
+            stacks.append([end])
+            out.append((len(stacks) - 1, span))
+    return out
 
 
 def flow_events(points: dict[int, list[FlowPoint]], stats: MergeStats) -> list[dict[str, Any]]:
     """s/t/f events: each flow's points in path order; checks that time runs forward."""
     out: list[dict[str, Any]] = []
     for fid, pts in points.items():
-        pts.sort(key=lambda p: (p.hop, p.ts))
+        pts.sort()  # by hop, then time
         if len(pts) < 2:
             stats.single_point_flows += 1
             continue
         for a, b in itertools.pairwise(pts):
-            if b.ts < a.ts:
+            if b[1] < a[1]:
                 raise TraceError(
-                    f"flow {fid}: the arrow from hop {a.hop} (pid {a.pid}, {a.ts} ns) to hop "
-                    f"{b.hop} (pid {b.pid}, {b.ts} ns) points backwards in time")
+                    f"flow {fid}: the arrow from hop {a[0]} (pid {a[2]}, {a[1]} ns) to hop "
+                    f"{b[0]} (pid {b[2]}, {b[1]} ns) points backwards in time")
         name = "ack" if fid >> FLOW_ID_SHIFT == ORIGIN_STACK else "segment"
         last = len(pts) - 1
         for i, p in enumerate(pts):
             ph = "s" if i == 0 else "f" if i == last else "t"
-            ev = {"ph": ph, "id": fid, "name": name, "cat": "flow", "ts": _us(p.ts),
-                  "pid": p.pid, "tid": p.tid}
+            ev = {"ph": ph, "id": fid, "name": name, "cat": "flow", "ts": _us(p[1]),
+                  "pid": p[2], "tid": p[3]}
             if ph == "f":
                 ev["bp"] = "e"
             out.append(ev)
@@ -390,8 +439,8 @@ def write_trace(run_dir: Path, out: Path | None = None) -> tuple[Path, MergeStat
         raise TraceError("; ".join(problems[:5]))
     path = Path(out) if out is not None else Path(run_dir) / TRACE_FILE
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(trace, f, separators=(",", ":"))
+    # json.dumps, not json.dump: dump streams through the pure-Python encoder (10x slower).
+    tmp.write_text(json.dumps(trace, separators=(",", ":")), encoding="utf-8")
     tmp.replace(path)
     return path, stats
 

@@ -263,6 +263,7 @@ class SyscallSpec:
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
     text: str  # the shell command between backticks
+    line: int = 0  # where it starts (for the init and cleanup commands)
 
     def __str__(self) -> str:
         return f"`{self.text}`"
@@ -346,7 +347,9 @@ def tokenize(text: str, path: str = "<script>") -> list[Token]:
     while pos < n:
         m = _TOKEN_RE.match(text, pos)
         if m is None:
-            raise ParseError(path, line, f"unexpected character {text[pos]!r}")
+            what = {"`": "unterminated backquoted command", '"': "unterminated string",
+                    "%": "unterminated %{ code block"}.get(text[pos])
+            raise ParseError(path, line, what or f"unexpected character {text[pos]!r}")
         kind = m.lastgroup
         assert kind is not None
         value = m.group()
@@ -360,8 +363,6 @@ def tokenize(text: str, path: str = "<script>") -> list[Token]:
             tokens.append(Token(kind.upper(), value, line))
             line += value.count("\n")
         pos = m.end()
-    if text.count("`") % 2:
-        raise ParseError(path, line, "unterminated backquoted command")
     tokens.append(Token("EOF", "", line))
     return tokens
 
@@ -434,12 +435,14 @@ class _Parser:
             options.append((name, value if sep else None))
         init: CommandSpec | None = None
         if self.tok.kind == "BACKQ":
-            init = CommandSpec(self.next().text[1:-1])
+            tok = self.next()
+            init = CommandSpec(tok.text[1:-1], tok.line)
         events: list[Event] = []
         cleanup: CommandSpec | None = None
         while self.tok.kind != "EOF":
             if self.tok.kind == "BACKQ":
-                cmd = CommandSpec(self.next().text[1:-1])
+                tok = self.next()
+                cmd = CommandSpec(tok.text[1:-1], tok.line)
                 if self.tok.kind != "EOF":
                     raise self.error("a command without a time is only allowed first or last")
                 cleanup = cmd
@@ -492,7 +495,7 @@ class _Parser:
             return self.packet()
         if t.kind == "BACKQ":
             self.next()
-            return CommandSpec(t.text[1:-1])
+            return CommandSpec(t.text[1:-1], t.line)
         if t.kind == "CODE":
             self.next()
             return CodeSpec(t.text[2:-2])
@@ -502,6 +505,7 @@ class _Parser:
 
     # -- packets
     def packet(self) -> PacketSpec:
+        line = self.tok.line
         direction = self.next().text
         ecn = self.opt_ip_info()
         ports: tuple[int, int] | None = None
@@ -518,7 +522,7 @@ class _Parser:
         length = self.expect_int("payload length", 0, _U16)
         self.expect_punct(")")
         if end != seq + length:
-            raise self.error("inconsistent TCP sequence numbers and payload size")
+            raise ParseError(self.path, line, "inconsistent TCP sequence numbers and payload size")
         ack = 0
         window: int | None = None
         urg = 0
@@ -535,16 +539,17 @@ class _Parser:
         if self.is_punct("<"):
             options = self.tcp_options()
         if options is None and direction == "<":
-            raise self.error("<...> for TCP options can only be used with outbound packets")
+            raise ParseError(self.path, line,
+                             "<...> for TCP options can only be used with outbound packets")
         if window is None and direction == "<":
-            raise self.error("window must be specified for inbound packets")
+            raise ParseError(self.path, line, "window must be specified for inbound packets")
         if options:
             total = sum(o.length for o in options)
             if total & 3:
-                raise self.error(f"TCP options are not padded to a multiple of 4 bytes "
-                                 f"({total} bytes)")
+                raise ParseError(self.path, line, "TCP options are not padded to a multiple "
+                                 f"of 4 bytes ({total} bytes)")
             if total > 40:
-                raise self.error(f"TCP option list too long ({total} bytes)")
+                raise ParseError(self.path, line, f"TCP option list too long ({total} bytes)")
         return PacketSpec(direction, flags, seq, end, length, ack, window, urg, options, ecn, ports)
 
     def opt_ip_info(self) -> str | None:

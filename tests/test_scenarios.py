@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.profiles import MODERN
 from actors.runtime import procutil
@@ -70,6 +72,19 @@ def test_every_config_validates_and_round_trips(path: Path) -> None:
     assert again == sc
 
 
+@settings(max_examples=30, deadline=None)
+@given(path=st.sampled_from(CONFIG_FILES), profile=st.sampled_from(["legacy", "modern"]),
+       seed=st.integers(0, 2**32))
+def test_every_config_takes_the_command_line_overrides(path: Path, profile: str,
+                                                        seed: int) -> None:
+    # `rxpath run CONFIG --profile P --seed N` must work for every scenario file.
+    sc = load_scenario(path, Overrides(profile=profile, seed=seed))
+    assert (sc.profile, sc.seed) == (profile, seed)
+    base = load_scenario(path)
+    assert sc.flows == base.flows and sc.readers == base.readers
+    assert Scenario.from_dict(sc.to_dict()) == sc
+
+
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 def test_every_config_starts_by_saying_what_the_user_will_see(path: Path) -> None:
     text = comment_block(path)
@@ -114,6 +129,11 @@ def test_low_latency_pair_differs_only_in_the_sysctl() -> None:
 # --------------------------------------------------------------------------- running
 
 
+# The sender's figures worth seeing when a promise fails.
+_SENDER_KEYS = ("segments_retransmitted", "retrans_fast", "retrans_rto", "rto_count", "sacks",
+                "dsacks", "probes")
+
+
 class Run:
     """One finished run: the summary and the run directory's raw counters."""
 
@@ -136,7 +156,8 @@ class Run:
     def describe(self) -> str:
         s = self.summary
         return json.dumps({"reason": s["reason"], "nstat": s["nstat"], "nic": s["nic"],
-                           "flows": [{k: f[k] for k in ("flow", "bytes", "received", "intact")}
+                           "flows": [{**{k: f[k] for k in ("flow", "bytes", "received", "intact")},
+                                      **{k: f["sender"].get(k) for k in _SENDER_KEYS}}
                                      for f in s["flows"]],
                            "errors": s["errors"]}, default=str)
 
@@ -202,7 +223,8 @@ def test_legacy_low_latency_0_with_a_blocked_reader_prequeues(tmp_path: Path) ->
     r = run_config("low-latency-0", tmp_path)
     r.assert_intact()
     assert r.nstat("TcpExtTCPPrequeued") > 0, r.describe()
-    assert r.nstat("TcpExtTCPDirectCopyFromPrequeue") > 0, r.describe()
+    # Replayed in the reader's context, segments were copied straight to its buffer.
+    assert sum(c["direct_bytes"] for c in r.summary["readers"].values()) > 0, r.describe()
 
 
 @pytest.mark.integration
@@ -232,13 +254,20 @@ def test_ring_overflow_drops_at_the_nic_and_still_delivers_everything(tmp_path: 
 Check = Callable[[Run], None]
 
 
+def _no_loss_seen(r: Run) -> None:
+    """Nothing was lost or reordered: no hole, no fast retransmit. A stall longer than
+    the 200 ms RTO on a loaded machine may still resend a late segment; each such
+    duplicate must then be explained by a timeout."""
+    assert r.nstat("TcpExtTCPOFOQueue") == 0
+    assert r.nic("rx_missed_errors") == 0
+    assert r.sender("retrans_fast") == 0
+    assert r.nstat("TcpExtDelayedACKLost") <= r.sender("retrans_rto")
+    assert set(r.summary["drops"]) <= {"TCP_OLD_DATA", "TCP_OLD_SEQUENCE"}
+
+
 def _fast_path(r: Run) -> None:
     assert r.nstat("TcpExtTCPHPHits") > 0
-    for name in ("TcpExtTCPOFOQueue", "TcpExtDelayedACKLost", "TcpExtTCPDSACKOldSent"):
-        assert r.nstat(name) == 0, name
-    assert r.nic("rx_missed_errors") == 0
-    assert r.sender("segments_retransmitted") == 0
-    assert r.summary["drops"] == {}
+    _no_loss_seen(r)
 
 
 def _retransmission_dsack(r: Run) -> None:
@@ -266,7 +295,8 @@ def _partial_overlap(r: Run) -> None:
 def _ofo(r: Run) -> None:
     assert r.nstat("TcpExtTCPOFOQueue") > 0
     assert r.sender("sacks") > 0
-    assert r.sender("segments_retransmitted") == 0  # reordered, never lost
+    assert r.sender("retrans_fast") == 0  # two segments of reordering: never marked lost
+    assert r.nstat("TcpExtTCPDSACKOldSent") <= r.sender("retrans_rto")
 
 
 def _low_latency_1(r: Run) -> None:

@@ -208,14 +208,7 @@ class Supervisor:
         self._tell(name, proc.role, "restarted", proc.incarnation)
 
     def _tell(self, name: str, role: str, event: str, incarnation: int) -> None:
-        roles = _TELL.get(role, ())
-        for other in self.launcher.names:
-            p = self.launcher.process(other)
-            if other == name or p.role not in roles or not p.running:
-                continue
-            self.launcher.send(other, PEER_EVENT, {"actor": name, "role": role,
-                                                   "event": event,
-                                                   "incarnation": incarnation})
+        tell_neighbours(self.launcher, name, role, event, incarnation)
 
     def _check_hangs(self) -> None:
         now = self.clock()
@@ -236,3 +229,16 @@ class Supervisor:
         if log is not None:
             level = "info" if event in ("actor_restarted", "actor_resumed") else "warning"
             getattr(log, level)(event, actor=actor, **fields)
+
+
+def tell_neighbours(launcher: Launcher, name: str, role: str, event: str,
+                    incarnation: int) -> None:
+    """Send ``peer_event`` to the actors that keep state about ``name`` (see ``_TELL``)."""
+    roles = _TELL.get(role, ())
+    for other in launcher.names:
+        p = launcher.process(other)
+        alive = p.running or (p.external and p.ready)
+        if other == name or p.role not in roles or not alive:
+            continue
+        launcher.send(other, PEER_EVENT, {"actor": name, "role": role, "event": event,
+                                          "incarnation": incarnation})

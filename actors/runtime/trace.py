@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 TRACE_DIR = "trace"
-DEFAULT_FLUSH_EVERY = 32768  # records; most runs write once, at the end
+DEFAULT_FLUSH_EVERY = 4096  # records: a small live set keeps the cyclic GC cheap
 
 # Where a flow point is on a frame's path; the merger sorts a flow's points by this.
 HOP_SOURCE = 0  # the sender puts the frame on the wire (peer: data; stack: ACKs)
@@ -79,6 +79,13 @@ class FlowIds:
             raise ValueError("origin must be in 1..255")
         self.base = (origin << FLOW_ID_SHIFT) | ((incarnation & 0xFF) << _INCARNATION_SHIFT)
         self._next = 0
+
+    def next_id(self) -> int:
+        n = self._next
+        if n >= _COUNTER_MASK:
+            raise OverflowError("flow id counter exhausted")
+        self._next = n + 1
+        return self.base | n
 
     def take(self, n: int) -> list[int]:
         start = self._next
@@ -140,7 +147,7 @@ class TraceWriter:
         self.on = self.path is not None
         self.flush_every = max(1, flush_every)
         self.records = 0  # written or buffered, for tests and the overhead figure
-        self._buf: list[list[Any]] = []
+        self._buf: list[list[Any] | str] = []
         self._file: TextIO | None = None
         self._open: dict[Any, OpenSlice] = {}
         self._last: dict[tuple[str | None, str], Any] = {}  # counter dedupe
@@ -150,12 +157,18 @@ class TraceWriter:
 
     # --- records ----------------------------------------------------------------------
 
-    def _add(self, record: list[Any]) -> None:
+    def _add(self, record: list[Any] | str) -> None:
         buf = self._buf
         buf.append(record)
         self.records += 1
         if len(buf) >= self.flush_every:
             self.flush()
+
+    def line(self, text: str) -> None:
+        """A record already in its JSON form (the hottest call sites format their own:
+        an f-string is several times cheaper than encoding a fresh dict)."""
+        if self.on:
+            self._add(text)
 
     def meta(self, **fields: Any) -> None:
         if self.on:
@@ -169,16 +182,18 @@ class TraceWriter:
             self._add(["X", start, max(0, end - start), tid, name, args, flows or None, pid])
 
     def counter(self, name: str, ts: int, values: Mapping[str, int | float], *,
-                pid: str | None = None) -> None:
-        """A counter sample; skipped when no series changed since the last sample."""
+                pid: str | None = None, dedupe: bool = True) -> None:
+        """A counter sample; skipped when no series changed since the last sample (a caller
+        that checks that itself passes ``dedupe=False`` and a dict it will not reuse)."""
         if not self.on:
             return
-        key = (pid, name)
-        if self._last.get(key) == values:
-            return
-        snapshot = dict(values)
-        self._last[key] = snapshot
-        self._add(["C", ts, name, snapshot, pid])
+        if dedupe:
+            key = (pid, name)
+            if self._last.get(key) == values:
+                return
+            values = dict(values)
+            self._last[key] = values
+        self._add(["C", ts, name, values, pid])
 
     # --- slices that span messages --------------------------------------------------------
 
@@ -221,7 +236,7 @@ class TraceWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
         enc = _encode
-        self._file.write("\n".join([enc(r) for r in self._buf]))
+        self._file.write("\n".join([r if isinstance(r, str) else enc(r) for r in self._buf]))
         self._file.write("\n")
         self._buf.clear()
         self._file.flush()
@@ -238,6 +253,11 @@ class TraceWriter:
             self._file.close()
             self._file = None
         self.on = False
+
+
+def json_str(text: str) -> str:
+    """``text`` as a JSON string literal, for records formatted by hand."""
+    return json.dumps(text)
 
 
 def flows_of(hop_ids: Mapping[int, list[int]]) -> list[list[Any]] | None:

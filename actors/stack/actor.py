@@ -21,6 +21,7 @@ from actors.runtime.trace import (
     ORIGIN_STACK,
     FlowIds,
     is_flow_id,
+    json_str,
 )
 from actors.stack.net import DROP_REASONS, MERGED, Event, OpDone, Transmit
 from actors.stack.sock import TcpSock, TcpState
@@ -41,6 +42,10 @@ OP_SLICE_NAMES = {"prequeue_process": "tcp_prequeue_process",
 # Counter series of a socket, "<track>/<unit>" (see _trace_sock).
 SOCK_SERIES = ("backlog/segments", "backlog/bytes", "prequeue/segments", "receive queue/bytes",
                "rmem_alloc/bytes", "ofo queue/segments", "advertised window/bytes")
+_SOCK_VALUES = "{{" + ",".join(f'"{name}":{{}}' for name in SOCK_SERIES) + "}}"
+# Where tcp_v4_rcv put a segment, by the model event that says so.
+SEGMENT_GOES_TO = {"backlog_add": "backlog", "prequeue_add": "prequeue",
+                   "ofo_queue": "ofo_queue", "direct_copy": "direct_copy"}
 
 
 class _FateLog(dict[int, str]):
@@ -85,6 +90,9 @@ class StackActor(Actor):
         self.flow_ids = FlowIds(ORIGIN_STACK, settings.incarnation)
         self.flow_of_port = {sc.four_tuple(f.name)[1]: f.name for f in sc.flows}
         self.sock_samples: dict[int, tuple[int, ...]] = {}
+        self.flow_json = {port: json_str(name) for port, name in self.flow_of_port.items()}
+        self.flag_letters: dict[int, str] = {}
+        self.task_json: dict[str, str] = {}
         if self.trace.on:
             self.stack.net.fates = _FateLog(self.fresh_fates)
 
@@ -277,63 +285,70 @@ class StackActor(Actor):
         fresh.clear()
         return ended
 
+    def _tx_id(self, out: Transmit) -> int:
+        """A flow id for a segment the model queued for transmit (sent by _flush)."""
+        fid = self.flow_ids.next_id()
+        self.tx_ids[id(out)] = fid
+        return fid
+
     def _tx_sources(self, n0: int) -> list[int]:
         """A flow id for every segment the model queued for transmit since output ``n0``."""
-        ids: list[int] = []
-        for out in self.stack.net.outputs[n0:]:
-            if isinstance(out, Transmit):
-                fid = self.flow_ids.take(1)[0]
-                self.tx_ids[id(out)] = fid
-                ids.append(fid)
-        return ids
+        return [self._tx_id(out) for out in self.stack.net.outputs[n0:]
+                if type(out) is Transmit]
 
     def _trace_sock(self, sk: TcpSock, t: int) -> None:
         """One counter sample of a socket's queues and window, when any of them changed.
         Series are "<track>/<unit>": the merger makes one counter track of each."""
-        values = (len(sk.backlog), sk.backlog_len, len(sk.ucopy.prequeue), sk.inq(),
-                  sk.rmem_alloc, len(sk.ofo), sk.rcv_wnd)
+        values = (len(sk.backlog), sk.backlog_len, len(sk.ucopy.prequeue),
+                  (sk.rcv_nxt - sk.copied_seq) & 0xFFFFFFFF, sk.rmem_alloc, len(sk.ofo),
+                  sk.rcv_wnd)
         if self.sock_samples.get(sk.sock_id) == values:
             return
         self.sock_samples[sk.sock_id] = values
-        self.trace.counter(self.flow_of_port.get(sk.rport, f"sock{sk.sock_id}"), t,
-                           dict(zip(SOCK_SERIES, values, strict=True)))
+        name = self.flow_json.get(sk.rport) or f'"sock{sk.sock_id}"'
+        self.trace.line(f'["C",{t},{name},{_SOCK_VALUES.format(*values)},null]')
 
     def _trace_segment(self, seg: Any, fid: int | None, start: int, n0: int) -> None:
         """The tcp_v4_rcv slice of one segment, with where it went and the ACKs it caused."""
         end = self.clock()
         ended = self._take_fates()
         where = "receive_queue" if seg.payload else "consumed"
+        tx: list[int] = []
         for out in self.stack.net.outputs[n0:]:
-            if isinstance(out, Event):
+            kind = type(out)
+            if kind is Event:
                 name = out.name
-                if name == "backlog_add":
-                    where = "backlog"
-                elif name == "prequeue_add":
-                    where = "prequeue"
-                elif name == "ofo_queue":
-                    where = "ofo_queue"
-                elif name == "direct_copy":
-                    where = "direct_copy"
-                elif name == "drop":
+                if name == "drop":
                     where = "drop:" + str(out.fields.get("reason"))
-        tx = self._tx_sources(n0)
+                else:
+                    where = SEGMENT_GOES_TO.get(name, where)
+            elif kind is Transmit:
+                tx.append(self._tx_id(out))
         sid = self.stack.ehash.get(seg.four_tuple)
         sk = self.stack.socks.get(sid) if sid is not None else None
-        args: dict[str, Any] = {"seq": seg.seq, "len": len(seg.payload),
-                                "flags": seg.flags.short(), "to": where}
+        flags = int(seg.flags)
+        letters = self.flag_letters.get(flags)
+        if letters is None:
+            letters = self.flag_letters[flags] = seg.flags.short()
+        # The hottest record of the run: formatted by hand (see TraceWriter.line). Every
+        # string in it is a flow name (escaped once) or one of our own fixed words.
+        args = f'{{"seq":{seg.seq},"len":{len(seg.payload)},"flags":"{letters}","to":"{where}"'
         if sk is not None:
-            args["flow"] = self.flow_of_port.get(sk.rport, f"sock{sk.sock_id}")
-            args["offset"] = (seg.seq - sk.irs - 1) & 0xFFFFFFFF
+            flow = self.flow_json.get(sk.rport) or f'"sock{sk.sock_id}"'
+            args += f',"flow":{flow}'
+            if seg.payload:
+                args += f',"offset":{(seg.seq - sk.irs - 1) & 0xFFFFFFFF}'
         if tx:
-            args["acks_sent"] = len(tx)
-        flows: list[list[Any]] = []
+            args += f',"acks_sent":{len(tx)}'
+        flows: list[str] = []
         if fid is not None and fid not in ended:
-            flows.append([HOP_TCP_V4_RCV, [fid]])
+            flows.append(f"[{HOP_TCP_V4_RCV},[{fid}]]")
         if ended:
-            flows.append([HOP_END, ended])
+            flows.append(f"[{HOP_END},[{','.join(map(str, ended))}]]")
         if tx:
-            flows.append([HOP_SOURCE, tx])
-        self.trace.complete("tcp_v4_rcv", start, end, "softirq", args=args, flows=flows)
+            flows.append(f"[{HOP_SOURCE},[{','.join(map(str, tx))}]]")
+        fl = f"[{','.join(flows)}]" if flows else "null"
+        self.trace.line(f'["X",{start},{end - start},"softirq","tcp_v4_rcv",{args}}},{fl},null]')
         if sk is not None:
             self._trace_sock(sk, end)
 
@@ -369,6 +384,12 @@ class StackActor(Actor):
         (backlog and prequeue processing, copies, ACKs it sends), with the flows of the
         segments it moved on or delivered."""
         end = self.clock()
+        if len(self.stack.net.outputs) == n0 and not self.fresh_fates:
+            # Nothing happened that a queue, the window or the lock would show (the model
+            # emits an event or a segment for each): a plain slice is the whole record.
+            self.trace.line(f'["X",{start},{end - start},"main","{OP_SLICE_NAMES.get(op, op)}",'
+                            f'null,null,{self._task_json(task)}]')
+            return
         ended = self._take_fates()
         tx = self._tx_sources(n0)
         sk = self.stack.socks.get(sock_id)
@@ -383,12 +404,33 @@ class StackActor(Actor):
         from_prequeue = [i for i in prequeue if i not in still]
         moved = [i for i in from_backlog + from_prequeue if i not in done and is_flow_id(i)]
         name = OP_SLICE_NAMES.get(op, op)
-        if from_backlog and op != "flush_backlog":
+        if not (from_backlog or from_prequeue or ended or tx):
+            # Most steps move no segment: a plain slice, formatted by hand (do_op accepted
+            # the op, so its name is one of ours; the task is an actor name).
+            self.trace.line(f'["X",{start},{end - start},"main","{name}",null,null,'
+                            f'{self._task_json(task)}]')
+        else:
+            self._trace_op_flows(task, op, name, start, end, tx, moved, ended,
+                                 len(from_backlog), len(from_prequeue))
+        self._trace_lock_events(n0, start, end)
+        if sk is not None:
+            self._trace_sock(sk, end)
+
+    def _task_json(self, task: str) -> str:
+        text = self.task_json.get(task)
+        if text is None:
+            text = self.task_json[task] = json_str(task)
+        return text
+
+    def _trace_op_flows(self, task: str, op: str, name: str, start: int, end: int,
+                        tx: list[int], moved: list[int], ended: list[int], backlog: int,
+                        prequeue: int) -> None:
+        if backlog and op != "flush_backlog":
             name = "__release_sock (backlog)"
-        elif from_prequeue:
+        elif prequeue:
             name = "tcp_prequeue_process"
-        args = {"op": op, "backlog_segments": len(from_backlog),
-                "prequeue_segments": len(from_prequeue), "segments_done": len(ended)}
+        args = {"op": op, "backlog_segments": backlog, "prequeue_segments": prequeue,
+                "segments_done": len(ended)}
         flows: list[list[Any]] = []
         if tx:  # ACKs and window updates sent from the reader's context
             flows.append([HOP_SOURCE, tx])
@@ -397,9 +439,6 @@ class StackActor(Actor):
         if ended:
             flows.append([HOP_END, ended])
         self.trace.complete(name, start, end, "main", args=args, flows=flows, pid=task)
-        self._trace_lock_events(n0, start, end)
-        if sk is not None:
-            self._trace_sock(sk, end)
 
     def _trace_lock_events(self, n0: int, start: int, end: int) -> None:
         """sk_lock.owned as slices named after the owner; waits for it per waiting task."""

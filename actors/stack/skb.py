@@ -58,6 +58,10 @@ class Skb:
     arrived_ns: int = 0
     frags: int = 1  # page fragments: coalescing stops at MAX_SKB_FRAGS
     charged: bool = False  # counted in sk_rmem_alloc (skb_set_owner_r)
+    # The payload sits in page memory that another skb can take over (a NIC's
+    # page buffers, a paged skb). False for a kmalloc'd linear area, which
+    # skb_try_coalesce cannot steal (skb_head_is_locked).
+    head_frag: bool = True
 
     @classmethod
     def from_segment(cls, seg: Segment, seg_id: int, now: int, *, header_len: int,

@@ -258,6 +258,7 @@ class TcpSock:
     rcv_shutdown: bool = False
     snd_shutdown: bool = False
     sock_dead: bool = False
+    attached: bool = True  # sk->sk_socket: false for a child until accept() takes it
     sk_err: int = 0
     fin_sent: bool = False
 

@@ -109,7 +109,7 @@ def tcp_try_coalesce(sk: TcpSock, to: Skb, frm: Skb) -> bool:
     """Append ``frm``'s bytes to ``to`` when they are contiguous (skb_try_coalesce)."""
     if frm.seq != to.end_seq or to.fin or to.syn or frm.syn:
         return False
-    if to.frags + frm.frags > MAX_SKB_FRAGS:
+    if to.frags + frm.frags > MAX_SKB_FRAGS or (frm.len and not frm.head_frag):
         return False
     # The receive buffer's page moves over; only frm's struct sk_buff is freed.
     delta = frm.truesize - SKB_STRUCT_SIZE
@@ -901,6 +901,16 @@ def tcp_data_queue_ofo(sk: TcpSock, skb: Skb, now: int) -> None:
             sk.data_ready = True
         tcp_drop(sk, skb, "TCP_OFO_DROP")
         return
+    _ofo_insert(sk, skb, now)
+    if profile.modern_autotune:
+        # Whatever became of the skb (kept, merged, a duplicate), autotuning now
+        # sees the out-of-order span.
+        tcp_rcvbuf_grow_from_ofo(sk)
+
+
+def _ofo_insert(sk: TcpSock, skb: Skb, now: int) -> None:
+    net = sk.net
+    profile = net.profile
     if profile.modern_autotune:
         tcp_measure_rcv_mss(sk, skb)
     sk.pred_flags = 0
@@ -984,12 +994,13 @@ def _ofo_keep(sk: TcpSock, skb: Skb, grow: bool) -> None:
     if grow:
         tcp_grow_window(sk, skb)
     skb_set_owner_r(sk, skb)
-    if sk.net.profile.modern_autotune:
-        tcp_rcvbuf_grow_from_ofo(sk)
 
 
 def tcp_rcvbuf_grow_from_ofo(sk: TcpSock) -> None:
-    """Modern: let autotuning see the out-of-order span too."""
+    """Modern: let autotuning see the out-of-order span too (only once a process
+    holds the socket: not before accept(), not after close())."""
+    if not sk.attached or sk.sock_dead:
+        return
     if sk.net.sysctls.tcp_moderate_rcvbuf and not sk.rcvbuf_locked and sk.rcvq_space:
         tcp_rcvbuf_grow(sk, sk.rcvq_space)
 
@@ -1093,7 +1104,6 @@ def tcp_sequence(sk: TcpSock, skb: Skb) -> str | None:
         if not after(seq_sub(skb.end_seq, int(skb.fin)) & 0xFFFFFFFF, limit):
             return None
         if sk.receive_queue:
-            sk.net.inc("TcpExtBeyondWindow")
             return "TCP_INVALID_END_SEQUENCE"
     return None
 
@@ -1145,6 +1155,9 @@ def tcp_validate_incoming(sk: TcpSock, skb: Skb, now: int) -> bool:
         if not rst:
             if skb.syn:
                 return _syn_challenge(sk, skb, now)
+            if net.profile.reject_beyond_window and reason in (
+                    "TCP_INVALID_SEQUENCE", "TCP_INVALID_END_SEQUENCE"):
+                net.inc("TcpExtBeyondWindow")  # both sides of the window count
             if not tcp_oow_rate_limited(sk, skb, "TcpExtTCPACKSkippedSeq", now):
                 tcp_send_dupack(sk, skb, now)
         tcp_drop(sk, skb, reason)
@@ -1302,11 +1315,16 @@ def _slow_path(sk: TcpSock, skb: Skb, now: int) -> None:
 
 
 def tcp_step5(sk: TcpSock, skb: Skb, now: int) -> None:
-    tcp_replace_ts_recent(sk, skb.seq, now)
-    if tcp_ack(sk, skb, slowpath=True) < 0:
-        tcp_send_ack(sk, now)  # RFC 5961 5.2: an ACK for unsent data gets our ACK
+    acked = tcp_ack(sk, skb, slowpath=True)
+    if acked < 0:
+        # An ACK of data never sent: discarded without a reply (RFC 793 3.9), and
+        # its timestamp must not become ts_recent.
         tcp_drop(sk, skb, "TCP_ACK_UNSENT_DATA")
         return
+    if acked > 0:
+        # tcp_ack updates ts_recent once the ACK is known to be valid (old ACKs
+        # leave it alone).
+        tcp_replace_ts_recent(sk, skb.seq, now)
     tcp_rcv_rtt_measure_ts(sk, skb, now)
     tcp_data_queue(sk, skb, now)
     tcp_ack_snd_check(sk, now)

@@ -43,6 +43,7 @@ from actors.stack.tcp_input import (
     tcp_replace_ts_recent,
     tcp_reset,
     tcp_sack_compress_send_ack,
+    tcp_send_challenge_ack,
     tcp_validate_incoming,
     tcp_win_from_space,
 )
@@ -66,6 +67,8 @@ EAGAIN = 11
 ENOTCONN = 107
 EINVAL = 22
 EPIPE = 32
+ETIMEDOUT = 110
+FIRST_EPHEMERAL_PORT = 32768  # net.ipv4.ip_local_port_range starts here
 TCP_INIT_CWND = 10
 TCP_MSS_DEFAULT = 536
 TCP_MIN_MSS = 88
@@ -95,6 +98,7 @@ class Stack:
         self.listeners: dict[int, int] = {}
         self._next_id = 1
         self._next_seg_id = 1
+        self._next_ephemeral = FIRST_EPHEMERAL_PORT
         # Segments the backlog took (appended or coalesced into its tail): Linux has no
         # MIB counter for a successful sk_add_backlog, only for its failure.
         self.backlog_enqueued = 0
@@ -149,15 +153,123 @@ class Stack:
         self.listeners[port] = sk.sock_id
         return sk.sock_id
 
+    def connect(self, laddr: str, raddr: str, rport: int, now: int, *,
+                lport: int | None = None, rcvbuf: int | None = None,
+                rcvlowat: int = 1) -> int:
+        """socket() + [SO_RCVBUF] + connect(): send our SYN (tcp_connect); returns the
+        socket's id. The connection is established when the SYN-ACK arrives."""
+        if lport is None:
+            lport = self._next_ephemeral
+            self._next_ephemeral += 1
+        sk = self._new_sock(laddr, lport, now)
+        if rcvbuf is not None:
+            _set_rcvbuf(sk, rcvbuf)
+        sk.rcvlowat = rcvlowat
+        sk.raddr, sk.rport = raddr, rport
+        sysctls = self.sysctls
+        ro = sk.rx_opt
+        # What we offer; the SYN-ACK settles what is used.
+        ro.tstamp_ok = bool(sysctls.tcp_timestamps)
+        ro.sack_ok = bool(sysctls.tcp_sack)
+        ro.wscale_ok = bool(sysctls.tcp_window_scaling)
+        sk.advmss = ADVMSS
+        # tcp_connect_init
+        full_space = tcp_full_space(sk)
+        if sk.rcvbuf_locked:
+            sk.window_clamp = full_space
+        tcp_select_initial_window(sk, full_space, ADVMSS - (12 if ro.tstamp_ok else 0),
+                                  ro.wscale_ok)
+        sk.rcv_ssthresh = sk.rcv_wnd
+        sk.iss = self.rng.getrandbits(32)
+        sk.snd_una = sk.iss
+        sk.snd_nxt = seq_add(sk.iss, 1)
+        sk.rto = TCP_TIMEOUT_INIT
+        sk.state = TcpState.SYN_SENT
+        self.ehash[sk.four_tuple()] = sk.sock_id
+        self.net.mib.add("TcpActiveOpens")
+        self._send_syn(sk, now)
+        return sk.sock_id
+
+    def _send_syn(self, sk: TcpSock, now: int) -> None:
+        ro = sk.rx_opt
+        opts = TcpOptions(
+            mss=ADVMSS,
+            sack_permitted=ro.sack_ok,
+            timestamp=(tcp_time_stamp(sk, now), 0) if ro.tstamp_ok else None,
+            wscale=ro.rcv_wscale if ro.wscale_ok else None,
+        )
+        seg = make_segment(sk, now, TcpFlags.SYN, seq=sk.iss,
+                           window=min(sk.rcv_wnd, 65535), options=opts)
+        self.net.transmit(seg, sk.sock_id)
+        sk.synack_deadline = now + sk.rto  # the same retransmission timer as a SYN-ACK's
+
+    def _rcv_synsent(self, sk: TcpSock, skb: Skb, now: int) -> None:
+        """tcp_rcv_synsent_state_process: the answer to our SYN."""
+        if skb.has(TcpFlags.ACK):
+            if not after(skb.ack_seq, sk.iss) or after(skb.ack_seq, sk.snd_nxt):
+                if not skb.has(TcpFlags.RST):
+                    self._send_reset(_segment_of(sk, skb))
+                tcp_drop(sk, skb, "TCP_INVALID_ACK_SEQUENCE")
+                return
+            if skb.has(TcpFlags.RST):
+                tcp_reset(sk, now)  # ECONNREFUSED
+                self._unhash(sk)
+                tcp_drop(sk, skb, "TCP_RESET")
+                return
+            if not skb.syn:
+                tcp_drop(sk, skb, "TCP_FLAGS")
+                return
+            self._synack_received(sk, skb, now)
+            return
+        # A bare RST, or a SYN crossing ours (simultaneous open, not modelled).
+        tcp_drop(sk, skb, "TCP_FLAGS" if skb.syn else "TCP_RESET")
+
+    def _synack_received(self, sk: TcpSock, skb: Skb, now: int) -> None:
+        opts = skb.options
+        ro = sk.rx_opt
+        ro.wscale_ok = ro.wscale_ok and opts.wscale is not None
+        if ro.wscale_ok:
+            ro.snd_wscale = min(opts.wscale or 0, 14)
+        else:
+            ro.snd_wscale = ro.rcv_wscale = 0
+            sk.window_clamp = min(sk.window_clamp, 65535)
+        ro.sack_ok = ro.sack_ok and opts.sack_permitted
+        ro.tstamp_ok = ro.tstamp_ok and opts.timestamp is not None
+        if ro.tstamp_ok and opts.timestamp is not None:
+            ro.ts_recent = opts.timestamp[0]
+            ro.ts_recent_stamp = now
+        ro.mss_clamp = opts.mss if opts.mss else TCP_MSS_DEFAULT
+        sk.irs = skb.seq
+        sk.rcv_nxt = seq_add(skb.seq, 1)
+        sk.rcv_wup = sk.copied_seq = sk.rcv_nxt
+        sk.snd_una = skb.ack_seq
+        sk.snd_wnd = skb.window  # never scaled in a SYN
+        sk.snd_wl1 = skb.seq
+        sk.max_window = sk.snd_wnd
+        sk.mss_cache = min(ro.mss_clamp, ADVMSS) - (12 if ro.tstamp_ok else 0)
+        hint = min(sk.advmss, sk.mss_cache, sk.rcv_wnd // 2, TCP_MSS_DEFAULT)
+        sk.icsk_ack.rcv_mss = max(hint, TCP_MIN_MSS)
+        sk.synack_deadline = None
+        set_state(sk, TcpState.ESTABLISHED)
+        self._tcp_init_buffer_space(sk, now)
+        tcp_fast_path_on(sk)
+        sk.icsk_ack.lrcvtime = now  # tcp_finish_connect
+        sk.data_ready = True  # sk_state_change: connect() returns
+        kfree_skb_consumed(sk, skb)
+        tcp_send_ack(sk, now)
+
     # ------------------------------------------------------------------ softirq
 
     def tcp_v4_rcv(self, seg: Segment, now: int, *, seg_id: int | None = None,
                    csum_ok: bool = True, hdr_len: int | None = None,
-                   truesize: int | None = None, gso_size: int = 0) -> int:
+                   truesize: int | None = None, gso_size: int = 0,
+                   head_frag: bool = True) -> int:
         """A segment handed up by ``ip_rcv``; returns its arrival id (for its fate).
 
         ``gso_size`` marks a GRO/GSO super-packet (several wire segments of that size
         merged into one skb), as a NIC with GRO or a tun device with GSO delivers it.
+        ``truesize`` and ``head_frag`` describe the device's buffer when it is not
+        the NIC model's (see :class:`~actors.stack.skb.Skb`).
         """
         net = self.net
         sid = self.new_seg_id() if seg_id is None else seg_id
@@ -165,9 +277,10 @@ class Stack:
         net.mib.add("TcpInSegs")
         skb = Skb.from_segment(seg, sid, now, header_len=hdr_len or header_len(seg),
                                csum_ok=csum_ok, truesize=truesize)
-        if gso_size and len(seg.payload) > gso_size:
+        skb.head_frag = head_frag
+        if gso_size:
             skb.gso_size = gso_size
-            skb.gso_segs = -(-len(seg.payload) // gso_size)
+            skb.gso_segs = max(1, -(-len(seg.payload) // gso_size))
         sk = self._lookup(seg)
         if sk is None:
             self._no_tcp_socket(seg, skb, csum_ok)
@@ -189,6 +302,11 @@ class Stack:
 
     def _lookup(self, seg: Segment) -> TcpSock | None:
         sock_id = self.ehash.get(seg.four_tuple)
+        if sock_id is not None and self.socks[sock_id].state == TcpState.CLOSE:
+            # tcp_set_state(TCP_CLOSE) unhashes: a reset connection is gone even
+            # while its file descriptor is still open.
+            del self.ehash[seg.four_tuple]
+            sock_id = None
         if sock_id is None:
             sock_id = self.listeners.get(seg.dport)
         return self.socks.get(sock_id) if sock_id is not None else None
@@ -305,6 +423,7 @@ class Stack:
         child = self._new_sock(lsk.laddr, lsk.lport, now)
         child.raddr, child.rport = seg.src, seg.sport
         child.parent = lsk.sock_id
+        child.attached = False
         child.rcvbuf, child.rcvbuf_locked, child.rcvlowat = lsk.rcvbuf, lsk.rcvbuf_locked, \
             lsk.rcvlowat
         self._init_from_syn(child, seg, now)
@@ -368,6 +487,7 @@ class Stack:
         set_state(sk, TcpState.ESTABLISHED)
         self.net.mib.add("TcpPassiveOpens")
         sk.synack_deadline = None
+        sk.icsk_ack.lrcvtime = now  # tcp_create_openreq_child: tcpi_last_data_recv starts here
         self._tcp_init_buffer_space(sk, now)
         tcp_fast_path_on(sk)
         parent = self.socks.get(sk.parent) if sk.parent is not None else None
@@ -413,6 +533,9 @@ class Stack:
             tcp_drop(sk, skb, "TCP_CLOSE")
             return
         tcp_parse_timestamp(sk, skb)
+        if sk.state == TcpState.SYN_SENT:
+            self._rcv_synsent(sk, skb, now)
+            return
         if sk.state == TcpState.SYN_RECV and skb.syn and skb.seq == sk.irs \
                 and not skb.has(TcpFlags.ACK):
             self._send_synack(sk, now)  # the SYN again: our SYN-ACK was lost
@@ -443,7 +566,9 @@ class Stack:
             self._established(sk, skb, now)
         else:
             if tcp_ack(sk, skb, slowpath=True) < 0:
-                tcp_send_ack(sk, now)
+                # tcp_rcv_state_process answers an unacceptable ACK with a
+                # (rate-limited) challenge ACK.
+                tcp_send_challenge_ack(sk, skb, now)
                 tcp_drop(sk, skb, "TCP_ACK_UNSENT_DATA")
                 return
             fin_acked = sk.fin_sent and skb.ack_seq == sk.snd_nxt
@@ -508,9 +633,16 @@ class Stack:
         out["relock"] = True
         self.net.outputs.append(OpDone(task, sk.sock_id, out))
 
+    def _graft(self, sock_id: int) -> int:
+        """sock_graft: the accepted child now belongs to a process."""
+        child = self.socks.get(sock_id)
+        if child is not None:
+            child.attached = True
+        return sock_id
+
     def _finish_accept(self, lsk: TcpSock, w: Waiter, now: int) -> None:
         if lsk.accept_queue:
-            child = lsk.accept_queue.popleft()
+            child = self._graft(lsk.accept_queue.popleft())
             self.net.outputs.append(OpDone(w.task, lsk.sock_id, {"sock": child}))
         else:
             lsk.waiters.append(w)
@@ -550,15 +682,22 @@ class Stack:
 
     def _synack_timer(self, sk: TcpSock, now: int) -> None:
         sk.synack_retries += 1
-        if sk.synack_retries > SYNACK_RETRIES or sk.state != TcpState.SYN_RECV:
+        opening = sk.state in (TcpState.SYN_RECV, TcpState.SYN_SENT)
+        if sk.synack_retries > SYNACK_RETRIES or not opening:
             sk.synack_deadline = None
-            if sk.state == TcpState.SYN_RECV:
+            if opening:
+                if sk.state == TcpState.SYN_SENT:
+                    sk.sk_err = ETIMEDOUT
+                    sk.data_ready = True
                 set_state(sk, TcpState.CLOSE)
                 self._unhash(sk)
             return
         sk.rto = min(sk.rto * 2, 120_000 * MS)
         self.net.mib.add("TcpRetransSegs")
-        self._send_synack(sk, now)
+        if sk.state == TcpState.SYN_SENT:
+            self._send_syn(sk, now)
+        else:
+            self._send_synack(sk, now)
 
     def _delack_timer(self, sk: TcpSock, now: int) -> None:
         net = self.net
@@ -842,7 +981,7 @@ class Stack:
         if sk.state != TcpState.LISTEN:
             return {"error": EINVAL}
         if sk.accept_queue:
-            return {"sock": sk.accept_queue.popleft()}
+            return {"sock": self._graft(sk.accept_queue.popleft())}
         if args.get("nonblock"):
             return {"error": EAGAIN}
         timeo = args.get("timeo_ns")

@@ -85,6 +85,8 @@ def __tcp_select_window(sk: TcpSock) -> int:
         mss = full_space
         if mss <= 0:
             return 0
+    if sk.net.sysctls.tcp_shrink_window and wscale and sk.net.profile.modern_autotune:
+        return _shrink_window_allowed(sk, free_space, allowed_space, full_space, mss)
     if free_space < full_space // 2:
         sk.icsk_ack.quick = 0
         free_space = (free_space >> wscale) << wscale
@@ -100,6 +102,21 @@ def __tcp_select_window(sk: TcpSock) -> int:
     elif mss == full_space and free_space > window + (full_space >> 1):
         window = free_space
     return window
+
+
+def _shrink_window_allowed(sk: TcpSock, free_space: int, allowed_space: int,
+                           full_space: int, mss: int) -> int:
+    """tcp_shrink_window=1: offer what memory allows now, in exact wscale units."""
+    unit = 1 << sk.rx_opt.rcv_wscale
+    free_space = (free_space // unit) * unit
+    if free_space < full_space // 2:
+        sk.icsk_ack.quick = 0
+        if free_space < (allowed_space >> 4) or free_space < mss or free_space < unit:
+            return 0
+    if free_space > sk.rcv_ssthresh:
+        # rcv_ssthresh is a soft limit: round it up, not down
+        free_space = -(-sk.rcv_ssthresh // unit) * unit
+    return free_space
 
 
 def tcp_select_window(sk: TcpSock) -> int:
