@@ -9,6 +9,7 @@ NAPI-sized batches. The ratios say what the emulation costs over the bare transp
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -69,7 +70,7 @@ def bench(
     """Measure segments/s and per-hop delay, and the raw pyzmq chain beside them."""
     sc = bench_scenario(mbytes, profile)
     rd = run_dir or default_run_dir()
-    summary = run_scenario(sc, rd, progress=not json_out)
+    summary = run_scenario(sc, rd, progress=not json_out and sys.stderr.isatty())
     counters = json.loads((rd / "counters.json").read_text())
     segs = int(summary["segments"])
     seconds = float(summary["transfer_s"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,8 @@ def chaos(
     # Kills only while data flows: a rough horizon of the transfer at ~2 MB/s.
     horizon = min(sc.duration, max(2.0, sum(f.bytes for f in sc.flows) / 2e6))
     try:
-        summary = run_chaos(sc, cfg, rd, progress=not json_out, horizon_s=horizon)
+        summary = run_chaos(sc, cfg, rd, progress=not json_out and sys.stderr.isatty(),
+                            horizon_s=horizon)
     except ActorStartError as err:
         typer.echo(f"rxpath chaos: {err}", err=True)
         raise typer.Exit(1) from None

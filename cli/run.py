@@ -192,18 +192,27 @@ def _absorb(state: RunState, sender: str, kind: str, body: dict[str, Any]) -> No
 
 
 def _progress(sc: Scenario, counters: dict[str, Any], elapsed: float, end: bool = False) -> None:
+    """One status line: bytes per flow, the stack's queues, time (a terminal only)."""
     total = sum(f.bytes for f in sc.flows)
-    got = sum(int(_role(counters, r.name).get("bytes", 0)) for r in sc.readers)
-    segs = int(_role(counters, "stack").get("segments", 0))
-    width = 30
+    per_flow = []
+    got = 0
+    for f in sc.flows:
+        n = sum(int(_role(counters, r.name).get("bytes", 0)) for r in sc.readers_of(f.name))
+        got += n
+        per_flow.append(f"{f.name} {100 * n / f.bytes:3.0f}%")
+    stack = _role(counters, "stack")
+    socks = stack.get("sockets") or []
+    queues = (f"backlog {sum(s.get('backlog_segs', 0) for s in socks)} "
+              f"rcvq {sum(s.get('receive_queue_segs', 0) for s in socks)} "
+              f"ofo {sum(s.get('ofo_segs', 0) for s in socks)}")
+    if any(s.get("prequeue_segs") for s in socks):
+        queues += f" prequeue {sum(s.get('prequeue_segs', 0) for s in socks)}"
+    width = 20
     frac = min(1.0, got / total) if total else 1.0
     bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-    line = (f"\r[{bar}] {100 * frac:5.1f}%  {got / 1e6:7.2f}/{total / 1e6:.2f} MB  "
-            f"{segs:7d} segments  {elapsed:6.1f} s")
-    if sys.stderr.isatty():
-        sys.stderr.write(line + ("\n" if end else ""))
-    else:
-        sys.stderr.write(line.lstrip("\r") + "\n")
+    line = (f"\r[{bar}] {got / 1e6:6.2f}/{total / 1e6:.2f} MB  {' '.join(per_flow)}  "
+            f"{queues}  {int(stack.get('segments', 0))} segs  {elapsed:5.1f} s")
+    sys.stderr.write(line.ljust(120) + ("\n" if end else ""))
     sys.stderr.flush()
 
 
@@ -263,6 +272,8 @@ def run(
         = None,
     all_counters: Annotated[bool, typer.Option(
         "--all", help="Show zero counters too.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No live progress line.")] = False,
 ) -> None:
     """Run a topology: every actor its own process; exit 0 only if every flow is intact."""
     sc = load_or_exit(config, make_overrides(profile, seed, duration, sysctl))
@@ -271,7 +282,9 @@ def run(
         typer.echo(f"rxpath run: {sc.description or sc.source} "
                    f"[profile {sc.profile}, seed {sc.seed}] -> {rd}", err=True)
     try:
-        summary = run_scenario(sc, rd, progress=not json_out)
+        # Live progress only on a terminal: logs and pipes stay clean.
+        summary = run_scenario(sc, rd, progress=not (json_out or quiet)
+                               and sys.stderr.isatty())
     except ActorStartError as err:
         typer.echo(f"rxpath run: {err}", err=True)
         raise typer.Exit(1) from None
