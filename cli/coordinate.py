@@ -21,8 +21,9 @@ import typer
 from actors.runtime.launcher import ActorStartError, Launcher
 from actors.runtime.supervisor import tell_neighbours
 from cli.app import CONFIG_ERROR_EXIT, app
+from cli.checker import format_verdict
 from cli.config import ConfigError, Scenario
-from cli.run import RunState, _absorb, summarize
+from cli.run import RunState, _absorb, run_checker, summarize
 from protocol import messages as msg
 from protocol.envelope import Envelope
 
@@ -100,6 +101,15 @@ def coordinate_run(topology: dict[str, Any], run_dir: Path, *,
     summary = summarize(sc, state, reason, time.monotonic() - started)
     summary["transfer_s"] = round(transfer_s, 3)
     summary["rejoined"] = rejoined
+    # The checker, from what the readers recorded on the shared volume; a restarted
+    # container counts as a death of its previous incarnation.
+    roles = {n: e["role"] for n, e in topology["actors"].items()}
+    state.supervision = {"deaths": [{"actor": n, "role": roles[n]}
+                                    for n, times in rejoined.items() for _ in range(times)]}
+    verdict = run_checker(sc, run_dir, state, summary)
+    summary["checker"] = verdict.to_dict()
+    summary["checker_text"] = format_verdict(verdict)
+    summary["integrity"] = bool(summary["integrity"] and verdict.ok)
     (run_dir / "counters.json").write_text(json.dumps(state.counters, indent=2, default=str))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -127,6 +137,7 @@ def coordinate(
     except ActorStartError as err:
         typer.echo(f"rxpath coordinate: {err}", err=True)
         raise typer.Exit(NOT_READY_EXIT) from None
+    typer.echo(summary["checker_text"], err=True)
     typer.echo(json.dumps({k: summary[k] for k in
                            ("integrity", "reason", "transfer_s", "rejoined", "flows")},
                           default=str))
