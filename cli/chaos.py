@@ -38,15 +38,18 @@ from cli.options import (
     make_overrides,
 )
 from cli.run import build_topology, default_run_dir, run_scenario
+from protocol import messages as msg
 
 STOP_HOLD_S = 1.0      # a random `stop` is continued this long after
+LINK_FAULT_S = 1.0     # a cut or delayed link heals this long after
 
 
 @dataclass(frozen=True)
 class ChaosAction:
     at_s: float
-    action: str        # kill | stop | cont | cut_link | delay_link
+    action: str        # kill | stop | cont | cut_link | delay_link | heal_link
     target: str        # an actor name (resolved), or "a->b" for a link
+    delay_ms: float = 0.0  # delay_link: the added delay
 
 
 @dataclass
@@ -64,8 +67,15 @@ class ChaosRunner:
     def _perform(self, launcher: Launcher, supervisor: Supervisor, a: ChaosAction,
                  t: float) -> dict[str, Any]:
         entry: dict[str, Any] = {"at_s": round(t, 3), "action": a.action, "target": a.target}
-        if a.action in ("cut_link", "delay_link"):
-            entry["result"] = "not supported yet: skipped"
+        if a.action in ("cut_link", "delay_link", "heal_link"):
+            src, _, dst = a.target.partition("->")
+            if src not in launcher.names or dst not in launcher.names:
+                entry["result"] = "no such link: skipped"
+            else:
+                mode = {"cut_link": "cut", "delay_link": "delay", "heal_link": "heal"}[a.action]
+                launcher.send(src, msg.LINK_FAULT, {"dest": dst, "mode": mode,
+                                                    "delay_ns": int(a.delay_ms * 1e6)})
+                entry["result"] = mode + (f" {a.delay_ms:g} ms" if mode == "delay" else "")
         elif a.target not in launcher.names:
             entry["result"] = "no such actor: skipped"
         elif not launcher.process(a.target).running:
@@ -105,7 +115,10 @@ def plan_chaos(sc: Scenario, names: Sequence[str], roles: dict[str, str],
             k += 1
     for e in cfg.schedule:
         target = e.target if "->" in e.target else pick(e.target)
-        plan.append(ChaosAction(e.at_ms / 1000, e.action, target))
+        plan.append(ChaosAction(e.at_ms / 1000, e.action, target, e.delay_ms))
+        if e.action in ("cut_link", "delay_link"):
+            # A link fault lasts LINK_FAULT_S, then the link heals and releases what it held.
+            plan.append(ChaosAction(e.at_ms / 1000 + LINK_FAULT_S, "heal_link", target))
         if e.action == "stop" and not any(
                 x.action == "cont" and x.target == e.target for x in cfg.schedule):
             plan.append(ChaosAction(e.at_ms / 1000 + STOP_HOLD_S, "cont", target))

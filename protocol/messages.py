@@ -88,3 +88,10 @@ SOCK_OP = register_kind(
 SOCK_OP_DONE = register_kind(
     "sock_op_done", {"request_id": int, "result": dict},
     doc="stack -> reader: the step's result (at once, or when a sleeping step completes)")
+
+# --- faults injected by the launcher ----------------------------------------------------
+LINK_FAULT = register_kind(
+    "link_fault", {"dest": str, "mode": str, "delay_ns": int},
+    doc="launcher -> actor: hold what it sends to dest ('cut': until 'heal'; 'delay': each "
+        "message by delay_ns); 'heal' releases everything held, in order. Nothing is lost: "
+        "a cut link behaves like a partition the transport rides out")

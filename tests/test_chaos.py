@@ -187,6 +187,24 @@ def test_sigstop_is_noticed_and_sigcont_resumes(tmp_path: Path) -> None:
     assert s["reason"] == "complete" and s["checker"]["ok"], s["checker_text"]
 
 
+@pytest.mark.chaos
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("action", "link"), [("cut_link", "nic->cpu0"),
+                                              ("delay_link", "stack->nic")])
+def test_a_cut_or_delayed_link_holds_messages_and_heals(tmp_path: Path, action: str,
+                                                         link: str) -> None:
+    s = chaos_run(tmp_path, [ChaosAction(0.2, action, link, delay_ms=50),
+                             ChaosAction(1.2, "heal_link", link)])
+    results = [d["result"] for d in s["chaos_done"]]
+    assert results[0] in ("cut", "delay 50 ms") and results[1] == "heal"
+    src = link.split("->")[0]
+    counters = json.loads((tmp_path / "run" / "counters.json").read_text())
+    faults = counters[src]["runtime"]["link_faults"]
+    assert faults["held"] > 0 and faults["released"] == faults["held"]
+    assert s["reason"] == "complete" and s["checker"]["ok"], s["checker_text"]
+
+
 def test_no_orphans_left_by_this_module() -> None:
     me = os.getpid()
     children = [p for p in os.listdir("/proc") if p.isdigit()

@@ -279,6 +279,10 @@ class Actor:
         self.mailbox.on_arrival = self._on_arrival
         self.timers = TimerQueue()
         self.runtime_counters = RuntimeCounters()
+        # Chaos link faults: dest -> (mode, delay_ns), and what they hold back.
+        self._link_faults: dict[str, tuple[str, int]] = {}
+        self._held_out: dict[str, deque[tuple[int | None, str, dict[str, Any]]]] = {}
+        self.link_fault_counters = {"held": 0, "released": 0}
         self.trace = TraceWriter(
             trace_path(settings.run_dir, settings.name, settings.incarnation)
             if settings.trace else None,
@@ -307,6 +311,7 @@ class Actor:
             msg.END_OF_STREAM: self._on_end_of_stream_msg,
             msg.END_OF_STREAM_ACK: self._on_end_of_stream_ack,
             PEER_EVENT: self._on_peer_event,
+            msg.LINK_FAULT: self._on_link_fault,
         }
 
     # --- what a role implements ---------------------------------------------------------
@@ -347,7 +352,37 @@ class Actor:
     def send(self, dest: str, kind: str, body: Mapping[str, Any]) -> bool:
         """Send one message; blocks while ``dest`` is full (False only when abandoned
         at the stop deadline)."""
+        fault = self._link_faults.get(dest)
+        if fault is not None or self._held_out.get(dest):
+            # A faulted link (chaos): hold the message, in order, until it may go.
+            mode, delay = fault if fault is not None else ("delay", 0)
+            release = None if mode == "cut" else self.clock() + delay
+            self._held_out.setdefault(dest, deque()).append((release, kind, dict(body)))
+            self.link_fault_counters["held"] += 1
+            if release is not None:
+                self.call_at(release, lambda now, d=dest: self._release_held(d, now))
+            return True
         return self.mailbox.send(dest, kind, body)
+
+    def _release_held(self, dest: str, now: int) -> None:
+        """Send what a faulted link held whose time has come (all of it once healed)."""
+        queue = self._held_out.get(dest)
+        healed = dest not in self._link_faults
+        while queue and (healed or (queue[0][0] is not None and queue[0][0] <= now)):
+            _, kind, body = queue.popleft()
+            self.link_fault_counters["released"] += 1
+            self.mailbox.send(dest, kind, body)
+
+    def _on_link_fault(self, env: Envelope, now: int) -> None:
+        if not self._from_launcher(env):
+            return
+        dest, mode = env.body["dest"], env.body["mode"]
+        self.log.warning("link_fault", dest=dest, mode=mode, delay_ns=env.body["delay_ns"])
+        if mode == "heal":
+            self._link_faults.pop(dest, None)
+            self._release_held(dest, now)
+        elif mode in ("cut", "delay"):
+            self._link_faults[dest] = (mode, int(env.body["delay_ns"]))
 
     def call_at(self, when_ns: int, callback: TimerCallback) -> TimerHandle:
         """Run ``callback(now)`` once the clock reaches ``when_ns``."""
@@ -408,6 +443,7 @@ class Actor:
         runtime["uptime_ns"] = now - self._born_ns
         runtime["incarnation"] = self.settings.incarnation
         runtime["inbound_queued"] = len(self.mailbox.inbound)
+        runtime["link_faults"] = dict(self.link_fault_counters)
         runtime["link_latency_us"] = {
             sender: {"messages": n, "mean": round(total / n / 1000, 1), "max": round(mx / 1000, 1)}
             for sender, (n, total, mx) in self.link_latency.items() if n}
