@@ -84,6 +84,7 @@ class Profile:
     cleanup_rbuf_only_before_sleep: bool
     # autotuning
     modern_autotune: bool
+    window_clamp_follows_ratio: bool  # v6.10+: a new scaling_ratio re-derives window_clamp
     # softnet_stat columns
     softnet_columns: int
     # MIB counters that do not exist in this kernel
@@ -152,6 +153,7 @@ LEGACY = Profile(
     recvmsg_flush_backlog=False,
     cleanup_rbuf_only_before_sleep=False,
     modern_autotune=False,
+    window_clamp_follows_ratio=False,
     softnet_columns=11,
     absent_counters=_MODERN_ONLY_COUNTERS,
     default_sysctls=Sysctls(tcp_rmem=(4096, 87380, 6291456), netdev_budget_usecs=2000),
@@ -189,6 +191,7 @@ MODERN = Profile(
     recvmsg_flush_backlog=True,
     cleanup_rbuf_only_before_sleep=True,
     modern_autotune=True,
+    window_clamp_follows_ratio=True,
     softnet_columns=15,
     absent_counters=_LEGACY_ONLY_COUNTERS,
     # modern netdev_budget_usecs is 2 jiffies; with HZ=1000 that is 2000 us.

@@ -163,6 +163,32 @@ def test_kill_matrix_flows_complete_intact(tmp_path: Path, target: str, at_s: fl
 @pytest.mark.chaos
 @pytest.mark.integration
 @pytest.mark.timeout(90)
+def test_reader_killed_while_owning_the_lock(tmp_path: Path) -> None:
+    """r1 holds the socket lock 50 ms of every read: killed, its lock goes with it."""
+    sc = small_scenario(2.0)
+    raw = sc.to_dict()
+    raw["readers"][0]["hold_lock_us"] = 50_000
+    raw["readers"][0]["read_size"] = 16384
+    pids: list[int] = []
+    runner = ChaosRunner([ChaosAction(0.4, "kill", "r1")])
+
+    def hook(launcher: Any, supervisor: Any, t: float) -> None:
+        pids.extend(p for p in launcher.pids().values() if p not in pids)
+        runner(launcher, supervisor, t)
+
+    s = run_scenario(Scenario.from_dict(raw), tmp_path / "run", progress=False, chaos=hook)
+    assert alive(pids) == []
+    stack = json.loads((tmp_path / "run" / "counters.json").read_text())["stack"]["role"]
+    assert stack["locks_released_by_exit"] == 1, "r1 did not die owning the lock"
+    assert died(s, "r1") and s["reason"] == "complete", s["checker_text"]
+    f1 = next(f for f in s["checker"]["flows"] if f["flow"] == "f1")
+    assert f1["delivered"] + f1["delivered_then_lost"] == f1["expected"]
+    assert s["checker"]["ok"], s["checker_text"]
+
+
+@pytest.mark.chaos
+@pytest.mark.integration
+@pytest.mark.timeout(90)
 def test_stack_killed_peer_and_readers_see_reset(tmp_path: Path) -> None:
     s = chaos_run(tmp_path, [ChaosAction(0.5, "kill", "stack")])
     assert died(s, "stack")

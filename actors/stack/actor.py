@@ -82,6 +82,7 @@ class StackActor(Actor):
         self.malformed = 0
         self.segments = 0
         self.task_exits = 0
+        self.locks_released_by_exit = 0  # a reader died owning the socket lock
         # Tracing: ids of each batch's frames (keyed by the frames deque), new fates, and
         # the ids given to segments we transmit (keyed by their Transmit output).
         self.batch_ids: dict[int, deque[int]] = {}
@@ -227,6 +228,7 @@ class StackActor(Actor):
             released += sk.owner == task
             self.stack.do_op(task, sid, "task_exit", {}, now)
         self.task_exits += 1
+        self.locks_released_by_exit += released
         self.log.warning("task_exit", task=task, released_lock=released)
         self._flush()
 
@@ -265,6 +267,7 @@ class StackActor(Actor):
             "batches_waiting": len(self.work),
             "frames_waiting": sum(len(f) for _, _, f in self.work),
             "task_exits": self.task_exits,
+            "locks_released_by_exit": self.locks_released_by_exit,
             "backlog_enqueued": self.stack.backlog_enqueued,
             "lock_waits": self.stack.lock_waits,
         }

@@ -45,6 +45,8 @@ SK_RECLAIM_THRESHOLD = PAGE_SIZE  # sk_mem_uncharge returns whole unused pages a
 ECONNRESET = 104
 EPIPE = 32
 ECONNREFUSED = 111
+# SOCK_MIN_RCVBUF = TCP_SKB_MIN_TRUESIZE = 2048 + SKB_DATA_ALIGN(sizeof(struct sk_buff))
+SOCK_MIN_RCVBUF = 2048 + 256
 
 
 # ---------------------------------------------------------------------------------
@@ -173,7 +175,14 @@ def tcp_measure_rcv_mss(sk: TcpSock, skb: Skb) -> None:
     if length >= ack.rcv_mss:
         if sk.net.profile.modern_autotune and length != ack.rcv_mss and skb.truesize:
             # Learn how much of the buffer memory is payload (tcp_win_from_space).
+            old_ratio = sk.scaling_ratio
             sk.scaling_ratio = max(1, min(255, (skb.len << 8) // skb.truesize))
+            if sk.net.profile.window_clamp_follows_ratio and sk.scaling_ratio != old_ratio:
+                # The clamp was derived from sk_rcvbuf with the old ratio; re-derive it
+                # so the window offered matches what the buffer can really hold.
+                tcp_set_window_clamp(sk, tcp_win_from_space(sk, sk.rcvbuf))
+                # Autotuning must not start from more than the window we may offer.
+                sk.rcvq_space = min(sk.rcvq_space, sk.window_clamp)
         ack.rcv_mss = min(length, sk.advmss)
         if sk.net.profile.modern_autotune and skb.has(TcpFlags.PSH):
             ack.pending |= AckPending.PUSHED
@@ -189,6 +198,24 @@ def tcp_measure_rcv_mss(sk: TcpSock, skb: Skb) -> None:
     if ack.pending & AckPending.PUSHED:
         ack.pending |= AckPending.PUSHED2
     ack.pending |= AckPending.PUSHED
+
+
+def tcp_set_window_clamp(sk: TcpSock, val: int) -> None:
+    """Set window_clamp (floored at SOCK_MIN_RCVBUF / 2) and keep rcv_ssthresh consistent.
+
+    A shrinking clamp pulls rcv_ssthresh down with it; a growing clamp may raise
+    rcv_ssthresh up to the current rcv_wnd but never lowers it. Reserved memory
+    (SO_RESERVE_MEM) is not modelled, so the shrink case is a plain min.
+    """
+    new_clamp = max(val, SOCK_MIN_RCVBUF // 2)
+    old_clamp = sk.window_clamp
+    if new_clamp == old_clamp:
+        return
+    sk.window_clamp = new_clamp
+    if new_clamp < old_clamp:
+        sk.rcv_ssthresh = min(sk.rcv_ssthresh, new_clamp)
+    else:
+        sk.rcv_ssthresh = max(min(sk.rcv_wnd, new_clamp), sk.rcv_ssthresh)
 
 
 def tcp_header_len(sk: TcpSock) -> int:
