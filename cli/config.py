@@ -45,6 +45,7 @@ from typing import Any, Literal, cast
 from actors.nic.model import MICROSOFT_RSS_KEY
 from actors.peer.impairments import EventAction, FlowKey, ScriptedEvent, WireImpairments
 from actors.profiles import MS, PROFILES, US, Profile, Sysctls, get_profile
+from actors.stack.skb import so_rcvbuf
 
 DEFAULT_SOURCE = "<default>"
 OVERRIDE_SOURCE = "command line"
@@ -58,9 +59,6 @@ PROBE_STYLES: tuple[str, ...] = typing.get_args(ProbeStyle)
 EVENT_ACTIONS: tuple[str, ...] = typing.get_args(EventAction)
 EVENT_MATCHES: tuple[str, ...] = typing.get_args(EventMatch)
 
-# SOCK_MIN_RCVBUF = 2 * TCP_SKB_MIN_TRUESIZE = 2 * (2048 + SKB_DATA_ALIGN(sizeof(sk_buff))):
-# the floor sock_setsockopt(SO_RCVBUF) applies after doubling.
-SOCK_MIN_RCVBUF = 2 * (2048 + 256)
 # setsockopt takes an int and doubles it; keep the doubled value an int.
 _SO_RCVBUF_MAX = (2**31 - 1) // 2
 _TCP_MIN_MSS = 88  # include/net/tcp.h
@@ -160,13 +158,11 @@ class StackConfig:
         return self.rcvbuf > 0
 
     def sk_rcvbuf(self, sysctls: Sysctls) -> int:
-        """The initial ``sk_rcvbuf``: ``tcp_rmem[1]``, or SO_RCVBUF doubled like Linux.
-
-        net.core.rmem_max is not modelled, so a large SO_RCVBUF is not clamped.
-        """
+        """The initial ``sk_rcvbuf``: ``tcp_rmem[1]``, or what SO_RCVBUF makes of the value
+        (clamped to net.core.rmem_max, doubled, at least SOCK_MIN_RCVBUF)."""
         if self.rcvbuf == 0:
             return sysctls.tcp_rmem[1]
-        return max(self.rcvbuf * 2, SOCK_MIN_RCVBUF)
+        return so_rcvbuf(self.rcvbuf)
 
 
 @dataclass(frozen=True, slots=True)

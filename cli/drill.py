@@ -1,9 +1,12 @@
 """``rxpath drill``: run packetdrill scripts against the emulated receiver.
 
 Each script runs against rxpath's kernel model on a virtual clock (deterministic,
-exact timing). For every script the command prints ``PASS``, ``SKIP`` with the
-reason (something the script needs is not modelled), or ``FAIL`` with the first
-mismatch: the script line, what it expected and what rxpath did. The last line is
+exact timing), or with ``--pipeline`` through the real actor processes (nic, cpu0,
+stack) in real time, outbound packets matched within the script's tolerance but at
+least :data:`cli.drill_pipeline.PIPELINE_MIN_TOLERANCE_US`. For every script the
+command prints ``PASS``, ``SKIP`` with the reason (something the script needs is not
+modelled), or ``FAIL`` with the first mismatch: the script line, what it expected
+and what rxpath did. The last line is
 ``N passed, N failed, N skipped``; the exit status is 1 if any script failed or
 could not be parsed.
 """
@@ -18,13 +21,16 @@ import typer
 from actors.profiles import get_profile
 from cli.app import app
 from cli.drill_model import ModelReceiver
+from cli.drill_pipeline import PIPELINE_MIN_TOLERANCE_US, PipelineReceiver
 from cli.drill_runner import DrillRunner, Mismatch, Outcome, ScriptResult
 from protocol.packetdrill import ParseError, parse_file
 
 
 def run_script(path: str | Path, profile: str = "modern", *, verbose: bool = False,
-               seed: int = 1, sysctls: dict[str, str] | None = None) -> ScriptResult:
-    """Parse and run one script against the kernel model; a parse error is a failure.
+               seed: int = 1, sysctls: dict[str, str] | None = None,
+               pipeline: bool = False) -> ScriptResult:
+    """Parse and run one script against the kernel model (or, with ``pipeline``, the
+    actor processes); a parse error is a failure.
 
     ``sysctls`` are the host's settings before the script starts (its own commands
     may change them further).
@@ -34,11 +40,23 @@ def run_script(path: str | Path, profile: str = "modern", *, verbose: bool = Fal
     except ParseError as err:
         return ScriptResult(str(path), Outcome.FAIL,
                             Mismatch(err.line, f"parse error: {err.message}"))
+    if pipeline:
+        with PipelineReceiver(get_profile(profile), seed=seed) as rx:
+            _apply_sysctls(rx, sysctls)
+            res = DrillRunner(script, rx, verbose=verbose,
+                              min_tolerance_us=PIPELINE_MIN_TOLERANCE_US).run()
+            if verbose:
+                res.log += [f"pipeline: {e}" for e in rx.errors]
+            return res
     receiver = ModelReceiver(get_profile(profile), seed=seed)
-    for name, value in (sysctls or {}).items():
-        if not receiver.set_sysctl(name, value):
-            raise ValueError(f"sysctl {name}={value!r} is not modelled")
+    _apply_sysctls(receiver, sysctls)
     return DrillRunner(script, receiver, verbose=verbose).run()
+
+
+def _apply_sysctls(rx: ModelReceiver | PipelineReceiver, sysctls: dict[str, str] | None) -> None:
+    for name, value in (sysctls or {}).items():
+        if not rx.set_sysctl(name, value):
+            raise ValueError(f"sysctl {name}={value!r} is not modelled")
 
 
 def format_result(res: ScriptResult, *, verbose: bool = False) -> str:
@@ -74,8 +92,12 @@ def drill(
         "--sysctl", "-s", metavar="NAME=VALUE",
         help="Host setting before each script, e.g. "
              "net.ipv4.tcp_rmem='4096 87380 3732736' (repeatable).")] = None,
+    pipeline: Annotated[bool, typer.Option(
+        "--pipeline", help="Run through the real actor processes (nic, cpu0, stack) in "
+        "real time instead of the kernel model on a virtual clock.")] = False,
 ) -> None:
-    """Run packetdrill scripts against the emulated receiver (kernel model, virtual time)."""
+    """Run packetdrill scripts against the emulated receiver (kernel model in virtual
+    time, or the actor processes in real time with --pipeline)."""
     try:
         get_profile(profile)
         settings = dict(_sysctl_arg(s) for s in sysctl or ())
@@ -89,7 +111,8 @@ def drill(
         raise typer.Exit(2) from None
     results = []
     for path in scripts:
-        res = run_script(path, profile, verbose=verbose, seed=seed, sysctls=settings)
+        res = run_script(path, profile, verbose=verbose, seed=seed, sysctls=settings,
+                         pipeline=pipeline)
         results.append(res)
         typer.echo(format_result(res, verbose=verbose))
     typer.echo(summary(results))

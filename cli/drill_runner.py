@@ -257,13 +257,16 @@ class DrillRunner:
     """Execute one parsed script against one receiver."""
 
     def __init__(self, script: Script, receiver: Receiver, *, verbose: bool = False,
-                 local_ip: str = LOCAL_IP, remote_ip: str = REMOTE_IP) -> None:
+                 local_ip: str = LOCAL_IP, remote_ip: str = REMOTE_IP,
+                 min_tolerance_us: int = 0) -> None:
         self.script = script
         self.rx = receiver
         self.verbose = verbose
         self.local_ip = local_ip
         self.remote_ip = remote_ip
-        self.tolerance_us = int(script.option("tolerance_usecs") or DEFAULT_TOLERANCE_US)
+        # A receiver in real time may need more slack than the script grants.
+        self.tolerance_us = max(int(script.option("tolerance_usecs") or DEFAULT_TOLERANCE_US),
+                                min_tolerance_us)
         self.tolerance_percent = float(script.option("tolerance_percent")
                                        or DEFAULT_TOLERANCE_PERCENT)
         mss = script.option("mss")

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from actors.nic.model import MICROSOFT_RSS_KEY
 from actors.peer.impairments import ScriptedEvent
 from actors.profiles import LEGACY, MODERN, Sysctls
+from actors.stack.skb import SOCK_MIN_RCVBUF
 from cli.config import (
     DEFAULT_SOURCE,
-    SOCK_MIN_RCVBUF,
     ConfigError,
     Overrides,
     Scenario,

@@ -1,11 +1,13 @@
 """``rxpath drill``: the packetdrill parser, the script runner on the kernel model, the CLI.
 
 The scripts in tests/drill/ cover every tcp_data_queue case, SACK/DSACK, zero window,
-delayed ACK, FIN handling and blocking reads; each must pass against the model.
+delayed ACK, FIN handling and blocking reads; each must pass against the model, and
+through the real actor processes (``--pipeline``, integration tests).
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from actors.profiles import get_profile
 from cli.drill import run_script
+from cli.drill_pipeline import PipelineReceiver
 from cli.drill_runner import Outcome, _shell_arith
 from cli.main import app
 from protocol.packetdrill import (
@@ -447,3 +451,93 @@ def test_cli_rejects_bad_options(tmp_path: Path) -> None:
     assert runner.invoke(app, ["drill", script, "--sysctl", "tcp_bogus=1"]).exit_code == 2
     ok = runner.invoke(app, ["drill", script, "-s", "tcp_rmem=4096 87380 6291456"])
     assert ok.exit_code == 0, ok.output
+
+
+# ------------------------------------------------------------------------------- pipeline
+# The same scripts through the real actor processes (nic, cpu0, stack) in real time.
+# Every project script passes in this mode; timing is matched within the script's
+# tolerance but at least PIPELINE_MIN_TOLERANCE_US (see cli/drill_pipeline.py).
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("path", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_project_script_passes_pipeline(path: Path) -> None:
+    res = run_script(path, "modern", pipeline=True, verbose=True)
+    assert res.outcome is Outcome.PASS, (res.mismatch.format(res.path) if res.mismatch
+                                         else res.skip_reason, res.log)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("path", [p for p in SCRIPTS if p.stem in BOTH_PROFILES],
+                         ids=[p.stem for p in SCRIPTS if p.stem in BOTH_PROFILES])
+def test_project_script_passes_pipeline_legacy(path: Path) -> None:
+    res = run_script(path, "legacy", pipeline=True, verbose=True)
+    assert res.outcome is Outcome.PASS, (res.mismatch.format(res.path) if res.mismatch
+                                         else res.skip_reason, res.log)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_pipeline_reports_a_mismatch_with_expected_and_actual(tmp_path: Path) -> None:
+    path = tmp_path / "t.pkt"
+    path.write_text("`./defaults.sh`\n" + HANDSHAKE.replace(
+        "+0 > S. 0:0(0) ack 1 <mss", "+0 > S. 0:0(0) ack 1 win 1234 <mss"))
+    res = run_script(path, "modern", pipeline=True)
+    assert res.outcome is Outcome.FAIL and res.mismatch is not None
+    assert res.mismatch.line == 7
+    assert "win" in res.mismatch.message
+    assert res.mismatch.actual is not None and "win 65535" in res.mismatch.actual
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_pipeline_processes_are_stopped_and_counters_start_at_zero() -> None:
+    with PipelineReceiver(get_profile("modern")) as rx:
+        fd = rx.syscall("socket", {}).ret
+        call = rx.syscall("listen", {"fd": fd, "backlog": 1, "port": 8080,
+                                     "laddr": rx.local_ip})
+        assert call.done and call.ret == 0
+        assert rx.launcher is not None
+        pids = list(rx.launcher.pids().values())
+        assert len(pids) == 3 and all(_pid_alive(p) for p in pids)
+        # The warm-up segments' counts are not the script's.
+        assert dict(rx.counters()) == {}
+        # A blocking accept sleeps in the stack: reported as not done yet.
+        blocked = rx.syscall("accept", {"fd": fd})
+        assert not blocked.done
+    assert rx.launcher is None
+    assert not any(_pid_alive(p) for p in pids)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_pipeline_processes_are_stopped_when_the_run_fails() -> None:
+    pids: list[int] = []
+    with pytest.raises(RuntimeError, match="boom"), \
+            PipelineReceiver(get_profile("modern")) as rx:
+        fd = rx.syscall("socket", {}).ret
+        rx.syscall("listen", {"fd": fd, "backlog": 1, "port": 8080, "laddr": rx.local_ip})
+        assert rx.launcher is not None
+        pids = list(rx.launcher.pids().values())
+        raise RuntimeError("boom")
+    assert len(pids) == 3 and not any(_pid_alive(p) for p in pids)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_cli_pipeline_flag() -> None:
+    good = str(DRILL_DIR / "data_queue_in_order.pkt")
+    result = CliRunner().invoke(app, ["drill", "--pipeline", good])
+    assert result.exit_code == 0, result.output
+    assert f"PASS {good}" in result.output
+    assert result.output.strip().endswith("1 passed, 0 failed, 0 skipped")

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from actors.profiles import MS, get_profile, sysctls_for
 from actors.reader.tcp_recvmsg import RecvFlags
 from actors.stack.net import OpDone, Transmit
+from actors.stack.skb import Skb
 from actors.stack.sock import AckPending, TcpState
+from actors.stack.tcp_input import tcp_measure_rcv_mss, tcp_set_window_clamp
 from actors.stack.tcp_ipv4 import Stack
 from actors.stack.tcp_output import RMEM_MAX, tcp_receive_window
 from protocol.segment import Segment, TcpFlags, TcpOptions
@@ -167,7 +169,7 @@ def test_so_rcvbuf_is_doubled_and_locked(profile: str) -> None:
 
 def test_so_rcvbuf_limits() -> None:
     c = connect("legacy", rcvbuf=1)
-    assert c.sk.rcvbuf == 4608  # SOCK_MIN_RCVBUF = 2 * (2048 + 256)
+    assert c.sk.rcvbuf == 2304  # SOCK_MIN_RCVBUF = TCP_SKB_MIN_TRUESIZE = 2048 + 256
     c = connect("legacy", rcvbuf=10 << 20)
     assert c.sk.rcvbuf == 2 * RMEM_MAX  # clamped at net.core.rmem_max, then doubled
     # setsockopt on a connected socket: doubled and locked too.
@@ -1216,17 +1218,36 @@ def test_quickack_credits_at_connection_start(profile: str, credits: int) -> Non
     sk = c.sk
     off = fill(c, 0, 1, MSS)
     assert ack_count(c) == 1  # the first segment is acknowledged at once
-    # legacy 14600 / 2920 = 5; modern 64240 / 2920 = 22, capped at 16. One is spent.
-    assert sk.icsk_ack.quick == credits - 1
+    # legacy 14600 / 2920 = 5, one spent by the ACK; modern 64240 / 2920 = 22, capped at 16.
     assert sk.icsk_ack.ato == 40 * MS
-    if profile == "modern":
-        for k in range(1, credits):
-            off = fill(c, off, 1, MSS)
-            read_all(c)
-            assert ack_count(c) == 1 + k
-        assert sk.icsk_ack.quick == 0
-        fill(c, off, 1, MSS)
-        assert ack_count(c) == credits  # the 17th waits for the delayed ACK
+    if profile == "legacy":
+        assert sk.icsk_ack.quick == credits - 1
+        return
+    # Modern (6.10+): the first full segment teaches scaling_ratio = 1460 * 256 / 2304 = 162,
+    # window_clamp follows sk_rcvbuf (131072 * 162 / 256 = 82944) and tcp_set_window_clamp
+    # lifts rcv_ssthresh to rcv_wnd, so tcp_grow_window has room again. Each growth step
+    # sets quick |= 1, which refunds the credit the ACK spends (16 | 1, minus 1 = 16).
+    assert sk.window_clamp == 82944
+    assert sk.icsk_ack.quick == credits
+    acks = 1
+    while sk.icsk_ack.quick == credits:
+        ssthresh = sk.rcv_ssthresh
+        off = fill(c, off, 1, MSS)
+        read_all(c)
+        acks += 1
+        assert ack_count(c) == acks
+        # The credit comes back exactly while rcv_ssthresh still grows.
+        assert (sk.icsk_ack.quick == credits) == (sk.rcv_ssthresh > ssthresh)
+    # rcv_ssthresh stopped just under tcp_space: from here each ACK spends one credit.
+    assert acks == 7 and sk.icsk_ack.quick == credits - 1
+    for _ in range(credits - 1):
+        off = fill(c, off, 1, MSS)
+        read_all(c)
+        acks += 1
+        assert ack_count(c) == acks
+    assert sk.icsk_ack.quick == 0
+    fill(c, off, 1, MSS)
+    assert ack_count(c) == acks == 22  # the 23rd waits for the delayed ACK
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -1260,12 +1281,84 @@ def test_ack_every_second_full_segment(profile: str) -> None:
     off = fill(c, off, 1, MSS)
     assert ack_count(c) == acks + 1  # 2 * 1460 > rcv_mss
     assert last_ack(c).ack == c.seq(off)
-    # Unread data lowers the free space: in legacy the window, already at
-    # rcv_ssthresh = window_clamp, would shrink, so the ACK waits for the timer; modern's
-    # wscale-10 rounding keeps the edge and ACKs every second segment.
+    # Unread data lowers the free space below the window already offered: the right edge
+    # would move back, so the ACK waits for the timer. Legacy: the window sits at
+    # rcv_ssthresh = window_clamp. Modern (6.10+): window_clamp followed the learnt
+    # scaling_ratio up to 82944, so rcv_ssthresh grew to just under the empty queue's
+    # tcp_space (offered as 80 wscale-10 units = 81920); one unread skb already leaves less.
     acks = ack_count(c)
     off = fill(c, off, 4, MSS)
-    assert ack_count(c) - acks == (0 if profile == "legacy" else 2)
+    assert ack_count(c) == acks
+    if profile == "modern":
+        assert c.sk.window_clamp == 82944 and c.sk.rcv_wnd == 81920
+
+
+def _skb(length: int, truesize: int) -> Skb:
+    return Skb(seq=0, end_seq=length, flags=TcpFlags.ACK, ack_seq=0, window=0,
+               options=TcpOptions(), data=bytes(length), truesize=truesize)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_window_clamp_follows_scaling_ratio(profile: str) -> None:
+    """v6.10+: a changed scaling_ratio re-derives window_clamp = tcp_win_from_space(sk_rcvbuf),
+    pulls rcv_ssthresh under a shrinking clamp and caps rcvq_space.space at the clamp."""
+    c = connect(profile)
+    sk = c.sk
+    clamp0 = sk.window_clamp
+    fill(c, 0, 1, MSS)
+    if profile == "legacy":
+        assert sk.window_clamp == clamp0  # adv_win_scale: nothing is learnt
+    else:
+        assert sk.scaling_ratio == (MSS << 8) // 2304 == 162
+        assert sk.window_clamp == (sk.rcvbuf * 162) >> 8 == 82944
+    clamp1, ssthresh1, space1 = sk.window_clamp, sk.rcv_ssthresh, sk.rcvq_space
+    # A longer skb with a poor payload/truesize ratio: 2000 * 256 / 40000 = 12.
+    tcp_measure_rcv_mss(sk, _skb(2000, 40000))
+    if profile == "legacy":
+        assert (sk.window_clamp, sk.rcv_ssthresh, sk.rcvq_space) == (clamp1, ssthresh1, space1)
+        return
+    assert sk.scaling_ratio == 12
+    assert sk.window_clamp == (sk.rcvbuf * 12) >> 8 == 6144
+    assert sk.rcv_ssthresh == 6144 < ssthresh1
+    assert sk.rcvq_space == 6144 < space1
+    # Same ratio from another length change: the clamp is left alone.
+    sk.window_clamp = 7000
+    tcp_measure_rcv_mss(sk, _skb(2500, 50000))
+    assert sk.scaling_ratio == 12 and sk.window_clamp == 7000
+
+
+def test_tcp_set_window_clamp_rules() -> None:
+    sk = connect("modern").sk
+    sk.window_clamp, sk.rcv_ssthresh, sk.rcv_wnd = 80000, 70000, 60000
+    tcp_set_window_clamp(sk, 50000)  # shrink: rcv_ssthresh follows it down
+    assert (sk.window_clamp, sk.rcv_ssthresh) == (50000, 50000)
+    sk.rcv_ssthresh = 30000
+    tcp_set_window_clamp(sk, 90000)  # grow: rcv_ssthresh may rise to rcv_wnd
+    assert (sk.window_clamp, sk.rcv_ssthresh) == (90000, 60000)
+    sk.rcv_ssthresh = 65000
+    tcp_set_window_clamp(sk, 95000)  # ...but is never lowered by a growing clamp
+    assert sk.rcv_ssthresh == 65000
+    tcp_set_window_clamp(sk, 100)  # floor: SOCK_MIN_RCVBUF / 2
+    assert (sk.window_clamp, sk.rcv_ssthresh) == (1152, 1152)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clamp=st.integers(1152, 1 << 24), ssthresh=st.integers(0, 1 << 24),
+       rcv_wnd=st.integers(0, 1 << 24), val=st.integers(0, 1 << 24))
+def test_tcp_set_window_clamp_property(clamp: int, ssthresh: int, rcv_wnd: int,
+                                       val: int) -> None:
+    sk = connect("modern").sk
+    sk.window_clamp, sk.rcv_ssthresh, sk.rcv_wnd = clamp, ssthresh, rcv_wnd
+    tcp_set_window_clamp(sk, val)
+    new = max(val, 1152)
+    assert sk.window_clamp == new
+    if new < clamp:
+        assert sk.rcv_ssthresh == min(ssthresh, new)
+    elif new > clamp:
+        assert sk.rcv_ssthresh >= ssthresh
+        assert sk.rcv_ssthresh == ssthresh or sk.rcv_ssthresh == min(rcv_wnd, new)
+    else:
+        assert sk.rcv_ssthresh == ssthresh
 
 
 @pytest.mark.parametrize("profile", PROFILES)

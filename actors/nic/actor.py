@@ -36,6 +36,9 @@ class NicActor(Actor):
         suffix = f".{settings.incarnation}" if settings.incarnation else ""
         self.pcap = PcapWriter(settings.run_dir / f"wire{suffix}.pcap")
         self.cpu_resets = 0
+        # Who is on the other end of the wire: the peer actor, or whoever the topology
+        # names (``rxpath drill --pipeline`` plays the peer in the launcher).
+        self.wire_peer = str(self.config.get("wire_peer", PEER))
 
     def _out(self, outputs: list[NicOutput], ids: list[int] | None = None) -> None:
         """Send the model's outputs; ``ids`` are the trace ids of its Dma outputs, in order."""
@@ -120,9 +123,9 @@ class NicActor(Actor):
             self.nic.tx_frame(frame, now)
         ids = env.body.get("ids") if self.trace.on else None
         if ids is None:
-            self.send(PEER, msg.WIRE, {"frames": frames})
+            self.send(self.wire_peer, msg.WIRE, {"frames": frames})
             return
-        self.send(PEER, msg.WIRE, {"frames": frames, "ids": ids})
+        self.send(self.wire_peer, msg.WIRE, {"frames": frames, "ids": ids})
         self.trace.complete("tx", now, self.clock(), "tx", args={"frames": len(frames)},
                             flows=[[HOP_NIC, ids]])
 

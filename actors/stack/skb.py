@@ -15,6 +15,16 @@ SKB_SHINFO_SIZE = 320  # SKB_DATA_ALIGN(sizeof(struct skb_shared_info))
 MAX_TCP_HEADER = 320  # headroom the stack reserves for TCP/IP/link headers
 RX_BUFFER_SIZE = 2048  # driver receive buffer (half a 4 KiB page)
 MAX_SKB_FRAGS = 17
+# TCP_SKB_MIN_TRUESIZE: the smallest skb a TCP socket is charged for; SOCK_MIN_RCVBUF is
+# that much (sock.h), the floor under SO_RCVBUF and window_clamp.
+TCP_SKB_MIN_TRUESIZE = RX_BUFFER_SIZE + SKB_STRUCT_SIZE
+SOCK_MIN_RCVBUF = TCP_SKB_MIN_TRUESIZE
+RMEM_MAX = 212992  # net.core.rmem_max default: SO_RCVBUF is clamped to it
+
+
+def so_rcvbuf(value: int) -> int:
+    """sk_rcvbuf after setsockopt(SO_RCVBUF, value): clamped, doubled for overhead."""
+    return max(min(value, RMEM_MAX) * 2, SOCK_MIN_RCVBUF)
 SKB_MAX_ORDER0 = 4096 - SKB_SHINFO_SIZE - 64  # linear data in a one-page skb (tcp_collapse)
 NET_IP_ALIGN_AND_HEADERS = 14 + 20  # Ethernet + IPv4 headers in the receive buffer
 

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from actors.profiles import MS, US
 from actors.stack.net import CONSUMED, DELIVERED
-from actors.stack.skb import MAX_SKB_FRAGS, SKB_MAX_ORDER0, SKB_STRUCT_SIZE, Skb, skb_truesize
+from actors.stack.skb import (
+    MAX_SKB_FRAGS,
+    SKB_MAX_ORDER0,
+    SKB_STRUCT_SIZE,
+    SOCK_MIN_RCVBUF,
+    Skb,
+    skb_truesize,
+)
 from actors.stack.sock import AckPending, TcpSock, TcpState
 from actors.stack.tcp_output import (
     TCP_ATO_MIN,
@@ -45,8 +52,6 @@ SK_RECLAIM_THRESHOLD = PAGE_SIZE  # sk_mem_uncharge returns whole unused pages a
 ECONNRESET = 104
 EPIPE = 32
 ECONNREFUSED = 111
-# SOCK_MIN_RCVBUF = TCP_SKB_MIN_TRUESIZE = 2048 + SKB_DATA_ALIGN(sizeof(struct sk_buff))
-SOCK_MIN_RCVBUF = 2048 + 256
 
 
 # ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 from actors.profiles import MS, Profile, Sysctls
 from actors.stack.net import CONSUMED, Net, OpDone, StackOutput
-from actors.stack.skb import Skb
+from actors.stack.skb import Skb, so_rcvbuf
 from actors.stack.sock import AckPending, LockWaiter, TcpSock, TcpState, Waiter
 from actors.stack.tcp_input import (
     inet_csk_ack_scheduled,
@@ -75,7 +75,6 @@ TCP_MIN_MSS = 88
 ADVMSS = 1460  # our MTU 1500 minus IPv4 and TCP headers
 TCP_INIT_RWND_SEGS = 20  # tcp_default_init_rwnd
 TCP_TIMEOUT_INIT = 1000 * MS
-SOCK_MIN_RCVBUF = 2 * 2304
 SYNACK_RETRIES = 5
 
 
@@ -1155,8 +1154,7 @@ def tcp_cleanup_rbuf(sk: TcpSock, copied: int, now: int) -> None:
 
 def _set_rcvbuf(sk: TcpSock, value: int) -> None:
     """SO_RCVBUF: Linux doubles the value for bookkeeping overhead and locks it."""
-    from actors.stack.tcp_output import RMEM_MAX
-    sk.rcvbuf = max(min(value, RMEM_MAX) * 2, SOCK_MIN_RCVBUF)
+    sk.rcvbuf = so_rcvbuf(value)
     sk.rcvbuf_locked = True
 
 

@@ -8,13 +8,13 @@ Mirrors net/ipv4/tcp_output.c (``tcp_select_window``, ``__tcp_select_window``,
 from __future__ import annotations
 
 from actors.profiles import MS
+from actors.stack.skb import RMEM_MAX
 from actors.stack.sock import AckPending, TcpSock
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_sub
 
 TCP_MAX_WSCALE = 14
 U16_MAX = 65535
-RMEM_MAX = 212992  # net.core.rmem_max default
 TCP_ATO_MIN = 40 * MS
 TCP_DELACK_MIN = 40 * MS
 TCP_DELACK_MAX = 200 * MS
