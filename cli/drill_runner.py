@@ -20,8 +20,8 @@ One deliberate difference: the TS ecr of outbound packets is checked too (packet
 does not), since it shows ``ts_recent`` bookkeeping of the receiver.
 
 The receiver is reached through the :class:`Receiver` protocol, so the same runner can
-drive the kernel model on a virtual clock (:mod:`cli.drill_model`) or, later, real
-actor processes.
+drive the kernel model on a virtual clock (:mod:`cli.drill_model`) or the real
+actor processes in real time (:mod:`cli.drill_pipeline`).
 """
 
 from __future__ import annotations
