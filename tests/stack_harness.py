@@ -23,6 +23,10 @@ NO_FLAGS = RecvFlags()
 NO_COSTS = ReaderCosts()
 
 
+def _is_ack(seg: Segment) -> bool:
+    return bool(seg.flags & TcpFlags.ACK) and not seg.flags & TcpFlags.SYN
+
+
 @dataclass
 class Conn:
     """A stack with one accepted connection, as seen from the peer."""
@@ -35,6 +39,7 @@ class Conn:
     sent: list[Segment] = field(default_factory=list)  # what the stack transmitted
     done: dict[str, dict[str, Any]] = field(default_factory=dict)
     ts: bool = False
+    last_ack: Segment | None = None  # the newest ACK the stack sent
 
     @property
     def sk(self) -> TcpSock:
@@ -67,12 +72,14 @@ class Conn:
             if isinstance(out, Transmit):
                 self.sent.append(out.segment)
                 new.append(out.segment)
+                if _is_ack(out.segment):
+                    self.last_ack = out.segment
             elif isinstance(out, OpDone):
                 self.done[out.task] = out.result
         return new
 
     def acks(self) -> list[Segment]:
-        return [s for s in self.sent if s.flags & TcpFlags.ACK and not s.flags & TcpFlags.SYN]
+        return [s for s in self.sent if _is_ack(s)]
 
     def advance(self, ns: int) -> None:
         """Move virtual time forward, firing every timer on the way."""

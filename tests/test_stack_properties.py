@@ -35,14 +35,14 @@ class Harness:
 
     # the peer -----------------------------------------------------------------
     def acked(self) -> int:
-        acks = self.conn.acks()
-        return seq_sub(acks[-1].ack, self.conn.seq(0)) if acks else 0
+        ack = self.conn.last_ack
+        return seq_sub(ack.ack, self.conn.seq(0)) if ack else 0
 
     def window(self) -> int:
-        acks = self.conn.acks()
-        if not acks:
+        ack = self.conn.last_ack
+        if ack is None:
             return 14600
-        return acks[-1].window << self.conn.sk.rx_opt.rcv_wscale
+        return ack.window << self.conn.sk.rx_opt.rcv_wscale
 
     def send(self, start: int, length: int) -> None:
         start = max(0, min(start, len(self.stream) - 1))
