@@ -97,7 +97,7 @@ class Harness:
     def finish(self) -> None:
         """Stop the chaos: the peer retransmits in order until the reader has everything."""
         conn = self.conn
-        for _ in range(20_000):
+        for _ in range(3_000):
             if self.holder_waiting:
                 self.holder_toggle()
             if self.holder_owns:
@@ -126,7 +126,9 @@ class Harness:
             f"{seq_sub(sk.rcv_nxt, conn.seq(0))}, copied at {seq_sub(sk.copied_seq, conn.seq(0))},"
             f" acked {self.acked()} window {self.window()} rcv_wnd {sk.rcv_wnd} rmem "
             f"{sk.rmem_alloc}/{sk.rcvbuf} ofo {len(sk.ofo)} rq {len(sk.receive_queue)} owner "
-            f"{sk.owner} waiters {sk.waiters} ucopy {sk.ucopy.task} reader "
+            f"{sk.owner} waiters {sk.waiters} ucopy {sk.ucopy.task} clamp {sk.window_clamp} "
+            f"ssthresh {sk.rcv_ssthresh} rcv_mss {sk.icsk_ack.rcv_mss} ratio {sk.scaling_ratio} "
+            f"rcvbuf {sk.rcvbuf} reader "
             f"{self.reader and self.reader.driver.next} {dict(conn.stack.net.mib.nonzero())}")
 
 
