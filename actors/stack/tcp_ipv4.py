@@ -24,7 +24,7 @@ from typing import Any
 
 from actors.profiles import MS, Profile, Sysctls
 from actors.stack.net import CONSUMED, Net, OpDone, StackOutput
-from actors.stack.skb import Skb, so_rcvbuf
+from actors.stack.skb import MAX_TCP_HEADER, Skb, skb_truesize, so_rcvbuf
 from actors.stack.sock import AckPending, LockWaiter, TcpSock, TcpState, Waiter
 from actors.stack.tcp_input import (
     inet_csk_ack_scheduled,
@@ -499,7 +499,6 @@ class Stack:
         sysctls = self.sysctls
         if not self.profile.modern_autotune and not sk.rcvbuf_locked:
             # tcp_fixup_rcvbuf: room for 2 * init_rwnd full segments, x4 if autotuning
-            from actors.stack.skb import MAX_TCP_HEADER, skb_truesize
             rcvmem = 2 * skb_truesize(sk.advmss + MAX_TCP_HEADER) * TCP_INIT_RWND_SEGS
             if sysctls.tcp_moderate_rcvbuf:
                 rcvmem <<= 2
@@ -612,7 +611,7 @@ class Stack:
             return
         sk.data_ready = False
         sk.wakeups += 1  # what an edge-triggered epoll watcher sees (ep_poll_callback)
-        woken = [w for w in sk.waiters]
+        woken = list(sk.waiters)
         sk.waiters.clear()
         for w in woken:
             self.net.event("wakeup", sk.sock_id, task=w.task, kind=w.kind)
@@ -906,7 +905,6 @@ class Stack:
                 sk.receive_queue.remove(skb)
                 tcp_eat_recv_skb(sk, skb)
         if copied:
-            sk.bytes_received += 0  # bytes_received counts arrivals, not reads
             self.net.event("copy", sk.sock_id, task=task, bytes=copied)
         return {"data": bytes(out), "copied": copied, "fin": fin, "seq": seq,
                 "offset": stream_offset(sk, start)}
