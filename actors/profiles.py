@@ -84,6 +84,9 @@ class Profile:
     cleanup_rbuf_only_before_sleep: bool
     # autotuning
     modern_autotune: bool
+    tcp_fixup_rcvbuf: bool  # legacy: tcp_init_buffer_space sizes rcvbuf for 2*init_rwnd segments
+    rcvq_space_init_capped: bool  # modern: rcvq_space starts at min(ssthresh, rcv_wnd, 10 mss)
+    net_rx_action_rescan: bool  # modern net_rx_action goes back to the head of the poll list
     window_clamp_follows_ratio: bool  # v6.10+: a new scaling_ratio re-derives window_clamp
     # softnet_stat columns
     softnet_columns: int
@@ -153,6 +156,9 @@ LEGACY = Profile(
     recvmsg_flush_backlog=False,
     cleanup_rbuf_only_before_sleep=False,
     modern_autotune=False,
+    tcp_fixup_rcvbuf=True,
+    rcvq_space_init_capped=False,
+    net_rx_action_rescan=False,
     window_clamp_follows_ratio=False,
     softnet_columns=11,
     absent_counters=_MODERN_ONLY_COUNTERS,
@@ -191,6 +197,9 @@ MODERN = Profile(
     recvmsg_flush_backlog=True,
     cleanup_rbuf_only_before_sleep=True,
     modern_autotune=True,
+    tcp_fixup_rcvbuf=False,
+    rcvq_space_init_capped=True,
+    net_rx_action_rescan=True,
     # v6.10+ re-derives window_clamp from each new scaling_ratio. Implemented (see
     # tcp_set_window_clamp) but off: with a tiny SO_RCVBUF it can leave rcv_ssthresh below
     # rcv_mss and the window at zero for good (found by the stream property test); to be

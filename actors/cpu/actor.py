@@ -13,7 +13,7 @@ from actors.mib import Mib
 from actors.runtime.actor import Actor, ActorSettings, handles
 from actors.runtime.costs import cost_ns, spend
 from actors.runtime.trace import HOP_END, HOP_NAPI
-from cli.config import Scenario
+from actors.scenario import Scenario
 from protocol import messages as msg
 from protocol.envelope import Envelope
 
@@ -30,7 +30,7 @@ class CpuActor(Actor):
         self.profile = sc.kernel_profile
         queues = [q for q, c in enumerate(sc.queue_to_cpu) if c == self.instance]
         self.softirq = Softirq(self.instance, queues, sc.nic.ring_size, sc.sysctl,
-                               rescan_poll_list=self.profile.modern_autotune)
+                               rescan_poll_list=self.profile.net_rx_action_rescan)
         self.mib = Mib()
         self.local = frozenset({sc.stack.address})
         self.cost = (sc.cpu.cost_per_segment_us, sc.cpu.cost_per_byte_ns)

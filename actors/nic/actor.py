@@ -10,7 +10,7 @@ from actors.nic.model import Dma, Nic, NicOutput, RaiseIrq, RxDrop
 from actors.runtime.actor import Actor, ActorSettings, handles
 from actors.runtime.costs import spend
 from actors.runtime.trace import HOP_END, HOP_NIC
-from cli.config import Scenario
+from actors.scenario import Scenario
 from protocol import messages as msg
 from protocol.envelope import Envelope
 from protocol.pcap import PcapWriter

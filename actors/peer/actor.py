@@ -10,7 +10,7 @@ from typing import Any
 from actors.peer.sender import Peer, SenderConfig, TcpSender
 from actors.runtime.actor import Actor, ActorSettings, handles
 from actors.runtime.trace import HOP_END, HOP_SOURCE, ORIGIN_PEER, FlowIds
-from cli.config import Scenario
+from actors.scenario import Scenario
 from protocol import messages as msg
 from protocol.envelope import Envelope
 

@@ -16,7 +16,7 @@ from typing import Any
 from actors.peer.payload import verify
 from actors.reader.tcp_recvmsg import ReaderCosts, RecvFlags, RecvResult, Step, tcp_recvmsg
 from actors.runtime.actor import Actor, ActorSettings, handles
-from cli.config import Scenario
+from actors.scenario import Scenario
 from protocol import messages as msg
 from protocol.envelope import Envelope
 

@@ -26,7 +26,7 @@ from actors.runtime.trace import (
 from actors.stack.net import DROP_REASONS, MERGED, Event, OpDone, Transmit
 from actors.stack.sock import TcpSock, TcpState
 from actors.stack.tcp_ipv4 import OpError, Stack, sock_info
-from cli.config import Scenario
+from actors.scenario import Scenario
 from protocol import messages as msg
 from protocol.envelope import Envelope
 from protocol.wire import MalformedPacket, decode_ipv4, decode_tcp, encode, tcp_checksum_ok

@@ -497,14 +497,14 @@ class Stack:
 
     def _tcp_init_buffer_space(self, sk: TcpSock, now: int) -> None:
         sysctls = self.sysctls
-        if not self.profile.modern_autotune and not sk.rcvbuf_locked:
+        if self.profile.tcp_fixup_rcvbuf and not sk.rcvbuf_locked:
             # tcp_fixup_rcvbuf: room for 2 * init_rwnd full segments, x4 if autotuning
             rcvmem = 2 * skb_truesize(sk.advmss + MAX_TCP_HEADER) * TCP_INIT_RWND_SEGS
             if sysctls.tcp_moderate_rcvbuf:
                 rcvmem <<= 2
             if sk.rcvbuf < rcvmem:
                 sk.rcvbuf = min(rcvmem, sysctls.tcp_rmem[2])
-        if self.profile.modern_autotune:
+        if self.profile.rcvq_space_init_capped:
             sk.rcvq_space = min(sk.rcv_ssthresh, sk.rcv_wnd, 10 * sk.advmss)
         else:
             sk.rcvq_space = sk.rcv_wnd
