@@ -1,7 +1,8 @@
 """Kernel profiles: every difference between the legacy (4.13) and modern kernels, as data.
 
-The model reads these fields; it never tests the profile's name. See
-the reference's §9 for the table this file encodes.
+The model reads these fields; it never tests the profile's name. ``LEGACY`` spells out
+every field; ``MODERN`` is ``LEGACY`` with only what differs replaced, grouped as the
+Profiles table of README.md lists it.
 """
 
 from __future__ import annotations
@@ -38,58 +39,96 @@ class Sysctls:
     netdev_budget: int = 300
     netdev_budget_usecs: int = 2000
     dev_weight: int = 64
-    netdev_max_backlog: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
+    """One kernel's behaviour: one field per difference, named for what it does."""
+
     name: ProfileName
-    # tcp_v4_rcv
+    # tcp_v4_rcv: the prequeue (tcp_prequeue, gone in 4.14)
     has_prequeue: bool
     prequeue_max_len: int
-    # tcp_add_backlog limit = rcvbuf*a + sndbuf*b_num//b_den + headroom
+    # tcp_add_backlog: limit = rcvbuf*a + sndbuf*b_num//b_den + headroom
     backlog_rcvbuf_factor: int
     backlog_sndbuf_num: int
     backlog_sndbuf_den: int
     backlog_headroom: int
-    backlog_coalesce: bool
-    backlog_verifies_csum: bool
-    # header prediction: direct copy to the user iovec from replay context
+    backlog_coalesce: bool  # tcp_add_backlog merges into the backlog's tail skb
+    backlog_verifies_csum: bool  # tcp_add_backlog checks the checksum before queueing
+    # tcp_rcv_established: header prediction copies straight to the user iovec
     hp_direct_copy: bool
     # tcp_data_queue
     quickack_on_ofo_and_partial: bool
     zero_window_counters: bool  # TCPZeroWindowDrop / TCPRcvQDrop exist
     inorder_nomem_ack: bool  # ICSK_ACK_NOMEM: advertise 0 instead of dropping when queue empty
     gap_filled_ack_now: bool  # ICSK_ACK_NOW when the ofo queue empties (else pingpong=0)
-    ofo_sack_compression: bool  # modern: SACK compression instead of ACK per ofo segment
-    ofo_grow_window_sack_only: bool
-    prune_ofo_spare_lower: bool  # modern tcp_prune_ofo_queue keeps skbs below the incoming one
-    prune_requires_rmem: bool  # modern tcp_prune_queue returns -1 when rmem_alloc == 0
-    prune_over_rcvbuf_strict: bool  # modern '>' vs legacy '>='
-    # sequence validation
-    reject_beyond_window: bool  # modern BeyondWindow
+    ofo_sack_compression: bool  # SACK compression instead of an ACK per ofo segment
+    ofo_grow_window_sack_only: bool  # tcp_data_queue_ofo grows rcv_ssthresh only with SACK
+    # tcp_data_queue_ofo runs tcp_measure_rcv_mss, so ofo segments also teach rcv_mss and
+    # scaling_ratio (a lossy start would otherwise learn from in-order data only)
+    ofo_measures_rcv_mss: bool
+    # tcp_data_queue_ofo calls tcp_rcvbuf_grow: the ofo span needs buffer room as well,
+    # or a hole keeps the window (and so the recovery) small
+    ofo_grows_rcvbuf: bool
+    prune_ofo_spare_lower: bool  # tcp_prune_ofo_queue keeps skbs below the incoming one
+    prune_requires_rmem: bool  # tcp_prune_queue returns -1 when rmem_alloc == 0
+    prune_over_rcvbuf_strict: bool  # tcp_prune_queue compares with '>' (legacy '>=')
+    # tcp_sequence
+    reject_beyond_window: bool  # BeyondWindow: end_seq past the window is refused
     # windows
     adv_win_scale: int | None  # legacy: 1; modern: None (scaling_ratio)
-    initial_scaling_ratio: int  # modern scaling_ratio/256, initial value
-    space_subtracts_backlog: bool
+    initial_scaling_ratio: int  # scaling_ratio/256, initial value
+    # tcp_measure_rcv_mss re-learns scaling_ratio = len/truesize whenever a full-sized
+    # segment's length changes, so the window follows what the buffer really holds
+    rcv_mss_learns_scaling_ratio: bool
+    space_subtracts_backlog: bool  # tcp_space: the backlog's memory is not free space
+    # tcp_select_initial_window: the first window may reach 64 KB; legacy limits it to
+    # what a 10-segment initial cwnd can fill
+    initial_window_64k: bool
+    # the tcp_shrink_window sysctl exists (__tcp_select_window, tcp_select_window); the
+    # legacy kernel never shrinks the offered window whatever the sysctl says
+    tcp_shrink_window_sysctl: bool
     # ACK rules
     quickack_cap: int
-    quick_dec_per_ack: bool  # modern: -1 per scheduled ACK; legacy: -pcount
-    ack_deferred_while_owned: bool  # modern tcp_backlog_ack_defer
-    delack_blocked_flag: bool  # legacy icsk_ack.blocked
+    quick_dec_per_ack: bool  # tcp_event_ack_sent: -1 per scheduled ACK (legacy: -pcount)
+    ack_deferred_while_owned: bool  # tcp_backlog_ack_defer
+    delack_blocked_flag: bool  # icsk_ack.blocked (tcp_cleanup_rbuf, tcp_send_delayed_ack)
+    # tcp_send_delayed_ack caps ato at tcp_delack_max (200 ms by default, per route)
+    delack_max_capped: bool
+    # tcp_measure_rcv_mss: PSH on a full-sized segment sets ICSK_ACK_PUSHED, so the
+    # delayed ACK for the end of a write is not held up to 500 ms
+    rcv_mss_push_sets_pushed: bool
     # wakeups
-    data_ready_honours_rcvlowat: bool
+    data_ready_honours_rcvlowat: bool  # tcp_data_ready
     # tcp_recvmsg
-    recvmsg_flush_backlog: bool  # modern __sk_flush_backlog vs release+lock
+    recvmsg_flush_backlog: bool  # __sk_flush_backlog vs release_sock + lock_sock
     cleanup_rbuf_only_before_sleep: bool
-    # autotuning
-    modern_autotune: bool
-    tcp_fixup_rcvbuf: bool  # legacy: tcp_init_buffer_space sizes rcvbuf for 2*init_rwnd segments
-    rcvq_space_init_capped: bool  # modern: rcvq_space starts at min(ssthresh, rcv_wnd, 10 mss)
-    net_rx_action_rescan: bool  # modern net_rx_action goes back to the head of the poll list
-    window_clamp_follows_ratio: bool  # v6.10+: a new scaling_ratio re-derives window_clamp
-    # softnet_stat columns
-    softnet_columns: int
+    # receive RTT (tcp_rcv_rtt_update, tcp_rcv_rtt_measure_ts)
+    # tcp_rcv_rtt_update: a lower sample replaces the estimate; a higher one is smoothed
+    # in only from timestamps with the receive queue drained (a stalled reader or a
+    # window sample would otherwise overestimate the RTT)
+    rcv_rtt_keeps_minimum: bool
+    # tcp_rcv_rtt_measure_ts: one sample per new tsecr value (rcv_rtt_last_tsecr), not one
+    # per segment of a burst echoing the same timestamp
+    rcv_rtt_once_per_tsecr: bool
+    # autotuning (DRS)
+    tcp_fixup_rcvbuf: bool  # tcp_init_buffer_space sizes rcvbuf for 2*init_rwnd segments
+    rcvq_space_init_capped: bool  # rcvq_space starts at min(ssthresh, rcv_wnd, 10 mss)
+    # tcp_rcv_space_adjust: bytes received but not read yet do not count as copied, so a
+    # slow reader does not look like a fast link
+    rcv_space_subtracts_inq: bool
+    # tcp_rcvbuf_grow sizes sk_rcvbuf from the window with low-RTT damping; legacy
+    # tcp_rcv_space_adjust uses 2*copied + 16*advmss with 1.25x/1.5x boosts
+    tcp_rcvbuf_grow: bool
+    # v6.10+ re-derives window_clamp from each new scaling_ratio. Implemented (see
+    # tcp_set_window_clamp) but off in both profiles: with a tiny SO_RCVBUF it can leave
+    # rcv_ssthresh below rcv_mss and the window at zero for good (found by the stream
+    # property test); to be checked against the kernel before modern turns it on.
+    window_clamp_follows_ratio: bool
+    # softirq
+    net_rx_action_rescan: bool  # net_rx_action takes NAPIs scheduled meanwhile into the run
+    softnet_columns: int  # /proc/net/softnet_stat
     # MIB counters that do not exist in this kernel
     absent_counters: frozenset[str] = field(default_factory=frozenset)
     default_sysctls: Sysctls = field(default_factory=Sysctls)
@@ -141,74 +180,109 @@ LEGACY = Profile(
     gap_filled_ack_now=False,
     ofo_sack_compression=False,
     ofo_grow_window_sack_only=False,
+    ofo_measures_rcv_mss=False,
+    ofo_grows_rcvbuf=False,
     prune_ofo_spare_lower=False,
     prune_requires_rmem=False,
     prune_over_rcvbuf_strict=False,
     reject_beyond_window=False,
     adv_win_scale=1,
     initial_scaling_ratio=128,
+    rcv_mss_learns_scaling_ratio=False,
     space_subtracts_backlog=False,
+    initial_window_64k=False,
+    tcp_shrink_window_sysctl=False,
     quickack_cap=16,
     quick_dec_per_ack=False,
     ack_deferred_while_owned=False,
     delack_blocked_flag=True,
+    delack_max_capped=False,
+    rcv_mss_push_sets_pushed=False,
     data_ready_honours_rcvlowat=False,
     recvmsg_flush_backlog=False,
     cleanup_rbuf_only_before_sleep=False,
-    modern_autotune=False,
+    rcv_rtt_keeps_minimum=False,
+    rcv_rtt_once_per_tsecr=False,
     tcp_fixup_rcvbuf=True,
     rcvq_space_init_capped=False,
-    net_rx_action_rescan=False,
+    rcv_space_subtracts_inq=False,
+    tcp_rcvbuf_grow=False,
     window_clamp_follows_ratio=False,
+    net_rx_action_rescan=False,
     softnet_columns=11,
     absent_counters=_MODERN_ONLY_COUNTERS,
     default_sysctls=Sysctls(tcp_rmem=(4096, 87380, 6291456), netdev_budget_usecs=2000),
 )
 
-MODERN = Profile(
+# Only what differs, one group per row of the README's Profiles table.
+MODERN = replace(
+    LEGACY,
     name="modern",
+    # prequeue: gone; tcp_low_latency is accepted and has no effect
     has_prequeue=False,
     prequeue_max_len=0,
+    # header prediction: fast path kept, no direct copy
+    hp_direct_copy=False,
+    # backlog: 2 x rcvbuf + sndbuf / 2 + 64 KB, tail coalescing, checksum at enqueue
     backlog_rcvbuf_factor=2,
-    backlog_sndbuf_num=1,
     backlog_sndbuf_den=2,
-    backlog_headroom=64 * 1024,
     backlog_coalesce=True,
     backlog_verifies_csum=True,
-    hp_direct_copy=False,
+    # out-of-order segment: SACK compression, no quickack, ACK_NOW once the gap fills
     quickack_on_ofo_and_partial=False,
-    zero_window_counters=True,
-    inorder_nomem_ack=True,
-    gap_filled_ack_now=True,
     ofo_sack_compression=True,
+    gap_filled_ack_now=True,
     ofo_grow_window_sack_only=True,
+    ofo_measures_rcv_mss=True,
+    # pruning under memory pressure
     prune_ofo_spare_lower=True,
     prune_requires_rmem=True,
     prune_over_rcvbuf_strict=True,
+    # in-order segment, no memory: zero-window ACK and a wakeup; TCPZeroWindowDrop, TCPRcvQDrop
+    inorder_nomem_ack=True,
+    zero_window_counters=True,
+    # sequence check: data beyond the window is refused (BeyondWindow)
     reject_beyond_window=True,
+    # window from buffer: learned ratio of payload to truesize; backlog memory not free
     adv_win_scale=None,
-    initial_scaling_ratio=128,
+    rcv_mss_learns_scaling_ratio=True,
     space_subtracts_backlog=True,
-    quickack_cap=16,
-    quick_dec_per_ack=True,
+    # initial window: up to 64 KB instead of 10 segments
+    initial_window_64k=True,
+    # window shrinking: allowed with tcp_shrink_window = 1
+    tcp_shrink_window_sysctl=True,
+    # ACK while the socket is owned: deferred to release_sock
     ack_deferred_while_owned=True,
+    # delayed ACK: no blocked flag, ato capped at tcp_delack_max, PSH on full segments
+    # counts, quickack credit spent per scheduled ACK
     delack_blocked_flag=False,
+    delack_max_capped=True,
+    rcv_mss_push_sets_pushed=True,
+    quick_dec_per_ack=True,
+    # reader wakeups: only once SO_RCVLOWAT bytes are queued
     data_ready_honours_rcvlowat=True,
+    # tcp_recvmsg: __sk_flush_backlog, tcp_cleanup_rbuf only before sleeping
     recvmsg_flush_backlog=True,
     cleanup_rbuf_only_before_sleep=True,
-    modern_autotune=True,
+    # receive RTT: keep the minimum, one sample per timestamp echoed
+    rcv_rtt_keeps_minimum=True,
+    rcv_rtt_once_per_tsecr=True,
+    # receive autotuning: tcp_rcvbuf_grow, unread bytes not counted as copied, the ofo
+    # span counted; no tcp_fixup_rcvbuf, rcvq_space starts capped
     tcp_fixup_rcvbuf=False,
     rcvq_space_init_capped=True,
+    rcv_space_subtracts_inq=True,
+    tcp_rcvbuf_grow=True,
+    ofo_grows_rcvbuf=True,
+    # net_rx_action: NAPIs scheduled during a run join it (same budget)
     net_rx_action_rescan=True,
-    # v6.10+ re-derives window_clamp from each new scaling_ratio. Implemented (see
-    # tcp_set_window_clamp) but off: with a tiny SO_RCVBUF it can leave rcv_ssthresh below
-    # rcv_mss and the window at zero for good (found by the stream property test); to be
-    # checked against the kernel before it becomes the default.
-    window_clamp_follows_ratio=False,
-    softnet_columns=15,
+    # tcp_rmem default / max: 128 KB / 32 MB (netdev_budget_usecs, now 2 jiffies, is still
+    # 2000 us at HZ=1000)
+    default_sysctls=replace(LEGACY.default_sysctls, tcp_rmem=(4096, 131072, 33554432)),
+    # counters
     absent_counters=_LEGACY_ONLY_COUNTERS,
-    # modern netdev_budget_usecs is 2 jiffies; with HZ=1000 that is 2000 us.
-    default_sysctls=Sysctls(tcp_rmem=(4096, 131072, 33554432), netdev_budget_usecs=2000),
+    # softnet_stat: 15 columns
+    softnet_columns=15,
 )
 
 PROFILES: dict[str, Profile] = {"legacy": LEGACY, "modern": MODERN}

@@ -1,9 +1,12 @@
-"""Scenario files: TOML in, a validated and typed :class:`Scenario` out.
+"""Scenario files: TOML in, a validated :class:`~actors.scenario.Scenario` out.
+
+The dataclasses themselves live in ``actors/scenario.py``; this module owns the TOML
+parsing, validation, error messages and command-line overrides.
 
 A scenario describes one run: the kernel profile, sysctls, the NIC, the CPUs, the
 stack's listening socket, the remote peer and its flows, the wire between them, and
 the reader processes. Every key is optional. What is left out comes from the embedded
-default topology (:data:`DEFAULT_SCENARIO_TOML`) by these rules:
+default topology (``cli/default.toml``, shipped with the package) by these rules:
 
 - scalar keys and plain tables (``[nic]``, ``[cpu]``, ``[stack]``, ``[peer]``,
   ``[log]``, ``[sysctl]``) fall back key by key to their documented defaults (the
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
+import functools
 import ipaddress
 import json
 import math
@@ -37,33 +40,47 @@ import re
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
+from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
-from actors.nic.model import MICROSOFT_RSS_KEY
-from actors.peer.impairments import EventAction, FlowKey, ScriptedEvent, WireImpairments
-from actors.profiles import MS, PROFILES, US, Profile, Sysctls, get_profile
-from actors.stack.skb import so_rcvbuf
+from actors.peer.impairments import EventAction
+from actors.profiles import PROFILES, Profile, Sysctls, get_profile
+from actors.scenario import (
+    CHAOS_ACTIONS,
+    CHAOS_ROLES,
+    DEFAULT_SOURCE,
+    EVENT_ACTIONS,
+    EVENT_MATCHES,
+    LOG_LEVELS,
+    PROBE_STYLES,
+    AckImpairmentsConfig,
+    ChaosConfig,
+    ChaosEventConfig,
+    CpuConfig,
+    EventMatch,
+    FlowConfig,
+    ImpairmentsConfig,
+    LogConfig,
+    LogLevel,
+    NicConfig,
+    PeerConfig,
+    ProbeStyle,
+    ReaderConfig,
+    Scenario,
+    ScriptedEventConfig,
+    StackConfig,
+    event_key_applies,
+)
+from protocol.constants import TCP_MAX_WSCALE, TCP_MIN_MSS
 
-DEFAULT_SOURCE = "<default>"
 OVERRIDE_SOURCE = "command line"
-
-LogLevel = Literal["debug", "info", "warning", "error"]
-ProbeStyle = Literal["linux", "data"]
-EventMatch = Literal["data", "any"]
-
-LOG_LEVELS: tuple[str, ...] = typing.get_args(LogLevel)
-PROBE_STYLES: tuple[str, ...] = typing.get_args(ProbeStyle)
-EVENT_ACTIONS: tuple[str, ...] = typing.get_args(EventAction)
-EVENT_MATCHES: tuple[str, ...] = typing.get_args(EventMatch)
 
 # setsockopt takes an int and doubles it; keep the doubled value an int.
 _SO_RCVBUF_MAX = (2**31 - 1) // 2
-_TCP_MIN_MSS = 88  # include/net/tcp.h
 _TCP_MAX_MSS = 65535 - 20 - 20  # the largest IPv4 datagram minus both headers
-_TCP_MAX_WSCALE = 14  # RFC 7323
 _RSS_KEY_MIN_BYTES = 40  # 36 bytes of IPv4 4-tuple input need a 40-byte Toeplitz key
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _NAME_EXPECTED = "a name matching [a-z][a-z0-9_-]* of at most 32 characters"
@@ -82,7 +99,6 @@ _SYSCTL_RANGES: dict[str, tuple[int, int | None]] = {
     "tcp_shrink_window": (0, 1),
     "netdev_budget": (1, None),
     "dev_weight": (1, None),
-    "netdev_max_backlog": (1, None),
 }
 _SYSCTL_TYPES: dict[str, Any] = typing.get_type_hints(Sysctls)
 
@@ -107,327 +123,6 @@ class ConfigError(Exception):
         if key:
             where += f": {key}"
         super().__init__(f"{where}: {detail}")
-
-
-# -- the typed scenario ----------------------------------------------------------------
-
-
-def ms_to_ns(ms: float) -> int:
-    return round(ms * MS)
-
-
-def us_to_ns(us: float) -> int:
-    return round(us * US)
-
-
-@dataclass(frozen=True, slots=True)
-class NicConfig:
-    """The NIC: RX queues (one descriptor ring each), interrupt coalescing, RSS."""
-
-    queues: int = 2
-    ring_size: int = 256
-    rx_usecs: int = 0
-    rx_frames: int = 1
-    rss_key: bytes = MICROSOFT_RSS_KEY
-    cost_per_frame_us: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CpuConfig:
-    """The CPUs that take the NIC's interrupts and run NAPI; costs are emulated work."""
-
-    count: int = 2
-    cost_per_segment_us: float = 0.0
-    cost_per_byte_ns: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class StackConfig:
-    """The receiving host's TCP: the listening socket and its per-segment costs."""
-
-    cost_per_segment_us: float = 0.0
-    cost_per_byte_ns: float = 0.0
-    rcvbuf: int = 0  # SO_RCVBUF as passed to setsockopt; 0 = not set
-    rcvlowat: int = 1
-    listen_port: int = 5001
-    address: str = "10.0.0.2"
-
-    @property
-    def rcvbuf_locked(self) -> bool:
-        """SO_RCVBUF sets SOCK_RCVBUF_LOCK, which turns receive autotuning off."""
-        return self.rcvbuf > 0
-
-    def sk_rcvbuf(self, sysctls: Sysctls) -> int:
-        """The initial ``sk_rcvbuf``: ``tcp_rmem[1]``, or what SO_RCVBUF makes of the value
-        (clamped to net.core.rmem_max, doubled, at least SOCK_MIN_RCVBUF)."""
-        if self.rcvbuf == 0:
-            return sysctls.tcp_rmem[1]
-        return so_rcvbuf(self.rcvbuf)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerConfig:
-    """The remote host that sends every flow (the active-open side)."""
-
-    address: str = "10.0.0.1"
-    mss: int = 1460
-    wscale: int = 7
-    sack: bool = True
-    timestamps: bool = True
-    probe_style: ProbeStyle = "linux"
-    resegment: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class FlowConfig:
-    """One TCP connection from the peer to the stack's listening port."""
-
-    name: str = "f1"
-    bytes: int = 1_000_000
-    sport: int = 40001
-    start_ms: float = 0.0
-    reader: str = "r1"
-
-    @property
-    def start_ns(self) -> int:
-        return ms_to_ns(self.start_ms)
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptedEventConfig:
-    """A deterministic impairment of the ``index``-th matching frame (counted from 1).
-
-    ``flow`` None applies it to every flow, each counted separately. ``hold_segments`` and
-    ``max_hold_ms`` apply to ``hold`` only, ``delay_ms`` to ``delay`` only.
-    """
-
-    action: EventAction
-    index: int
-    flow: str | None = None
-    match: EventMatch = "data"
-    hold_segments: int = 0
-    delay_ms: float = 0.0
-    max_hold_ms: float | None = None
-
-    def to_event(self, flow_key: FlowKey | None) -> ScriptedEvent:
-        """The :class:`ScriptedEvent`, with the flow name resolved to the frames' 4-tuple."""
-        return ScriptedEvent(
-            action=self.action, nth=self.index, flow=flow_key, match=self.match,
-            hold_segments=self.hold_segments, delay_ns=ms_to_ns(self.delay_ms),
-            max_hold_ns=None if self.max_hold_ms is None else ms_to_ns(self.max_hold_ms))
-
-
-@dataclass(frozen=True, slots=True)
-class ImpairmentsConfig:
-    """The data path, peer -> NIC (netem-like); rates are probabilities per frame."""
-
-    loss: float = 0.0
-    duplicate: float = 0.0
-    reorder: float = 0.0
-    corrupt: float = 0.0
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    reorder_gap_ms: float = 1.0
-    events: tuple[ScriptedEventConfig, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class AckImpairmentsConfig:
-    """The ACK path, NIC -> peer: losing ACKs is what matters there."""
-
-    loss: float = 0.0
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    events: tuple[ScriptedEventConfig, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderConfig:
-    """A user process reading one flow with ``read()`` (``tcp_recvmsg``) in a loop."""
-
-    name: str = "r1"
-    flow: str = "f1"
-    read_size: int = 65536
-    think_us: float = 0.0  # between reads, socket lock not held
-    hold_lock_us: float = 0.0  # inside a read, with the socket lock held (a slow reader)
-    copy_ns_per_byte: float = 0.0
-    nonblocking: bool = False
-    waitall: bool = False
-    start_ms: float = 0.0
-
-    @property
-    def think_ns(self) -> int:
-        return us_to_ns(self.think_us)
-
-    @property
-    def hold_lock_ns(self) -> int:
-        return us_to_ns(self.hold_lock_us)
-
-    @property
-    def start_ns(self) -> int:
-        return ms_to_ns(self.start_ms)
-
-
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    level: LogLevel = "info"
-
-
-CHAOS_ACTIONS = ("kill", "stop", "cont", "cut_link", "delay_link")
-CHAOS_ROLES = ("peer", "nic", "cpu", "stack", "reader")
-
-
-@dataclass(frozen=True, slots=True)
-class ChaosEventConfig:
-    """One scheduled fault: ``at_ms`` after traffic starts, ``action`` on ``target`` (an
-    actor name like ``cpu0`` or ``r1``, or a role, meaning one of its actors chosen by
-    the seed; a link is ``"a->b"``)."""
-
-    at_ms: float = 0.0
-    action: str = "kill"
-    target: str = ""
-    delay_ms: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ChaosConfig:
-    """``[chaos]``: seeded random kills of ``kill`` roles every ``every_ms``, and/or an
-    explicit ``[[chaos.schedule]]``."""
-
-    kill: tuple[str, ...] = ()
-    every_ms: float = 0.0
-    seed: int | None = None
-    schedule: tuple[ChaosEventConfig, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """One validated run description. ``to_dict()`` gives it back, defaults filled in."""
-
-    profile: str = "legacy"
-    seed: int = 1
-    duration: float = 60.0
-    description: str = ""
-    sysctl: Sysctls = field(default_factory=Sysctls)
-    nic: NicConfig = field(default_factory=NicConfig)
-    cpu: CpuConfig = field(default_factory=CpuConfig)
-    stack: StackConfig = field(default_factory=StackConfig)
-    peer: PeerConfig = field(default_factory=PeerConfig)
-    flows: tuple[FlowConfig, ...] = ()
-    impairments: ImpairmentsConfig = field(default_factory=ImpairmentsConfig)
-    ack_impairments: AckImpairmentsConfig = field(default_factory=AckImpairmentsConfig)
-    readers: tuple[ReaderConfig, ...] = ()
-    log: LogConfig = field(default_factory=LogConfig)
-    chaos: ChaosConfig = field(default_factory=ChaosConfig)
-    source: str = field(default=DEFAULT_SOURCE, compare=False)
-
-    @property
-    def kernel_profile(self) -> Profile:
-        return get_profile(self.profile)
-
-    @property
-    def duration_ns(self) -> int:
-        return round(self.duration * 1_000_000_000)
-
-    @property
-    def queue_to_cpu(self) -> tuple[int, ...]:
-        """The CPU that takes each RX queue's interrupt (round robin, as irqbalance-free
-        drivers spread them)."""
-        return tuple(q % self.cpu.count for q in range(self.nic.queues))
-
-    def flow(self, name: str) -> FlowConfig:
-        for flow in self.flows:
-            if flow.name == name:
-                return flow
-        raise KeyError(name)
-
-    def reader(self, name: str) -> ReaderConfig:
-        for reader in self.readers:
-            if reader.name == name:
-                return reader
-        raise KeyError(name)
-
-    def readers_of(self, flow: str) -> tuple[ReaderConfig, ...]:
-        return tuple(r for r in self.readers if r.flow == flow)
-
-    def four_tuple(self, flow: str) -> FlowKey:
-        """(src, sport, dst, dport) of the flow's data segments, peer -> stack."""
-        f = self.flow(flow)
-        return (self.peer.address, f.sport, self.stack.address, self.stack.listen_port)
-
-    def seed_for(self, label: str) -> int:
-        """A seed for one consumer of randomness, derived from ``seed`` and a label, so
-        adding a consumer does not change the draws of the others."""
-        digest = hashlib.sha256(f"{self.seed}:{label}".encode()).digest()
-        return int.from_bytes(digest[:8], "big")
-
-    def wire_impairments(self) -> WireImpairments:
-        """The data path's :class:`WireImpairments`, seeded from the scenario seed."""
-        imp = self.impairments
-        return WireImpairments(
-            loss=imp.loss, reorder=imp.reorder, reorder_gap_ns=ms_to_ns(imp.reorder_gap_ms),
-            duplicate=imp.duplicate, delay_ns=ms_to_ns(imp.delay_ms),
-            jitter_ns=ms_to_ns(imp.jitter_ms), corrupt=imp.corrupt,
-            seed=self.seed_for("wire"),
-            events=tuple(e.to_event(None if e.flow is None else self.four_tuple(e.flow))
-                         for e in imp.events))
-
-    def ack_wire_impairments(self) -> WireImpairments:
-        """The ACK path's :class:`WireImpairments`; its frames carry the reversed 4-tuple."""
-        imp = self.ack_impairments
-        events = []
-        for e in imp.events:
-            key = None
-            if e.flow is not None:
-                src, sport, dst, dport = self.four_tuple(e.flow)
-                key = (dst, dport, src, sport)
-            events.append(e.to_event(key))
-        return WireImpairments.ack_path(
-            loss=imp.loss, delay_ns=ms_to_ns(imp.delay_ms), jitter_ns=ms_to_ns(imp.jitter_ms),
-            seed=self.seed_for("ack-wire"), events=tuple(events))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The effective scenario as plain JSON-able data in the file's own schema, every
-        default filled in; :meth:`from_dict` (or a TOML dump of it) gives it back."""
-        out = _dataclass_to_dict(self)
-        del out["source"]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Scenario:
-        """Validate already-parsed data (a TOML document, or a :meth:`to_dict` result),
-        with the same defaults as a file."""
-        return _from_raw(copy.deepcopy(dict(data)), source, None)
-
-
-def _dataclass_to_dict(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(obj, ScriptedEventConfig) and not _event_key_applies(obj.action, f.name):
-            continue
-        if value is None:
-            continue  # TOML has no null: an absent key means "not set"
-        out[f.name] = _plain(value)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return _dataclass_to_dict(value)
-    return value
-
-
-def _event_key_applies(action: str, key: str) -> bool:
-    if key in ("hold_segments", "max_hold_ms"):
-        return action == "hold"
-    if key == "delay_ms":
-        return action == "delay"
-    return True
 
 
 # -- command-line overrides ---------------------------------------------------------------
@@ -501,59 +196,17 @@ def _apply_overrides(raw: dict[str, Any], overrides: Overrides) -> None:
 
 # -- loading ---------------------------------------------------------------------------
 
-DEFAULT_SCENARIO_TOML = """\
-# The embedded default topology (`rxpath run` with no config): one peer sends two
-# 4 MB flows through a 2-queue NIC and 2 CPUs to two readers, on the legacy (4.13)
-# kernel, over a wire that loses, duplicates, reorders and corrupts frames. Segments
-# reach tcp_data_queue in order, as full duplicates, out of order, and partially
-# overlapping (a re-segmented retransmission straddling rcv_nxt); corrupted ones die
-# at the checksum. Segments beyond the window need a sender that exceeds it, such as
-# peer.probe_style = "data" against a zero window (a slow reader).
-profile = "legacy"
-seed = 1
-duration = 60.0
-description = "default: 2 flows x 4 MB -> 2 readers, 2 queues, 2 cpus, legacy, impaired wire"
+DEFAULT_TOPOLOGY = "default.toml"  # package data of cli/, beside this module
 
-[[flows]]
-name = "f1"
-bytes = 4_000_000
-sport = 40001
-reader = "r1"
 
-[[flows]]
-name = "f2"
-bytes = 4_000_000
-sport = 40002
-reader = "r2"
+@functools.cache
+def default_topology_toml() -> str:
+    """The text of the embedded default topology, ``cli/default.toml``."""
+    return resources.files("cli").joinpath(DEFAULT_TOPOLOGY).read_text(encoding="utf-8")
 
-[[readers]]
-name = "r1"
-flow = "f1"
 
-[[readers]]
-name = "r2"
-flow = "f2"
-
-[impairments]
-loss = 0.01
-duplicate = 0.01
-reorder = 0.02
-corrupt = 0.002
-
-# Early, deterministic cases on every flow (each flow counts its own data frames).
-[[impairments.events]]
-index = 4           # arrives twice: the copy is a full duplicate (DSACK)
-action = "duplicate"
-
-[[impairments.events]]
-index = 8           # overtaken by the 3 frames behind it: they go to the ofo queue
-action = "hold"
-hold_segments = 3
-
-[[impairments.events]]
-index = 16          # a hole that only a retransmission fills
-action = "drop"
-"""
+def _default_raw() -> dict[str, Any]:
+    return _parse_toml(default_topology_toml(), DEFAULT_SOURCE)
 
 _WHOLE_SECTIONS = ("flows", "readers", "impairments", "ack_impairments")
 
@@ -562,7 +215,7 @@ def load_scenario(path: str | Path | None = None,
                   overrides: Overrides | None = None) -> Scenario:
     """Load and validate a scenario file; ``None`` is the embedded default topology."""
     if path is None:
-        raw = _parse_toml(DEFAULT_SCENARIO_TOML, DEFAULT_SOURCE)
+        raw = _default_raw()
         return _from_raw(raw, DEFAULT_SOURCE, overrides, with_defaults=False)
     source = str(path)
     try:
@@ -582,12 +235,18 @@ def parse_scenario(text: str, source: str = "<string>",
     return _from_raw(_parse_toml(text, source), source, overrides)
 
 
+def scenario_from_data(data: Mapping[str, Any], source: str = "<dict>") -> Scenario:
+    """Validate already-parsed data (a TOML document, or a :meth:`Scenario.to_dict`
+    result) with the same defaults and errors as a file."""
+    return _from_raw(copy.deepcopy(dict(data)), source, None)
+
+
 def _from_raw(raw: dict[str, Any], source: str, overrides: Overrides | None,
               with_defaults: bool = True) -> Scenario:
     """Fill whole sections the document leaves out from the default, then validate."""
     defaulted: frozenset[str] = frozenset()
     if with_defaults:
-        default_raw = _parse_toml(DEFAULT_SCENARIO_TOML, DEFAULT_SOURCE)
+        default_raw = _default_raw()
         derive_readers = "flows" in raw and "readers" not in raw
         missing = {k for k in _WHOLE_SECTIONS if k not in raw and k in default_raw}
         if derive_readers:
@@ -864,7 +523,7 @@ class _Builder:
 
     def _sysctl(self, profile: Profile) -> Sysctls:
         t = self.top.sub("sysctl", tuple(_SYSCTL_TYPES))
-        values = {key: _sysctl_value(t, key) for key in t.data}
+        values: dict[str, Any] = {key: _sysctl_value(t, key) for key in t.data}
         return replace(profile.default_sysctls, **values)
 
     def _nic(self) -> NicConfig:
@@ -931,8 +590,8 @@ class _Builder:
                           address)
         return PeerConfig(
             address=address,
-            mss=t.integer("mss", d.mss, lo=_TCP_MIN_MSS, hi=_TCP_MAX_MSS),
-            wscale=t.integer("wscale", d.wscale, lo=0, hi=_TCP_MAX_WSCALE),
+            mss=t.integer("mss", d.mss, lo=TCP_MIN_MSS, hi=_TCP_MAX_MSS),
+            wscale=t.integer("wscale", d.wscale, lo=0, hi=TCP_MAX_WSCALE),
             sack=t.boolean("sack", d.sack),
             timestamps=t.boolean("timestamps", d.timestamps),
             probe_style=cast(ProbeStyle, t.choice("probe_style", d.probe_style, PROBE_STYLES)),
@@ -1048,7 +707,7 @@ class _Builder:
                     raise t.error("flow", "the name of a flow (" + ", ".join(
                         json.dumps(n) for n in sorted(flow_names)) + ")", flow)
             for key in ("hold_segments", "max_hold_ms", "delay_ms"):
-                if key in t.data and not _event_key_applies(action, key):
+                if key in t.data and not event_key_applies(action, key):
                     wanted = "hold" if key != "delay_ms" else "delay"
                     raise t.error(key, f"{key} only with action = \"{wanted}\", got it with "
                                   f"action = {_show(action)}", show=False)

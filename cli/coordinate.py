@@ -20,9 +20,10 @@ import typer
 
 from actors.runtime.launcher import ActorStartError, Launcher
 from actors.runtime.supervisor import tell_neighbours
+from actors.scenario import Scenario
 from cli.app import CONFIG_ERROR_EXIT, app
 from cli.checker import format_verdict
-from cli.config import ConfigError, Scenario
+from cli.config import ConfigError, scenario_from_data
 from cli.run import RunState, _absorb, run_checker, summarize
 from protocol import messages as msg
 from protocol.envelope import Envelope
@@ -62,7 +63,7 @@ def scenario_of(topology: dict[str, Any]) -> Scenario:
     for entry in (topology.get("actors") or {}).values():
         scenario = (entry.get("config") or {}).get("scenario")
         if scenario is not None:
-            return Scenario.from_dict(scenario, source="topology")
+            return scenario_from_data(scenario, source="topology")
     raise ConfigError("topology", None, "no actor carries a scenario")
 
 

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from actors.scenario import Scenario
 from cli.app import fail_config
-from cli.config import ConfigError, Overrides, Scenario, load_scenario
+from cli.config import ConfigError, Overrides, load_scenario
 
 ProfileOption = Annotated[str | None, typer.Option(
     "--profile", help="Kernel profile: legacy (4.13, prequeue) or modern.")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,19 +17,21 @@ from typer.testing import CliRunner
 from actors.nic.model import MICROSOFT_RSS_KEY
 from actors.peer.impairments import ScriptedEvent
 from actors.profiles import LEGACY, MODERN, Sysctls
+from actors.scenario import DEFAULT_SOURCE, Scenario, StackConfig
 from actors.stack.skb import SOCK_MIN_RCVBUF
 from cli.config import (
-    DEFAULT_SOURCE,
     ConfigError,
     Overrides,
-    Scenario,
-    StackConfig,
     default_scenario,
+    default_topology_toml,
     load_scenario,
     parse_scenario,
     parse_sysctl_assignment,
+    scenario_from_data,
 )
 from cli.main import app, fail_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FULL_TOML = """\
 profile = "modern"
@@ -521,6 +525,42 @@ def test_to_dict_leaves_out_keys_that_do_not_apply() -> None:
     assert events[2] == {"index": 9, "action": "corrupt", "match": "any"}
 
 
+def test_from_dict_trusts_what_was_checked() -> None:
+    # Actors rebuild the launcher's scenario without re-running the validator.
+    data = parse_scenario(FULL_TOML, "f.toml").to_dict()
+    data["nic"]["queues"] = 0  # the validator refuses this; from_dict does not check
+    s = Scenario.from_dict(data, "topology")
+    assert s.nic.queues == 0 and s.source == "topology"
+    assert s.nic.rss_key == bytes(range(40)) and s.sysctl.tcp_rmem == (4096, 65536, 1048576)
+    assert s.reader("slow").think_us == 100.0 and isinstance(s.flows, tuple)
+    assert s.impairments.events[0].max_hold_ms == 50.0
+    with pytest.raises(TypeError):
+        Scenario.from_dict({"colour": 1})
+    with pytest.raises(ConfigError) as info:
+        scenario_from_data(data, "topology")
+    assert str(info.value) == "topology: nic.queues: expected an integer >= 1, got 0"
+
+
+def test_default_topology_is_package_data() -> None:
+    text = default_topology_toml()
+    assert text == (ROOT / "cli" / "default.toml").read_text()
+    assert parse_scenario(text, DEFAULT_SOURCE) == default_scenario()
+
+
+def test_actors_and_protocol_do_not_import_the_cli() -> None:
+    # Dependencies point down: cli/ -> actors/ -> protocol/.
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import actors, protocol\n"
+        "for pkg in (actors, protocol):\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        importlib.import_module(m.name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cli'))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 # -- overrides -------------------------------------------------------------------------------
 
 
@@ -601,7 +641,7 @@ def test_valid_numbers_round_trip(value: float, which: tuple[str, str]) -> None:
     data = default_scenario().to_dict()
     data["duration"] = 1e4
     data[section][1][key] = value
-    s = Scenario.from_dict(data, "h.toml")
+    s = scenario_from_data(data, "h.toml")
     assert getattr(getattr(s, section)[1], key) == float(value)
     assert Scenario.from_dict(s.to_dict()) == s
 
@@ -615,7 +655,7 @@ def test_invalid_numbers_name_their_key(value: object, which: tuple[str, str]) -
     data = default_scenario().to_dict()
     data[section][1][key] = value
     with pytest.raises(ConfigError) as info:
-        Scenario.from_dict(data, "h.toml")
+        scenario_from_data(data, "h.toml")
     assert info.value.key == f"{section}[1].{key}"
     assert str(info.value).startswith(f"h.toml: {section}[1].{key}: expected a number >= 0")
 
@@ -630,7 +670,7 @@ def test_any_unknown_key_is_rejected(key: str, section: str) -> None:
         return
     table[key] = 1
     with pytest.raises(ConfigError) as info:
-        Scenario.from_dict(data, "h.toml")
+        scenario_from_data(data, "h.toml")
     assert info.value.key == (f"{section}.{key}" if section else key)
     assert info.value.detail.startswith("unknown key")
 

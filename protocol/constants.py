@@ -1,0 +1,21 @@
+"""Kernel constants that more than one side needs (peer, stack, reader, scenario checks).
+
+Each is defined here once and imported wherever it is used.
+"""
+
+from __future__ import annotations
+
+# include/net/tcp.h
+TCP_MSS_DEFAULT = 536  # assumed when a SYN carries no MSS option (RFC 1122)
+TCP_MIN_MSS = 88  # the smallest MSS Linux accepts or uses for rcv_mss
+TCP_INIT_CWND = 10  # initial congestion window, in segments (RFC 6928)
+TCP_MAX_WSCALE = 14  # largest window scale shift (RFC 7323)
+
+# Linux errno values (include/uapi/asm-generic/errno-base.h, errno.h). They travel in
+# reader <-> stack messages, so they are Linux's numbers, not the host's errno module's.
+EAGAIN = 11
+EINVAL = 22
+EPIPE = 32
+ECONNRESET = 104
+ENOTCONN = 107
+ECONNREFUSED = 111
