@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.peer.impairments import ScriptedEvent, WireImpairments, parse_frame
+from actors.peer.impairments import ScriptedEvent, WireImpairments, WireLink, parse_frame
 from actors.peer.payload import payload_bytes
 from actors.profiles import MS, US
 from protocol import wire
@@ -260,3 +260,44 @@ def test_ack_path_constructor() -> None:
     out = run(imp, [ack_frame(i) for i in range(400)])
     assert 150 < sum(not d for d in out) < 250
     assert all(d[0][0] == i * 10 * US + 3 * MS for i, d in enumerate(out) if d)
+
+
+# --------------------------------------------------------------------------- the wire link
+
+
+def test_a_perfect_link_delivers_at_once() -> None:
+    link = WireLink()
+    out: list[bytes] = []
+    link.send(data_frame(0), 5, out)
+    assert out == [data_frame(0)] and len(link) == 0 and link.next_deadline() is None
+
+
+def test_a_link_keeps_delayed_frames_until_they_are_due_in_time_then_send_order() -> None:
+    link = WireLink(WireImpairments(delay_ns=3 * MS, reorder=1.0, reorder_gap_ns=1 * MS,
+                                    events=(ScriptedEvent("delay", nth=2, delay_ns=-3 * MS),)))
+    frames = [data_frame(i) for i in range(3)]
+    out: list[bytes] = []
+    link.send(frames[0], 0, out)  # due at 4 ms (delay + reorder gap)
+    link.send(frames[1], 0, out)  # due at 1 ms: the scripted event takes the delay back
+    link.send(frames[2], 1, out)  # due at 4 ms + 1 ns
+    assert out == [] and len(link) == 3 and link.next_deadline() == 1 * MS
+    link.due(1 * MS - 1, out)
+    assert out == []
+    link.due(1 * MS, out)
+    assert out == [frames[1]] and link.next_deadline() == 4 * MS
+    # A frame sent after others fell due goes behind them.
+    link.send(data_frame(9), 5 * MS, out)
+    assert out == [frames[1], frames[0], frames[2]] and len(link) == 1
+    assert link.delivered == 4 and link.delayed == 4
+    assert link.flush(5 * MS) == [data_frame(9)] and len(link) == 0
+
+
+def test_a_link_releases_held_frames_at_their_time_limit() -> None:
+    link = WireLink(WireImpairments(events=(
+        ScriptedEvent("hold", nth=1, hold_segments=5, max_hold_ns=2 * MS),)))
+    out: list[bytes] = []
+    link.send(data_frame(0), 0, out)
+    link.send(data_frame(1), 0, out)
+    assert out == [data_frame(1)] and link.next_deadline() == 2 * MS
+    link.due(2 * MS, out)
+    assert out == [data_frame(1), data_frame(0)] and link.next_deadline() is None

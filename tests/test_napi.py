@@ -17,10 +17,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from actors.cpu.napi import Poll, Refill, Softirq, Unmask
+from actors.cpu.napi import Poll, RcvBatch, Refill, Softirq, Spend, Unmask
 from actors.cpu.softnet import SoftnetData, format_softnet_line, parse_softnet_line
 from actors.nic import Dma, Nic, RaiseIrq, RxDrop
 from actors.profiles import LEGACY, MODERN, US, Sysctls
+from protocol.envelope import MalformedMessage
+from protocol.segment import Segment
+from protocol.wire import encode as wire_encode
 
 SYSCTLS = Sysctls()  # netdev_budget 300, netdev_budget_usecs 2000, dev_weight 64
 
@@ -573,3 +576,99 @@ class NicCpuMachine(RuleBasedStateMachine):
 NicCpuMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60,
                                            deadline=None)
 TestNicCpu = NicCpuMachine.TestCase
+
+
+# -- ip_rcv in the poll, and the message-level entry points --------------------------------
+
+LOCAL = "10.0.0.1"
+
+
+def wire_frame(n: int, src: str = "10.0.0.2", dst: str = LOCAL) -> bytes:
+    return wire_encode(Segment(src, 40000, dst, 5001, seq=n, payload=struct.pack("!I", n)))
+
+
+def test_poll_runs_ip_rcv_and_counts_drops_under_linux_names() -> None:
+    sirq = Softirq(cpu=0, queues=[0], ring_size=64, sysctls=SYSCTLS,
+                   local_addrs=frozenset({LOCAL}))
+    good = [wire_frame(i) for i in range(3)]
+    bad_csum = bytearray(wire_frame(9))
+    bad_csum[10] ^= 0xFF  # IP header checksum
+    foreign = wire_frame(10, dst="10.9.9.9")
+    frames = [good[0], bytes(bad_csum), good[1], foreign, good[2]]
+    assert sirq.rx_dma(0, frames, 0) == 5
+    out = sirq.rx_irq(0, 0)
+    assert len(out) == 1 and isinstance(out[0], RcvBatch)
+    assert out[0].frames == good and out[0].ids is None
+    assert sirq.ip_drops == {"IP_CSUM": 1, "IP_INADDRERRORS": 1}
+    mib = dict(sirq.mib.nonzero())
+    assert mib["IpInReceives"] == 5 and mib["IpInDelivers"] == 3
+    assert mib["IpInHdrErrors"] == 1 and mib["IpInCsumErrors"] == 1
+    assert mib["IpInAddrErrors"] == 1
+    stats = sirq.stats(MODERN)
+    assert (stats["frames_in"], stats["frames_to_stack"], stats["in_flight_frames"]) == (5, 3, 3)
+    # Nothing more happens until the stack answers this batch; a stale answer is counted.
+    assert sirq.rcv_done(out[0].batch + 1, 1) == [] and sirq.stale_rcv_done == 1
+    assert sirq.rcv_done(out[0].batch, 2) == [Refill(0, 5), Unmask(0)]
+    assert not sirq.busy and sirq.stats(MODERN)["in_flight_frames"] == 0
+
+
+def test_a_poll_that_delivers_nothing_finishes_at_once_and_the_run_goes_on() -> None:
+    sirq = Softirq(cpu=0, queues=[0, 1], ring_size=64, sysctls=SYSCTLS, weight=2,
+                   local_addrs=frozenset({LOCAL}), cost=(10.0, 0.0), batch_base=7000)
+    sirq.rx_dma(0, [b"junk", b"junk"], 0)
+    sirq.rx_dma(1, [wire_frame(1)], 0)
+    sirq.hardirq(0, 0)
+    out = sirq.rx_irq(1, 0)
+    # Queue 0: both frames dropped (truncated), its full-weight poll stays scheduled;
+    # queue 1: one frame to the stack, under the first batch id after batch_base.
+    assert out[0] == Spend(20_000) and out[1] == Refill(0, 2)
+    assert out[2] == Spend(10_000)
+    assert isinstance(out[3], RcvBatch) and out[3].batch == 7001 and len(out) == 4
+    assert sirq.ip_drops == {"IP_INHDR": 2}
+    # Then the re-raised softirq repolls queue 0: an empty ring completes and unmasks.
+    assert sirq.stack_lost(5) == [Refill(1, 1), Unmask(1), Unmask(0)]
+    assert sirq.frames_abandoned == 1 and not sirq.softirq_pending
+
+
+def test_dma_and_irq_for_a_queue_this_cpu_does_not_own_are_malformed() -> None:
+    sirq = Softirq(cpu=0, queues=[0], ring_size=4, sysctls=SYSCTLS)
+    with pytest.raises(MalformedMessage):
+        sirq.rx_dma(1, [b"x"], 0)
+    with pytest.raises(MalformedMessage):
+        sirq.rx_irq(2, 0)
+    assert sirq.frames_in == 0 and sirq.irqs == 0
+
+
+class Recorder:
+    """A SoftirqObserver that keeps what it heard."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def dma(self, queue: int, overrun_ids: list[int], ring_len: int, now: int) -> None:
+        self.events.append(("dma", queue, overrun_ids, ring_len))
+
+    def hardirq(self, queue: int, now: int) -> None:
+        self.events.append(("hardirq", queue))
+
+    def poll_started(self, poll: Poll, new_run: bool, budget: int, ring_len: int,
+                     now: int) -> None:
+        self.events.append(("poll", poll.delivered_ids(), poll.dropped_ids(), new_run))
+
+    def poll_finished(self, poll: Poll, completed: bool, run_ended: bool, squeezed: bool,
+                      now: int) -> None:
+        self.events.append(("done", completed, run_ended, squeezed))
+
+
+def test_trace_ids_follow_their_frames_through_the_ring() -> None:
+    rec = Recorder()
+    sirq = Softirq(cpu=0, queues=[0], ring_size=3, sysctls=SYSCTLS,
+                   local_addrs=frozenset({LOCAL}), observer=rec)
+    assert sirq.rx_dma(0, [wire_frame(1), b"bad"], 0, ids=[11, 12]) == 2
+    assert sirq.rx_dma(0, [wire_frame(2), wire_frame(3)], 0, ids=[13, 14]) == 1
+    out = sirq.rx_irq(0, 0)
+    assert isinstance(out[0], RcvBatch) and out[0].ids == [11, 13]
+    assert sirq.rcv_done(out[0].batch, 1) == [Refill(0, 3), Unmask(0)]
+    assert rec.events == [
+        ("dma", 0, [], 2), ("dma", 0, [14], 3), ("hardirq", 0),
+        ("poll", [11, 13], [12], True), ("done", True, True, False)]

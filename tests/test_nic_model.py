@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.cpu.napi import Spend
 from actors.nic import (
     MICROSOFT_RSS_KEY,
     Dma,
@@ -19,7 +20,9 @@ from actors.nic import (
     rss_input,
     toeplitz_hash,
 )
+from actors.nic.model import DmaWrite, WireTx
 from actors.profiles import US
+from protocol.envelope import MalformedMessage
 
 
 def ipv4_tcp(src: str, sport: int, dst: str, dport: int, payload: bytes = b"",
@@ -302,6 +305,57 @@ def test_tx_counters_and_ethtool_names() -> None:
         "rx_queue_0_packets", "rx_queue_0_bytes", "rx_queue_0_drops", "rx_queue_0_irqs",
         "rx_queue_1_packets", "rx_queue_1_bytes", "rx_queue_1_drops", "rx_queue_1_irqs",
     ]
+
+
+# -- bursts: what the nic process sends ----------------------------------------------------
+
+
+class Heard:
+    """A NicObserver that keeps what it heard."""
+
+    def __init__(self) -> None:
+        self.bursts: list[tuple[int, list[int], list[int], int]] = []
+        self.ring_samples = 0
+        self.tx_ids: list[int] = []
+
+    def rx_burst(self, frames: int, dma_ids: list[int], missed_ids: list[int], irqs: int,
+                 now: int) -> None:
+        self.bursts.append((frames, dma_ids, missed_ids, irqs))
+
+    def rings(self, queues: object, now: int) -> None:
+        self.ring_samples += 1
+
+    def tx(self, ids: list[int], now: int) -> None:
+        self.tx_ids += ids
+
+
+def test_a_burst_is_one_dma_write_per_ring_then_the_interrupts() -> None:
+    heard = Heard()
+    nic = Nic(num_queues=2, ring_size=2, queue_to_cpu=[0, 1], cost_per_frame_ns=500,
+              observer=heard)
+    f0, f1 = frame_for_queue(nic, 0), frame_for_queue(nic, 1)
+    out = nic.rx_burst([f0, f1, f0, f1, f0], 0, ids=[10, 11, 12, 13, 14])
+    assert out == [Spend(2500), DmaWrite(0, 0, [f0, f0], [10, 12]),
+                   DmaWrite(1, 1, [f1, f1], [11, 13]), RaiseIrq(0, 0), RaiseIrq(1, 1)]
+    assert heard.bursts == [(5, [10, 11, 12, 13], [14], 2)] and heard.ring_samples == 1
+    assert nic.rx_missed_errors == 1
+    # Untraced: no ids travel; a burst of nothing costs nothing.
+    assert Nic(num_queues=1, ring_size=2).rx_burst([f0], 0, ids=[1]) == [
+        DmaWrite(0, 0, [f0], None), RaiseIrq(0, 0)]
+    assert nic.rx_burst([], 1) == []
+    assert nic.tx_burst([b"ack"], 2, ids=[99]) == [WireTx([b"ack"], [99])]
+    assert heard.tx_ids == [99] and nic.tx_packets == 1
+
+
+def test_refills_and_unmasks_for_a_queue_the_nic_lacks_are_malformed() -> None:
+    nic = Nic(num_queues=2, ring_size=4)
+    for call in (lambda: nic.refill(2, 1, 0), lambda: nic.refill(-1, 1, 0),
+                 lambda: nic.refill(0, -1, 0), lambda: nic.unmask(5, 0)):
+        with pytest.raises(MalformedMessage):
+            call()
+    assert [nic.credits(q) for q in range(2)] == [4, 4] and nic.stale_refills == 0
+    nic.reset_cpu(0)
+    assert nic.stats()["cpu_resets"] == 1
 
 
 @given(

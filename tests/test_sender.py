@@ -12,17 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.peer.congestion import CaState
+from actors.peer.host import Peer
 from actors.peer.impairments import ScriptedEvent, WireImpairments
 from actors.peer.payload import payload_bytes
-from actors.peer.sender import (
-    TCP_RTO_MIN,
-    CaState,
-    IntervalSet,
-    Peer,
-    SenderConfig,
-    TcpSender,
-    TcpState,
-)
+from actors.peer.rtt import TCP_RTO_MIN
+from actors.peer.scoreboard import IntervalSet
+from actors.peer.sender import SenderConfig, TcpSender, TcpState
 from actors.profiles import MS
 from protocol import wire
 from protocol.segment import Segment, TcpFlags, TcpOptions
@@ -50,7 +46,7 @@ def synack(s: TcpSender, now: int, *, window: int = 65535, mss: int | None = 146
                    flags=TcpFlags.SYN | ACK, window=window, options=opts)
 
 
-def from_rx(s: TcpSender, ack_off: int, *, window: int = BIG, flags: TcpFlags = ACK,
+def from_rx(s: TcpSender, ack_off: int, *, window: int = BIG, flags: int = ACK,
             seq: int | None = None, sack: tuple[tuple[int, int], ...] = (),
             ts: tuple[int, int] | None = None, payload: bytes = b"") -> Segment:
     """A segment from the receiver acknowledging stream offset ``ack_off``.
@@ -69,7 +65,7 @@ def established(total: int = 1_000_000, *, rtt: int = 20 * MS, window: int = 655
                 rx_sack: bool = True, rx_ts: bool = True, rx_wscale: int | None = 7,
                 **cfg: object) -> tuple[TcpSender, list[Segment]]:
     """A sender whose SYN went out at 0 and whose SYN-ACK arrived at ``rtt``."""
-    s = new_sender(total, **cfg)
+    s = new_sender(total, **cfg)  # type: ignore[arg-type]
     s.connect(0)
     out = s.on_segment(synack(s, rtt, window=window, sack=rx_sack, ts=rx_ts,
                               wscale=rx_wscale), rtt)
@@ -448,6 +444,7 @@ def test_rto_retransmits_the_head_with_backoff_and_slow_start() -> None:
 def test_rto_backoff_kept_without_a_valid_sample() -> None:
     s, _ = established(total=10**7, rx_ts=False)
     t = s.next_deadline()
+    assert t is not None
     s.on_timer(t)
     s.on_timer(t + 400 * MS)
     # Karn: the ACK covers only retransmitted data and there is no timestamp echo.
@@ -762,7 +759,7 @@ class TinyReceiver:
     def window(self) -> int:
         return max(self.capacity - (len(self.data) - self.read_pos), 0)
 
-    def _seg(self, now: int, flags: TcpFlags, ack: int, blocks: tuple = (),
+    def _seg(self, now: int, flags: int, ack: int, blocks: tuple = (),
              options: TcpOptions | None = None) -> Segment:
         assert self.isn is not None
         win = self.window()
@@ -974,15 +971,15 @@ def two_flow_peer(**kw: object) -> tuple[Peer, TcpSender, TcpSender]:
 
 def test_peer_routes_by_four_tuple_and_encodes_frames() -> None:
     peer, a, b = two_flow_peer()
-    deliveries = peer.connect(0)
-    assert [t for t, _ in deliveries] == [0, 0]
-    syns = [wire.decode(f) for _, f in deliveries]
+    frames = peer.connect(0)
+    assert len(frames) == 2 and peer.next_deadline() == 1000 * MS  # the SYNs' RTO
+    syns = [wire.decode(f) for f in frames]
     assert {g.sport for g in syns} == {40000, 40001}
     assert all(g.flags == TcpFlags.SYN for g in syns)
     reply = synack(b, 10 * MS).with_(dport=40001)
     assert peer.route(reply) is b
     out = peer.on_frame(wire.encode(reply), 10 * MS)
-    segs = [wire.decode(f) for _, f in out]
+    segs = [wire.decode(f) for f in out]
     assert b.state == TcpState.ESTABLISHED and a.state == TcpState.SYN_SENT
     assert all(g.sport == 40001 for g in segs) and len(segs) == 11  # ACK + IW10
     with pytest.raises(ValueError):
@@ -1002,8 +999,10 @@ def test_peer_counts_bad_and_unknown_frames() -> None:
 
 def test_peer_applies_data_path_impairments() -> None:
     peer, _, _ = two_flow_peer(impairments=WireImpairments(delay_ns=3 * MS))
-    deliveries = peer.connect(100)
-    assert [t for t, _ in deliveries] == [100 + 3 * MS] * 2
+    assert peer.connect(100) == []  # delayed: nothing is due yet
+    assert peer.next_deadline() == 100 + 3 * MS
+    assert peer.on_timer(100 + 3 * MS - 1) == []
+    assert len(peer.on_timer(100 + 3 * MS)) == 2 and len(peer.wire) == 0
     peer, _, _ = two_flow_peer(impairments=WireImpairments(
         events=(ScriptedEvent("drop", nth=1, match="any"),)))
     assert len(peer.connect(0)) == 0  # each flow's first frame dropped
@@ -1031,8 +1030,8 @@ def test_peer_loopback_over_an_impaired_wire() -> None:
     receivers = {s.sport: TinyReceiver(sack=True) for s in senders}
     wire_q: list[tuple[int, int, bytes]] = []
     order = itertools.count()
-    for t, f in peer.connect(0):
-        heapq.heappush(wire_q, (t, next(order), f))
+    for f in peer.connect(0):
+        heapq.heappush(wire_q, (0, next(order), f))
     now = 0
     bad = 0
     for _ in range(50_000):
@@ -1047,16 +1046,37 @@ def test_peer_loopback_over_an_impaired_wire() -> None:
                 bad += 1
                 continue
             for reply in receivers[seg.sport].on_segment(seg, now):
-                for t, f in peer.on_frame(wire.encode(reply), now):
-                    heapq.heappush(wire_q, (t, next(order), f))
+                for f in peer.on_frame(wire.encode(reply), now):
+                    heapq.heappush(wire_q, (now, next(order), f))
         else:
             assert deadline is not None
             now = deadline
-            for t, f in peer.on_timer(now):
-                heapq.heappush(wire_q, (t, next(order), f))
+            for f in peer.on_timer(now):
+                heapq.heappush(wire_q, (now, next(order), f))
     assert peer.done and not any(s.aborted for s in senders)
     for s in senders:
         assert bytes(receivers[s.sport].data) == payload_bytes(s.flow_id, 0, 60_000)
     stats = peer.stats()
     assert stats["flows_done"] == 3 and stats["wire_corrupted"] > 0
     assert bad >= stats["wire_corrupted"] - stats["wire_holding"]
+
+
+def test_peer_opens_each_flow_at_its_start_offset_and_reports_done_once() -> None:
+    a = TcpSender(1, TX[0], 40000, RX[0], RX[1], 0, random.Random(1))
+    b = TcpSender(2, TX[0], 40001, RX[0], RX[1], 0, random.Random(2))
+    peer = Peer()
+    peer.add(a, name="early")
+    peer.add(b, start_ns=50 * MS, name="late")
+    assert peer.next_deadline() is None  # nothing happens before the host starts
+    (syn,) = peer.start(10 * MS)
+    assert wire.decode(syn).sport == 40000 and not b.opened
+    assert peer.next_deadline() == 60 * MS
+    assert peer.on_timer(60 * MS - 1) == []
+    (syn,) = peer.on_timer(60 * MS)
+    assert wire.decode(syn).sport == 40001 and b.opened
+    assert not peer.newly_done() and peer.outcomes() == {"early": "ok", "late": "ok"}
+    a._abort("ETIMEDOUT")
+    b._abort("ECONNRESET")
+    assert peer.newly_done() and not peer.newly_done()
+    assert peer.outcomes() == {"early": "ETIMEDOUT", "late": "ECONNRESET"}
+    assert set(peer.stats_by_name()) == {"early", "late"}

@@ -10,7 +10,9 @@ and the softirq is busy until the stack answers:
 
 * :meth:`Softirq.start_poll` takes up to ``weight`` frames off the next NAPI's
   ring (starting a new ``net_rx_action`` run with a fresh budget and time limit
-  if none is in progress) and returns them as a :class:`Poll`;
+  if none is in progress), runs each through ``ip_rcv`` (:mod:`actors.cpu.ip_rcv`,
+  counting into this CPU's IP MIB) and returns them as a :class:`Poll`: the frames
+  taken, those delivered to ``tcp_v4_rcv`` and the drops;
 * :meth:`Softirq.finish_poll`, called with ``now`` once the stack has answered,
   refills the descriptors (``Refill``: credits back to the nic), and either calls
   ``napi_complete_done`` and re-enables the queue's IRQ (``Unmask``) when the poll
@@ -24,21 +26,37 @@ budget remains, so a run may overshoot ``netdev_budget`` by up to ``weight - 1``
 and a NAPI that used its whole weight goes on the run's ``repoll`` list, which is
 put back behind everything else only when the run ends: a run polls each NAPI at
 most once.
+
+The message-level entry points drive those steps the way the cpu process needs:
+:meth:`Softirq.rx_dma`, :meth:`Softirq.rx_irq`, :meth:`Softirq.rcv_done` and
+:meth:`Softirq.stack_lost` return what to send (:class:`Spend` the emulated cost,
+:class:`RcvBatch` to the stack, :class:`Refill` / :class:`Unmask` to the nic), and
+``net_rx_action`` keeps polling until a batch is with the stack or nothing is
+scheduled. Trace ids, when the nic sent them, travel with their frames through the
+ring; an optional :class:`SoftirqObserver` hears what happened (the trace).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from actors.cpu.ip_rcv import ip_rcv
 from actors.cpu.softnet import SoftnetData, format_softnet_line
+from actors.mib import Mib
 from actors.profiles import US, Profile, Sysctls
+from protocol.envelope import MalformedMessage
+
+NO_TRACE_ID = -1  # a frame whose sender gave it no trace id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Poll:
-    """One ``napi_poll`` in flight: the batch of frames handed to the stack."""
+    """One ``napi_poll`` in flight: the frames taken off the ring and what ip_rcv made of
+    them. Compared by identity: a poll is one event, not a value."""
 
     queue: int
     frames: tuple[bytes, ...]
@@ -48,10 +66,27 @@ class Poll:
     time_limit: int  # the run's deadline (ns)
     started_at: int
     epoch: int  # Softirq.reset() generation; a poll from before a reset is stale
+    delivered: list[bytes] = field(default_factory=list)  # passed ip_rcv: for tcp_v4_rcv
+    drops: list[tuple[int, str]] = field(default_factory=list)  # (index in frames, reason)
+    ids: list[int] | None = None  # trace ids of ``frames``, when the nic sent them
+    batch: int = 0  # the rcv_batch id of ``delivered`` (0: nothing delivered)
+    cost_ns: int = 0  # emulated softirq work for these frames
 
     @property
     def work(self) -> int:
         return len(self.frames)
+
+    def delivered_ids(self) -> list[int]:
+        """Trace ids of the delivered frames (tracing only)."""
+        if self.ids is None:
+            return []
+        if not self.drops:
+            return self.ids
+        dropped = {i for i, _ in self.drops}
+        return [fid for i, fid in enumerate(self.ids) if i not in dropped]
+
+    def dropped_ids(self) -> list[int]:
+        return [] if self.ids is None else [self.ids[i] for i, _ in self.drops]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +104,39 @@ class Unmask:
     queue: int
 
 
-CpuOutput = Refill | Unmask
+@dataclass(frozen=True, slots=True)
+class RcvBatch:
+    """Hand a poll's delivered frames to the stack (``tcp_v4_rcv`` each, in order); the
+    softirq stays busy until the stack answers ``batch``."""
+
+    batch: int
+    frames: list[bytes]
+    ids: list[int] | None = None  # trace ids, when tracing
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """Burn ``ns`` of CPU: the configured cost of the softirq work just done."""
+
+    ns: int
+
+
+ToNic = Refill | Unmask
+CpuOutput = ToNic | RcvBatch | Spend
+
+
+class SoftirqObserver(Protocol):
+    """What a trace of the softirq hears (the model calls these only when one is set)."""
+
+    def dma(self, queue: int, overrun_ids: list[int], ring_len: int, now: int) -> None: ...
+
+    def hardirq(self, queue: int, now: int) -> None: ...
+
+    def poll_started(self, poll: Poll, new_run: bool, budget: int, ring_len: int,
+                     now: int) -> None: ...
+
+    def poll_finished(self, poll: Poll, completed: bool, run_ended: bool,
+                      squeezed: bool, now: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -78,6 +145,7 @@ class Napi:
 
     queue: int
     ring: deque[bytes] = field(default_factory=deque)  # DMA'd, not yet polled
+    ring_ids: deque[int] = field(default_factory=deque)  # their trace ids, when traced
     in_flight: int = 0  # polled and handed up; descriptors not yet refilled
     scheduled: bool = False  # NAPI_STATE_SCHED
     missed: bool = False  # NAPI_STATE_MISSED: scheduled again while already scheduled
@@ -99,6 +167,10 @@ class Softirq:
         *,
         weight: int | None = None,
         rescan_poll_list: bool = True,
+        local_addrs: frozenset[str] = frozenset(),
+        cost: tuple[float, float] = (0.0, 0.0),
+        batch_base: int = 0,
+        observer: SoftirqObserver | None = None,
     ) -> None:
         """``weight`` defaults to ``sysctls.dev_weight`` (64, NAPI_POLL_WEIGHT).
 
@@ -106,6 +178,11 @@ class Softirq:
         budget, same time limit) when its list and repoll list are empty but new NAPIs
         were scheduled meanwhile; legacy (4.13) ends the run and lets the re-raised
         softirq start a new one.
+
+        ``local_addrs`` are the host's addresses (``ip_rcv`` delivers only to them);
+        ``cost`` is (µs per frame, ns per byte) of emulated softirq work; batch ids
+        start after ``batch_base``, so two incarnations of a cpu never share one (an
+        answer meant for the previous life cannot match a batch of this one).
         """
         self.cpu = cpu
         self.ring_size = ring_size
@@ -137,7 +214,18 @@ class Softirq:
         self.repolls = 0
         self.dma_overruns = 0  # DMA into a full ring: cannot happen while credits are honoured
         self.stale_finishes = 0  # finish_poll for a poll that is not the one in flight
+        self.stale_rcv_done = 0  # rcv_done for a batch that is not the one in flight
         self.frames_lost_in_reset = 0
+        self.frames_in = 0  # DMA'd to this cpu (accepted or not)
+        self.frames_to_stack = 0  # delivered by ip_rcv, handed to the stack
+        self.frames_abandoned = 0  # handed to a stack that died before answering
+        # The IP layer: ip_rcv counts into the IP MIB; drops by SKB_DROP_REASON name.
+        self.local_addrs = local_addrs
+        self.mib = Mib()
+        self.ip_drops: dict[str, int] = {}
+        self._cost_us, self._cost_per_byte_ns = cost
+        self._batches = itertools.count(batch_base + 1)
+        self.observer = observer
 
     # -- from the nic -----------------------------------------------------------------------
 
@@ -145,16 +233,31 @@ class Softirq:
         try:
             return self.napis[queue]
         except KeyError:
-            raise ValueError(f"cpu {self.cpu} does not own RX queue {queue}") from None
+            raise MalformedMessage(
+                "foreign_queue", f"cpu {self.cpu} does not own RX queue {queue}") from None
+
+    def rx_dma(self, queue: int, frames: Sequence[bytes], now: int,
+               ids: Sequence[int] | None = None) -> int:
+        """The nic wrote ``frames`` into the next descriptors of ``queue``'s ring; returns
+        how many fitted (the rest overran the ring). ``ids``: their trace ids."""
+        napi = self._napi(queue)
+        n = len(frames)
+        self.frames_in += n
+        room = max(self.ring_size - len(napi.ring) - napi.in_flight, 0)
+        taken = min(n, room)
+        napi.ring.extend(frames if taken == n else frames[:taken])
+        if taken < n:
+            self.dma_overruns += n - taken
+        obs = self.observer
+        if obs is not None:
+            tags = list(ids) if ids is not None and len(ids) == n else [NO_TRACE_ID] * n
+            napi.ring_ids.extend(tags[:taken])
+            obs.dma(queue, tags[taken:], len(napi.ring), now)
+        return taken
 
     def dma(self, queue: int, frame: bytes, now: int) -> bool:
         """The nic wrote ``frame`` into the next descriptor of ``queue``'s ring."""
-        napi = self._napi(queue)
-        if len(napi.ring) + napi.in_flight >= self.ring_size:
-            self.dma_overruns += 1
-            return False
-        napi.ring.append(frame)
-        return True
+        return self.rx_dma(queue, (frame,), now) == 1
 
     def hardirq(self, queue: int, now: int) -> bool:
         """The queue's IRQ handler: ``napi_schedule``. True if the NAPI was newly scheduled.
@@ -165,7 +268,14 @@ class Softirq:
         napi = self._napi(queue)
         napi.irqs += 1
         self.irqs += 1
+        if self.observer is not None:
+            self.observer.hardirq(queue, now)
         return self._napi_schedule(napi)
+
+    def rx_irq(self, queue: int, now: int) -> list[CpuOutput]:
+        """The queue's interrupt: hardirq, then the raised softirq runs."""
+        self.hardirq(queue, now)
+        return self.net_rx_action(now)
 
     def _napi_schedule(self, napi: Napi) -> bool:
         if napi.scheduled:
@@ -193,45 +303,121 @@ class Softirq:
     def budget_left(self) -> int:
         return self._budget if self.in_run else self.netdev_budget
 
+    def net_rx_action(self, now: int) -> list[CpuOutput]:
+        """Poll until a batch is with the stack or nothing is scheduled.
+
+        A poll that delivers nothing (a spurious interrupt, or every frame dropped by
+        ip_rcv) is finished at once, its cost counted as time passing.
+        """
+        out: list[CpuOutput] = []
+        while self._current is None and self.softirq_pending:
+            poll = self.start_poll(now)
+            if poll is None:
+                break
+            if poll.cost_ns:
+                out.append(Spend(poll.cost_ns))
+                now += poll.cost_ns
+            if poll.batch:
+                out.append(RcvBatch(poll.batch, poll.delivered,
+                                    None if poll.ids is None else poll.delivered_ids()))
+                break
+            out += self.finish_poll(poll, now)
+        return out
+
+    def rcv_done(self, batch: int, now: int) -> list[CpuOutput]:
+        """The stack ran ``tcp_v4_rcv`` on every frame of ``batch``: the poll ends and the
+        softirq goes on. An answer for any other batch is stale (the stack restarted, or
+        it answers a previous life of this cpu) and is counted."""
+        poll = self._current
+        if poll is None or poll.batch != batch:
+            self.stale_rcv_done += 1
+            return []
+        out: list[CpuOutput] = [*self.finish_poll(poll, now)]
+        out += self.net_rx_action(now)
+        return out
+
+    def stack_lost(self, now: int) -> list[CpuOutput]:
+        """The stack died with our batch: it will never answer. Its frames are lost (TCP
+        retransmits them); the descriptors are refilled as after any poll."""
+        poll = self._current
+        if poll is None:
+            return []
+        self.frames_abandoned += len(poll.delivered)
+        out: list[CpuOutput] = [*self.finish_poll(poll, now)]
+        out += self.net_rx_action(now)
+        return out
+
     def start_poll(self, now: int) -> Poll | None:
-        """Begin the next ``napi_poll``; None when no NAPI is scheduled.
+        """Begin the next ``napi_poll``: take up to ``weight`` frames and run ``ip_rcv``
+        on each; None when no NAPI is scheduled.
 
         A poll with no frames (a spurious interrupt) is still a poll: finish it at once.
         """
         if self._current is not None:
             raise RuntimeError("a napi_poll is already in flight; call finish_poll first")
-        if not self.in_run:
+        new_run = not self.in_run
+        if new_run:
             if not self.poll_list:
                 return None
             self._begin_run(now)
         queue = self._run_list.popleft()
         napi = self.napis[queue]
         n = min(self.weight, len(napi.ring))
-        frames = tuple(napi.ring.popleft() for _ in range(n))
+        ring = napi.ring
+        frames = tuple(ring.popleft() for _ in range(n))
         napi.in_flight += n
         napi.polls += 1
         napi.frames_polled += n
         self.polls += 1
         # processed is bumped in __netif_receive_skb_core, i.e. as each frame goes up.
         self.softnet.processed += n
+        delivered: list[bytes] = []
+        drops: list[tuple[int, str]] = []
+        mib = self.mib
+        local = self.local_addrs
+        ip_drops = self.ip_drops
+        for i, frame in enumerate(frames):
+            res = ip_rcv(frame, mib, local)
+            if res.packet is not None:
+                delivered.append(frame)
+            else:
+                reason = res.drop_reason or "IP"
+                ip_drops[reason] = ip_drops.get(reason, 0) + 1
+                drops.append((i, reason))
+        cost = 0
+        if self._cost_us or self._cost_per_byte_ns:
+            per_frame = self._cost_us * 1000
+            per_byte = self._cost_per_byte_ns
+            cost = sum(int(per_frame + per_byte * len(f)) for f in frames)
+        ids: list[int] | None = None
+        if self.observer is not None:
+            tags = napi.ring_ids
+            ids = [tags.popleft() if tags else NO_TRACE_ID for _ in range(n)]
+        batch = 0
+        if delivered:
+            batch = next(self._batches)
+            self.frames_to_stack += len(delivered)
         poll = Poll(
             queue=queue, frames=frames, weight=self.weight, run=self.net_rx_action_runs,
             budget_left=self._budget, time_limit=self._time_limit, started_at=now,
-            epoch=self._epoch,
+            epoch=self._epoch, delivered=delivered, drops=drops, ids=ids, batch=batch,
+            cost_ns=cost,
         )
         self._current = poll
+        if self.observer is not None:
+            self.observer.poll_started(poll, new_run, self.netdev_budget, len(ring), now)
         return poll
 
-    def finish_poll(self, poll: Poll, now: int) -> list[CpuOutput]:
+    def finish_poll(self, poll: Poll, now: int) -> list[ToNic]:
         """The stack has answered for ``poll``: refill, complete or repoll, check budget/time."""
-        if self._current is None or poll != self._current:
+        if self._current is None or poll is not self._current:
             self.stale_finishes += 1
             return []
         self._current = None
         napi = self.napis[poll.queue]
         work = poll.work
         napi.in_flight -= work
-        out: list[CpuOutput] = []
+        out: list[ToNic] = []
         if work:
             out.append(Refill(poll.queue, work))
         if work < poll.weight:
@@ -241,8 +427,10 @@ class Softirq:
             self._repoll.append(poll.queue)
             self.repolls += 1
         self._budget -= work
+        squeezed = False
         if self._budget <= 0 or now >= self._time_limit:
             self.softnet.time_squeeze += 1
+            squeezed = True
             self._end_run()
         elif not self._run_list:
             if not self._repoll and self.rescan_poll_list and self.poll_list:
@@ -251,9 +439,12 @@ class Softirq:
                 self.poll_list.clear()
             else:
                 self._end_run()
+        if self.observer is not None:
+            completed = any(isinstance(o, Unmask) for o in out)
+            self.observer.poll_finished(poll, completed, not self.in_run, squeezed, now)
         return out
 
-    def _napi_complete_done(self, napi: Napi) -> list[CpuOutput]:
+    def _napi_complete_done(self, napi: Napi) -> list[ToNic]:
         if napi.missed:
             # An IRQ came while we polled: stay SCHED, go back on poll_list, keep masked.
             napi.missed = False
@@ -296,6 +487,7 @@ class Softirq:
         for napi in self.napis.values():
             lost += len(napi.ring)
             napi.ring.clear()
+            napi.ring_ids.clear()
             napi.in_flight = 0
             napi.scheduled = False
             napi.missed = False
@@ -328,3 +520,21 @@ class Softirq:
 
     def softnet_stat_line(self, profile: Profile) -> str:
         return format_softnet_line(self.softnet_stat(profile))
+
+    def stats(self, profile: Profile) -> dict[str, object]:
+        """Every counter of this cpu: the IP MIB, softnet_stat, ip_rcv drops by reason and
+        the frame accounting the run's conservation check adds up."""
+        current = self._current
+        return {
+            "mib": dict(self.mib.nonzero()),
+            "softnet_stat": self.softnet_stat(profile),
+            "irqs": self.irqs, "polls": self.polls,
+            "net_rx_action_runs": self.net_rx_action_runs, "repolls": self.repolls,
+            "ip_drops": dict(self.ip_drops),
+            "frames_in": self.frames_in, "frames_to_stack": self.frames_to_stack,
+            "frames_abandoned": self.frames_abandoned,
+            "dma_overruns": self.dma_overruns, "frames_lost_in_reset": self.frames_lost_in_reset,
+            "stale_rcv_done": self.stale_rcv_done,
+            "ring_frames": self.frames_in_rings(),
+            "in_flight_frames": len(current.delivered) if current is not None else 0,
+        }

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from actors.cpu.napi import Spend
 from actors.profiles import US
+from protocol.envelope import MalformedMessage
 
 # The key from Microsoft's "Verifying the RSS Hash Calculation"; drivers default to it
 # (or to a random key), and its published vectors let the hash be tested exactly.
@@ -147,6 +150,41 @@ class RxDrop:
 NicOutput = Dma | RaiseIrq | RxDrop
 
 
+@dataclass(frozen=True, slots=True)
+class DmaWrite:
+    """Frames of one burst DMA'd into ``queue``'s ring, in arrival order: one message to
+    ``cpu``. ``ids`` are their trace ids, when the burst had them."""
+
+    queue: int
+    cpu: int
+    frames: list[bytes]
+    ids: list[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WireTx:
+    """Frames the NIC puts on the wire towards the remote host (its TX)."""
+
+    frames: list[bytes]
+    ids: list[int] | None = None
+
+
+# What the message-level entry points return: DMA writes before the interrupts they
+# announce (one socket per cpu keeps that order), the burst's emulated cost first.
+NicAction = Spend | DmaWrite | RaiseIrq | WireTx
+
+
+class NicObserver(Protocol):
+    """What a trace of the NIC hears (called only when one is set)."""
+
+    def rx_burst(self, frames: int, dma_ids: list[int], missed_ids: list[int], irqs: int,
+                 now: int) -> None: ...
+
+    def rings(self, queues: Sequence[RxQueue], now: int) -> None: ...
+
+    def tx(self, ids: list[int], now: int) -> None: ...
+
+
 # ----------------------------------------------------------------------------------------------
 # Per-queue state
 
@@ -177,6 +215,8 @@ class Nic:
         rx_frames: int = 0,
         rss_key: bytes = MICROSOFT_RSS_KEY,
         queue_to_cpu: Sequence[int] | None = None,
+        cost_per_frame_ns: int = 0,
+        observer: NicObserver | None = None,
     ) -> None:
         if num_queues < 1:
             raise ValueError("a NIC needs at least one RX queue")
@@ -213,6 +253,9 @@ class Nic:
         # Refills that would push a queue above its ring size (a message from a host ring
         # that was reset meanwhile); clamped and counted rather than trusted.
         self.stale_refills = 0
+        self.cpu_resets = 0
+        self.cost_per_frame_ns = cost_per_frame_ns  # emulated work per received frame
+        self.observer = observer
 
     # -- RSS --------------------------------------------------------------------------------
 
@@ -257,21 +300,74 @@ class Nic:
             out.append(self._raise(q))
         return out
 
+    def rx_burst(self, frames: Sequence[bytes], now: int,
+                 ids: Sequence[int] | None = None) -> list[NicAction]:
+        """Frames arriving from the wire together: each goes through :meth:`rx_frame`;
+        returns the burst's cost, then one DMA write per ring, then the interrupts."""
+        out: list[NicAction] = []
+        if self.cost_per_frame_ns and frames:
+            out.append(Spend(self.cost_per_frame_ns * len(frames)))
+        writes: dict[int, DmaWrite] = {}
+        irqs: list[NicAction] = []
+        obs = self.observer
+        tagged = obs is not None and ids is not None and len(ids) == len(frames)
+        missed: list[int] = []
+        dma_ids: list[int] = []
+        for i, frame in enumerate(frames):
+            for o in self.rx_frame(frame, now):
+                if isinstance(o, Dma):
+                    w = writes.get(o.queue)
+                    if w is None:
+                        w = writes[o.queue] = DmaWrite(o.queue, o.cpu, [],
+                                                       [] if tagged else None)
+                    w.frames.append(frame)
+                    if tagged:
+                        assert ids is not None and w.ids is not None
+                        w.ids.append(ids[i])
+                        dma_ids.append(ids[i])
+                elif isinstance(o, RaiseIrq):
+                    irqs.append(o)
+                elif tagged:
+                    assert ids is not None
+                    missed.append(ids[i])
+        out.extend(writes.values())
+        out.extend(irqs)
+        if obs is not None:
+            obs.rx_burst(len(frames), dma_ids, missed, len(irqs), now)
+            obs.rings(self.queues, now)
+        return out
+
+    def tx_burst(self, frames: list[bytes], now: int,
+                 ids: list[int] | None = None) -> list[NicAction]:
+        """Frames from the stack leave on the wire, in order."""
+        for frame in frames:
+            self.tx_frame(frame, now)
+        if self.observer is not None and ids is not None:
+            self.observer.tx(ids, now)
+        return [WireTx(frames, ids if self.observer is not None else None)]
+
+    def _queue(self, queue: int) -> RxQueue:
+        if not 0 <= queue < self.num_queues:
+            raise MalformedMessage("bad_queue", f"the NIC has no RX queue {queue}")
+        return self.queues[queue]
+
     def refill(self, queue: int, n: int, now: int) -> list[NicOutput]:
         """The host posted ``n`` fresh descriptors on ``queue`` (credits back)."""
         if n < 0:
-            raise ValueError("refill count must be >= 0")
-        q = self.queues[queue]
+            raise MalformedMessage("bad_refill", f"refill count {n} must be >= 0")
+        q = self._queue(queue)
         room = q.ring_size - q.credits
         if n > room:
             self.stale_refills += 1
             n = room
         q.credits += n
+        if self.observer is not None:
+            self.observer.rings(self.queues, now)
         return []
 
     def unmask(self, queue: int, now: int) -> list[NicOutput]:
         """The host re-enabled the queue's vector; unsignalled frames raise it again."""
-        q = self.queues[queue]
+        q = self._queue(queue)
         q.masked = False
         # Frames DMA'd while masked left the vector's pending bit set: unless coalescing
         # still holds them back (then the timer raises), the unmask delivers it at once.
@@ -294,6 +390,8 @@ class Nic:
         q.first_pending_at = None
 
     def reset_cpu(self, cpu: int) -> None:
+        """The host ``cpu`` restarted: every ring it owns is fresh and fully posted."""
+        self.cpu_resets += 1
         for index in self.queues_of_cpu(cpu):
             self.reset_queue(index)
 
@@ -349,6 +447,11 @@ class Nic:
 
     def pending(self, queue: int) -> int:
         return self.queues[queue].pending
+
+    def stats(self) -> dict[str, object]:
+        """ethtool -S plus the model's own counters."""
+        return {"ethtool": self.ethtool_stats(), "cpu_resets": self.cpu_resets,
+                "stale_refills": self.stale_refills}
 
     def ethtool_stats(self) -> dict[str, int]:
         """Counters as ``ethtool -S`` names them (device totals, then per queue)."""

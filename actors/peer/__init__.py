@@ -1,14 +1,18 @@
 """The peer role: the remote host that sends each flow's bytes to the emulated receiver.
 
-``sender`` holds the per-flow TCP sender and the :class:`Peer` that groups a host's flows;
-``payload`` defines the bytes every flow carries; ``impairments`` is the seeded wire
-between the peer and the NIC. All three are pure: the process shell feeds them frames,
-timer firings and ``time.monotonic_ns()``.
+``sender`` is the per-flow TCP state machine, built from ``rtt`` (RTT estimator and
+RTO), ``scoreboard`` (retransmission queue, SACK and loss marks) and ``congestion``
+(Reno); ``host`` is the :class:`Peer` that groups a host's flows with the wire;
+``impairments`` is that seeded wire; ``payload`` defines the bytes every flow carries.
+All are pure: the process shell feeds them frames, timer firings and
+``time.monotonic_ns()``.
 """
 
-from actors.peer.impairments import ScriptedEvent, WireImpairments
+from actors.peer.congestion import CaState
+from actors.peer.host import Peer
+from actors.peer.impairments import ScriptedEvent, WireImpairments, WireLink
 from actors.peer.payload import payload_bytes, verify
-from actors.peer.sender import CaState, Peer, SenderConfig, TcpSender, TcpState
+from actors.peer.sender import SenderConfig, TcpSender, TcpState
 
 __all__ = [
     "CaState",
@@ -18,6 +22,7 @@ __all__ = [
     "TcpSender",
     "TcpState",
     "WireImpairments",
+    "WireLink",
     "payload_bytes",
     "verify",
 ]

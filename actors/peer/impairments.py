@@ -11,10 +11,16 @@ same decisions, and changing one rate does not reshuffle the others.
 :class:`ScriptedEvent` forces a given case deterministically (drop, duplicate, corrupt,
 delay or hold back the k-th data frame of a flow), so a scenario can reach one receive
 path on purpose. The same class serves the reverse (ACK) path: make a second instance.
+
+:class:`WireLink` is one direction of the wire: it runs each frame through its
+impairments and keeps the frames whose delivery time has not come, so its user only
+ever gets what is due now and asks :meth:`WireLink.next_deadline` when to come back.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 import socket
 import struct
@@ -314,3 +320,63 @@ def _flip_byte(frame: bytes, info: FrameInfo, u_pos: float, mask: int) -> bytes:
     data = bytearray(frame)
     data[pos] ^= mask
     return bytes(data)
+
+
+class WireLink:
+    """One direction of the wire: impairments, then the frames in flight, delivered in
+    (time, send order). The only place a frame waits for its delivery time."""
+
+    __slots__ = ("_due", "_order", "delayed", "delivered", "impairments")
+
+    def __init__(self, impairments: WireImpairments | None = None) -> None:
+        self.impairments = impairments if impairments is not None else WireImpairments()
+        self._due: list[tuple[int, int, bytes]] = []  # (deliver at, order, frame) heap
+        self._order = itertools.count()
+        self.delivered = 0  # frames the impairments let through (now or later)
+        self.delayed = 0  # of those, frames that had to wait
+
+    def send(self, frame: bytes, now: int, out: list[bytes]) -> None:
+        """Put ``frame`` on the wire at ``now``; append to ``out`` every frame due now."""
+        imp = self.impairments
+        if not imp.active and not self._due:
+            self.delivered += 1
+            out.append(frame)
+            return
+        self._queue(imp.apply(frame, now), now)
+        self._pop_due(now, out)
+
+    def due(self, now: int, out: list[bytes]) -> None:
+        """Append to ``out`` the frames whose time has come (held frames released too)."""
+        if self.impairments.active:
+            self._queue(self.impairments.on_timer(now), now)
+        self._pop_due(now, out)
+
+    def next_deadline(self) -> int | None:
+        held = self.impairments.next_deadline()
+        if self._due and (held is None or self._due[0][0] < held):
+            return self._due[0][0]
+        return held
+
+    def flush(self, now: int) -> list[bytes]:
+        """Everything still on this wire, held frames included, in delivery order."""
+        self._queue(self.impairments.flush(now), now)
+        out = [f for _, _, f in sorted(self._due)]
+        self._due.clear()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def _queue(self, deliveries: list[Delivery], now: int) -> None:
+        due = self._due
+        order = self._order
+        for at, frame in deliveries:
+            if at > now:
+                self.delayed += 1
+            heapq.heappush(due, (at, next(order), frame))
+        self.delivered += len(deliveries)
+
+    def _pop_due(self, now: int, out: list[bytes]) -> None:
+        due = self._due
+        while due and due[0][0] <= now:
+            out.append(heapq.heappop(due)[2])
