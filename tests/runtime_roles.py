@@ -16,7 +16,9 @@ from typing import Any
 
 from actors.runtime.actor import Actor, ActorSettings, RejectMessage, handles
 from actors.runtime.launcher import Launcher
+from protocol import messages as msg
 from protocol.envelope import Envelope, register_kind
+from protocol.sockops import MalformedOp, decode_op
 
 TEST_PING = register_kind(
     "test_ping", {"request_id": int}, optional={"payload": bytes},
@@ -169,6 +171,30 @@ class SlowStartActor(Actor):
     def __init__(self, settings: ActorSettings, **kw: Any) -> None:
         time.sleep(float(settings.config.get("delay_s", 60)))  # emulated slow start-up
         super().__init__(settings, **kw)
+
+
+class ScriptedStackActor(Actor):
+    """Plays the stack for a reader under test: reports each operation it decodes
+    (``stack_saw_op``) and answers with the next of config ``answers``, sent as they
+    are (so a test can send a result the reader must refuse)."""
+
+    role = "stack"
+
+    def __init__(self, settings: ActorSettings, **kw: Any) -> None:
+        super().__init__(settings, **kw)
+        self.answers = list(self.config.get("answers", []))
+
+    @handles(msg.SOCK_OP)
+    def on_sock_op(self, env: Envelope, now: int) -> None:
+        body = env.body
+        try:
+            op = repr(decode_op(body["op"], body["sock"], body["args"]))
+        except MalformedOp as err:
+            op = f"malformed: {err}"
+        self.notify("info", "stack_saw_op", op=op)
+        if self.answers:
+            self.send(env.sender, msg.SOCK_OP_DONE,
+                      {"request_id": body["request_id"], "result": self.answers.pop(0)})
 
 
 def processes_mentioning(text: str) -> list[int]:

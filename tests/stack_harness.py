@@ -7,12 +7,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.profiles import MS, get_profile, sysctls_for
-from actors.reader.tcp_recvmsg import ReaderCosts, RecvFlags, RecvResult, StepDriver, tcp_recvmsg
+from actors.reader.tcp_recvmsg import (
+    ReaderCosts,
+    RecvFlags,
+    RecvResult,
+    SpendCpu,
+    StepDriver,
+    tcp_recvmsg,
+)
 from actors.stack.net import OpDone, Transmit
 from actors.stack.sock import TcpSock
 from actors.stack.tcp_ipv4 import Stack
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_add
+from protocol.sockops import Accepted, InetAccept, SockOpResult
 
 LOCAL = "10.0.0.2"
 REMOTE = "10.0.0.1"
@@ -37,7 +45,7 @@ class Conn:
     isn: int
     now: int = 0
     sent: list[Segment] = field(default_factory=list)  # what the stack transmitted
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: dict[str, SockOpResult] = field(default_factory=dict)
     ts: bool = False
     last_ack: Segment | None = None  # the newest ACK the stack sent
 
@@ -50,7 +58,7 @@ class Conn:
         return seq_add(self.isn, 1 + offset)
 
     def segment(self, offset: int, data: bytes, *, fin: bool = False, psh: bool = False,
-                flags: TcpFlags | None = None, window: int = 1000) -> Segment:
+                flags: int | None = None, window: int = 1000) -> Segment:
         fl = TcpFlags.ACK if flags is None else flags
         if fin:
             fl |= TcpFlags.FIN
@@ -108,14 +116,15 @@ def connect(profile: str = "legacy", *, ts: bool = False, sack: bool = True, wsc
     outs = stack.take_outputs()
     synack = next(o.segment for o in outs if isinstance(o, Transmit))
     assert synack.flags == TcpFlags.SYN | TcpFlags.ACK
-    ack_opts = TcpOptions(timestamp=(2, synack.options.timestamp[0])) if ts else TcpOptions()
+    tsval = synack.options.timestamp[0] if synack.options.timestamp else 0
+    ack_opts = TcpOptions(timestamp=(2, tsval)) if ts else TcpOptions()
     ack = Segment(src=REMOTE, sport=SPORT, dst=LOCAL, dport=PORT, seq=ISN + 1,
                   ack=seq_add(synack.seq, 1), flags=TcpFlags.ACK, window=1000, options=ack_opts)
     stack.tcp_v4_rcv(ack, 0)
     stack.take_outputs()
-    res = stack.do_op("app", lsn, "accept", {}, 0)
-    assert res is not None and "sock" in res, res
-    conn = Conn(stack=stack, sock=int(res["sock"]), listener=lsn, isn=ISN, ts=ts)
+    res = stack.sock_op("app", InetAccept(lsn), 0)
+    assert isinstance(res, Accepted), res
+    conn = Conn(stack=stack, sock=res.sock, listener=lsn, isn=ISN, ts=ts)
     conn.sent.append(synack)
     return conn
 
@@ -150,15 +159,14 @@ class Reader:
             self.waiting = False
             self.driver.feed(res)
             return True
-        assert self.driver.next is not None
-        name, args = self.driver.next
-        self.steps.append(name)
-        if name == "cpu":
-            self.driver.feed({})
+        op = self.driver.next
+        assert op is not None
+        if isinstance(op, SpendCpu):
+            self.steps.append("cpu")
+            self.driver.feed(SockOpResult())
             return True
-        args = dict(args)
-        sock = args.pop("sock")
-        res = self.conn.stack.do_op(self.task, sock, name, args, self.conn.now)
+        self.steps.append(op.kernel_name)
+        res = self.conn.stack.sock_op(self.task, op, self.conn.now)
         self.conn.collect()
         if res is None:
             self.waiting = True

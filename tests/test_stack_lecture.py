@@ -9,6 +9,7 @@ import pytest
 
 from actors.reader.tcp_recvmsg import RecvFlags
 from protocol.seq import seq_sub
+from protocol.sockops import LockSock, ReleaseSock
 from tests.stack_harness import Conn, Reader, connect, read_all
 
 SEG = 1000
@@ -214,7 +215,7 @@ def test_modern_never_prequeues() -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_owned_socket_queues_to_backlog_and_release_drains(profile: str) -> None:
     conn = connect(profile)
-    assert conn.stack.do_op("holder", conn.sock, "lock_sock", {}, 0) is not None
+    assert conn.stack.sock_op("holder", LockSock(conn.sock), 0) is not None
     sk = conn.sk
     assert sk.owner == "holder"
     for k in range(1, 4):
@@ -224,7 +225,7 @@ def test_owned_socket_queues_to_backlog_and_release_drains(profile: str) -> None
         assert len(sk.backlog) == 3
     else:  # modern coalesces contiguous segments with identical headers in the backlog
         assert len(sk.backlog) == 1 and counters(conn)["TcpExtTCPBacklogCoalesce"] == 2
-    conn.stack.do_op("holder", conn.sock, "release_sock", {}, 0)
+    conn.stack.sock_op("holder", ReleaseSock(conn.sock), 0)
     conn.collect()
     assert not sk.backlog and sk.backlog_len == 0
     assert sk.rcv_nxt == conn.seq(3000)

@@ -16,6 +16,7 @@ from actors.stack.net import CONSUMED, DELIVERED, DROP_REASONS
 from actors.stack.skb import rx_truesize
 from actors.stack.tcp_input import PAGE_SIZE
 from protocol.seq import seq_sub
+from protocol.sockops import LockSock, ReleaseSock
 from tests.stack_harness import Conn, Reader, connect
 
 MAX_SEG = 1448  # the MSS with timestamps: a real sender never sends more
@@ -76,10 +77,10 @@ class Harness:
                 self.holder_owns = True
             return
         if self.holder_owns:
-            stack.do_op("holder", self.conn.sock, "release_sock", {}, self.conn.now)
+            stack.sock_op("holder", ReleaseSock(self.conn.sock), self.conn.now)
             self.holder_owns = False
         else:
-            res = stack.do_op("holder", self.conn.sock, "lock_sock", {}, self.conn.now)
+            res = stack.sock_op("holder", LockSock(self.conn.sock), self.conn.now)
             self.holder_owns = res is not None
             self.holder_waiting = res is None
         self.conn.collect()

@@ -23,6 +23,15 @@ from actors.stack.tcp_ipv4 import Stack
 from actors.stack.tcp_output import RMEM_MAX, tcp_receive_window
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_add, seq_sub
+from protocol.sockops import (
+    Accepted,
+    Failed,
+    InetAccept,
+    LockSock,
+    ReleaseSock,
+    SkWaitData,
+    SockSetsockopt,
+)
 from tests.stack_harness import (
     ISN,
     LOCAL,
@@ -177,8 +186,8 @@ def test_so_rcvbuf_limits() -> None:
     # setsockopt on a connected socket: doubled and locked too.
     c = connect("modern")
     assert not c.sk.rcvbuf_locked
-    res = c.stack.do_op("app", c.sock, "setsockopt", {"name": "SO_RCVBUF", "value": 50000}, 0)
-    assert res is not None and "error" not in res
+    res = c.stack.sock_op("app", SockSetsockopt(c.sock, "SO_RCVBUF", 50000), 0)
+    assert res is not None and not isinstance(res, Failed)
     assert c.sk.rcvbuf == 100000 and c.sk.rcvbuf_locked
 
 
@@ -194,8 +203,8 @@ def test_unlocked_legacy_rcvbuf_is_fixed_up_at_established() -> None:
 def test_accept_queue_order_and_nonblocking_accept(profile: str) -> None:
     stack = new_stack(profile)
     lsn = stack.listen(LOCAL, PORT, 0)
-    res = stack.do_op("app", lsn, "accept", {"nonblock": True}, 0)
-    assert res is not None and res["error"] == 11  # -EAGAIN
+    res = stack.sock_op("app", InetAccept(lsn, nonblock=True), 0)
+    assert isinstance(res, Failed) and res.error == 11  # -EAGAIN
     children = []
     for port in (41000, 41001):
         stack.tcp_v4_rcv(syn(port), 0)
@@ -204,8 +213,8 @@ def test_accept_queue_order_and_nonblocking_accept(profile: str) -> None:
         stack.take_outputs()
         children.append(stack.ehash[(REMOTE, port, LOCAL, PORT)])
     assert list(stack.socks[lsn].accept_queue) == children
-    got = [stack.do_op("app", lsn, "accept", {}, 0) for _ in children]
-    assert [g["sock"] for g in got if g is not None] == children
+    got = [stack.sock_op("app", InetAccept(lsn), 0) for _ in children]
+    assert [g.sock for g in got if isinstance(g, Accepted)] == children
     assert mib_of(stack, "TcpPassiveOpens") == 2
     assert mib_of(stack, "TcpCurrEstab") == 2
 
@@ -213,13 +222,13 @@ def test_accept_queue_order_and_nonblocking_accept(profile: str) -> None:
 def test_blocking_accept_is_woken_by_the_handshake() -> None:
     stack = new_stack("legacy")
     lsn = stack.listen(LOCAL, PORT, 0)
-    assert stack.do_op("app", lsn, "accept", {}, 0) is None  # sleeps
+    assert stack.sock_op("app", InetAccept(lsn), 0) is None  # sleeps
     stack.tcp_v4_rcv(syn(), 0)
     synack = transmitted(stack)[0]
     stack.tcp_v4_rcv(handshake_ack(synack), 1)
     done = [o for o in stack.take_outputs() if isinstance(o, OpDone)]
     assert len(done) == 1 and done[0].task == "app"
-    assert done[0].result == {"sock": stack.ehash[(REMOTE, SPORT, LOCAL, PORT)]}
+    assert done[0].result == Accepted(sock=stack.ehash[(REMOTE, SPORT, LOCAL, PORT)])
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -240,7 +249,7 @@ def test_listen_overflow_when_accept_queue_is_full(profile: str) -> None:
     assert mib_of(stack, "TcpExtListenDrops") == 1
     assert (REMOTE, 41002, LOCAL, PORT) not in stack.ehash
     # Once the application accepts, a new SYN is answered again.
-    stack.do_op("app", lsn, "accept", {}, 0)
+    stack.sock_op("app", InetAccept(lsn), 0)
     stack.tcp_v4_rcv(syn(41003), 0)
     assert [s.flags for s in transmitted(stack)] == [TcpFlags.SYN | TcpFlags.ACK]
 
@@ -421,7 +430,7 @@ def test_legacy_direct_copy_from_backlog_replay() -> None:
     copied to it when sk_wait_data's release_sock replays them (TCPDirectCopyFromBacklog)."""
     c = connect("legacy")
     r = Reader(c, "r", 10_000)
-    while r.driver.next is not None and r.driver.next[0] != "sk_wait_data":
+    while r.driver.next is not None and not isinstance(r.driver.next, SkWaitData):
         r.step()
     assert c.sk.owner == "r" and c.sk.ucopy.task == "r"
     fill(c, 0, 2, 1000)
@@ -452,12 +461,12 @@ def test_modern_has_no_direct_copy() -> None:
 
 
 def lock(c: Conn, task: str = "holder") -> None:
-    assert c.stack.do_op(task, c.sock, "lock_sock", {}, c.now) is not None
+    assert c.stack.sock_op(task, LockSock(c.sock), c.now) is not None
     c.collect()
 
 
 def release(c: Conn, task: str = "holder") -> None:
-    c.stack.do_op(task, c.sock, "release_sock", {}, c.now)
+    c.stack.sock_op(task, ReleaseSock(c.sock), c.now)
     c.collect()
 
 
@@ -637,7 +646,7 @@ def test_prequeue_first_packet_wakes_reader_and_arms_150ms_delack() -> None:
     sleeping_reader(c)
     c.now = 7 * MS
     fill(c, 0, 1, 500)
-    assert c.done["r"]["relock"] is True  # woken; it takes the lock when it runs
+    assert c.done["r"].relock is True  # woken; it takes the lock when it runs
     ack = c.sk.icsk_ack
     assert ack.pending & AckPending.TIMER
     assert ack.timeout == c.now + 150 * MS  # 3 * TCP_RTO_MIN / 4
@@ -1152,7 +1161,7 @@ def test_in_order_data_that_cannot_fit(profile: str) -> None:
     c = connect(profile)
     sk = c.sk
     off = fill(c, 0, 10, MSS)
-    c.stack.do_op("app", c.sock, "setsockopt", {"name": "SO_RCVBUF", "value": 4096}, c.now)
+    c.stack.sock_op("app", SockSetsockopt(c.sock, "SO_RCVBUF", 4096), c.now)
     assert sk.rcvbuf == 8192 and sk.rmem_alloc > sk.rcvbuf
     acks = ack_count(c)
     sid = c.deliver(c.segment(off, payload(MSS, off), window=1001))  # slow path

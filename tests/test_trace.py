@@ -487,7 +487,7 @@ def test_real_run_trace_is_sound(real_run: Path) -> None:
 
     slices = Counter(e["name"] for e in by_phase(trace, "X"))
     for name in ("wire xmit", "rx: DMA to ring", "hardirq", "net_rx_action", "napi_poll",
-                 "tcp_v4_rcv", "tcp_recvmsg", "lock_sock", "recv_copy", "release_sock",
+                 "tcp_v4_rcv", "tcp_recvmsg", "lock_sock", "release_sock", "inet_accept",
                  "skb_copy_datagram_msg", "owned by r1", "owned by r2", "tx", "ACKs received"):
         assert slices[name] > 0, name
     # Backlog or prequeue processing runs on the reader's own track.

@@ -1,31 +1,45 @@
 """A reader process: a user program calling read() in a loop on its flow's socket.
 
-It drives the ``tcp_recvmsg`` step machine one message per step, spends its think
+It drives the ``tcp_recvmsg`` step machine (:mod:`actors.reader.tcp_recvmsg`), sending
+each typed step to the stack and feeding back the decoded result, spends its think
 time and copy cost in its own process (holding the socket lock where the kernel
-would), and checks every byte it gets against the flow's payload.
+would), and hands each read's result to the program (:mod:`actors.reader.program`),
+which checks every byte and says when to read again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from collections.abc import Generator
 from typing import Any
 
-from actors.peer.payload import verify
-from actors.reader.tcp_recvmsg import ReaderCosts, RecvFlags, RecvResult, Step, tcp_recvmsg
+from actors.reader.program import ReaderProgram, delivery_digest
+from actors.reader.tcp_recvmsg import (
+    ReaderCosts,
+    RecvFlags,
+    RecvResult,
+    SpendCpu,
+    Step,
+    tcp_recvmsg,
+)
 from actors.runtime.actor import Actor, ActorSettings, handles
 from actors.scenario import Scenario
 from protocol import messages as msg
+from protocol.constants import EAGAIN
 from protocol.envelope import Envelope
+from protocol.sockops import (
+    Accepted,
+    InetAcceptFlow,
+    MalformedOp,
+    Rejected,
+    SockOp,
+    SockOpResult,
+    decode_result,
+    encode_op,
+)
 
 STACK = "stack"
-EAGAIN = 11
-ECONNRESET = 104
-RETRY_NS = 1_000_000  # a non-blocking reader polls again after 1 ms
-# Trace names of the steps whose kernel name differs from the operation's.
-STEP_NAMES = {"connect_flow": "accept"}
+__all__ = ["ReaderActor", "delivery_digest"]
 
 
 class ReaderActor(Actor):
@@ -36,41 +50,41 @@ class ReaderActor(Actor):
         sc = Scenario.from_dict(self.config["scenario"])
         self.rc = sc.reader(self.name)
         self.flow = sc.flow(self.rc.flow)
-        self.flow_id = [f.name for f in sc.flows].index(self.flow.name) + 1
         self.profile = sc.kernel_profile
         self.sysctls = sc.sysctl
         self.rcvlowat = sc.stack.rcvlowat
+        self.listen_port = sc.stack.listen_port
         self.flags = RecvFlags(dontwait=self.rc.nonblocking, waitall=self.rc.waitall)
         self.costs = ReaderCosts(hold_ns=self.rc.hold_lock_ns,
                                  copy_ns_per_byte=self.rc.copy_ns_per_byte)
         self.sock: int | None = None
-        self.gen: Generator[Step, dict[str, Any], RecvResult] | None = None
+        self.gen: Generator[Step, SockOpResult, RecvResult] | None = None
         self.rids = itertools.count(1)
         self.waiting_rid: int | None = None
-        self.c = {"reads": 0, "bytes": 0, "eagain": 0, "direct_bytes": 0, "bad_bytes": 0,
-                  "eof": 0, "errors": 0, "steps": 0}
-        self.first_bad: int | None = None
-        self.done = False
         # What this process delivered, for the checker: one JSON line per chunk, written
         # out after every read so that a SIGKILL loses at most the read in progress.
         dl = settings.run_dir / "deliveries"
         dl.mkdir(parents=True, exist_ok=True)
-        self.delivery_log = open(  # noqa: SIM115 -- open for the life of the process
+        records = open(  # noqa: SIM115 -- open for the life of the process
             dl / f"{self.name}.{settings.incarnation}.jsonl", "a", encoding="utf-8")
+        self.program = ReaderProgram(self.flow.name,
+                                     [f.name for f in sc.flows].index(self.flow.name) + 1,
+                                     self.rc.think_ns, records)
 
     def on_start(self, now: int) -> None:
-        self.call_later(self.rc.start_ns, lambda t: self._op("connect_flow", 0,
-                                                              {"sport": self.flow.sport}))
+        # accept(): our flow's connection from the stack's listener.
+        self.call_later(self.rc.start_ns, lambda t: self._op(
+            InetAcceptFlow(lport=self.listen_port, rport=self.flow.sport)))
 
-    def _op(self, op: str, sock: int, args: dict[str, Any]) -> None:
+    def _op(self, op: SockOp) -> None:
         rid = next(self.rids)
         self.waiting_rid = rid
-        self.c["steps"] += 1
+        self.program.c["steps"] += 1
         if self.trace.on:
             # The step lasts until its answer: waiting for the lock or for data included.
-            self.trace.begin("step", STEP_NAMES.get(op, op), self.clock(), "main",
-                             args={"sock": sock})
-        self.send(STACK, msg.SOCK_OP, {"request_id": rid, "op": op, "sock": sock, "args": args})
+            self.trace.begin("step", op.kernel_name, self.clock(), "main",
+                             args={"sock": getattr(op, "sock", 0)})
+        self.send(STACK, msg.SOCK_OP, {"request_id": rid, **encode_op(op)})
 
     @handles(msg.SOCK_OP_DONE)
     def on_done(self, env: Envelope, now: int) -> None:
@@ -79,17 +93,19 @@ class ReaderActor(Actor):
         self.waiting_rid = None
         if self.trace.on:
             self.trace.end("step", now)
-        result = env.body["result"]
-        if "error_msg" in result:
-            self.c["errors"] += 1
-            self.notify("error", "reader_error", flow=self.flow.name, error=result["error_msg"])
-            self.done = True
-            return
-        if self.sock is None:
-            self.sock = int(result["sock"])
+        try:
+            result = decode_result(env.body["result"])
+        except MalformedOp as err:
+            self.program.c["bad_results"] += 1
+            result = Rejected(message=f"undecodable result: {err}")
+        if isinstance(result, Rejected):
+            self._notify([self.program.failed(result.message)])
+        elif self.sock is None:
+            assert isinstance(result, Accepted), result
+            self.sock = result.sock
             self._start_read()
-            return
-        self._advance(result)
+        else:
+            self._advance(result)
 
     def _start_read(self) -> None:
         assert self.sock is not None
@@ -101,112 +117,60 @@ class ReaderActor(Actor):
                                self.flags, rcvlowat=self.rcvlowat, costs=self.costs)
         self._advance(None)
 
-    def _advance(self, result: dict[str, Any] | None) -> None:
+    def _advance(self, result: SockOpResult | None) -> None:
         assert self.gen is not None
         try:
             step = next(self.gen) if result is None else self.gen.send(result)
         except StopIteration as stop:
             self._finished(stop.value)
             return
-        name, args = step
-        if name == "cpu":
+        if isinstance(step, SpendCpu):
             # Time spent in this process (copying, or thinking with the lock held).
             if self.trace.on:
-                self.trace.begin("step", "copy to user" if args.get("why") == "copy"
+                self.trace.begin("step", "copy to user" if step.why == "copy"
                                  else "hold lock", self.clock(), "main")
-            self.call_later(int(args["ns"]), self._local_step_done)
+            self.call_later(step.ns, self._local_step_done)
             return
-        args = dict(args)
-        self._op(name, args.pop("sock"), args)
+        self._op(step)
 
     def _local_step_done(self, now: int) -> None:
         if self.trace.on:
             self.trace.end("step", now)
-        self._advance({})
+        self._advance(SockOpResult())
 
     def _finished(self, res: RecvResult) -> None:
-        self.c["reads"] += 1
+        again, notices = self.program.read_done(res)
         if self.trace.on:
             self._trace_read_end(res)
-        if res.ret > 0:
-            self._record(res)
-            for off, chunk in res.chunks:
-                bad = verify(self.flow_id, off, chunk)
-                if bad is not None:
-                    self.c["bad_bytes"] += 1
-                    if self.first_bad is None:
-                        self.first_bad = bad
-                        self.notify("error", "bad_bytes", flow=self.flow.name, offset=bad,
-                                    chunk_offset=off, chunk_len=len(chunk),
-                                    found_at=_locate(self.flow_id, off, chunk),
-                                    steps=res.steps[-12:])
-            self.c["bytes"] += res.ret
-            self.c["direct_bytes"] += res.direct
-        elif res.ret == 0:
-            self.c["eof"] = 1
-            self.done = True
-            self.notify("info", "reader_eof", flow=self.flow.name, bytes=self.c["bytes"],
-                        bad_bytes=self.c["bad_bytes"])
-            return
-        elif res.ret == -EAGAIN:
-            self.c["eagain"] += 1
-            self.call_later(max(self.rc.think_ns, RETRY_NS), lambda t: self._start_read())
-            return
-        else:
-            self.c["errors"] += 1
-            self.done = True
-            self.notify("error", "reader_error", flow=self.flow.name, error=res.ret)
-            return
-        if self.rc.think_ns:
-            self.call_later(self.rc.think_ns, lambda t: self._start_read())
-        else:
+        self._notify(notices)
+        if again == 0:
             self._start_read()
+        elif again is not None:
+            self.call_later(again, lambda t: self._start_read())
 
     def _trace_read_end(self, res: RecvResult) -> None:
         t = self.clock()
         self.trace.end("read", t, args={"ret": res.ret, "direct": res.direct,
                                         "steps": len(res.steps)})
-        got = self.c["bytes"] + max(res.ret, 0)
-        self.trace.counter(f"{self.flow.name} read", t, {"bytes": got})
+        self.trace.counter(f"{self.flow.name} read", t, {"bytes": self.program.c["bytes"]})
         if res.ret == -EAGAIN:
             self.trace.begin("think", "EAGAIN: poll again later", t, "main")
         elif res.ret > 0 and self.rc.think_ns:
             self.trace.begin("think", "think", t, "main")
 
-    def _record(self, res: RecvResult) -> None:
-        lines = [json.dumps({"flow": self.flow.name, "off": off, "len": len(chunk),
-                             "digest": delivery_digest(chunk)}, separators=(",", ":"))
-                 for off, chunk in res.chunks]
-        self.delivery_log.write("\n".join(lines) + "\n")
-        self.delivery_log.flush()
+    def _notify(self, notices: list[Any]) -> None:
+        for n in notices:
+            self.notify(n.level, n.event, **n.fields)
 
     def on_peer_event(self, actor: str, role: str, event: str, now: int) -> None:
-        if role != "stack" or self.done:
+        if role != "stack" or self.program.done:
             return
-        # The socket died with the stack: the next (or pending) read fails ECONNRESET.
         self.gen = None
         self.waiting_rid = None
-        self.c["errors"] += 1
-        self.done = True
-        self.notify("error", "reader_error", flow=self.flow.name, error=-ECONNRESET,
-                    reset=True, bytes=self.c["bytes"])
+        self._notify([self.program.stack_died()])
 
     def on_stop(self, now: int) -> None:
-        self.delivery_log.close()
+        self.program.records.close()
 
     def counters(self) -> dict[str, Any]:
-        return {**self.c, "flow": self.flow.name, "first_bad": self.first_bad}
-
-
-def delivery_digest(data: bytes) -> str:
-    """The digest a delivery record carries (the checker recomputes it)."""
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
-
-
-def _locate(flow_id: int, near: int, chunk: bytes) -> int | None:
-    """Where in the flow ``chunk`` really belongs (searching around ``near``), for reports."""
-    from actors.peer.payload import payload_bytes
-    lo = max(0, near - 256 * 1024)
-    window = payload_bytes(flow_id, lo, 512 * 1024 + len(chunk))
-    i = window.find(chunk[:64])
-    return None if i < 0 else lo + i
+        return self.program.counters()

@@ -1,9 +1,10 @@
 """``tcp_recvmsg`` as an explicit step machine, driven by a reader one step at a time.
 
 The generator mirrors the kernel loop (net/ipv4/tcp.c, §6 of the reference). Each
-``yield`` is one step: either a stack operation, sent to the stack as a message and
-answered with a result dict, or a local step the reader performs itself (``cpu``:
-time spent in the reader while it holds the socket lock). Which branch of the
+``yield`` is one step: either a typed stack operation (:mod:`protocol.sockops`), sent
+to the stack as a message and answered with its result, or a local step the reader
+performs itself (:class:`SpendCpu`: time spent in the reader while it holds the
+socket lock). Which branch of the
 kernel loop runs is chosen from the profile's data (``has_prequeue``,
 ``recvmsg_flush_backlog``), never from its name.
 
@@ -15,15 +16,40 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
 
 from actors.profiles import Profile, Sysctls
+from protocol.constants import EAGAIN, ENOTCONN
+from protocol.sockops import (
+    Copied,
+    LockSock,
+    ReleaseSock,
+    SkbCopyDatagramMsg,
+    SkFlushBacklog,
+    SkWaitData,
+    SockError,
+    SockErrorResult,
+    SockOp,
+    SockOpResult,
+    SockState,
+    TcpCleanupRbuf,
+    TcpPrequeueProcess,
+    UcopyClear,
+    UcopyInstall,
+    UcopyInstalled,
+    Woken,
+)
 
-EAGAIN = 11
-ENOTCONN = 107
 
-Step = tuple[str, dict[str, Any]]
-LOCAL_STEPS = frozenset({"cpu"})
+@dataclass(frozen=True, slots=True)
+class SpendCpu:
+    """A local step: time the reader spends itself (copying, or thinking with the lock
+    held); it is answered with an empty result."""
+
+    ns: int
+    why: str  # "copy" or "hold"
+
+
+Step = SockOp | SpendCpu
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +89,7 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
                 flags: RecvFlags = RecvFlags(), *, rcvlowat: int = 1,
                 timeo_ns: int | None = None, costs: ReaderCosts = ReaderCosts(),
                 clock: Callable[[], int] | None = None,
-                ) -> Generator[Step, dict[str, Any], RecvResult]:
+                ) -> Generator[Step, SockOpResult, RecvResult]:
     """One read() call. ``timeo_ns`` None blocks forever; 0 is O_NONBLOCK."""
     out = bytearray()
     result = RecvResult(ret=0)
@@ -73,85 +99,88 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
         deadline = clock() + timeo
     copied = 0  # what the kernel's ``copied`` counts (MSG_TRUNC bytes too)
 
-    def step(name: str, **args: Any) -> Generator[Step, dict[str, Any], dict[str, Any]]:
+    def step(op: SockOp) -> Generator[Step, SockOpResult, SockOpResult]:
         nonlocal copied
-        res = yield (name, {"sock": sock, **args})
-        result.steps.append(name)
-        direct = res.get("direct")
+        res = yield op
+        result.steps.append(op.kernel_name)
+        direct = res.direct
         if direct:
             # Copied into our buffer by the stack while replaying in our context.
             out.extend(direct)
             copied += len(direct)
             result.direct += len(direct)
-            result.chunks.append((int(res.get("direct_offset", -1)), bytes(direct)))
+            result.chunks.append((res.direct_offset, direct))
         return res
 
-    def wait() -> Generator[Step, dict[str, Any], dict[str, Any]]:
+    def wait() -> Generator[Step, SockOpResult, SockState]:
         nonlocal timeo
-        args: dict[str, Any] = {}
+        left = None
         if timeo:
-            args["timeo_ns"] = max(deadline - clock(), 0) if deadline is not None and clock \
-                else timeo
-        res = yield from step("sk_wait_data", **args)
-        if res.get("timed_out"):
+            left = max(deadline - clock(), 0) if deadline is not None and clock else timeo
+        res = yield from step(SkWaitData(sock, timeo_ns=left))
+        timed_out = isinstance(res, Woken) and res.timed_out
+        if timed_out:
             timeo = 0
-        if res.get("relock"):
+        if isinstance(res, Woken) and res.relock:
             # Woken without the lock: sk_wait_event ends with lock_sock, which may wait.
-            locked = yield from step("lock_sock")
-            res = {**locked, "timed_out": bool(res.get("timed_out"))}
-        return res
+            res = yield from step(LockSock(sock))
+        return res.state
 
-    state = yield from step("lock_sock")
-    if state.get("listen"):
+    def pick(op: SockOp) -> Generator[Step, SockOpResult, SockState]:
+        return (yield from step(op)).state
+
+    state = yield from pick(LockSock(sock))
+    if state.listen:
         # tcp_recvmsg_locked: a listening socket has no stream to read.
-        yield from step("release_sock")
+        yield from step(ReleaseSock(sock))
         result.ret = -ENOTCONN
         return result
     if costs.hold_ns:
-        yield ("cpu", {"ns": costs.hold_ns, "why": "hold"})
+        yield SpendCpu(costs.hold_ns, "hold")
     target = sock_rcvlowat(flags.waitall, rcvlowat, length)
     installed = False
     use_prequeue = profile.has_prequeue and not sysctls.tcp_low_latency
     peek_seq: int | None = None
     error = 0
     while length - copied > 0:
-        args: dict[str, Any] = {"len": length - copied, "peek": flags.peek,
-                                "trunc": flags.trunc}
-        if flags.peek and peek_seq is not None:
-            args["peek_seq"] = peek_seq
-        state = yield from step("recv_copy", **args)
-        got = int(state["copied"])
+        res = yield from step(SkbCopyDatagramMsg(
+            sock, length - copied, peek=flags.peek, trunc=flags.trunc,
+            peek_seq=peek_seq if flags.peek else None))
+        assert isinstance(res, Copied), res
+        state = res.state
+        got = res.copied
         if flags.peek:
-            peek_seq = int(state["seq"])
-        out.extend(state["data"])
-        if state["data"]:
-            result.chunks.append((int(state["offset"]), bytes(state["data"])))
+            peek_seq = res.seq
+        out.extend(res.data)
+        if res.data:
+            result.chunks.append((res.offset, res.data))
         copied += got
         if got and costs.copy_ns_per_byte:
-            yield ("cpu", {"ns": int(got * costs.copy_ns_per_byte), "why": "copy"})
-        if state["fin"]:
+            yield SpendCpu(int(got * costs.copy_ns_per_byte), "copy")
+        if res.fin:
             break
         if got:
             continue  # round again: the kernel walks the queue once per skb
 
         # Nothing copyable.
-        if copied >= target and not state["backlog"]:
+        if copied >= target and not state.backlog:
             break
         if copied:
-            if state["err"] or state["closed"] or state["shutdown"] or timeo == 0:
+            if state.err or state.closed or state.shutdown or timeo == 0:
                 break
         else:
             # Kernel order: SOCK_DONE, then sk_err, then RCV_SHUTDOWN (a RST sets both
             # sk_err and the shutdown bits, and must read as an error).
-            if state["done"]:
+            if state.done:
                 break
-            if state["err"]:
-                res = yield from step("sock_error")  # sock_error() consumes sk_err
-                error = -int(res["sock_err"] or state["err"])
+            if state.err:
+                err = yield from step(SockError(sock))  # sock_error() consumes sk_err
+                assert isinstance(err, SockErrorResult), err
+                error = -(err.sock_err or state.err)
                 break
-            if state["shutdown"]:
+            if state.shutdown:
                 break
-            if state["closed"]:
+            if state.closed:
                 error = -ENOTCONN
                 break
             if timeo == 0:
@@ -159,35 +188,36 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
                 break
 
         if profile.has_prequeue:
-            yield from step("cleanup_rbuf", copied=copied)
+            yield from step(TcpCleanupRbuf(sock, copied))
             if use_prequeue:
-                res = yield from step("ucopy_install", len=length - copied,
-                                      install=not (flags.peek or flags.trunc))
-                installed = installed or bool(res["installed"])
-                if installed and res["prequeue"]:
+                inst = yield from step(UcopyInstall(sock, length - copied,
+                                                    install=not (flags.peek or flags.trunc)))
+                assert isinstance(inst, UcopyInstalled), inst
+                installed = installed or inst.installed
+                if installed and inst.state.prequeue:
                     # Process the prequeue before anything newer (ordering rule).
-                    yield from step("prequeue_process", len=length - copied)
+                    yield from step(TcpPrequeueProcess(sock, length - copied))
                     continue
             if copied >= target:
-                yield from step("release_sock")
-                state = yield from step("lock_sock")
+                yield from step(ReleaseSock(sock))
+                state = yield from pick(LockSock(sock))
             else:
                 state = yield from wait()
-            if installed and state["caught_up"] and state["prequeue"]:
-                yield from step("prequeue_process", len=length - copied)
+            if installed and state.caught_up and state.prequeue:
+                yield from step(TcpPrequeueProcess(sock, length - copied))
         elif copied >= target:
-            yield from step("flush_backlog")  # do not sleep, just process the backlog
+            yield from step(SkFlushBacklog(sock))  # do not sleep, just process the backlog
         else:
-            yield from step("cleanup_rbuf", copied=copied)
+            yield from step(TcpCleanupRbuf(sock, copied))
             yield from wait()
 
     if installed:
-        state = yield from step("ucopy_install", len=length - copied, install=False)
-        if state["prequeue"]:
-            yield from step("prequeue_process", len=length - copied if copied > 0 else 0)
-        yield from step("ucopy_clear")
-    yield from step("cleanup_rbuf", copied=copied)
-    yield from step("release_sock")
+        state = yield from pick(UcopyInstall(sock, length - copied, install=False))
+        if state.prequeue:
+            yield from step(TcpPrequeueProcess(sock, length - copied if copied > 0 else 0))
+        yield from step(UcopyClear(sock))
+    yield from step(TcpCleanupRbuf(sock, copied))
+    yield from step(ReleaseSock(sock))
     if error and not copied:
         result.ret = error
         return result
@@ -199,7 +229,7 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
 class StepDriver:
     """Runs one recvmsg generator: hand it each step's result, see what it wants next."""
 
-    def __init__(self, gen: Generator[Step, dict[str, Any], RecvResult]) -> None:
+    def __init__(self, gen: Generator[Step, SockOpResult, RecvResult]) -> None:
         self._gen = gen
         self.result: RecvResult | None = None
         self.next: Step | None = None
@@ -209,14 +239,14 @@ class StepDriver:
     def done(self) -> bool:
         return self.result is not None
 
-    def _advance(self, value: dict[str, Any] | None) -> None:
+    def _advance(self, value: SockOpResult | None) -> None:
         try:
             self.next = self._gen.send(value) if value is not None else next(self._gen)
         except StopIteration as stop:
             self.next = None
             self.result = stop.value
 
-    def feed(self, result: dict[str, Any]) -> None:
+    def feed(self, result: SockOpResult) -> None:
         """The result of the step in ``self.next``."""
         assert self.next is not None
         self._advance(result)

@@ -6,12 +6,20 @@ through ``sk.net``; nothing here touches a socket or a clock.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from actors.mib import Mib
 from actors.profiles import Profile, Sysctls
 from protocol.segment import Segment
+from protocol.sockops import SockOpResult
+
+if TYPE_CHECKING:
+    from actors.stack.skb import Skb
+    from actors.stack.sock import TcpSock
 
 
 @dataclass(slots=True, frozen=True)
@@ -28,7 +36,7 @@ class OpDone:
 
     task: str
     sock_id: int
-    result: dict[str, object]
+    result: SockOpResult
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,6 +90,23 @@ CONSUMED = "consumed"
 MERGED = "merged"  # its bytes were coalesced into another skb; follows that skb
 
 
+@dataclass(frozen=True, slots=True)
+class Proto:
+    """The protocol's functions that generic socket code calls back (``struct proto``
+    and ``request_sock_ops`` in Linux), so the modules below ``tcp_ipv4`` need not
+    import it."""
+
+    backlog_rcv: Callable[[TcpSock, Skb, int], None]  # sk_backlog_rcv: tcp_v4_do_rcv
+    release_cb: Callable[[TcpSock, int], None]  # tcp_release_cb
+    send_reset: Callable[[Net, Segment], None]  # tcp_v4_send_reset
+
+
+def _no_prot() -> Proto:
+    def missing(*args: object) -> None:
+        raise RuntimeError("no protocol registered on this Net (see tcp_ipv4.Stack)")
+    return Proto(missing, missing, missing)
+
+
 @dataclass
 class Net:
     profile: Profile
@@ -95,6 +120,23 @@ class Net:
     fates: dict[int, str] = field(default_factory=dict)
     drop_counts: Counter[str] = field(default_factory=Counter)
     emit_events: bool = False
+    prot: Proto = field(default_factory=_no_prot)
+    rng: random.Random = field(default_factory=random.Random)
+    # tcp_hashinfo: every socket by id; established ones by the 4-tuple an arriving
+    # segment carries (remote addr, remote port, local addr, local port); listeners by port.
+    socks: dict[int, TcpSock] = field(default_factory=dict)
+    ehash: dict[tuple[str, int, str, int], int] = field(default_factory=dict)
+    listeners: dict[int, int] = field(default_factory=dict)
+    next_sock_id: int = 1
+    # Segments the backlog took (appended or coalesced into its tail): Linux has no
+    # MIB counter for a successful sk_add_backlog, only for its failure.
+    backlog_enqueued: int = 0
+    # lock_sock calls that found the socket owned and had to wait for release_sock.
+    lock_waits: int = 0
+    task_exits: int = 0
+    locks_released_by_exit: int = 0  # a task died owning a socket lock
+    bad_sock_ops: int = 0  # requests that did not decode or could not be done
+    malformed_segments: int = 0  # frames that did not decode as TCP/IPv4
 
     def inc(self, name: str, n: int = 1) -> None:
         """Count under a Linux MIB name, unless this kernel profile lacks that counter."""
@@ -114,6 +156,11 @@ class Net:
         if self.track_fates:
             for i in ids:
                 self.fates[i] = fate
+
+    def drop_unowned(self, skb: Skb, reason: str) -> None:
+        """Drop a segment no socket took (kfree_skb_reason before any sk is charged)."""
+        self.drop_counts[reason] += 1
+        self.set_fate(skb.ids, "drop:" + reason)
 
     def take_outputs(self) -> list[StackOutput]:
         out, self.outputs = self.outputs, []

@@ -54,7 +54,7 @@ class Skb:
 
     seq: int
     end_seq: int
-    flags: TcpFlags
+    flags: int
     ack_seq: int
     window: int
     options: TcpOptions
@@ -96,7 +96,7 @@ class Skb:
     def len(self) -> int:
         return len(self.data)
 
-    def has(self, flag: TcpFlags) -> bool:
+    def has(self, flag: int) -> bool:
         return bool(self.flags & flag)
 
     @property

@@ -1,6 +1,14 @@
-"""Per-connection state: ``struct sock`` + ``struct tcp_sock`` + ``inet_connection_sock``.
+"""``struct sock`` and the socket lock (include/net/sock.h, net/core/sock.c).
 
-Field names follow the kernel so a reader of tcp_input.c finds each one here.
+The per-connection state is ``struct sock`` + ``struct tcp_sock`` +
+``inet_connection_sock`` in one :class:`TcpSock`; field names follow the kernel so a
+reader of tcp_input.c finds each one here. Below it, the socket lock as a task sees
+it: ``lock_sock``, ``release_sock`` and the backlog replay ``__release_sock``,
+``__sk_flush_backlog``, ``sk_wait_data``, and the wakeups that end a sleep.
+
+The socket lock's owned flag spans many requests of one task (its lease): a task
+takes it with ``lock_sock``, works, and lets go with ``release_sock``; segments that
+arrive meanwhile wait in the backlog, replayed in the owner's context.
 """
 
 from __future__ import annotations
@@ -8,12 +16,13 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, IntFlag
 
-from actors.stack.net import Net
+from actors.stack.net import Net, OpDone
 from actors.stack.skb import Skb
 from protocol.seq import seq_sub
+from protocol.sockops import Accepted, SockOpResult, SockState, Woken
 
 
 class TcpState(Enum):
@@ -165,7 +174,7 @@ class LockWaiter:
     """A task asleep in ``lock_sock``; ``result`` is what it is told once it owns the lock."""
 
     task: str
-    result: dict[str, object]
+    result: SockOpResult = field(default_factory=SockOpResult)
 
 
 @dataclass
@@ -176,6 +185,7 @@ class Waiter:
     deadline: int | None
     last_tail: Skb | None
     kind: str = "data"
+    rport: int | None = None  # accept: only the connection from this peer port
 
 
 @dataclass
@@ -293,3 +303,216 @@ class TcpSock:
         if n > 0 and self.sock_done and self.receive_queue and self.receive_queue[-1].fin:
             n -= 1
         return max(0, n)
+
+
+class OpError(Exception):
+    """A task asked for something impossible (not the owner, unknown socket...)."""
+
+
+def sk_alloc(net: Net, laddr: str, lport: int, now: int) -> TcpSock:
+    """sk_alloc + tcp_init_sock: a new socket in the table, with the default buffers."""
+    sk = TcpSock(net=net, sock_id=net.next_sock_id, laddr=laddr, lport=lport)
+    net.next_sock_id += 1
+    sk.rcvbuf = net.sysctls.tcp_rmem[1]
+    sk.sndbuf = net.sysctls.tcp_wmem[1]
+    sk.scaling_ratio = net.profile.initial_scaling_ratio
+    sk.ts_origin = now
+    net.socks[sk.sock_id] = sk
+    return sk
+
+
+def inet_unhash(sk: TcpSock) -> None:
+    """Out of the established hash: no segment finds this connection any more."""
+    sk.net.ehash.pop(sk.four_tuple(), None)
+
+
+def stream_offset(sk: TcpSock, seq: int) -> int:
+    """Position of ``seq`` in the peer's byte stream (byte 0 follows its SYN)."""
+    return seq_sub(seq, sk.irs) - 1
+
+
+def sk_backlog_rcv(sk: TcpSock, skb: Skb, now: int) -> None:
+    """Process one segment in the owner's context (tcp_v4_do_rcv, via the protocol)."""
+    sk.net.prot.backlog_rcv(sk, skb, now)
+
+
+# ------------------------------------------------------------------ the socket lock
+
+
+def lock_sock(sk: TcpSock, task: str, now: int) -> SockOpResult | None:
+    """Take ``sk_lock.owned``; None when ``task`` must wait for the owner's release."""
+    if sk.owner == task:
+        raise OpError(f"{task} already owns socket {sk.sock_id}")
+    net = sk.net
+    if sk.owned:
+        sk.lock_waiters.append(LockWaiter(task))
+        net.lock_waits += 1
+        net.event("lock_wait", sk.sock_id, task=task, owner=sk.owner)
+        return None
+    sk.owner = task
+    net.event("lock", sk.sock_id, task=task)
+    return SockOpResult()
+
+
+def release_sock(sk: TcpSock, task: str, now: int) -> None:
+    """Drain the backlog in the owner's context, run deferred work, unlock."""
+    if sk.owner != task:
+        raise OpError(f"{task} releases socket {sk.sock_id} owned by {sk.owner}")
+    __release_sock(sk, task, now)
+    sk.net.prot.release_cb(sk, now)
+    sk.owner = None
+    sk.net.event("unlock", sk.sock_id, task=task)
+    _grant_next(sk, now)
+
+
+def __release_sock(sk: TcpSock, task: str, now: int) -> None:
+    """Replay the backlog through sk_backlog_rcv, the owner still set."""
+    net = sk.net
+    prev = net.current
+    net.current = task
+    replayed = 0
+    iov_before = len(sk.ucopy.iov)
+    while sk.backlog:
+        batch = list(sk.backlog)
+        sk.backlog.clear()
+        for skb in batch:
+            sk_backlog_rcv(sk, skb, now)
+            replayed += 1
+    if replayed:
+        net.event("backlog_drain", sk.sock_id, task=task, segments=replayed)
+    direct = len(sk.ucopy.iov) - iov_before
+    if direct > 0:
+        net.inc("TcpExtTCPDirectCopyFromBacklog", direct)
+    sk.backlog_len = 0
+    net.current = prev
+
+
+def __sk_flush_backlog(sk: TcpSock, task: str, now: int) -> None:
+    """Modern: replay the backlog without letting go of the lock."""
+    __release_sock(sk, task, now)
+    sk.net.prot.release_cb(sk, now)
+
+
+def _grant_next(sk: TcpSock, now: int) -> None:
+    if sk.owned or not sk.lock_waiters:
+        sk_wakeups(sk, now)
+        return
+    waiter = sk.lock_waiters.popleft()
+    sk.owner = waiter.task
+    sk.net.event("lock", sk.sock_id, task=waiter.task)
+    sk.net.outputs.append(OpDone(waiter.task, sk.sock_id,
+                                 with_direct(sk, waiter.task, waiter.result)))
+    sk_wakeups(sk, now)
+
+
+def sk_wait_data(sk: TcpSock, task: str, timeo_ns: int | None, now: int) -> None:
+    """Sleep until data arrives: release (draining the backlog) and wait; the woken
+    task then sends its own ``lock_sock`` (the end of sk_wait_event)."""
+    last = sk.tail()
+    # On the wait queue before release_sock, so a wakeup raised by the backlog
+    # replay is not missed (prepare_to_wait, then sk_wait_event).
+    sk.waiters.append(Waiter(task, None if timeo_ns is None else now + timeo_ns, last))
+    release_sock(sk, task, now)
+    waiter = next((w for w in sk.waiters if w.task == task), None)
+    if waiter is not None and (sk.tail() is not last or sk.sk_err):
+        sk.waiters.remove(waiter)  # the condition holds already: no sleep
+        wake_to_relock(sk, task, timed_out=False)
+
+
+# ------------------------------------------------------------------ results of steps
+
+
+def sock_state(sk: TcpSock) -> SockState:
+    return SockState(
+        readable=bool(sk.receive_queue),
+        backlog=bool(sk.backlog),
+        prequeue=len(sk.ucopy.prequeue),
+        caught_up=sk.rcv_nxt == sk.copied_seq,
+        done=sk.sock_done,
+        shutdown=sk.rcv_shutdown,
+        err=sk.sk_err,
+        closed=sk.state == TcpState.CLOSE,
+        listen=sk.state == TcpState.LISTEN,
+        ucopy_len=sk.ucopy.len,
+    )
+
+
+def with_direct(sk: TcpSock, task: str, result: SockOpResult) -> SockOpResult:
+    """``result`` with the socket's state and the bytes copied straight into ``task``'s
+    buffer (legacy direct copy) since it last heard from the stack."""
+    uc = sk.ucopy
+    if uc.task == task and uc.iov:
+        direct = bytes(uc.iov)
+        uc.iov.clear()
+        return replace(result, state=sock_state(sk), direct=direct,
+                       direct_offset=stream_offset(sk, uc.iov_seq))
+    return replace(result, state=sock_state(sk))
+
+
+# ------------------------------------------------------------------ wakeups
+
+
+def sk_wakeups(sk: TcpSock, now: int) -> None:
+    """Deliver the wakeups raised while processing (sk_data_ready, state changes)."""
+    if not sk.data_ready:
+        return
+    sk.data_ready = False
+    sk.wakeups += 1  # what an edge-triggered epoll watcher sees (ep_poll_callback)
+    woken = list(sk.waiters)
+    sk.waiters.clear()
+    for w in woken:
+        sk.net.event("wakeup", sk.sock_id, task=w.task, kind=w.kind)
+        if w.kind == "accept":
+            _accept_woken(sk, w)
+        else:
+            wake_to_relock(sk, w.task, timed_out=False)
+
+
+def wake_to_relock(sk: TcpSock, task: str, *, timed_out: bool) -> None:
+    """Wake a task asleep in sk_wait_event; it takes the lock itself when it runs.
+
+    Until the woken reader's own ``lock_sock`` arrives the socket is not owned, so
+    softirq keeps prequeueing (legacy) or processing segments directly: the time
+    a wakeup takes to get the reader running is what the prequeue exists for.
+    """
+    out = with_direct(sk, task, Woken(timed_out=timed_out, relock=True))
+    sk.net.outputs.append(OpDone(task, sk.sock_id, out))
+
+
+def sock_graft(sk: TcpSock) -> int:
+    """The accepted child now belongs to a process (``sk->sk_socket`` is set)."""
+    sk.attached = True
+    return sk.sock_id
+
+
+def reqsk_queue_remove(lsk: TcpSock, rport: int | None = None) -> TcpSock | None:
+    """Take the oldest child from the listener's accept queue (or the one from ``rport``)."""
+    socks = lsk.net.socks
+    for sid in lsk.accept_queue:
+        child = socks.get(sid)
+        if child is not None and (rport is None or child.rport == rport):
+            lsk.accept_queue.remove(sid)
+            return child
+    return None
+
+
+def accepted_child(lsk: TcpSock, rport: int) -> TcpSock | None:
+    """The listener's child from peer port ``rport`` that a task has accepted already."""
+    for sk in lsk.net.socks.values():
+        if sk.parent == lsk.sock_id and sk.rport == rport and sk.attached:
+            return sk
+    return None
+
+
+def _accept_woken(lsk: TcpSock, w: Waiter) -> None:
+    child = reqsk_queue_remove(lsk, w.rport)
+    if child is not None:
+        sock_graft(child)
+    elif w.rport is not None:
+        # Another task of the same flow took it first: the tasks share it.
+        child = accepted_child(lsk, w.rport)
+    if child is None:
+        lsk.waiters.append(w)  # not ours yet: sleep on
+        return
+    lsk.net.outputs.append(OpDone(w.task, lsk.sock_id, Accepted(sock=child.sock_id)))
+

@@ -18,16 +18,19 @@ from actors.profiles import MS, US
 from actors.stack.net import CONSUMED, DELIVERED
 from actors.stack.skb import (
     MAX_SKB_FRAGS,
+    MAX_TCP_HEADER,
     SKB_MAX_ORDER0,
     SKB_STRUCT_SIZE,
     SOCK_MIN_RCVBUF,
     Skb,
     skb_truesize,
 )
-from actors.stack.sock import AckPending, TcpSock, TcpState
+from actors.stack.sock import AckPending, TcpSock, TcpState, inet_unhash, sk_wakeups
+from actors.stack.tcp_minisocks import ADVMSS, inet_csk_reqsk_queue_add, tcp_v4_send_synack
 from actors.stack.tcp_output import (
     TCP_ATO_MIN,
     __tcp_select_window,
+    tcp_full_space,
     tcp_receive_window,
     tcp_send_ack,
     tcp_send_delayed_ack,
@@ -35,7 +38,7 @@ from actors.stack.tcp_output import (
     tcp_time_stamp,
     tcp_win_from_space,
 )
-from protocol.segment import TcpFlags
+from protocol.segment import Segment, TcpFlags
 from protocol.seq import after, before, seq_add, seq_sub
 
 TCP_NUM_SACKS = 4
@@ -46,6 +49,7 @@ TCP_MIN_MSS = 88
 TCP_PAWS_WINDOW = 1
 TCP_RCVBUF_LOW_RTT_US = 1000
 TCP_COMP_SACK_RTT_PERCENT = 33
+TCP_INIT_RWND_SEGS = 20  # tcp_default_init_rwnd
 TCP_REMNANT = TcpFlags.FIN | TcpFlags.URG | TcpFlags.SYN | TcpFlags.PSH
 PAGE_SIZE = 4096
 SK_RECLAIM_THRESHOLD = PAGE_SIZE  # sk_mem_uncharge returns whole unused pages at once
@@ -178,7 +182,8 @@ def tcp_measure_rcv_mss(sk: TcpSock, skb: Skb) -> None:
     ack.last_seg_size = 0
     length = skb.gso_size or skb.len
     if length >= ack.rcv_mss:
-        if sk.net.profile.modern_autotune and length != ack.rcv_mss and skb.truesize:
+        if sk.net.profile.rcv_mss_learns_scaling_ratio and length != ack.rcv_mss \
+                and skb.truesize:
             # Learn how much of the buffer memory is payload (tcp_win_from_space).
             old_ratio = sk.scaling_ratio
             sk.scaling_ratio = max(1, min(255, (skb.len << 8) // skb.truesize))
@@ -189,7 +194,7 @@ def tcp_measure_rcv_mss(sk: TcpSock, skb: Skb) -> None:
                 # Autotuning must not start from more than the window we may offer.
                 sk.rcvq_space = min(sk.rcvq_space, sk.window_clamp)
         ack.rcv_mss = min(length, sk.advmss)
-        if sk.net.profile.modern_autotune and skb.has(TcpFlags.PSH):
+        if sk.net.profile.rcv_mss_push_sets_pushed and skb.has(TcpFlags.PSH):
             ack.pending |= AckPending.PUSHED
         return
     length += skb.doff
@@ -458,7 +463,7 @@ def tcp_sack_reset(sk: TcpSock) -> None:
 
 
 def tcp_rcv_rtt_update(sk: TcpSock, sample_us: int, win_dep: bool) -> None:
-    if sk.net.profile.modern_autotune:
+    if sk.net.profile.rcv_rtt_keeps_minimum:
         old = sk.rcv_rtt_us
         m = max(sample_us, 1) << 3
         if old == 0 or m < old:
@@ -496,7 +501,7 @@ def tcp_rcv_rtt_measure_ts(sk: TcpSock, skb: Skb, now: int) -> None:
         return
     if seq_sub(skb.end_seq, skb.seq) < sk.icsk_ack.rcv_mss:
         return
-    if sk.net.profile.modern_autotune:
+    if sk.net.profile.rcv_rtt_once_per_tsecr:
         if tsecr == sk.rcv_rtt_last_tsecr:
             return
         sk.rcv_rtt_last_tsecr = tsecr
@@ -514,8 +519,9 @@ def tcp_rcv_space_adjust(sk: TcpSock, now: int) -> None:
     profile = net.profile
     copied = seq_sub(sk.copied_seq, sk.rcvq_seq)
     tunable = net.sysctls.tcp_moderate_rcvbuf and not sk.rcvbuf_locked
-    if profile.modern_autotune:
+    if profile.rcv_space_subtracts_inq:
         copied -= seq_sub(sk.rcv_nxt, sk.copied_seq)
+    if profile.tcp_rcvbuf_grow:
         if copied > sk.rcvq_space:
             if tunable:
                 tcp_rcvbuf_grow(sk, copied)
@@ -934,7 +940,7 @@ def tcp_data_queue_ofo(sk: TcpSock, skb: Skb, now: int) -> None:
         tcp_drop(sk, skb, "TCP_OFO_DROP")
         return
     _ofo_insert(sk, skb, now)
-    if profile.modern_autotune:
+    if profile.ofo_grows_rcvbuf:
         # Whatever became of the skb (kept, merged, a duplicate), autotuning now
         # sees the out-of-order span.
         tcp_rcvbuf_grow_from_ofo(sk)
@@ -943,7 +949,7 @@ def tcp_data_queue_ofo(sk: TcpSock, skb: Skb, now: int) -> None:
 def _ofo_insert(sk: TcpSock, skb: Skb, now: int) -> None:
     net = sk.net
     profile = net.profile
-    if profile.modern_autotune:
+    if profile.ofo_measures_rcv_mss:
         tcp_measure_rcv_mss(sk, skb)
     sk.pred_flags = 0
     inet_csk_schedule_ack(sk)
@@ -1360,3 +1366,200 @@ def tcp_step5(sk: TcpSock, skb: Skb, now: int) -> None:
     tcp_rcv_rtt_measure_ts(sk, skb, now)
     tcp_data_queue(sk, skb, now)
     tcp_ack_snd_check(sk, now)
+
+
+# ---------------------------------------------------------------------------------
+# tcp_rcv_state_process: every state but ESTABLISHED and LISTEN
+
+
+def tcp_init_buffer_space(sk: TcpSock, now: int) -> None:
+    """At ESTABLISHED: the first receive buffer, autotuning's start and window_clamp."""
+    sysctls = sk.net.sysctls
+    profile = sk.net.profile
+    if profile.tcp_fixup_rcvbuf and not sk.rcvbuf_locked:
+        # tcp_fixup_rcvbuf: room for 2 * init_rwnd full segments, x4 if autotuning
+        rcvmem = 2 * skb_truesize(sk.advmss + MAX_TCP_HEADER) * TCP_INIT_RWND_SEGS
+        if sysctls.tcp_moderate_rcvbuf:
+            rcvmem <<= 2
+        if sk.rcvbuf < rcvmem:
+            sk.rcvbuf = min(rcvmem, sysctls.tcp_rmem[2])
+    if profile.rcvq_space_init_capped:
+        sk.rcvq_space = min(sk.rcv_ssthresh, sk.rcv_wnd, 10 * sk.advmss)
+    else:
+        sk.rcvq_space = sk.rcv_wnd
+    sk.rcvq_time = now
+    sk.rcvq_seq = sk.copied_seq
+    maxwin = tcp_full_space(sk)
+    app_win = sysctls.tcp_app_win
+    if sk.window_clamp >= maxwin:
+        sk.window_clamp = maxwin
+        if app_win and maxwin > 4 * sk.advmss:
+            sk.window_clamp = max(maxwin - (maxwin >> app_win), 4 * sk.advmss)
+    if app_win and sk.window_clamp > 2 * sk.advmss and sk.window_clamp + sk.advmss > maxwin:
+        sk.window_clamp = max(2 * sk.advmss, maxwin - sk.advmss)
+    sk.rcv_ssthresh = min(sk.rcv_ssthresh, sk.window_clamp)
+
+
+def segment_of(sk: TcpSock, skb: Skb) -> Segment:
+    """The segment ``skb`` arrived as (what tcp_v4_send_reset answers)."""
+    return Segment(src=sk.raddr, sport=sk.rport, dst=sk.laddr, dport=sk.lport, seq=skb.seq,
+                   ack=skb.ack_seq, flags=skb.flags, window=skb.window, payload=skb.data)
+
+
+def tcp_rcv_synsent_state_process(sk: TcpSock, skb: Skb, now: int) -> None:
+    """The answer to our SYN."""
+    if skb.has(TcpFlags.ACK):
+        if not after(skb.ack_seq, sk.iss) or after(skb.ack_seq, sk.snd_nxt):
+            if not skb.has(TcpFlags.RST):
+                sk.net.prot.send_reset(sk.net, segment_of(sk, skb))
+            tcp_drop(sk, skb, "TCP_INVALID_ACK_SEQUENCE")
+            return
+        if skb.has(TcpFlags.RST):
+            tcp_reset(sk, now)  # ECONNREFUSED
+            inet_unhash(sk)
+            tcp_drop(sk, skb, "TCP_RESET")
+            return
+        if not skb.syn:
+            tcp_drop(sk, skb, "TCP_FLAGS")
+            return
+        tcp_finish_connect(sk, skb, now)
+        return
+    # A bare RST, or a SYN crossing ours (simultaneous open, not modelled).
+    tcp_drop(sk, skb, "TCP_FLAGS" if skb.syn else "TCP_RESET")
+
+
+def tcp_finish_connect(sk: TcpSock, skb: Skb, now: int) -> None:
+    """Our SYN's SYN-ACK: settle the options, ESTABLISHED, ACK it; connect() returns."""
+    opts = skb.options
+    ro = sk.rx_opt
+    ro.wscale_ok = ro.wscale_ok and opts.wscale is not None
+    if ro.wscale_ok:
+        ro.snd_wscale = min(opts.wscale or 0, 14)
+    else:
+        ro.snd_wscale = ro.rcv_wscale = 0
+        sk.window_clamp = min(sk.window_clamp, 65535)
+    ro.sack_ok = ro.sack_ok and opts.sack_permitted
+    ro.tstamp_ok = ro.tstamp_ok and opts.timestamp is not None
+    if ro.tstamp_ok and opts.timestamp is not None:
+        ro.ts_recent = opts.timestamp[0]
+        ro.ts_recent_stamp = now
+    ro.mss_clamp = opts.mss if opts.mss else TCP_MSS_DEFAULT
+    sk.irs = skb.seq
+    sk.rcv_nxt = seq_add(skb.seq, 1)
+    sk.rcv_wup = sk.copied_seq = sk.rcv_nxt
+    sk.snd_una = skb.ack_seq
+    sk.snd_wnd = skb.window  # never scaled in a SYN
+    sk.snd_wl1 = skb.seq
+    sk.max_window = sk.snd_wnd
+    sk.mss_cache = min(ro.mss_clamp, ADVMSS) - (12 if ro.tstamp_ok else 0)
+    hint = min(sk.advmss, sk.mss_cache, sk.rcv_wnd // 2, TCP_MSS_DEFAULT)
+    sk.icsk_ack.rcv_mss = max(hint, TCP_MIN_MSS)
+    sk.synack_deadline = None
+    set_state(sk, TcpState.ESTABLISHED)
+    tcp_init_buffer_space(sk, now)
+    tcp_fast_path_on(sk)
+    sk.icsk_ack.lrcvtime = now
+    sk.data_ready = True  # sk_state_change: connect() returns
+    kfree_skb_consumed(sk, skb)
+    tcp_send_ack(sk, now)
+
+
+def tcp_child_established(sk: TcpSock, skb: Skb, now: int) -> None:
+    """SYN_RECV -> ESTABLISHED on the handshake's final ACK; the child joins its
+    listener's accept queue (inet_csk_complete_hashdance)."""
+    sk.snd_una = skb.ack_seq
+    sk.snd_wnd = skb.window << sk.rx_opt.snd_wscale
+    sk.snd_wl1 = skb.seq
+    sk.max_window = sk.snd_wnd
+    set_state(sk, TcpState.ESTABLISHED)
+    sk.net.mib.add("TcpPassiveOpens")
+    sk.synack_deadline = None
+    sk.icsk_ack.lrcvtime = now  # tcp_create_openreq_child: tcpi_last_data_recv starts here
+    tcp_init_buffer_space(sk, now)
+    tcp_fast_path_on(sk)
+    parent = sk.net.socks.get(sk.parent) if sk.parent is not None else None
+    if parent is not None and parent.state == TcpState.LISTEN:
+        inet_csk_reqsk_queue_add(parent, sk)
+        sk_wakeups(parent, now)
+
+
+def tcp_rcv_state_process(sk: TcpSock, skb: Skb, now: int) -> None:
+    """A segment for a socket that is neither ESTABLISHED nor listening."""
+    net = sk.net
+    if not skb.raw_csum_ok:
+        net.mib.add("TcpInCsumErrors")
+        net.mib.add("TcpInErrs")
+        tcp_drop(sk, skb, "TCP_CSUM")
+        return
+    if sk.state == TcpState.CLOSE:
+        tcp_drop(sk, skb, "TCP_CLOSE")
+        return
+    tcp_parse_timestamp(sk, skb)
+    if sk.state == TcpState.SYN_SENT:
+        tcp_rcv_synsent_state_process(sk, skb, now)
+        return
+    if sk.state == TcpState.SYN_RECV and skb.syn and skb.seq == sk.irs \
+            and not skb.has(TcpFlags.ACK):
+        tcp_v4_send_synack(sk, now)  # the SYN again: our SYN-ACK was lost
+        kfree_skb_consumed(sk, skb)
+        return
+    if not skb.has(TcpFlags.ACK) and not skb.has(TcpFlags.RST) and not skb.syn:
+        tcp_drop(sk, skb, "TCP_FLAGS")
+        return
+    if not tcp_validate_incoming(sk, skb, now):
+        if sk.state == TcpState.CLOSE:
+            inet_unhash(sk)
+        return
+    if not skb.has(TcpFlags.ACK):
+        tcp_drop(sk, skb, "TCP_FLAGS")
+        return
+    if sk.state == TcpState.SYN_RECV:
+        if skb.ack_seq != sk.snd_nxt:
+            net.prot.send_reset(net, segment_of(sk, skb))
+            tcp_drop(sk, skb, "TCP_INVALID_ACK_SEQUENCE")
+            return
+        parent = net.socks.get(sk.parent) if sk.parent is not None else None
+        if parent is not None and len(parent.accept_queue) > parent.backlog_max:
+            # tcp_v4_syn_recv_sock: no room; the request stays and the peer retries.
+            net.inc("TcpExtListenOverflows")
+            net.inc("TcpExtListenDrops")
+            net.drop_unowned(skb, "LISTEN_OVERFLOW")
+            return
+        tcp_child_established(sk, skb, now)
+    else:
+        if tcp_ack(sk, skb, slowpath=True) < 0:
+            # tcp_rcv_state_process answers an unacceptable ACK with a
+            # (rate-limited) challenge ACK.
+            tcp_send_challenge_ack(sk, skb, now)
+            tcp_drop(sk, skb, "TCP_ACK_UNSENT_DATA")
+            return
+        fin_acked = sk.fin_sent and skb.ack_seq == sk.snd_nxt
+        if sk.state == TcpState.FIN_WAIT1 and fin_acked:
+            set_state(sk, TcpState.FIN_WAIT2)
+        elif sk.state == TcpState.CLOSING and fin_acked:
+            set_state(sk, TcpState.TIME_WAIT)
+        elif sk.state == TcpState.LAST_ACK and fin_acked:
+            tcp_done(sk)
+            inet_unhash(sk)
+            kfree_skb_consumed(sk, skb)
+            return
+    tcp_replace_ts_recent(sk, skb.seq, now)
+    state = sk.state
+    if state in (TcpState.CLOSE_WAIT, TcpState.CLOSING, TcpState.LAST_ACK) \
+            and not before(skb.seq, sk.rcv_nxt):
+        if skb.seq == skb.end_seq:
+            kfree_skb_consumed(sk, skb)
+        else:
+            tcp_drop(sk, skb, "TCP_DATA_AFTER_FIN")
+        return
+    if state in (TcpState.CLOSE_WAIT, TcpState.CLOSING, TcpState.LAST_ACK,
+                 TcpState.FIN_WAIT1, TcpState.FIN_WAIT2) and sk.rcv_shutdown \
+            and skb.end_seq != skb.seq \
+            and after(seq_sub(skb.end_seq, int(skb.fin)) & 0xFFFFFFFF, sk.rcv_nxt):
+        net.inc("TcpExtTCPAbortOnData")
+        tcp_reset(sk, now)
+        tcp_drop(sk, skb, "TCP_ABORT_ON_DATA")
+        return
+    tcp_data_queue(sk, skb, now)
+    if sk.state != TcpState.CLOSE:
+        tcp_ack_snd_check(sk, now)

@@ -54,10 +54,10 @@ def tcp_select_initial_window(sk: TcpSock, space: int, mss: int, wscale_ok: bool
     if space > mss:
         space -= space % mss
     rcv_wnd = space
-    if profile.modern_autotune:
+    if profile.initial_window_64k:
         # Modern kernels never offer more than 64K before window scaling is in use.
         rcv_wnd = min(rcv_wnd, U16_MAX)
-    if not profile.modern_autotune and mss > 0:
+    if not profile.initial_window_64k and mss > 0:
         # 4.13 limits the first window to what a 10-segment initial cwnd can fill.
         init_cwnd = TCP_INIT_CWND if mss <= 1460 else max(1460 * TCP_INIT_CWND // mss, 2)
         rcv_wscale_probe = _wscale_for(sk, space, window_clamp) if wscale_ok else 0
@@ -85,7 +85,7 @@ def __tcp_select_window(sk: TcpSock) -> int:
         mss = full_space
         if mss <= 0:
             return 0
-    if sk.net.sysctls.tcp_shrink_window and wscale and sk.net.profile.modern_autotune:
+    if sk.net.sysctls.tcp_shrink_window and wscale and sk.net.profile.tcp_shrink_window_sysctl:
         return _shrink_window_allowed(sk, free_space, allowed_space, full_space, mss)
     if free_space < full_space // 2:
         sk.icsk_ack.quick = 0
@@ -137,7 +137,8 @@ def tcp_select_window(sk: TcpSock) -> int:
     if new_win < cur_win:
         if new_win == 0:
             net.inc("TcpExtTCPWantZeroWindowAdv")
-        shrink_ok = net.sysctls.tcp_shrink_window and wscale and net.profile.modern_autotune
+        shrink_ok = (net.sysctls.tcp_shrink_window and wscale
+                     and net.profile.tcp_shrink_window_sysctl)
         if not shrink_ok:
             unit = 1 << wscale
             new_win = -(-cur_win // unit) * unit
@@ -173,7 +174,7 @@ def _ack_options(sk: TcpSock, now: int) -> TcpOptions:
     return TcpOptions(timestamp=ts, sack_blocks=tuple(blocks))
 
 
-def make_segment(sk: TcpSock, now: int, flags: TcpFlags, seq: int | None = None,
+def make_segment(sk: TcpSock, now: int, flags: int, seq: int | None = None,
                  window: int | None = None, options: TcpOptions | None = None) -> Segment:
     return Segment(
         src=sk.laddr, sport=sk.lport, dst=sk.raddr, dport=sk.rport,
@@ -224,7 +225,7 @@ def tcp_send_delayed_ack(sk: TcpSock, now: int) -> None:
             rtt = max((sk.srtt_us >> 3) * 1000, TCP_DELACK_MIN)
             max_ato = min(max_ato, rtt)
         ato = min(ato, max_ato)
-    if sk.net.profile.modern_autotune:
+    if sk.net.profile.delack_max_capped:
         ato = min(ato, TCP_DELACK_MAX)  # tcp_delack_max
     timeout = now + ato
     if ack.pending & AckPending.TIMER:

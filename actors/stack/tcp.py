@@ -1,0 +1,307 @@
+"""The kernel halves of the socket calls: net/ipv4/tcp.c.
+
+``tcp_recvmsg`` itself runs in the reader (actors/reader/tcp_recvmsg.py), one step
+per request; the stack's side of those steps is here: the copy from
+``sk_receive_queue`` (``skb_copy_datagram_msg``), ``tcp_cleanup_rbuf``, the legacy
+prequeue (install, ``tcp_prequeue_process``), ``sock_error``; and the other calls a
+task makes on a socket: SIOCINQ, ``tcp_get_info``, setsockopt, close, shutdown,
+a minimal send, and what a task's exit does to the sockets it used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.profiles import MS
+from actors.stack.sock import (
+    AckPending,
+    TcpSock,
+    TcpState,
+    inet_unhash,
+    release_sock,
+    sk_backlog_rcv,
+    stream_offset,
+)
+from actors.stack.tcp_input import (
+    inet_csk_ack_scheduled,
+    set_state,
+    tcp_done,
+    tcp_drop,
+    tcp_eat_recv_skb,
+    tcp_rcv_space_adjust,
+)
+from actors.stack.tcp_minisocks import sock_set_rcvbuf
+from actors.stack.tcp_output import (
+    __tcp_select_window,
+    make_segment,
+    tcp_event_ack_sent,
+    tcp_receive_window,
+    tcp_send_ack,
+    tcp_win_from_space,
+)
+from protocol.constants import EAGAIN, EINVAL, ENOTCONN, EPIPE, TCP_INIT_CWND
+from protocol.segment import TcpFlags
+from protocol.seq import seq_add, seq_sub
+from protocol.sockops import (
+    Copied,
+    Failed,
+    Sent,
+    SockErrorResult,
+    SockOpResult,
+    UcopyInstalled,
+)
+
+
+def skb_copy_datagram_msg(sk: TcpSock, task: str, length: int, peek: bool, trunc: bool,
+                          peek_seq: int | None, now: int) -> Copied:
+    """The copy part of tcp_recvmsg's loop: walk sk_receive_queue from *seq."""
+    seq = peek_seq if peek and peek_seq is not None else sk.copied_seq
+    start = seq
+    out = bytearray()
+    copied = 0
+    fin = False
+    for skb in list(sk.receive_queue):
+        if length <= 0:
+            break
+        offset = seq_sub(seq, skb.seq)
+        if offset < 0:
+            break  # cannot happen with a consistent queue
+        if offset < skb.len:
+            used = min(skb.len - offset, length)
+            if not trunc:
+                out += skb.data[offset:offset + used]
+            seq = seq_add(seq, used)
+            copied += used
+            length -= used
+            if not peek:
+                sk.copied_seq = seq
+                tcp_rcv_space_adjust(sk, now)
+            if offset + used < skb.len:
+                break
+        if skb.fin:
+            seq = seq_add(seq, 1)
+            fin = True
+            if not peek:
+                sk.copied_seq = seq
+                sk.receive_queue.remove(skb)
+                tcp_eat_recv_skb(sk, skb)
+            break
+        if not peek:
+            sk.receive_queue.remove(skb)
+            tcp_eat_recv_skb(sk, skb)
+    if copied:
+        sk.net.event("copy", sk.sock_id, task=task, bytes=copied)
+    return Copied(data=bytes(out), copied=copied, fin=fin, seq=seq,
+                  offset=stream_offset(sk, start))
+
+
+def sock_error(sk: TcpSock) -> SockErrorResult:
+    """Report the pending socket error once, clearing it."""
+    err, sk.sk_err = sk.sk_err, 0
+    return SockErrorResult(sock_err=err)
+
+
+def tcp_cleanup_rbuf(sk: TcpSock, copied: int, now: int) -> None:
+    """After a read: ACK if one is due, or send a window update that reopens the window."""
+    ack = sk.icsk_ack
+    time_to_ack = False
+    if inet_csk_ack_scheduled(sk) and (
+            (sk.net.profile.delack_blocked_flag and ack.blocked)
+            or seq_sub(sk.rcv_nxt, sk.rcv_wup) > ack.rcv_mss
+            or (copied > 0 and (ack.pending & AckPending.PUSHED2 or (
+                ack.pending & AckPending.PUSHED and not ack.pingpong))
+                and sk.rmem_alloc == 0)):
+        time_to_ack = True
+    if copied > 0 and not time_to_ack and not sk.rcv_shutdown:
+        rcv_window_now = tcp_receive_window(sk)
+        if 2 * rcv_window_now <= sk.window_clamp:
+            new_window = __tcp_select_window(sk)
+            if new_window and new_window >= 2 * rcv_window_now:
+                time_to_ack = True
+    if time_to_ack:
+        tcp_send_ack(sk, now)
+
+
+def ucopy_install(sk: TcpSock, task: str, length: int, install: bool) -> UcopyInstalled:
+    """Legacy: become the prequeue reader (once per call), and set ucopy.len."""
+    uc = sk.ucopy
+    net = sk.net
+    if net.profile.has_prequeue and not net.sysctls.tcp_low_latency:
+        if uc.task is None and install:
+            uc.task = task
+            net.event("ucopy_install", sk.sock_id, task=task)
+        if uc.task == task:
+            uc.len = length
+    return UcopyInstalled(installed=uc.task == task)
+
+
+def ucopy_clear(sk: TcpSock, task: str) -> None:
+    uc = sk.ucopy
+    if uc.task == task:
+        uc.task = None
+        uc.len = 0
+
+
+def tcp_prequeue_process(sk: TcpSock, length: int | None, now: int) -> None:
+    """Legacy: replay the prequeue in the reader's context."""
+    uc = sk.ucopy
+    net = sk.net
+    if length is not None:
+        uc.len = length
+    before_len = len(uc.iov)
+    if uc.prequeue:
+        net.inc("TcpExtTCPPrequeued")
+        while uc.prequeue:
+            sk_backlog_rcv(sk, uc.prequeue.popleft(), now)
+        uc.memory = 0
+    n = len(uc.iov) - before_len
+    if n > 0:
+        net.inc("TcpExtTCPDirectCopyFromPrequeue", n)
+
+
+def sock_setsockopt(sk: TcpSock, name: str, value: int) -> SockOpResult:
+    if name == "SO_RCVBUF":
+        sock_set_rcvbuf(sk, value)
+    elif name == "SO_RCVLOWAT":
+        sk.rcvlowat = max(value, 1)
+    else:
+        return Failed(error=EINVAL)
+    return SockOpResult()
+
+
+def tcp_close(sk: TcpSock, task: str, now: int) -> None:
+    """RST if unread data remains (TCPAbortOnClose), else send our FIN; release."""
+    net = sk.net
+    unread = any(skb.len for skb in sk.receive_queue) and sk.inq() > 0
+    for skb in list(sk.receive_queue):
+        tcp_drop(sk, skb, "SOCKET_CLOSE")
+    sk.receive_queue.clear()
+    sk.sock_dead = True
+    if sk.state == TcpState.LISTEN:
+        net.listeners.pop(sk.lport, None)
+        set_state(sk, TcpState.CLOSE)
+    elif unread or sk.state in (TcpState.SYN_RECV,):
+        net.inc("TcpExtTCPAbortOnClose")
+        rst = make_segment(sk, now, TcpFlags.RST | TcpFlags.ACK)
+        net.mib.add("TcpOutRsts")
+        net.transmit(rst, sk.sock_id)
+        tcp_done(sk)
+        inet_unhash(sk)
+    elif sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+        tcp_send_fin(sk, now)
+    release_sock(sk, task, now)
+
+
+def tcp_send_fin(sk: TcpSock, now: int) -> None:
+    """Our FIN (with ACK) and the state it moves us to (tcp_close_state)."""
+    fin = make_segment(sk, now, TcpFlags.FIN | TcpFlags.ACK)
+    sk.fin_sent = True
+    sk.snd_nxt = seq_add(sk.snd_nxt, 1)
+    sk.snd_shutdown = True
+    set_state(sk, TcpState.FIN_WAIT1 if sk.state == TcpState.ESTABLISHED
+              else TcpState.LAST_ACK)
+    tcp_event_ack_sent(sk)  # the FIN carries our ACK: no delayed ACK is due any more
+    sk.net.transmit(fin, sk.sock_id)
+
+
+def tcp_shutdown(sk: TcpSock, how: int, now: int) -> SockOpResult:
+    """SHUT_RD marks the receive side closed; SHUT_WR sends our FIN."""
+    if sk.state in (TcpState.LISTEN, TcpState.CLOSE, TcpState.SYN_SENT):
+        return Failed(error=ENOTCONN)
+    if how in (0, 2):  # SHUT_RD / SHUT_RDWR
+        sk.rcv_shutdown = True
+        sk.data_ready = True
+    if how in (1, 2) and sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+        tcp_send_fin(sk, now)
+    return SockOpResult()
+
+
+def tcp_sendmsg(sk: TcpSock, data: bytes, now: int) -> SockOpResult:
+    """A minimal tcp_sendmsg + tcp_write_xmit: send ``data`` now in mss-sized segments.
+
+    rxpath models a receiver: what it sends is only what a receive-side test needs
+    (replies that carry our ACK). Nothing is kept for later: a write sends what
+    the peer's window allows at once and returns that count; nothing is
+    retransmitted.
+    """
+    if sk.state not in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) or sk.snd_shutdown:
+        return Failed(error=EPIPE)
+    mss = max(sk.mss_cache, 1)
+    room = max(0, seq_sub(seq_add(sk.snd_una, sk.snd_wnd), sk.snd_nxt))
+    room = min(room, TCP_INIT_CWND * mss)  # the initial congestion window
+    chunk_all = data[:room]
+    sent = 0
+    while sent < len(chunk_all):
+        chunk = chunk_all[sent:sent + mss]
+        sent += len(chunk)
+        flags = TcpFlags.ACK | (TcpFlags.PSH if sent == len(chunk_all) else 0)
+        seg = make_segment(sk, now, flags).with_(payload=chunk)
+        sk.snd_nxt = seq_add(sk.snd_nxt, len(chunk))
+        tcp_event_ack_sent(sk)
+        # tcp_event_data_sent: a reply within ato of the last receive means
+        # the connection is interactive (pingpong).
+        if now - sk.icsk_ack.lrcvtime < sk.icsk_ack.ato:
+            sk.icsk_ack.pingpong += 1
+        sk.net.transmit(seg, sk.sock_id)
+    if not sent and data:
+        return Failed(error=EAGAIN)  # no room: the model keeps no unsent data
+    return Sent(sent=sent)
+
+
+def tcp_task_exit(sk: TcpSock, task: str, now: int) -> bool:
+    """The task died: its lock, installation and waits on ``sk`` go with it (as the
+    close of its files at exit does). True if it owned the lock."""
+    sk.lock_waiters = type(sk.lock_waiters)(w for w in sk.lock_waiters if w.task != task)
+    sk.waiters = [w for w in sk.waiters if w.task != task]
+    if sk.ucopy.task == task:
+        sk.ucopy.task = None
+        sk.ucopy.len = 0
+        sk.ucopy.iov.clear()
+    if sk.owner == task:
+        release_sock(sk, task, now)
+        return True
+    return False
+
+
+def tcp_get_info(sk: TcpSock) -> dict[str, Any]:
+    """What ``ss -tmi`` shows: state, queues, skmem and the receive-side tcp_info."""
+    return {
+        "sock": sk.sock_id,
+        "state": sk.state.value,
+        "local": f"{sk.laddr}:{sk.lport}",
+        "peer": f"{sk.raddr}:{sk.rport}",
+        "recv_q": sk.inq(),
+        "owner": sk.owner,
+        "lock_waiters": len(sk.lock_waiters),
+        "attached": sk.attached,
+        "skmem": {
+            "r": sk.rmem_alloc, "rb": sk.rcvbuf, "t": 0, "tb": sk.sndbuf,
+            "f": sk.forward_alloc, "w": 0, "o": 0, "bl": sk.backlog_len, "d": sk.sk_drops,
+        },
+        "backlog_segs": len(sk.backlog),
+        "prequeue_segs": len(sk.ucopy.prequeue),
+        "ofo_segs": len(sk.ofo),
+        "receive_queue_segs": len(sk.receive_queue),
+        "rcv_nxt": sk.rcv_nxt,
+        "copied_seq": sk.copied_seq,
+        "rcv_wnd": sk.rcv_wnd,
+        "rcv_wscale": sk.rx_opt.rcv_wscale,
+        "snd_wscale": sk.rx_opt.snd_wscale,
+        "rcv_ssthresh": sk.rcv_ssthresh,
+        "window_clamp": sk.window_clamp,
+        "rcv_mss": sk.icsk_ack.rcv_mss,
+        "advmss": sk.advmss,
+        "ato_ms": sk.icsk_ack.ato / MS,
+        "quick": sk.icsk_ack.quick,
+        "pingpong": sk.icsk_ack.pingpong,
+        "rcv_rtt_ms": (sk.rcv_rtt_us >> 3) / 1000,
+        "rcv_space": sk.rcvq_space,
+        "scaling_ratio": sk.scaling_ratio,
+        "sack_blocks": list(sk.selective_acks[: sk.rx_opt.num_sacks]),
+        "segs_in": sk.segs_in,
+        "data_segs_in": sk.data_segs_in,
+        "ucopy_task": sk.ucopy.task,
+        "pred_flags": sk.pred_flags != 0,
+        "rcv_win_free": tcp_win_from_space(sk, sk.rcvbuf - sk.rmem_alloc),
+        "err": sk.sk_err,
+    }

@@ -1,0 +1,150 @@
+"""The stack's timers: net/ipv4/tcp_timer.c.
+
+The delayed ACK (deferred while the socket is owned, run by ``tcp_release_cb`` when
+the owner lets go), the compressed-SACK timer, the SYN / SYN-ACK retransmit timer, and
+the timeouts of tasks asleep in ``sk_wait_data`` or ``accept``. Deadlines are
+nanoseconds on the caller's clock; :func:`run_timers` fires every one that is due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from actors.profiles import MS
+from actors.stack.net import Net, OpDone
+from actors.stack.sock import (
+    AckPending,
+    TcpSock,
+    TcpState,
+    inet_unhash,
+    sk_backlog_rcv,
+    sk_wakeups,
+    wake_to_relock,
+)
+from actors.stack.tcp_input import inet_csk_ack_scheduled, set_state, tcp_sack_compress_send_ack
+from actors.stack.tcp_minisocks import tcp_send_syn, tcp_v4_send_synack
+from actors.stack.tcp_output import TCP_ATO_MIN, tcp_send_ack
+from protocol.constants import EAGAIN
+from protocol.sockops import Failed
+
+ETIMEDOUT = 110
+SYNACK_RETRIES = 5
+
+
+def _deadlines(sk: TcpSock) -> Iterable[int]:
+    ack = sk.icsk_ack
+    if ack.pending & AckPending.TIMER and ack.timeout:
+        yield ack.timeout
+    if sk.sack_compress_deadline is not None:
+        yield sk.sack_compress_deadline
+    if sk.synack_deadline is not None:
+        yield sk.synack_deadline
+    for w in sk.waiters:
+        if w.deadline is not None:
+            yield w.deadline
+
+
+def next_deadline(net: Net) -> int | None:
+    best: int | None = None
+    for sk in net.socks.values():
+        for d in _deadlines(sk):
+            if best is None or d < best:
+                best = d
+    return best
+
+
+def run_timers(net: Net, now: int) -> None:
+    for sk in list(net.socks.values()):
+        ack = sk.icsk_ack
+        if ack.pending & AckPending.TIMER and ack.timeout and ack.timeout <= now:
+            tcp_delack_timer(sk, now)
+        if sk.sack_compress_deadline is not None and sk.sack_compress_deadline <= now:
+            sk.sack_compress_deadline = None
+            if sk.compressed_ack:
+                if sk.owned:
+                    ack.ack_deferred = True
+                else:
+                    tcp_sack_compress_send_ack(sk, now)
+        if sk.synack_deadline is not None and sk.synack_deadline <= now:
+            tcp_synack_timer(sk, now)
+        expired = [w for w in sk.waiters if w.deadline is not None and w.deadline <= now]
+        for w in expired:
+            sk.waiters.remove(w)
+            if w.kind == "accept":
+                net.outputs.append(OpDone(w.task, sk.sock_id, Failed(error=EAGAIN)))
+            else:
+                wake_to_relock(sk, w.task, timed_out=True)
+        sk_wakeups(sk, now)
+
+
+def tcp_synack_timer(sk: TcpSock, now: int) -> None:
+    """Retransmit our SYN or SYN-ACK with a doubled timeout; give up after the retries."""
+    sk.synack_retries += 1
+    opening = sk.state in (TcpState.SYN_RECV, TcpState.SYN_SENT)
+    if sk.synack_retries > SYNACK_RETRIES or not opening:
+        sk.synack_deadline = None
+        if opening:
+            if sk.state == TcpState.SYN_SENT:
+                sk.sk_err = ETIMEDOUT
+                sk.data_ready = True
+            set_state(sk, TcpState.CLOSE)
+            inet_unhash(sk)
+        return
+    sk.rto = min(sk.rto * 2, 120_000 * MS)
+    sk.net.mib.add("TcpRetransSegs")
+    if sk.state == TcpState.SYN_SENT:
+        tcp_send_syn(sk, now)
+    else:
+        tcp_v4_send_synack(sk, now)
+
+
+def tcp_delack_timer(sk: TcpSock, now: int) -> None:
+    ack = sk.icsk_ack
+    if sk.owned:
+        # The owner is busy: tcp_release_cb runs this when it lets go.
+        sk.net.inc("TcpExtDelayedACKLocked")
+        if sk.net.profile.delack_blocked_flag:
+            ack.blocked = True
+        ack.deferred = True
+        ack.timeout = 0
+        return
+    tcp_delack_timer_handler(sk, now)
+
+
+def tcp_delack_timer_handler(sk: TcpSock, now: int) -> None:
+    net = sk.net
+    ack = sk.icsk_ack
+    if sk.state in (TcpState.CLOSE, TcpState.LISTEN) or not ack.pending & AckPending.TIMER:
+        return
+    if ack.timeout > now:
+        return
+    ack.pending &= ~AckPending.TIMER
+    uc = sk.ucopy
+    if uc.prequeue:
+        net.inc("TcpExtTCPSchedulerFailed")
+        while uc.prequeue:
+            sk_backlog_rcv(sk, uc.prequeue.popleft(), now)
+        uc.memory = 0
+    if inet_csk_ack_scheduled(sk):
+        if not ack.pingpong:
+            ack.ato = min(ack.ato << 1, sk.rto)
+        else:
+            ack.pingpong = 0
+            ack.ato = TCP_ATO_MIN
+        tcp_send_ack(sk, now)
+        net.inc("TcpExtDelayedACKs")
+
+
+def tcp_release_cb(sk: TcpSock, now: int) -> None:
+    """Work deferred while the socket was owned (tcp_output.c in Linux; here beside the
+    timer handler it runs): the delayed ACK, a compressed or deferred ACK."""
+    ack = sk.icsk_ack
+    if ack.deferred:
+        ack.deferred = False
+        ack.timeout = now
+        ack.pending |= AckPending.TIMER
+        tcp_delack_timer_handler(sk, now)
+    if ack.ack_deferred:
+        ack.ack_deferred = False
+        if inet_csk_ack_scheduled(sk) or sk.compressed_ack:
+            tcp_send_ack(sk, now)
