@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
+
+from protocol.tcp_options import OPTION_BY_NAME
 
 __all__ = [
     "BinaryExpr",
@@ -80,7 +82,11 @@ class EventTime:
 
 @dataclass(frozen=True, slots=True)
 class TcpOptionSpec:
-    """One option in a ``<...>`` list, in the order written."""
+    """One option in a ``<...>`` list, in the order written.
+
+    ``kind`` is a name from :data:`protocol.tcp_options.TCP_OPTIONS`; which of the
+    other fields it uses follows that row's ``syntax``.
+    """
 
     kind: str  # nop, eol, mss, wscale, sackOK, sack, TS
     value: int | None = None  # mss / wscale
@@ -88,20 +94,38 @@ class TcpOptionSpec:
     tsval: int | None = None
     tsecr: int | None = None
 
+    @classmethod
+    def of(cls, kind: str, value: Any) -> TcpOptionSpec:
+        """The spec for option ``kind`` carrying ``value`` as ``TcpOptions`` holds it."""
+        syntax = OPTION_BY_NAME[kind].syntax
+        if syntax == "int":
+            return cls(kind, value)
+        if syntax == "blocks":
+            return cls(kind, blocks=tuple(value))
+        if syntax == "ts":
+            return cls(kind, tsval=value[0], tsecr=value[1])
+        return cls(kind)
+
+    @property
+    def option_value(self) -> Any:
+        """The value as ``TcpOptions`` holds it (None for nop and eol)."""
+        row = OPTION_BY_NAME[self.kind]
+        syntax = row.syntax
+        if syntax == "int":
+            return self.value
+        if syntax == "blocks":
+            return self.blocks
+        if syntax == "ts":
+            return (self.tsval, self.tsecr)
+        return True if row.attr else None
+
     @property
     def length(self) -> int:
         """Bytes on the wire."""
-        return {"nop": 1, "eol": 1, "mss": 4, "wscale": 3, "sackOK": 2, "TS": 10}.get(
-            self.kind, 2 + 8 * len(self.blocks))
+        return OPTION_BY_NAME[self.kind].wire_len(self.blocks)
 
     def __str__(self) -> str:
-        if self.kind in ("mss", "wscale"):
-            return f"{self.kind} {self.value}"
-        if self.kind == "sack":
-            return "sack " + " ".join(f"{a}:{b}" for a, b in self.blocks)
-        if self.kind == "TS":
-            return f"TS val {self.tsval} ecr {self.tsecr}"
-        return self.kind
+        return OPTION_BY_NAME[self.kind].text(self.option_value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,33 +626,30 @@ class _Parser:
         if t.kind != "WORD":
             raise self.error(f"expected a TCP option, found {t}")
         name = self.next().text
-        if name in ("nop", "eol"):
-            return TcpOptionSpec(name)
-        if name == "mss":
-            return TcpOptionSpec("mss", self.expect_int("mss value", 0, _U16))
-        if name == "wscale":
-            return TcpOptionSpec("wscale", self.expect_int("window scale shift count", 0, 255))
-        if name == "sackOK":
-            return TcpOptionSpec("sackOK")
-        if name == "sack":
+        row = OPTION_BY_NAME.get(name)
+        if row is None:
+            raise self.error(f"TCP option {name!r} is not supported", t)
+        if row.syntax == "int":
+            return TcpOptionSpec(name, self.expect_int(row.what, 0, row.limit))
+        if row.syntax == "blocks":
             blocks: list[tuple[int, int]] = []
             while self.tok.kind == "INT":
                 left = self.expect_int("SACK left edge")
                 self.expect_punct(":", "in a SACK block")
                 blocks.append((left, self.expect_int("SACK right edge")))
             if not blocks:
-                raise self.error("sack needs at least one block")
-            return TcpOptionSpec("sack", blocks=tuple(blocks))
-        if name == "TS":
+                raise self.error(f"{name} needs at least one block")
+            return TcpOptionSpec(name, blocks=tuple(blocks))
+        if row.syntax == "ts":
             if not self.is_word("val"):
-                raise self.error("expected 'val' after TS")
+                raise self.error(f"expected 'val' after {name}")
             self.next()
-            val = self.expect_int("TS val")
+            val = self.expect_int(f"{name} val")
             if not self.is_word("ecr"):
-                raise self.error("expected 'ecr' in the TS option")
+                raise self.error(f"expected 'ecr' in the {name} option")
             self.next()
-            return TcpOptionSpec("TS", tsval=val, tsecr=self.expect_int("TS ecr"))
-        raise self.error(f"TCP option {name!r} is not supported", t)
+            return TcpOptionSpec(name, tsval=val, tsecr=self.expect_int(f"{name} ecr"))
+        return TcpOptionSpec(name)
 
     # -- system calls
     def syscall(self) -> SyscallSpec:

@@ -1,83 +1,86 @@
 """The TCP/IPv4 segment as rxpath's actors and kernel model see it.
 
 A :class:`Segment` is the decoded form; :mod:`protocol.wire` turns it into real
-IPv4 + TCP header bytes with correct checksums and back.
+IPv4 + TCP header bytes with correct checksums and back. Its options are a
+:class:`~protocol.tcp_options.TcpOptions`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import IntFlag
+from typing import Final
 
 from protocol.seq import seq_add
+from protocol.tcp_options import (
+    MAX_TCP_OPTION_SPACE,
+    NO_OPTIONS,
+    TcpOptions,
+    options_len,
+    options_text,
+)
+
+__all__ = [
+    "IPPROTO_TCP",
+    "IPV4_HEADER_LEN",
+    "MAX_TCP_OPTION_SPACE",
+    "NO_OPTIONS",
+    "TCP_HEADER_LEN",
+    "Segment",
+    "TcpFlags",
+    "TcpOptions",
+    "flags_text",
+]
 
 
-class TcpFlags(IntFlag):
-    FIN = 0x01
-    SYN = 0x02
-    RST = 0x04
-    PSH = 0x08
-    ACK = 0x10
-    URG = 0x20
-    ECE = 0x40
-    CWR = 0x80
+class TcpFlags:
+    """The TCP header's flag bits, as plain ints (``TcpFlags.ACK | TcpFlags.PSH`` is an int).
 
-    def short(self) -> str:
-        """packetdrill/tcpdump style letters: S, F, R, P, ., U, E, W."""
-        out = ""
-        for flag, letter in ((TcpFlags.SYN, "S"), (TcpFlags.FIN, "F"), (TcpFlags.RST, "R"),
-                             (TcpFlags.PSH, "P"), (TcpFlags.URG, "U"), (TcpFlags.ECE, "E"),
-                             (TcpFlags.CWR, "W")):
-            if self & flag:
-                out += letter
-        if self & TcpFlags.ACK:
-            out += "."
-        return out or "none"
+    Not an ``enum.Flag``: flag arithmetic runs for every segment, and enum
+    arithmetic costs a Python-level call per operation.
+    """
+
+    FIN: Final = 0x01
+    SYN: Final = 0x02
+    RST: Final = 0x04
+    PSH: Final = 0x08
+    ACK: Final = 0x10
+    URG: Final = 0x20
+    ECE: Final = 0x40
+    CWR: Final = 0x80
+
+
+def _letters(flags: int) -> str:
+    out = ""
+    for flag, letter in ((TcpFlags.SYN, "S"), (TcpFlags.FIN, "F"), (TcpFlags.RST, "R"),
+                         (TcpFlags.PSH, "P"), (TcpFlags.URG, "U"), (TcpFlags.ECE, "E"),
+                         (TcpFlags.CWR, "W")):
+        if flags & flag:
+            out += letter
+    if flags & TcpFlags.ACK:
+        out += "."
+    return out or "none"
+
+
+_FLAG_TEXT = tuple(_letters(i) for i in range(256))
+
+
+def flags_text(flags: int) -> str:
+    """tcpdump style letters for a flags byte: S, F, R, P, U, E, W, then "." for ACK."""
+    return _FLAG_TEXT[flags & 0xFF]
 
 
 IPPROTO_TCP = 6
 IPV4_HEADER_LEN = 20
 TCP_HEADER_LEN = 20
-MAX_TCP_OPTION_SPACE = 40
 
 
-@dataclass(slots=True, frozen=True)
-class TcpOptions:
-    """The TCP options rxpath understands (RFC 793, 7323, 2018).
-
-    ``layout`` optionally fixes the exact order of option kinds on the wire
-    (as names: "mss", "nop", "wscale", "sackOK", "sack", "TS", "eol"); when
-    empty, :mod:`protocol.wire` uses Linux's usual layout.
-    """
-
-    mss: int | None = None
-    wscale: int | None = None
-    sack_permitted: bool = False
-    sack_blocks: tuple[tuple[int, int], ...] = ()
-    timestamp: tuple[int, int] | None = None  # (TSval, TSecr)
-    layout: tuple[str, ...] = ()
-
-    @property
-    def tsval(self) -> int | None:
-        return None if self.timestamp is None else self.timestamp[0]
-
-    @property
-    def tsecr(self) -> int | None:
-        return None if self.timestamp is None else self.timestamp[1]
-
-    def is_empty(self) -> bool:
-        return (self.mss is None and self.wscale is None and not self.sack_permitted
-                and not self.sack_blocks and self.timestamp is None)
-
-
-NO_OPTIONS = TcpOptions()
-
-
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Segment:
     """One TCP segment in one IPv4 packet.
 
-    ``window`` is the raw 16-bit header field (unscaled).
+    A value: never changed after construction (:meth:`with_` makes a new one).
+    ``flags`` is the header's flags byte (:class:`TcpFlags` bits); ``window`` is the
+    raw 16-bit header field (unscaled).
     """
 
     src: str
@@ -86,7 +89,7 @@ class Segment:
     dport: int
     seq: int
     ack: int = 0
-    flags: TcpFlags = TcpFlags.ACK
+    flags: int = TcpFlags.ACK
     window: int = 65535
     options: TcpOptions = field(default=NO_OPTIONS)
     payload: bytes = b""
@@ -98,7 +101,8 @@ class Segment:
     @property
     def seg_len(self) -> int:
         """Sequence space consumed: payload plus one for SYN and one for FIN."""
-        return len(self.payload) + bool(self.flags & TcpFlags.SYN) + bool(self.flags & TcpFlags.FIN)
+        flags = self.flags
+        return len(self.payload) + ((flags >> 1) & 1) + (flags & 1)  # SYN is 0x02, FIN 0x01
 
     @property
     def end_seq(self) -> int:
@@ -108,7 +112,12 @@ class Segment:
     def four_tuple(self) -> tuple[str, int, str, int]:
         return (self.src, self.sport, self.dst, self.dport)
 
-    def has(self, flag: TcpFlags) -> bool:
+    @property
+    def header_len(self) -> int:
+        """TCP header bytes (``doff * 4``): as received for a decoded segment."""
+        return TCP_HEADER_LEN + options_len(self.options)
+
+    def has(self, flag: int) -> bool:
         return bool(self.flags & flag)
 
     def with_(self, **changes: object) -> Segment:
@@ -116,7 +125,7 @@ class Segment:
 
     def describe(self) -> str:
         """A one-line tcpdump-like summary for logs and test failures."""
-        text = f"{self.src}:{self.sport} > {self.dst}:{self.dport} {self.flags.short()} "
+        text = f"{self.src}:{self.sport} > {self.dst}:{self.dport} {flags_text(self.flags)} "
         if self.seg_len:
             text += f"{self.seq}:{self.end_seq}({len(self.payload)}) "
         else:
@@ -124,18 +133,7 @@ class Segment:
         if self.flags & TcpFlags.ACK:
             text += f"ack {self.ack} "
         text += f"win {self.window}"
-        opts = self.options
-        parts = []
-        if opts.mss is not None:
-            parts.append(f"mss {opts.mss}")
-        if opts.sack_permitted:
-            parts.append("sackOK")
-        if opts.timestamp is not None:
-            parts.append(f"TS val {opts.timestamp[0]} ecr {opts.timestamp[1]}")
-        if opts.wscale is not None:
-            parts.append(f"wscale {opts.wscale}")
-        if opts.sack_blocks:
-            parts.append("sack " + " ".join(f"{a}:{b}" for a, b in opts.sack_blocks))
-        if parts:
-            text += " <" + ",".join(parts) + ">"
+        opts = options_text(self.options)
+        if opts:
+            text += f" <{opts}>"
         return text

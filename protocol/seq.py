@@ -7,6 +7,7 @@ from __future__ import annotations
 
 SEQ_MOD = 1 << 32
 SEQ_MASK = SEQ_MOD - 1
+_HALF = 1 << 31
 
 
 def seq_add(seq: int, n: int) -> int:
@@ -17,25 +18,29 @@ def seq_add(seq: int, n: int) -> int:
 def seq_sub(a: int, b: int) -> int:
     """The signed distance ``a - b`` interpreted as a 32-bit two's-complement value."""
     d = (a - b) & SEQ_MASK
-    return d - SEQ_MOD if d & 0x80000000 else d
+    return d - SEQ_MOD if d >= _HALF else d
+
+
+# The comparisons test bit 31 of the wrapped difference directly: the hot path calls
+# them for every segment, and this saves a call into seq_sub.
 
 
 def before(a: int, b: int) -> bool:
     """True when ``a`` comes strictly before ``b`` in sequence space."""
-    return seq_sub(a, b) < 0
+    return ((a - b) & SEQ_MASK) >= _HALF
 
 
 def after(a: int, b: int) -> bool:
     """True when ``a`` comes strictly after ``b`` in sequence space."""
-    return seq_sub(b, a) < 0
+    return ((b - a) & SEQ_MASK) >= _HALF
 
 
 def before_eq(a: int, b: int) -> bool:
-    return not after(a, b)
+    return ((b - a) & SEQ_MASK) < _HALF
 
 
 def after_eq(a: int, b: int) -> bool:
-    return not before(a, b)
+    return ((a - b) & SEQ_MASK) < _HALF
 
 
 def between(seq: int, low: int, high: int) -> bool:
@@ -44,8 +49,8 @@ def between(seq: int, low: int, high: int) -> bool:
 
 
 def seq_max(a: int, b: int) -> int:
-    return b if after(b, a) else a
+    return b if ((a - b) & SEQ_MASK) >= _HALF else a
 
 
 def seq_min(a: int, b: int) -> int:
-    return b if before(b, a) else a
+    return b if ((b - a) & SEQ_MASK) >= _HALF else a

@@ -28,12 +28,24 @@ from dataclasses import dataclass
 from protocol.segment import (
     IPPROTO_TCP,
     IPV4_HEADER_LEN,
-    MAX_TCP_OPTION_SPACE,
     NO_OPTIONS,
     TCP_HEADER_LEN,
     Segment,
-    TcpFlags,
-    TcpOptions,
+)
+from protocol.tcp_options import (
+    NOP_NOP_TS_PREFIX,
+    OPTION_NAMES,
+    TCPOPT_EOL,
+    TCPOPT_MSS,
+    TCPOPT_NOP,
+    TCPOPT_SACK,
+    TCPOPT_SACK_PERM,
+    TCPOPT_TIMESTAMP,
+    TCPOPT_WINDOW,
+    default_layout,
+    encode_options,
+    parse_options,
+    timestamp_only,
 )
 
 __all__ = [
@@ -43,6 +55,13 @@ __all__ = [
     "IP_MF",
     "IP_OFFSET",
     "OPTION_NAMES",
+    "TCPOPT_EOL",
+    "TCPOPT_MSS",
+    "TCPOPT_NOP",
+    "TCPOPT_SACK",
+    "TCPOPT_SACK_PERM",
+    "TCPOPT_TIMESTAMP",
+    "TCPOPT_WINDOW",
     "Ipv4BadTotalLength",
     "Ipv4BadVersionOrIhl",
     "Ipv4ChecksumError",
@@ -85,30 +104,16 @@ IPV4_MAX_HEADER_LEN = 60
 # checksum is noticed, so the stack model may want it.
 CHECKSUM_BREAK = 76
 
-# TCP option kinds (include/net/tcp.h).
-TCPOPT_EOL = 0
-TCPOPT_NOP = 1
-TCPOPT_MSS = 2
-TCPOPT_WINDOW = 3
-TCPOPT_SACK_PERM = 4
-TCPOPT_SACK = 5
-TCPOPT_TIMESTAMP = 8
-
-OPTION_NAMES = ("mss", "nop", "wscale", "sackOK", "sack", "TS", "eol")
-
-_IP_HDR = struct.Struct("!BBHHHBBH4s4s")
+# Addresses travel as 32-bit ints inside the codec: struct packs them directly and
+# their checksum contribution is arithmetic (see _residue).
+_IP_HDR = struct.Struct("!BBHHHBBHII")
 _TCP_HDR = struct.Struct("!HHIIHHHH")
-_PSEUDO_TAIL = struct.Struct("!HH")  # zero byte + protocol, then TCP length
+_IP_TCP_HDR = struct.Struct("!BBHHHBBHIIHHIIHHHH")  # both fixed headers in one pack
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U32X2 = struct.Struct("!II")
-_OPT_MSS = struct.Struct("!BBH")
-_OPT_TS = struct.Struct("!BBII")
-_OPT_NOP_NOP_TS = struct.Struct("!BBBBII")  # also sackOK+TS: one 12-byte word group
-
-_FLAGS = tuple(TcpFlags(i) for i in range(256))
-_LAYOUT_TS_ONLY = ("nop", "nop", "TS")
-_NOP_NOP_TS_PREFIX = bytes((TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, 10))
+_VIHL_PLAIN = 0x45  # version 4, 20-byte header: every header rxpath writes
+_TS_ONLY_HLEN = TCP_HEADER_LEN + 12
 
 
 # --------------------------------------------------------------------------- errors
@@ -129,7 +134,7 @@ class MalformedPacket(ValueError):
 class Ipv4HeaderError(MalformedPacket):
     """ip_rcv_core's ``inhdr_error`` label."""
 
-    counters = ("IpInHdrErrors",)
+    counters: tuple[str, ...] = ("IpInHdrErrors",)
     drop_reason = "IP_INHDR"
 
 
@@ -212,232 +217,106 @@ class TcpChecksumError(MalformedPacket):
 
 
 # --------------------------------------------------------------------------- checksums
+#
+# The Internet checksum (RFC 1071) is the ones'-complement sum of 16-bit words. As
+# 2**16 == 1 (mod 0xFFFF), a byte string read as one big-endian integer has the same
+# residue modulo 0xFFFF as the sum of its words, and so does a 32-bit field (its two
+# halves): the sum needs no Python-level loop. A residue of 0 is a ones'-complement
+# sum of 0xFFFF (negative zero) unless every word is zero; TCP's pseudo-header holds
+# the protocol number, so a TCP sum is never all zero.
 
 
 def _residue(data: bytes) -> int:
-    """The sum of ``data``'s big-endian 16-bit words, modulo 0xFFFF.
-
-    2**16 is 1 modulo 0xFFFF, so the whole byte string read as one integer has
-    the same residue as the sum of its 16-bit words: the ones'-complement sum
-    (RFC 1071) without a Python-level loop.
-    """
-    if len(data) & 1:
-        data += b"\x00"
-    return int.from_bytes(data, "big") % 0xFFFF
-
-
-def _fold(residue: int) -> int:
-    """Checksum field value from a (non-zero data) residue, as ``csum_fold`` gives it."""
-    # A residue of 0 means the ones'-complement sum is 0xFFFF, whose complement is 0.
-    return 0xFFFF - residue if residue else 0
+    """The sum of ``data``'s big-endian 16-bit words (odd length: zero-padded), mod 0xFFFF."""
+    residue = int.from_bytes(data, "big") % 0xFFFF
+    return (residue << 8) % 0xFFFF if len(data) & 1 else residue
 
 
 def internet_checksum(data: bytes) -> int:
-    """RFC 1071 checksum of ``data`` (which must not be all zero bytes)."""
-    return _fold(_residue(data))
-
-
-def _pseudo_header(src: bytes, dst: bytes, tcp_len: int) -> bytes:
-    return src + dst + _PSEUDO_TAIL.pack(IPPROTO_TCP, tcp_len)
+    """RFC 1071 checksum of ``data``: the complement of its ones'-complement word sum."""
+    value = int.from_bytes(data, "big")
+    residue = (value << 8 if len(data) & 1 else value) % 0xFFFF
+    if residue:
+        return 0xFFFF - residue
+    return 0 if value else 0xFFFF  # a sum of 0xFFFF, or all zero words (sum 0)
 
 
 def tcp_checksum(src: str, dst: str, tcp_segment: bytes) -> int:
     """The TCP checksum for ``tcp_segment`` (its checksum field taken as zero)."""
-    s, d = _aton(src), _aton(dst)
-    residue = (_residue(_pseudo_header(s, d, len(tcp_segment)))
-               + _residue(tcp_segment[:16] + b"\x00\x00" + tcp_segment[18:])) % 0xFFFF
-    return _fold(residue)
+    residue = (_addr(src) + _addr(dst) + IPPROTO_TCP + len(tcp_segment)
+               + _residue(tcp_segment) - _U16.unpack_from(tcp_segment, 16)[0]) % 0xFFFF
+    return 0xFFFF - residue if residue else 0
 
 
-def _aton(addr: str) -> bytes:
-    try:
-        return socket.inet_pton(socket.AF_INET, addr)
-    except OSError:
-        raise ValueError(f"not a dotted-quad IPv4 address: {addr!r}") from None
+_ADDRS: dict[str, int] = {}
+_NAMES: dict[int, str] = {}
+_ADDR_CACHE_MAX = 4096  # a run has a handful of addresses; bound what garbage can add
 
 
-# --------------------------------------------------------------------------- options
+def _addr(addr: str) -> int:
+    """A dotted quad as a 32-bit int."""
+    value = _ADDRS.get(addr)
+    if value is None:
+        try:
+            value = _U32.unpack(socket.inet_pton(socket.AF_INET, addr))[0]
+        except (OSError, TypeError):
+            raise ValueError(f"not a dotted-quad IPv4 address: {addr!r}") from None
+        if len(_ADDRS) >= _ADDR_CACHE_MAX:
+            _ADDRS.clear()
+        _ADDRS[addr] = value
+    return value
 
 
-def default_layout(opts: TcpOptions) -> tuple[str, ...]:
-    """The option layout Linux's ``tcp_options_write`` uses for these options.
-
-    Order: MSS; timestamps (sharing their leading two bytes with SACK-permitted
-    when both are present, else behind two NOPs); SACK-permitted behind two
-    NOPs; window scale behind one NOP; SACK blocks behind two NOPs.
-    """
-    layout: list[str] = []
-    if opts.mss is not None:
-        layout.append("mss")
-    sack_ok_pending = opts.sack_permitted
-    if opts.timestamp is not None:
-        if sack_ok_pending:
-            layout += ("sackOK", "TS")
-            sack_ok_pending = False
-        else:
-            layout += _LAYOUT_TS_ONLY
-    if sack_ok_pending:
-        layout += ("nop", "nop", "sackOK")
-    if opts.wscale is not None:
-        layout += ("nop", "wscale")
-    if opts.sack_blocks:
-        layout += ("nop", "nop", "sack")
-    return tuple(layout)
-
-
-def _write_option(name: str, opts: TcpOptions, out: bytearray) -> None:
-    if name == "nop":
-        out.append(TCPOPT_NOP)
-    elif name == "eol":
-        out.append(TCPOPT_EOL)
-    elif name == "TS":
-        if opts.timestamp is None:
-            raise ValueError("layout names 'TS' but options.timestamp is None")
-        out += _OPT_TS.pack(TCPOPT_TIMESTAMP, 10, *opts.timestamp)
-    elif name == "mss":
-        if opts.mss is None:
-            raise ValueError("layout names 'mss' but options.mss is None")
-        out += _OPT_MSS.pack(TCPOPT_MSS, 4, opts.mss)
-    elif name == "wscale":
-        if opts.wscale is None:
-            raise ValueError("layout names 'wscale' but options.wscale is None")
-        out += bytes((TCPOPT_WINDOW, 3, opts.wscale))
-    elif name == "sackOK":
-        if not opts.sack_permitted:
-            raise ValueError("layout names 'sackOK' but options.sack_permitted is False")
-        out += bytes((TCPOPT_SACK_PERM, 2))
-    elif name == "sack":
-        blocks = opts.sack_blocks
-        if not blocks:
-            raise ValueError("layout names 'sack' but options.sack_blocks is empty")
-        out += bytes((TCPOPT_SACK, 2 + 8 * len(blocks)))
-        for start, end in blocks:
-            out += _U32X2.pack(start, end)
-    else:
-        raise ValueError(f"unknown TCP option name {name!r} (known: {', '.join(OPTION_NAMES)})")
-
-
-def _check_layout_covers(opts: TcpOptions) -> None:
-    layout = opts.layout
-    for name, present in (("mss", opts.mss is not None), ("wscale", opts.wscale is not None),
-                          ("sackOK", opts.sack_permitted), ("sack", bool(opts.sack_blocks)),
-                          ("TS", opts.timestamp is not None)):
-        if present and name not in layout:
-            raise ValueError(f"options carry {name!r} but the explicit layout {layout} omits it")
-
-
-def encode_options(opts: TcpOptions) -> bytes:
-    """TCP option bytes, padded to a multiple of 4.
-
-    With ``opts.layout`` set, the named options are written in that order
-    (every option present in ``opts`` must be named, and every named one
-    present); a layout that does not end on a 4-byte boundary is padded with
-    zero bytes (an EOL, then zeros: RFC 793's padding). Raises ValueError if
-    the result exceeds 40 bytes or a value does not fit its field.
-    """
-    if opts is NO_OPTIONS:
-        return b""
-    out = bytearray()
-    try:
-        if opts.layout:
-            _check_layout_covers(opts)
-            for name in opts.layout:
-                _write_option(name, opts, out)
-        else:
-            # tcp_options_write(): every group is a whole number of 32-bit words.
-            if opts.mss is not None:
-                out += _OPT_MSS.pack(TCPOPT_MSS, 4, opts.mss)
-            sack_ok_pending = opts.sack_permitted
-            if opts.timestamp is not None:
-                if sack_ok_pending:
-                    out += _OPT_NOP_NOP_TS.pack(TCPOPT_SACK_PERM, 2, TCPOPT_TIMESTAMP, 10,
-                                                *opts.timestamp)
-                    sack_ok_pending = False
-                else:
-                    out += _OPT_NOP_NOP_TS.pack(TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, 10,
-                                                *opts.timestamp)
-            if sack_ok_pending:
-                out += bytes((TCPOPT_NOP, TCPOPT_NOP, TCPOPT_SACK_PERM, 2))
-            if opts.wscale is not None:
-                out += bytes((TCPOPT_NOP, TCPOPT_WINDOW, 3, opts.wscale))
-            if opts.sack_blocks:
-                out += bytes((TCPOPT_NOP, TCPOPT_NOP, TCPOPT_SACK, 2 + 8 * len(opts.sack_blocks)))
-                for start, end in opts.sack_blocks:
-                    out += _U32X2.pack(start, end)
-    except struct.error as exc:
-        raise ValueError(f"TCP option value out of range: {exc}") from None
-    if len(out) & 3:
-        out += bytes(4 - (len(out) & 3))
-    if len(out) > MAX_TCP_OPTION_SPACE:
-        raise ValueError(f"TCP options need {len(out)} bytes; at most "
-                         f"{MAX_TCP_OPTION_SPACE} fit (options: {opts})")
-    return bytes(out)
-
-
-def parse_options(data: bytes) -> TcpOptions:
-    """Parse TCP option bytes like ``tcp_parse_options``.
-
-    EOL ends parsing; NOP is skipped; a length byte below 2, a length running
-    past the end, or a lone trailing kind byte stops parsing silently; an
-    unknown kind, or a known kind with the wrong length, is skipped and left out
-    of the result. Values are recorded whatever the segment's flags (Linux
-    honours MSS, window scale and SACK-permitted only on a SYN; the model
-    decides). A repeated option overrides the earlier one, as in Linux.
-    ``layout`` records the kinds seen, in order.
-    """
-    if not data:
-        return NO_OPTIONS
-    # tcp_fast_parse_options(): the aligned timestamp-only layout of established segments.
-    if len(data) == 12 and data[:4] == _NOP_NOP_TS_PREFIX:
-        return TcpOptions(timestamp=_U32X2.unpack_from(data, 4), layout=_LAYOUT_TS_ONLY)
-    mss: int | None = None
-    wscale: int | None = None
-    sack_ok = False
-    blocks: tuple[tuple[int, int], ...] = ()
-    timestamp: tuple[int, int] | None = None
-    layout: list[str] = []
-    i = 0
-    n = len(data)
-    while i < n:
-        kind = data[i]
-        if kind == TCPOPT_EOL:
-            layout.append("eol")
-            break
-        if kind == TCPOPT_NOP:
-            layout.append("nop")
-            i += 1
-            continue
-        if n - i < 2:
-            break
-        size = data[i + 1]
-        if size < 2 or size > n - i:  # "silly options" / partial option
-            break
-        if kind == TCPOPT_MSS and size == 4:
-            mss = _U16.unpack_from(data, i + 2)[0]
-            layout.append("mss")
-        elif kind == TCPOPT_WINDOW and size == 3:
-            wscale = data[i + 2]
-            layout.append("wscale")
-        elif kind == TCPOPT_SACK_PERM and size == 2:
-            sack_ok = True
-            layout.append("sackOK")
-        elif kind == TCPOPT_SACK and size >= 10 and (size - 2) % 8 == 0:
-            blocks = tuple(_U32X2.unpack_from(data, off) for off in range(i + 2, i + size, 8))
-            layout.append("sack")
-        elif kind == TCPOPT_TIMESTAMP and size == 10:
-            timestamp = _U32X2.unpack_from(data, i + 2)
-            layout.append("TS")
-        i += size
-    return TcpOptions(mss=mss, wscale=wscale, sack_permitted=sack_ok, sack_blocks=blocks,
-                      timestamp=timestamp, layout=tuple(layout))
+def _name(addr: int) -> str:
+    """A 32-bit address as a dotted quad."""
+    name = _NAMES.get(addr)
+    if name is None:
+        name = socket.inet_ntoa(_U32.pack(addr))
+        if len(_NAMES) >= _ADDR_CACHE_MAX:
+            _NAMES.clear()
+        _NAMES[addr] = name
+    return name
 
 
 # --------------------------------------------------------------------------- encode
 
 
 def encode(seg: Segment) -> bytes:
-    """The IPv4 packet (header + TCP segment) carrying ``seg``, checksums correct."""
-    return encode_with(seg)
+    """The IPv4 packet (header + TCP segment) carrying ``seg``, checksums correct.
+
+    The same bytes as :func:`encode_with` without overrides, built in one pass: the
+    checksums come from the field values and one integer conversion of the payload.
+    """
+    src = _ADDRS.get(seg.src) or _addr(seg.src)
+    dst = _ADDRS.get(seg.dst) or _addr(seg.dst)
+    opts = seg.options
+    options = b"" if opts is NO_OPTIONS else encode_options(opts)
+    payload = seg.payload
+    tcp_hlen = TCP_HEADER_LEN + len(options)
+    tcp_len = tcp_hlen + len(payload)
+    total_length = IPV4_HEADER_LEN + tcp_len
+    if total_length > 0xFFFF:
+        raise ValueError(f"IPv4 packet of {total_length} bytes exceeds 65535")
+    doff_flags = (tcp_hlen << 10) | (seg.flags & 0xFF)  # doff = tcp_hlen / 4, in the top 4 bits
+    sport, dport, seq, ack, window, urg_ptr = (seg.sport, seg.dport, seg.seq, seg.ack,
+                                               seg.window, seg.urg_ptr)
+    body = int.from_bytes(payload, "big") % 0xFFFF  # reduce first: later sums stay small
+    if len(payload) & 1:
+        body <<= 8  # the zero pad byte
+    residue = (src + dst + IPPROTO_TCP + tcp_len + sport + dport + seq + ack + doff_flags
+               + window + urg_ptr + int.from_bytes(options, "big") + body) % 0xFFFF
+    tcp_csum = 0xFFFF - residue if residue else 0
+    tos, ip_id, ttl = seg.tos, seg.ip_id, seg.ttl
+    residue = ((_VIHL_PLAIN << 8) + tos + total_length + ip_id + IP_DF + (ttl << 8)
+               + IPPROTO_TCP + src + dst) % 0xFFFF
+    ip_csum = 0xFFFF - residue if residue else 0
+    try:
+        head = _IP_TCP_HDR.pack(_VIHL_PLAIN, tos, total_length, ip_id, IP_DF, ttl, IPPROTO_TCP,
+                                ip_csum, src, dst, sport, dport, seq, ack, doff_flags, window,
+                                tcp_csum, urg_ptr)
+    except struct.error as exc:
+        raise ValueError(f"header field out of range in {seg.describe()}: {exc}") from None
+    return b"".join((head, options, payload))
 
 
 def encode_with(
@@ -464,8 +343,8 @@ def encode_with(
     ``frag_off`` is the raw flags + fragment-offset field; ``tcp_reserved`` the
     4 bits between data offset and flags.
     """
-    src = _aton(seg.src)
-    dst = _aton(seg.dst)
+    src = _addr(seg.src)
+    dst = _addr(seg.dst)
     options = encode_options(seg.options)
     tcp_hlen = TCP_HEADER_LEN + len(options)
     tcp_len = tcp_hlen + len(seg.payload)
@@ -481,13 +360,13 @@ def encode_with(
     if ihl is None:
         ihl = ip_hlen >> 2
     try:
-        doff_flags = ((doff & 0xF) << 12) | ((tcp_reserved & 0xF) << 8) | (int(seg.flags) & 0xFF)
+        doff_flags = ((doff & 0xF) << 12) | ((tcp_reserved & 0xF) << 8) | (seg.flags & 0xFF)
         tcp_head = _TCP_HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, doff_flags,
                                  seg.window, 0, seg.urg_ptr)
         if tcp_checksum is None:
-            residue = (_residue(_pseudo_header(src, dst, tcp_len)) + _residue(tcp_head + options)
+            residue = (src + dst + IPPROTO_TCP + tcp_len + _residue(tcp_head + options)
                        + _residue(seg.payload)) % 0xFFFF
-            tcp_checksum = _fold(residue)
+            tcp_checksum = 0xFFFF - residue if residue else 0
         tcp_head = _TCP_HDR.pack(seg.sport, seg.dport, seg.seq, seg.ack, doff_flags,
                                  seg.window, tcp_checksum, seg.urg_ptr)
         ip_head = _IP_HDR.pack(((version & 0xF) << 4) | (ihl & 0xF), seg.tos, total_length,
@@ -503,12 +382,13 @@ def encode_with(
 # --------------------------------------------------------------------------- decode
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Ipv4Packet:
     """An IPv4 packet that passed ``ip_rcv_core``'s checks.
 
-    ``header`` is the whole header (``ihl * 4`` bytes, options included);
-    ``l4`` is the transport segment, trimmed to ``total_length``.
+    A value: never changed after construction. ``header`` is the whole header
+    (``ihl * 4`` bytes, options included); ``l4`` is the transport segment, trimmed
+    to ``total_length``.
     """
 
     src: str
@@ -548,7 +428,7 @@ class Ipv4Packet:
         return self.header[IPV4_HEADER_LEN:]
 
 
-def decode_ipv4(frame: bytes) -> Ipv4Packet:
+def decode_ipv4(frame: bytes | bytearray | memoryview) -> Ipv4Packet:
     """Check an IPv4 frame as ``ip_rcv_core`` does and return the packet.
 
     The checks, in the kernel's order (net/ipv4/ip_input.c):
@@ -568,17 +448,21 @@ def decode_ipv4(frame: bytes) -> Ipv4Packet:
     if n < IPV4_HEADER_LEN:
         raise Ipv4TooShort(f"{n}-byte frame is shorter than the 20-byte IPv4 header")
     vihl = frame[0]
-    version = vihl >> 4
-    ihl = vihl & 0xF
-    if ihl < 5 or version != 4:
-        raise Ipv4BadVersionOrIhl(f"IPv4 header has version {version}, ihl {ihl} "
-                                  "(need version 4, ihl >= 5)")
-    hlen = ihl << 2
-    if n < hlen:
-        raise Ipv4HeaderTruncated(f"ihl {ihl} says the header is {hlen} bytes; "
-                                  f"the frame has {n}")
+    if vihl == _VIHL_PLAIN:
+        ihl = 5
+        hlen = IPV4_HEADER_LEN
+    else:
+        version = vihl >> 4
+        ihl = vihl & 0xF
+        if ihl < 5 or version != 4:
+            raise Ipv4BadVersionOrIhl(f"IPv4 header has version {version}, ihl {ihl} "
+                                      "(need version 4, ihl >= 5)")
+        hlen = ihl << 2
+        if n < hlen:
+            raise Ipv4HeaderTruncated(f"ihl {ihl} says the header is {hlen} bytes; "
+                                      f"the frame has {n}")
     header = frame[:hlen]
-    if _residue(header):
+    if int.from_bytes(header, "big") % 0xFFFF:  # even length; never all zero (version 4)
         raise Ipv4ChecksumError(f"IPv4 header checksum 0x{_U16.unpack_from(header, 10)[0]:04x} "
                                 f"is wrong (header {header.hex()})")
     (_vihl, tos, total_length, ip_id, frag_off, ttl, protocol, checksum, src, dst
@@ -588,17 +472,20 @@ def decode_ipv4(frame: bytes) -> Ipv4Packet:
     if total_length < hlen:
         raise Ipv4BadTotalLength(f"total length {total_length} is less than the "
                                  f"{hlen}-byte header")
-    return Ipv4Packet(socket.inet_ntoa(src), socket.inet_ntoa(dst), protocol, ttl, tos, ip_id,
-                      ihl, total_length, frag_off, checksum, header, frame[hlen:total_length])
+    return Ipv4Packet(_NAMES.get(src) or _name(src), _NAMES.get(dst) or _name(dst), protocol,
+                      ttl, tos, ip_id, ihl, total_length, frag_off, checksum, header,
+                      frame[hlen:total_length])
 
 
 def tcp_checksum_ok(pkt: Ipv4Packet) -> bool:
     """Whether the TCP checksum over pseudo-header and segment is correct."""
     seg = pkt.l4
-    header = pkt.header
-    residue = (_residue(header[12:20] + _PSEUDO_TAIL.pack(IPPROTO_TCP, len(seg)))
-               + _residue(seg)) % 0xFFFF
-    return residue == 0
+    n = len(seg)
+    residue = int.from_bytes(seg, "big") % 0xFFFF  # reduce first: later sums stay small
+    if n & 1:
+        residue <<= 8  # the zero pad byte
+    # Source and destination address, protocol, TCP length: the pseudo-header's words.
+    return (int.from_bytes(pkt.header[12:20], "big") + IPPROTO_TCP + n + residue) % 0xFFFF == 0
 
 
 def decode_tcp(pkt: Ipv4Packet, *, verify_checksum: bool = True) -> Segment:
@@ -609,7 +496,8 @@ def decode_tcp(pkt: Ipv4Packet, *, verify_checksum: bool = True) -> Segment:
     at least 20 bytes (:class:`TcpTooShort`), ``doff >= 5``
     (:class:`TcpBadDataOffset`), ``doff * 4`` within the segment
     (:class:`TcpHeaderTruncated`), and, if ``verify_checksum``, the checksum
-    (:class:`TcpChecksumError`). Options are parsed by :func:`parse_options`.
+    (:class:`TcpChecksumError`). Options are parsed by :func:`parse_options`, which
+    records their length (``doff * 4 - 20``) for ``Segment.header_len``.
     """
     if pkt.frag_off & (IP_MF | IP_OFFSET):
         raise Ipv4Fragment(f"fragment (frag_off 0x{pkt.frag_off:04x}); rxpath does not "
@@ -631,11 +519,16 @@ def decode_tcp(pkt: Ipv4Packet, *, verify_checksum: bool = True) -> Segment:
     if verify_checksum and not tcp_checksum_ok(pkt):
         raise TcpChecksumError(f"TCP checksum 0x{_csum:04x} is wrong for "
                                f"{pkt.src}:{sport} > {pkt.dst}:{dport} seq {seq}")
-    options = parse_options(data[TCP_HEADER_LEN:hlen]) if hlen > TCP_HEADER_LEN else NO_OPTIONS
-    return Segment(pkt.src, sport, pkt.dst, dport, seq, ack, _FLAGS[doff_flags & 0xFF], window,
+    if hlen == TCP_HEADER_LEN:
+        options = NO_OPTIONS
+    elif hlen == _TS_ONLY_HLEN and data.startswith(NOP_NOP_TS_PREFIX, TCP_HEADER_LEN):
+        options = timestamp_only(_U32X2.unpack_from(data, TCP_HEADER_LEN + 4))
+    else:
+        options = parse_options(data[TCP_HEADER_LEN:hlen])
+    return Segment(pkt.src, sport, pkt.dst, dport, seq, ack, doff_flags & 0xFF, window,
                    options, data[hlen:], urg_ptr, pkt.ttl, pkt.tos, pkt.ip_id)
 
 
-def decode(frame: bytes, *, verify_checksum: bool = True) -> Segment:
+def decode(frame: bytes | bytearray | memoryview, *, verify_checksum: bool = True) -> Segment:
     """:func:`decode_ipv4` then :func:`decode_tcp`."""
     return decode_tcp(decode_ipv4(frame), verify_checksum=verify_checksum)

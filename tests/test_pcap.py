@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import ImpairmentsConfig, load_scenario
+from actors.scenario import ImpairmentsConfig
+from cli.config import load_scenario
 from cli.run import run_scenario
 from protocol.pcap import PcapWriter, read_pcap
 from protocol.segment import Segment, TcpFlags

@@ -563,7 +563,7 @@ def explicit_options(draw: st.DrawFn) -> TcpOptions:
 def segments(draw: st.DrawFn, options: st.SearchStrategy[TcpOptions]) -> Segment:
     return Segment(
         src=draw(addresses), sport=draw(u16), dst=draw(addresses), dport=draw(u16),
-        seq=draw(u32), ack=draw(u32), flags=TcpFlags(draw(u8)), window=draw(u16),
+        seq=draw(u32), ack=draw(u32), flags=draw(u8), window=draw(u16),
         options=draw(options), payload=draw(st.binary(max_size=1500)), urg_ptr=draw(u16),
         ttl=draw(u8), tos=draw(u8), ip_id=draw(u16),
     )
@@ -673,3 +673,88 @@ def test_mutated_frames_decode_or_raise_malformed(
         strip = tuple(n for n in got.options.layout if n != "eol")
         assert tuple(n for n in again.options.layout if n != "eol") == strip
         assert again.with_(options=got.options) == got
+
+
+# --------------------------------------------------------------------------- fast checksum
+
+# Data the word-sum shortcut could get wrong: odd lengths (the pad byte), all zero (a sum
+# of 0, checksum 0xFFFF) and all 0xFF (a sum of 0xFFFF, checksum 0).
+checksum_data = st.one_of(
+    st.binary(max_size=1600),
+    st.integers(0, 80).map(bytes),
+    st.integers(0, 80).map(lambda n: b"\xff" * n),
+    st.binary(max_size=40).map(lambda b: b + b"\xff" * 40),
+)
+
+
+@settings(max_examples=500)
+@given(checksum_data)
+def test_fast_checksum_matches_rfc1071(data: bytes) -> None:
+    assert internet_checksum(data) == rfc1071(data)
+
+
+def test_checksum_edge_values() -> None:
+    assert internet_checksum(b"") == rfc1071(b"") == 0xFFFF
+    assert internet_checksum(bytes(7)) == 0xFFFF
+    assert internet_checksum(b"\xff\xff") == 0 and internet_checksum(b"\xff") == 0x00FF
+    assert internet_checksum(b"\xff" * 5) == rfc1071(b"\xff" * 5) == 0x00FF
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=1, max_size=600), st.data())
+def test_fast_checksum_detects_every_single_bit_flip(data: bytes, draw: st.DataObject) -> None:
+    block = data + bytes(len(data) & 1)
+    block += struct.pack("!H", internet_checksum(block))
+    assert internet_checksum(block) == 0 and rfc1071(block) == 0
+    bit = draw.draw(st.integers(0, len(block) * 8 - 1))
+    flipped = flip_bit(block, bit)
+    assert internet_checksum(flipped) != 0
+    assert internet_checksum(flipped) == rfc1071(flipped)
+
+
+@settings(max_examples=100)
+@given(segments(default_options()), st.data())
+def test_tcp_checksum_ok_agrees_with_reference(seg: Segment, data: st.DataObject) -> None:
+    frame = encode(seg)
+    if data.draw(st.booleans()):  # damage one bit of the TCP segment, or leave it intact
+        frame = flip_bit(frame, data.draw(st.integers(20 * 8, len(frame) * 8 - 1)))
+    pkt = decode_ipv4(frame)
+    tcp = frame[20:]
+    assert tcp_checksum_ok(pkt) == (rfc1071(pseudo_header(seg.src, seg.dst, len(tcp)) + tcp) == 0)
+
+
+@settings(max_examples=100)
+@given(segments(default_options() | explicit_options()))
+def test_fast_encode_equals_general_encoder(seg: Segment) -> None:
+    assert encode(seg) == encode_with(seg)
+    assert tcp_checksum(seg.src, seg.dst, encode(seg)[20:]) == struct.unpack_from(
+        "!H", encode(seg), 36)[0]
+
+
+# --------------------------------------------------------------------------- header length
+
+
+@settings(max_examples=100)
+@given(segments(default_options() | explicit_options()))
+def test_header_len_without_encoding(seg: Segment) -> None:
+    frame = encode(seg)
+    doff_bytes = (frame[32] >> 4) * 4
+    assert seg.header_len == doff_bytes
+    assert decode(frame).header_len == doff_bytes
+
+
+def test_decoded_header_len_is_what_arrived() -> None:
+    # Options the parser stops on (an EOL, then junk) still occupy doff * 4 bytes.
+    junk = bytes.fromhex("020405b4" "00" "ffffff" "ffffffff")
+    frame = bytearray(build_frame("10.0.0.2", "10.0.0.1", 1, 2, 3, 4, 0x10, 5, junk))
+    seg = decode(bytes(frame))
+    assert seg.options.layout == ("mss", "eol") and seg.header_len == 32
+    # A changed copy is measured afresh (its bytes would be new).
+    assert seg.with_(options=replace(seg.options, layout=())).header_len == 24
+    assert seg.with_(options=NO_OPTIONS).header_len == 20
+
+
+def test_flags_are_plain_ints() -> None:
+    seg = decode(encode(DATA))
+    assert type(seg.flags) is int and seg.flags == TcpFlags.ACK | TcpFlags.PSH == 0x18
+    assert seg.has(TcpFlags.PSH) and not seg.has(TcpFlags.RST)

@@ -57,7 +57,8 @@ from actors.stack.tcp_minisocks import (
     tcp_send_syn,
     tcp_v4_conn_request,
 )
-from actors.stack.tcp_output import TCP_RTO_MIN, tcp_full_space, tcp_select_initial_window
+from actors.stack.tcp_output import tcp_full_space, tcp_select_initial_window
+from protocol.constants import TCP_RTO_MIN
 from protocol.segment import Segment, TcpFlags
 from protocol.seq import before, seq_add
 from protocol.sockops import (

@@ -10,17 +10,14 @@ from __future__ import annotations
 from actors.profiles import MS
 from actors.stack.skb import RMEM_MAX
 from actors.stack.sock import AckPending, TcpSock
+from protocol.constants import TCP_INIT_CWND, TCP_MAX_WSCALE
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_sub
 
-TCP_MAX_WSCALE = 14
 U16_MAX = 65535
 TCP_ATO_MIN = 40 * MS
 TCP_DELACK_MIN = 40 * MS
 TCP_DELACK_MAX = 200 * MS
-TCP_RTO_MIN = 200 * MS
-TCP_RTO_MAX = 120_000 * MS
-TCP_INIT_CWND = 10
 TCPOLEN_TSTAMP_ALIGNED = 12
 
 
