@@ -1,15 +1,24 @@
 """``rxpath bench``: the emulator's speed, side by side with the raw transport it runs on.
 
-Both figures come from the same run on the same machine: the default topology on a clean
-wire (segments/s end to end, one-way delay of each hop), then a plain pyzmq + msgpack chain
-with as many hops as a segment crosses (peer -> nic -> cpu -> stack), unbatched and in
-NAPI-sized batches. The ratios say what the emulation costs over the bare transport.
+Every figure comes from the same invocation on the same machine, repeated ``--repeat``
+times and reported as the median: the default topology on a clean wire end to end (trace
+on and off), a plain pyzmq + msgpack chain with as many hops as a segment crosses (peer ->
+nic -> cpu -> stack), unbatched and in NAPI-sized batches, and the kernel model driven
+in-process (no processes, no sockets). The ratios say what the emulation costs over the
+bare transport; the per-actor CPU table says where it goes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,8 +26,11 @@ from typing import Annotated, Any
 import typer
 
 from actors.runtime.hopbench import run_hop_benchmark
+from actors.runtime.launcher import Launcher
+from actors.runtime.supervisor import Supervisor
+from actors.scenario import AckImpairmentsConfig, ImpairmentsConfig, Scenario
 from cli.app import app
-from cli.config import AckImpairmentsConfig, ImpairmentsConfig, Scenario
+from cli.modelbench import run_model_benchmark
 from cli.options import ProfileOption, load_or_exit, make_overrides
 from cli.report import table
 from cli.run import default_run_dir, run_scenario
@@ -59,54 +71,217 @@ def _match(name: str, pat: str) -> bool:
     return name.startswith(pat[:-1]) if pat.endswith("*") else name == pat
 
 
-@app.command()
-def bench(
-    mbytes: Annotated[float, typer.Option("--mbytes", help="MB per flow.")] = 16.0,
-    profile: ProfileOption = None,
-    messages: Annotated[int, typer.Option(help="Messages for the raw chain.")] = 100_000,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir")] = None,
-    json_out: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Measure segments/s and per-hop delay, and the raw pyzmq chain beside them."""
-    sc = bench_scenario(mbytes, profile)
-    rd = run_dir or default_run_dir()
-    summary = run_scenario(sc, rd, progress=not json_out and sys.stderr.isatty())
+@contextlib.contextmanager
+def _trace_env(on: bool) -> Iterator[None]:
+    """Actors inherit the environment: RXPATH_TRACE=0 turns their recording off."""
+    old = os.environ.get("RXPATH_TRACE")
+    if not on:
+        os.environ["RXPATH_TRACE"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RXPATH_TRACE", None)
+        else:
+            os.environ["RXPATH_TRACE"] = old
+
+
+class ActorProfiler:
+    """py-spy attached to every actor of a run from its first moment of traffic; each
+    writes collapsed stacks to ``RUN_DIR/profiles/<actor>.txt`` until its process exits."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.exe = shutil.which("py-spy")
+        if self.exe is None:
+            raise typer.BadParameter("--profile-actors needs py-spy: pip install py-spy")
+
+    def hook(self, launcher: Launcher, _sup: Supervisor, _elapsed: float) -> None:
+        if self.procs:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for name, pid in launcher.pids().items():
+            self.procs[name] = subprocess.Popen(
+                [str(self.exe), "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                 "--nonblocking", "-o", str(self.out_dir / f"{name}.txt")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+
+    def finish(self) -> None:
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)  # py-spy ends and writes when its target exits
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def top_functions(collapsed: Path, n: int = 8) -> list[tuple[str, float]]:
+    """The functions with the most self time in a py-spy ``--format raw`` file (share 0-1)."""
+    own: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+        total += int(count)
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:n]
+    return [(name, c / total) for name, c in ranked] if total else []
+
+
+def end_to_end(sc: Scenario, rd: Path, *, trace: bool, progress: bool,
+               hook: Callable[[Launcher, Supervisor, float], None] | None = None,
+               ) -> dict[str, Any]:
+    with _trace_env(trace):
+        summary = run_scenario(sc, rd, progress=progress, chaos=hook)
     counters = json.loads((rd / "counters.json").read_text())
     segs = int(summary["segments"])
     seconds = float(summary["transfer_s"])
-    seg_rate = segs / seconds if seconds else 0.0
-    raw1 = run_hop_benchmark(DATA_HOPS, messages, batch=1)
-    raw64 = run_hop_benchmark(DATA_HOPS, messages * 4, batch=64)
-    result = {
-        "integrity": summary["integrity"],
-        "segments": segs, "seconds": seconds, "segments_per_s": round(seg_rate),
-        "mbit_per_s": round(sum(f["received"] for f in summary["flows"]) * 8 / seconds / 1e6, 1)
+    cpu_us: dict[str, float] = {}
+    rss: dict[str, int] = {}
+    for name, c in sorted(counters.items()):
+        rt = c.get("runtime") or {}
+        if "cpu_ns_since_start" in rt and segs:
+            cpu_us[name] = rt["cpu_ns_since_start"] / 1e3 / segs
+        if "max_rss_kb" in rt:
+            rss[name] = int(rt["max_rss_kb"])
+    return {
+        "integrity": bool(summary["integrity"]), "segments": segs, "seconds": seconds,
+        "segments_per_s": segs / seconds if seconds else 0.0,
+        "mbit_per_s": sum(f["received"] for f in summary["flows"]) * 8 / seconds / 1e6
         if seconds else 0.0,
-        "hops": [{"hop": h, "mean_us": round(m, 1), "messages": n}
-                 for h, m, n in hop_latencies(counters)],
-        "raw_chain": {"hops": DATA_HOPS,
-                      "unbatched_msgs_per_s": round(raw1["messages_per_s"]),
-                      "batched64_items_per_s": round(raw64["messages_per_s"]),
-                      "per_hop_us": raw1["per_hop_us"]},
+        "startup_s": float(summary.get("startup_s", 0.0)),
+        "cpu_us_per_segment": cpu_us, "rss_kb": rss,
+        "hops": hop_latencies(counters),
     }
-    result["ratio_vs_unbatched"] = round(seg_rate / raw1["messages_per_s"], 3)
-    result["ratio_vs_batched64"] = round(seg_rate / raw64["messages_per_s"], 4)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _median_map(maps: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for m in maps for k in m})
+    return {k: _median([m[k] for m in maps if k in m]) for k in keys}
+
+
+@app.command()
+def bench(
+    mbytes: Annotated[float, typer.Option("--mbytes", help="MB per flow.")] = 8.0,
+    profile: ProfileOption = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs of each measurement; the "
+                                        "medians are reported.")] = 5,
+    messages: Annotated[int, typer.Option(help="Messages for the raw chain.")] = 100_000,
+    model_segments: Annotated[int, typer.Option(help="Segments for the in-process model "
+                                                "benchmark.")] = 50_000,
+    profile_actors: Annotated[bool, typer.Option(
+        "--profile-actors", help="Record every actor with py-spy during the first run "
+        "(RUN_DIR/profiles/) and print each one's hottest functions.")] = False,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Segments/s end to end (trace on and off), the raw pyzmq chain and the in-process
+    model beside them, CPU per segment of every actor; medians of --repeat runs.
+
+    Example: rxpath bench --mbytes 8 --repeat 5 --json
+    """
+    sc = bench_scenario(mbytes, profile)
+    rd = run_dir or default_run_dir()
+    progress = not json_out and sys.stderr.isatty()
+    runs_on: list[dict[str, Any]] = []
+    runs_off: list[dict[str, Any]] = []
+    raw1: list[dict[str, Any]] = []
+    raw64: list[dict[str, Any]] = []
+    model: list[dict[str, float]] = []
+    profiler = ActorProfiler(rd / "profiles") if profile_actors else None
+    for i in range(repeat):
+        if not json_out:
+            typer.echo(f"bench round {i + 1}/{repeat}", err=True)
+        hook = profiler.hook if profiler is not None and i == 0 else None
+        runs_on.append(end_to_end(sc, rd / f"trace-on-{i}", trace=True, progress=progress,
+                                  hook=hook))
+        if hook is not None and profiler is not None:
+            profiler.finish()
+        runs_off.append(end_to_end(sc, rd / f"trace-off-{i}", trace=False,
+                                   progress=progress))
+        raw1.append(run_hop_benchmark(DATA_HOPS, messages, batch=1))
+        raw64.append(run_hop_benchmark(DATA_HOPS, messages * 4, batch=64))
+        model.append(run_model_benchmark(sc.kernel_profile, model_segments))
+    # A ratio is taken within one round (side by side), then the median of the ratios.
+    ratios = [r["segments_per_s"] / u["messages_per_s"] for r, u in zip(runs_on, raw1,
+                                                                       strict=True)]
+    cpu = _median_map([r["cpu_us_per_segment"] for r in runs_on])
+    result: dict[str, Any] = {
+        "repeat": repeat, "profile": sc.profile, "mbytes_per_flow": mbytes,
+        "flows": len(sc.flows),
+        "integrity": all(r["integrity"] for r in runs_on + runs_off),
+        "segments": int(_median([r["segments"] for r in runs_on])),
+        "segments_per_s": round(_median([r["segments_per_s"] for r in runs_on])),
+        "segments_per_s_trace_off": round(_median([r["segments_per_s"] for r in runs_off])),
+        "mbit_per_s": round(_median([r["mbit_per_s"] for r in runs_on]), 1),
+        "raw_unbatched_per_s": round(_median([u["messages_per_s"] for u in raw1])),
+        "raw_batched_per_s": round(_median([b["messages_per_s"] for b in raw64])),
+        "raw_per_hop_us": round(_median([u["per_hop_us"] for u in raw1]), 1),
+        "ratio_unbatched": round(_median(ratios), 4),
+        "ratio_unbatched_trace_off": round(_median(
+            [r["segments_per_s"] / u["messages_per_s"] for r, u in zip(runs_off, raw1,
+                                                                      strict=True)]), 4),
+        "ratio_batched": round(_median(
+            [r["segments_per_s"] / b["messages_per_s"] for r, b in zip(runs_on, raw64,
+                                                                      strict=True)]), 5),
+        "model_segments_per_s": round(_median([m["in_order"] for m in model])),
+        "model_ofo_segments_per_s": round(_median([m["ofo"] for m in model])),
+        "cpu_us_per_segment": {**{k: round(v, 1) for k, v in cpu.items()},
+                               "total": round(sum(cpu.values()), 1)},
+        "startup_s": round(_median([r["startup_s"] for r in runs_on]), 3),
+        "rss_kb": {k: round(v) for k, v in _median_map([r["rss_kb"] for r in runs_on]).items()},
+        "hops": [{"hop": h, "mean_us": round(m, 1), "messages": n}
+                 for h, m, n in runs_on[0]["hops"]],
+    }
+    if profiler is not None:
+        result["profiles"] = {name: [(f, round(share, 3)) for f, share in
+                                     top_functions(rd / "profiles" / f"{name}.txt")]
+                              for name in sorted(profiler.procs)
+                              if (rd / "profiles" / f"{name}.txt").exists()}
+    rd.mkdir(parents=True, exist_ok=True)
     (rd / "bench.json").write_text(json.dumps(result, indent=2))
     if json_out:
         typer.echo(json.dumps(result, indent=2))
-        return
-    typer.echo(f"\nemulator: {segs} segments in {seconds:.2f} s = {seg_rate:,.0f} segments/s "
-               f"({result['mbit_per_s']} Mbit/s of payload), integrity "
-               f"{'holds' if summary['integrity'] else 'BROKEN'}")
-    typer.echo(table([(h["hop"], f"{h['mean_us']:.1f}", str(h["messages"]))
-                      for h in result["hops"]], ("hop", "mean one-way us", "messages")))
-    rc = result["raw_chain"]
-    typer.echo(f"\nraw pyzmq+msgpack chain, {DATA_HOPS} hops, same machine, same run:")
-    typer.echo(table([
-        ("unbatched", f"{rc['unbatched_msgs_per_s']:,}", f"{rc['per_hop_us']:.1f}"),
-        ("batches of 64", f"{rc['batched64_items_per_s']:,}", "")],
-        ("chain", "items/s", "per-hop us")))
-    typer.echo(f"\nratio emulator / raw chain: {result['ratio_vs_unbatched']:.3f} of the "
-               f"unbatched rate, {result['ratio_vs_batched64']:.4f} of the batched rate")
-    if not summary["integrity"]:
+    else:
+        _print(result)
+    if not result["integrity"]:
         raise typer.Exit(1)
+
+
+def _print(r: dict[str, Any]) -> None:
+    typer.echo(f"\n{r['flows']} flows x {r['mbytes_per_flow']:g} MB, profile {r['profile']}, "
+               f"medians of {r['repeat']} runs; integrity "
+               f"{'holds' if r['integrity'] else 'BROKEN'}\n")
+    typer.echo(table([
+        ("end to end, trace on", f"{r['segments_per_s']:,}", f"{r['ratio_unbatched']:.3f}"),
+        ("end to end, trace off", f"{r['segments_per_s_trace_off']:,}",
+         f"{r['ratio_unbatched_trace_off']:.3f}"),
+        ("raw chain, unbatched", f"{r['raw_unbatched_per_s']:,}", "1"),
+        ("raw chain, batches of 64", f"{r['raw_batched_per_s']:,}", ""),
+        ("kernel model in-process, in order", f"{r['model_segments_per_s']:,}", ""),
+        ("kernel model in-process, 30% reordered/dup", f"{r['model_ofo_segments_per_s']:,}",
+         "")], ("what", "segments/s", "of raw unbatched")))
+    cpu = r["cpu_us_per_segment"]
+    typer.echo("\nCPU per emulated segment (trace on):")
+    rows = [(name, f"{us:.1f}", f"{r['rss_kb'][name] / 1024:.1f}" if name in r["rss_kb"]
+             else "") for name, us in cpu.items()]
+    typer.echo(table(rows, ("actor", "cpu us/segment", "max RSS MB")))
+    typer.echo(f"\nstart-up (spawn to all ready): {r['startup_s']:.2f} s; "
+               f"{r['mbit_per_s']} Mbit/s of payload")
+    typer.echo(table([(h["hop"], f"{h['mean_us']:.1f}", str(h["messages"]))
+                      for h in r["hops"]], ("hop (first run)", "mean one-way us", "messages")))
+    for name, top in (r.get("profiles") or {}).items():
+        typer.echo(f"\n{name}: hottest functions (self time)")
+        typer.echo(table([(f, f"{share:.1%}") for f, share in top], ("function", "share")))

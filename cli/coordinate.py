@@ -47,7 +47,7 @@ class ExternalLauncher(Launcher):
             # A new incarnation: what we queued for the old one is gone, numbering restarts.
             self._mailbox.reset_link(env.sender)
         keep = super()._absorb(env)
-        if again and self._mailbox is not None:
+        if again and proc is not None and self._mailbox is not None:
             self.rejoined[env.sender] = self.rejoined.get(env.sender, 0) + 1
             self.log.warning("actor_rejoined", actor=env.sender, pid=env.body["pid"],
                              times=self.rejoined[env.sender])
@@ -77,7 +77,8 @@ def coordinate_run(topology: dict[str, Any], run_dir: Path, *,
     state = RunState()
     started = time.monotonic()
     reason = "duration"
-    with ExternalLauncher(topology, run_dir, ready_timeout_s=ready_timeout_s) as launcher:
+    launcher = ExternalLauncher(topology, run_dir, ready_timeout_s=ready_timeout_s)
+    with launcher:
         traffic_start = time.monotonic()
         deadline = traffic_start + sc.duration
         readers = {r.name for r in sc.readers}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -13,9 +14,9 @@ from actors.mib import ALL_NAMES
 _SENDER_COLUMNS = ("segments_retransmitted", "sacks", "dsacks", "probes")
 
 
-def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
+def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
     """Left-aligned text columns, numbers right-aligned."""
-    allrows = ([header] if header else []) + rows
+    allrows: list[Sequence[str]] = ([header] if header else []) + list(rows)
     if not allrows:
         return ""
     widths = [max(len(r[i]) for r in allrows) for i in range(len(allrows[0]))]

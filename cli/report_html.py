@@ -442,17 +442,19 @@ def tables(data: RunData) -> list[tuple[str, str]]:
                                                               ("statistic", "value"))))
     softnet = s.get("softnet_stat") or {}
     if softnet:
-        rows = [(cpu, " ".join(f"{int(v):08x}" for v in cols)) for cpu, cols in softnet.items()]
-        out.append(("/proc/net/softnet_stat", html_table(rows, ("cpu", "columns (hex)"))))
+        softnet_rows = [(cpu, " ".join(f"{int(v):08x}" for v in cols))
+                        for cpu, cols in softnet.items()]
+        out.append(("/proc/net/softnet_stat", html_table(softnet_rows,
+                                                         ("cpu", "columns (hex)"))))
     socks = s.get("sockets") or []
     if socks:
-        rows = []
+        sock_rows: list[tuple[object, ...]] = []
         for sk in socks:
             m = sk["skmem"]
-            rows.append((sk["state"], sk["peer"], sk["recv_q"],
+            sock_rows.append((sk["state"], sk["peer"], sk["recv_q"],
                          f"skmem:(r{m['r']},rb{m['rb']},f{m['f']},bl{m['bl']},d{m['d']})",
                          sk["rcv_wnd"], sk["rcv_space"], sk["rcv_mss"]))
-        out.append(("Sockets (ss -tmi)", html_table(rows, ("state", "peer", "Recv-Q", "skmem",
+        out.append(("Sockets (ss -tmi)", html_table(sock_rows, ("state", "peer", "Recv-Q", "skmem",
                                                            "rcv_wnd", "rcv_space", "rcv_mss"))))
     busy = busy_by_actor(data)
     if busy:

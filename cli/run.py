@@ -16,9 +16,9 @@ import typer
 
 from actors.runtime.launcher import ActorStartError, Launcher
 from actors.runtime.supervisor import RestartPolicy, Supervisor, SupervisorGaveUp
+from actors.scenario import Scenario
 from cli.app import app
 from cli.checker import check_run, format_verdict
-from cli.config import Scenario
 from cli.options import (
     DurationOption,
     ProfileOption,
@@ -125,6 +125,7 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
         _progress(sc, state.counters, time.monotonic() - started, end=True)
     summary = summarize(sc, state, reason, time.monotonic() - started)
     summary["transfer_s"] = round(transfer_s, 3)
+    summary["startup_s"] = round(traffic_start - started, 3)  # spawn until every actor ready
     summary["supervision"] = state.supervision
     verdict = run_checker(sc, run_dir, state, summary)
     summary["checker"] = verdict.to_dict()

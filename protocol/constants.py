@@ -19,3 +19,9 @@ EPIPE = 32
 ECONNRESET = 104
 ENOTCONN = 107
 ECONNREFUSED = 111
+ETIMEDOUT = 110
+
+# TCP timers, in nanoseconds (the models' clock unit).
+TCP_RTO_MIN = 200_000_000  # 200 ms
+TCP_RTO_MAX = 120_000_000_000  # 120 s
+TCP_TIMEOUT_INIT = 1_000_000_000  # initial RTO, also for the SYN and SYN-ACK (RFC 6298)

@@ -25,14 +25,15 @@ from hypothesis import strategies as st
 
 from actors.profiles import MODERN
 from actors.runtime import procutil
-from cli.config import Overrides, Scenario, load_scenario
+from actors.scenario import Scenario
+from cli.config import Overrides, load_scenario
 from cli.run import run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 CONFIG_FILES = sorted(CONFIGS.glob("*.toml"))
 
-# One scenario per mechanism the lecture teaches.
+# One scenario per receive-path mechanism.
 EXPECTED = {
     "fast-path", "retransmission-dsack", "slow-reader-zero-window", "partial-overlap",
     "ofo-reassembly", "low-latency-0", "low-latency-1", "backlog-drop", "ring-overflow",

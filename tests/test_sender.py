@@ -16,11 +16,11 @@ from actors.peer.congestion import CaState
 from actors.peer.host import Peer
 from actors.peer.impairments import ScriptedEvent, WireImpairments
 from actors.peer.payload import payload_bytes
-from actors.peer.rtt import TCP_RTO_MIN
 from actors.peer.scoreboard import IntervalSet
 from actors.peer.sender import SenderConfig, TcpSender, TcpState
 from actors.profiles import MS
 from protocol import wire
+from protocol.constants import TCP_RTO_MIN
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import SEQ_MASK, seq_add, seq_sub
 

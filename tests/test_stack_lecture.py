@@ -1,4 +1,4 @@
-"""The receive-path cases the lecture walks through, with its numbers.
+"""The classic receive-path walk-through cases (4.13), with their numbers.
 
 Segment k carries stream bytes [(k-1)*1000, k*1000): "segment 5" is bytes 4000..4999.
 """

@@ -1,6 +1,7 @@
 """One test per receive-path rule of the stack model, with the kernel's numbers.
 
-Each test names a rule of the reference (the section headers below give its part)
+Each test names a rule (the section headers below give its part of
+docs/receive-path.md)
 and checks the counters, queues and segments it produces, for both profiles where
 they differ. Stream offsets are relative to the first byte after the peer's SYN.
 """

@@ -1,6 +1,6 @@
 """Per-CPU ``struct softnet_data`` counters and their ``/proc/net/softnet_stat`` line.
 
-Columns (reference §8): processed, dropped, time_squeeze, six zeros (was fastroute,
+Columns (docs/receive-path.md §8): processed, dropped, time_squeeze, six zeros (was fastroute,
 cpu_collision), received_rps, flow_limit_count; the modern kernel adds the backlog
 length (input + process queue), the CPU index, input_qlen and process_qlen.
 """

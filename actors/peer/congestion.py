@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-TCP_INIT_CWND = 10
+from protocol.constants import TCP_INIT_CWND
+
 TCP_INFINITE_SSTHRESH = 0x7FFFFFFF
 
 

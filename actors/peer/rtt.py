@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from actors.profiles import MS
 
-TCP_TIMEOUT_INIT = 1_000 * MS  # initial RTO, also for the SYN (RFC 6298)
 TCP_TIMEOUT_FALLBACK = 3_000 * MS  # RTO after a retransmitted SYN with no RTT sample
-TCP_RTO_MIN = 200 * MS
-TCP_RTO_MAX = 120_000 * MS
 RTT_GRANULARITY = 1 * MS  # G in RFC 6298: the timestamp clock ticks in milliseconds
 
 

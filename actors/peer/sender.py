@@ -56,17 +56,19 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
-from actors.peer.congestion import TCP_INIT_CWND, CaState, Reno
+from actors.peer.congestion import CaState, Reno
 from actors.peer.payload import payload_bytes
-from actors.peer.rtt import (
-    TCP_RTO_MAX,
-    TCP_RTO_MIN,
-    TCP_TIMEOUT_FALLBACK,
-    TCP_TIMEOUT_INIT,
-    RttEstimator,
-)
+from actors.peer.rtt import TCP_TIMEOUT_FALLBACK, RttEstimator
 from actors.peer.scoreboard import IntervalSet, Scoreboard, TxSkb, skb_start
 from actors.profiles import MS
+from protocol.constants import (
+    TCP_INIT_CWND,
+    TCP_MAX_WSCALE,
+    TCP_MSS_DEFAULT,
+    TCP_RTO_MAX,
+    TCP_RTO_MIN,
+    TCP_TIMEOUT_INIT,
+)
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import SEQ_MASK, after, before, seq_add, seq_sub
 
@@ -91,8 +93,6 @@ FlowKey = tuple[str, int, str, int]
 ProbeStyle = Literal["linux", "data"]
 
 TCP_TIMEWAIT_LEN = 60_000 * MS
-TCP_MSS_DEFAULT = 536  # assumed when the SYN-ACK carries no MSS option
-TCP_MAX_WSCALE = 14
 TCPOLEN_TSTAMP_ALIGNED = 12
 TCP_HEADER_LEN = 20
 

@@ -1,12 +1,12 @@
 """``tcp_recvmsg`` as an explicit step machine, driven by a reader one step at a time.
 
-The generator mirrors the kernel loop (net/ipv4/tcp.c, §6 of the reference). Each
+The generator mirrors the kernel loop (net/ipv4/tcp.c, docs/receive-path.md §6). Each
 ``yield`` is one step: either a typed stack operation (:mod:`protocol.sockops`), sent
 to the stack as a message and answered with its result, or a local step the reader
 performs itself (:class:`SpendCpu`: time spent in the reader while it holds the
 socket lock). Which branch of the
 kernel loop runs is chosen from the profile's data (``has_prequeue``,
-``recvmsg_flush_backlog``), never from its name.
+``recvmsg_flush_backlog``, ``cleanup_rbuf_only_before_sleep``), never from its name.
 
 Ordering rule the legacy loop keeps: in-flight -> backlog -> prequeue ->
 receive queue; so the prequeue is processed only once ``rcv_nxt == copied_seq``.
@@ -187,29 +187,30 @@ def tcp_recvmsg(profile: Profile, sysctls: Sysctls, sock: int, length: int,
                 error = -EAGAIN
                 break
 
-        if profile.has_prequeue:
+        if not profile.cleanup_rbuf_only_before_sleep:
             yield from step(TcpCleanupRbuf(sock, copied))
-            if use_prequeue:
-                inst = yield from step(UcopyInstall(sock, length - copied,
-                                                    install=not (flags.peek or flags.trunc)))
-                assert isinstance(inst, UcopyInstalled), inst
-                installed = installed or inst.installed
-                if installed and inst.state.prequeue:
-                    # Process the prequeue before anything newer (ordering rule).
-                    yield from step(TcpPrequeueProcess(sock, length - copied))
-                    continue
-            if copied >= target:
+        if use_prequeue:
+            inst = yield from step(UcopyInstall(sock, length - copied,
+                                                install=not (flags.peek or flags.trunc)))
+            assert isinstance(inst, UcopyInstalled), inst
+            installed = installed or inst.installed
+            if installed and inst.state.prequeue:
+                # Process the prequeue before anything newer (ordering rule).
+                yield from step(TcpPrequeueProcess(sock, length - copied))
+                continue
+        if copied >= target:
+            # Enough for the caller: process the backlog without sleeping.
+            if profile.recvmsg_flush_backlog:
+                yield from step(SkFlushBacklog(sock))
+            else:
                 yield from step(ReleaseSock(sock))
                 state = yield from pick(LockSock(sock))
-            else:
-                state = yield from wait()
-            if installed and state.caught_up and state.prequeue:
-                yield from step(TcpPrequeueProcess(sock, length - copied))
-        elif copied >= target:
-            yield from step(SkFlushBacklog(sock))  # do not sleep, just process the backlog
         else:
-            yield from step(TcpCleanupRbuf(sock, copied))
-            yield from wait()
+            if profile.cleanup_rbuf_only_before_sleep:
+                yield from step(TcpCleanupRbuf(sock, copied))
+            state = yield from wait()
+        if installed and state.caught_up and state.prequeue:
+            yield from step(TcpPrequeueProcess(sock, length - copied))
 
     if installed:
         state = yield from pick(UcopyInstall(sock, length - copied, install=False))

@@ -1,7 +1,7 @@
 """Segment processing for a connected socket: net/ipv4/tcp_input.c.
 
 ``tcp_rcv_established`` (header prediction and the slow path), ``tcp_data_queue``
-with every case of the lecture, the out-of-order queue with SACK/DSACK, receive
+with its cases A-E (docs/receive-path.md §3), the out-of-order queue with SACK/DSACK, receive
 memory and pruning, the ACK decisions and receive autotuning. Every function takes
 the socket and, where time matters, ``now`` in nanoseconds; outputs (ACKs, events)
 go to ``sk.net``. Where the legacy and modern kernels differ, the code reads a field
@@ -38,14 +38,13 @@ from actors.stack.tcp_output import (
     tcp_time_stamp,
     tcp_win_from_space,
 )
+from protocol.constants import ECONNREFUSED, ECONNRESET, EPIPE, TCP_MIN_MSS, TCP_MSS_DEFAULT
 from protocol.segment import Segment, TcpFlags
 from protocol.seq import after, before, seq_add, seq_sub
 
 TCP_NUM_SACKS = 4
 TCP_SACK_BLOCKS_EXPECTED = 2
 TCP_FASTRETRANS_THRESH = 3
-TCP_MSS_DEFAULT = 536
-TCP_MIN_MSS = 88
 TCP_PAWS_WINDOW = 1
 TCP_RCVBUF_LOW_RTT_US = 1000
 TCP_COMP_SACK_RTT_PERCENT = 33
@@ -53,9 +52,6 @@ TCP_INIT_RWND_SEGS = 20  # tcp_default_init_rwnd
 TCP_REMNANT = TcpFlags.FIN | TcpFlags.URG | TcpFlags.SYN | TcpFlags.PSH
 PAGE_SIZE = 4096
 SK_RECLAIM_THRESHOLD = PAGE_SIZE  # sk_mem_uncharge returns whole unused pages at once
-ECONNRESET = 104
-EPIPE = 32
-ECONNREFUSED = 111
 
 
 # ---------------------------------------------------------------------------------

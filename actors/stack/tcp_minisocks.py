@@ -10,7 +10,6 @@ listener's accept queue until a task accepts it.
 
 from __future__ import annotations
 
-from actors.profiles import MS
 from actors.stack.net import CONSUMED, Net
 from actors.stack.skb import Skb, so_rcvbuf
 from actors.stack.sock import (
@@ -29,13 +28,12 @@ from actors.stack.tcp_output import (
     tcp_select_initial_window,
     tcp_time_stamp,
 )
-from protocol.constants import EAGAIN, EINVAL, TCP_MIN_MSS, TCP_MSS_DEFAULT
+from protocol.constants import EAGAIN, EINVAL, TCP_MIN_MSS, TCP_MSS_DEFAULT, TCP_TIMEOUT_INIT
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_add
 from protocol.sockops import Accepted, Failed, SockOpResult
 
 ADVMSS = 1460  # our MTU 1500 minus IPv4 and TCP headers
-TCP_TIMEOUT_INIT = 1000 * MS
 
 
 def sock_set_rcvbuf(sk: TcpSock, value: int) -> None:

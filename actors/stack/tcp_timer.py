@@ -24,10 +24,9 @@ from actors.stack.sock import (
 from actors.stack.tcp_input import inet_csk_ack_scheduled, set_state, tcp_sack_compress_send_ack
 from actors.stack.tcp_minisocks import tcp_send_syn, tcp_v4_send_synack
 from actors.stack.tcp_output import TCP_ATO_MIN, tcp_send_ack
-from protocol.constants import EAGAIN
+from protocol.constants import EAGAIN, ETIMEDOUT
 from protocol.sockops import Failed
 
-ETIMEDOUT = 110
 SYNACK_RETRIES = 5
 
 
