@@ -27,8 +27,8 @@ import typer
 
 from actors.runtime.launcher import ActorStartError, Launcher
 from actors.runtime.supervisor import Supervisor
+from actors.scenario import CHAOS_ROLES, ChaosConfig, ChaosEventConfig, Scenario
 from cli.app import app
-from cli.config import CHAOS_ROLES, ChaosConfig, ChaosEventConfig, Scenario
 from cli.options import (
     DurationOption,
     ProfileOption,

@@ -19,8 +19,8 @@ from typing import Annotated, Any
 
 import typer
 
+from actors.scenario import Scenario
 from cli.app import app
-from cli.config import Scenario
 from cli.options import (
     DurationOption,
     ProfileOption,

@@ -12,9 +12,10 @@ import pytest
 from actors.peer.payload import payload_bytes
 from actors.reader.actor import delivery_digest
 from actors.runtime.supervisor import RestartPolicy
+from actors.scenario import ChaosConfig, ChaosEventConfig, Scenario
 from cli.chaos import ChaosAction, ChaosRunner, plan_chaos
 from cli.checker import check_flow, check_run
-from cli.config import ChaosConfig, ChaosEventConfig, Scenario, load_scenario
+from cli.config import load_scenario
 from cli.run import run_scenario
 
 FLOW_ID, SIZE = 1, 10_000
