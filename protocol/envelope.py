@@ -33,7 +33,7 @@ about twice as cheap as ``msgpack.packb`` (that builds a new Packer on every cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -92,6 +92,7 @@ class ListOf:
 
 FieldSpec = type | tuple[type, ...] | ListOf
 _Checker = Callable[[Any], bool]
+_ABSENT: Any = object()  # a field the body does not carry
 
 
 def _is_int(v: Any) -> bool:
@@ -132,6 +133,50 @@ def _checker(spec: FieldSpec) -> _Checker:
         raise TypeError(f"unsupported schema field type {spec!r}") from None
 
 
+# The exact types a field of each simple spec takes on the fast path.  Decoding yields
+# exactly these; anything else (a bool where an int is due, an IntEnum, a bytearray...)
+# goes to the full checker, which alone decides.
+_EXACT: dict[type, frozenset[type]] = {
+    int: frozenset({int}), float: frozenset({int, float}), bool: frozenset({bool}),
+    str: frozenset({str}), bytes: frozenset({bytes}), list: frozenset({list, tuple}),
+    dict: frozenset({dict}), type(None): frozenset({type(None)}),
+}
+_SEQUENCES = frozenset({list, tuple})
+
+
+def _exact_types(spec: FieldSpec) -> frozenset[type] | None:
+    """The exact types that surely fit ``spec`` (None: no fast answer, ask the checker)."""
+    if isinstance(spec, tuple):
+        parts = [_exact_types(s) for s in spec]
+        if any(p is None for p in parts):
+            return None
+        return frozenset().union(*parts)  # type: ignore[arg-type]
+    if isinstance(spec, ListOf):
+        return None
+    return _EXACT.get(spec)
+
+
+class _FieldCheck(NamedTuple):
+    """One body field, precompiled: ``type(v) in exact`` (and, for a ``ListOf`` of a
+    simple type, every item's type in ``items``) accepts at once; otherwise ``check``
+    has the last word."""
+
+    name: str
+    required: bool
+    exact: frozenset[type]
+    items: frozenset[type] | None
+    check: _Checker
+
+
+def _field_check(name: str, spec: FieldSpec, required: bool) -> _FieldCheck:
+    check = _checker(spec)
+    if isinstance(spec, ListOf):
+        items = _exact_types(spec.item)
+        if items is not None:
+            return _FieldCheck(name, required, _SEQUENCES, items, check)
+    return _FieldCheck(name, required, _exact_types(spec) or frozenset(), None, check)
+
+
 def _spec_name(spec: FieldSpec) -> str:
     if isinstance(spec, ListOf):
         return f"list[{_spec_name(spec.item)}]"
@@ -149,25 +194,29 @@ class KindSpec:
     optional: Mapping[str, FieldSpec]
     extra_fields: bool = False
     doc: str = ""
-    _checks: tuple[tuple[str, _Checker, bool], ...] = field(
-        default=(), repr=False, compare=False)
+    _checks: tuple[_FieldCheck, ...] = field(default=(), repr=False, compare=False)
 
     def validate(self, body: Any) -> None:
         """Raise :class:`MalformedMessage` unless ``body`` fits this kind's schema."""
-        if not isinstance(body, dict):
+        if type(body) is not dict and not isinstance(body, dict):
             raise MalformedMessage("bad_shape", f"{self.kind}: body is {type(body).__name__}")
         present = 0
-        for name, check, required in self._checks:
-            if name in body:
-                present += 1
-                if not check(body[name]):
-                    spec = self.required.get(name, self.optional.get(name))
-                    raise MalformedMessage(
-                        "bad_field_type",
-                        f"{self.kind}.{name}: expected {_spec_name(spec)}, "
-                        f"got {type(body[name]).__name__}")
-            elif required:
-                raise MalformedMessage("missing_field", f"{self.kind}.{name}")
+        get = body.get
+        for name, required, exact, items, check in self._checks:
+            v = get(name, _ABSENT)
+            if v is _ABSENT:
+                if required:
+                    raise MalformedMessage("missing_field", f"{self.kind}.{name}")
+                continue
+            present += 1
+            if type(v) in exact and (items is None or items.issuperset(map(type, v))):
+                continue
+            if not check(v):
+                spec = self.required.get(name, self.optional.get(name))
+                raise MalformedMessage(
+                    "bad_field_type",
+                    f"{self.kind}.{name}: expected {_spec_name(spec)}, "
+                    f"got {type(v).__name__}")
         if present != len(body) and not self.extra_fields:
             declared = set(self.required) | set(self.optional)
             extra = sorted(repr(k) for k in body if k not in declared)
@@ -196,8 +245,8 @@ class KindRegistry:
         if both:
             raise ValueError(f"{kind}: fields both required and optional: {sorted(both)}")
         checks = tuple(
-            [(n, _checker(s), True) for n, s in required.items()]
-            + [(n, _checker(s), False) for n, s in optional.items()])
+            [_field_check(n, s, True) for n, s in required.items()]
+            + [_field_check(n, s, False) for n, s in optional.items()])
         spec = KindSpec(kind, MappingProxyType(required), MappingProxyType(optional),
                         extra_fields, doc, checks)
         old = self._kinds.get(kind)
@@ -236,6 +285,14 @@ class KindRegistry:
 # The process-wide registry that protocol/messages.py and role protocol modules fill.
 KINDS = KindRegistry()
 
+# The envelope's own kind: several messages of one kind from one sender, sent as one
+# (:meth:`EnvelopeCodec.encode_many`, ``Mailbox.send_many``).  Receivers unpack it into
+# its messages before anything else sees them, so no handler ever gets a ``bundle``.
+BUNDLE = "bundle"
+_BUNDLE_SPEC = KINDS.register(
+    BUNDLE, {"kind": str, "bodies": ListOf(dict)},
+    doc="any -> any: several messages of `kind`, in order, under one envelope and seq")
+
 
 def register_kind(kind: str, required: Mapping[str, FieldSpec] | None = None, *,
                   optional: Mapping[str, FieldSpec] | None = None,
@@ -257,18 +314,40 @@ class EnvelopeCodec:
         self.validate_outgoing = validate_outgoing
         # No `default=` hook: anything msgpack cannot represent natively is a TypeError.
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True, datetime=False)
+        self._unpacker = _small_unpacker()
 
     def encode(self, kind: str, sender: str, seq: int, ts_ns: int,
                body: Mapping[str, Any]) -> bytes:
         """Pack one envelope; raises MalformedMessage if it would not decode."""
         if self.validate_outgoing:
             spec = self.registry.get(kind)
-            if spec is None:
+            if spec is None or kind == BUNDLE:
                 raise MalformedMessage("unknown_kind", repr(kind))
             spec.validate(body if isinstance(body, dict) else dict(body))
+            if not (type(sender) is str and sender and type(seq) is int
+                    and type(ts_ns) is int and 0 <= seq <= _U64_MAX
+                    and 0 <= ts_ns <= _U64_MAX):
+                _check_header(sender, seq, ts_ns)
+        return self._pack(kind, [ENVELOPE_VERSION, kind, sender, seq, ts_ns, body])
+
+    def encode_many(self, kind: str, sender: str, seq: int, ts_ns: int,
+                    bodies: Sequence[Mapping[str, Any]]) -> bytes:
+        """Pack several bodies of one kind into one ``bundle`` envelope (see
+        :meth:`unbundle`); each body is checked as :meth:`encode` checks one."""
+        if self.validate_outgoing:
+            spec = self.registry.get(kind)
+            if spec is None or kind == BUNDLE:
+                raise MalformedMessage("unknown_kind", repr(kind))
+            validate = spec.validate
+            for body in bodies:
+                validate(body if isinstance(body, dict) else dict(body))
             _check_header(sender, seq, ts_ns)
+        return self._pack(kind, [ENVELOPE_VERSION, BUNDLE, sender, seq, ts_ns,
+                                 {"kind": kind, "bodies": bodies}])
+
+    def _pack(self, kind: str, envelope: list[Any]) -> bytes:
         try:
-            data = self._packer.pack([ENVELOPE_VERSION, kind, sender, seq, ts_ns, body])
+            data: bytes = self._packer.pack(envelope)
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()
             raise MalformedMessage("bad_field_type", f"{kind}: {exc}") from None
@@ -276,30 +355,38 @@ class EnvelopeCodec:
             raise MalformedMessage("oversized", f"{kind}: {len(data)} > {self.max_size} bytes")
         return data
 
+    def unbundle(self, bundle: Envelope) -> tuple[list[Envelope], list[MalformedMessage]]:
+        """The messages a decoded ``bundle`` envelope carries, in order, each with the
+        bundle's sender, seq and ts_ns; and one rejection per body that does not fit
+        its kind (the others are kept)."""
+        kind = bundle.body["kind"]
+        spec = self.registry.get(kind)
+        bodies = bundle.body["bodies"]
+        if spec is None or kind == BUNDLE:
+            reason = "unknown_kind" if spec is None else "bad_shape"
+            return [], [MalformedMessage(reason, f"bundle of {kind!r}"[:80])] * len(bodies)
+        _, sender, seq, ts_ns, _ = bundle
+        envs: list[Envelope] = []
+        rejects: list[MalformedMessage] = []
+        validate = spec.validate
+        for body in bodies:
+            try:
+                validate(body)
+            except MalformedMessage as exc:
+                rejects.append(exc)
+                continue
+            envs.append(_new_envelope(Envelope, (kind, sender, seq, ts_ns, body)))
+        return envs, rejects
+
     def encode_envelope(self, env: Envelope) -> bytes:
         return self.encode(env.kind, env.sender, env.seq, env.ts_ns, env.body)
 
     def decode(self, data: bytes | bytearray | memoryview) -> Envelope:
         """Unpack and validate one frame, or raise MalformedMessage."""
-        if len(data) > self.max_size:
-            raise MalformedMessage("oversized", f"{len(data)} > {self.max_size} bytes")
-        try:
-            obj = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True,
-                                  max_ext_len=0)
-        except msgpack.ExtraData:
-            raise MalformedMessage("trailing_data") from None
-        except ValueError as exc:  # includes FormatError, StackError, UnicodeDecodeError
-            text = str(exc)
-            if "max_ext_len" in text:
-                raise MalformedMessage("ext_type") from None
-            # msgpack caps each container/str/bin length at the bytes left in the buffer
-            # (so a forged length cannot make it allocate); a claim above that cap means
-            # the frame was cut short, like "incomplete input".
-            if "incomplete input" in text or "exceeds max_" in text:
-                raise MalformedMessage("truncated", text[:200]) from None
-            raise MalformedMessage("not_msgpack", text[:200]) from None
-        except Exception as exc:  # the parser is the trust boundary: nothing may escape
-            raise MalformedMessage("not_msgpack", f"{type(exc).__name__}: {exc}"[:200]) from None
+        n = len(data)
+        if n > self.max_size:
+            raise MalformedMessage("oversized", f"{n} > {self.max_size} bytes")
+        obj = self._unpack_small(data, n) if n <= _SMALL_FRAME else self._unpack_large(data)
         if type(obj) is not list or len(obj) != 6:
             raise MalformedMessage("bad_shape", f"top level is {type(obj).__name__}")
         version, kind, sender, seq, ts_ns, body = obj
@@ -307,12 +394,70 @@ class EnvelopeCodec:
             raise MalformedMessage("bad_version", repr(version)[:40])
         if type(kind) is not str:
             raise MalformedMessage("bad_header", "kind is not a string")
-        _check_header(sender, seq, ts_ns)
-        spec = self.registry.get(kind)
+        if not (type(sender) is str and sender and type(seq) is int and type(ts_ns) is int
+                and 0 <= seq <= _U64_MAX and 0 <= ts_ns <= _U64_MAX):
+            _check_header(sender, seq, ts_ns)  # names what is wrong
+        spec = self.registry.get(kind) if kind != BUNDLE else _BUNDLE_SPEC
         if spec is None:
             raise MalformedMessage("unknown_kind", repr(kind)[:80])
         spec.validate(body)
-        return Envelope(kind, sender, seq, ts_ns, body)
+        return _new_envelope(Envelope, (kind, sender, seq, ts_ns, body))
+
+    def _unpack_small(self, data: bytes | bytearray | memoryview, n: int) -> Any:
+        # The reused Unpacker: building one per call (what unpackb does) costs about as
+        # much as the unpacking itself.  Whatever it does not accept whole is unpacked
+        # again by unpackb, so a bad frame gets exactly the reason it always got (and a
+        # forged length is capped at the frame's size, as unpackb caps it).
+        unpacker = self._unpacker
+        start = unpacker.tell()
+        try:
+            unpacker.feed(data)
+            obj = unpacker.unpack()
+            if unpacker.tell() - start == n:
+                return obj
+        except Exception:  # classified below, by unpackb
+            pass
+        self._unpacker = _small_unpacker()  # drop what is left of the bad frame
+        return self._unpack_large(data)
+
+    @staticmethod
+    def _unpack_large(data: bytes | bytearray | memoryview) -> Any:
+        try:
+            # unpackb caps each length at the bytes in the frame.
+            return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True,
+                                   max_ext_len=0)
+        except msgpack.ExtraData:
+            raise MalformedMessage("trailing_data") from None
+        except Exception as exc:
+            raise _unpack_error(exc) from None
+
+
+# Frames up to this size are unpacked by the codec's reused Unpacker; larger ones (rare:
+# a big stats snapshot) by msgpack.unpackb.
+_SMALL_FRAME = 64 * 1024
+_new_envelope = tuple.__new__  # skips the NamedTuple's Python-level __new__
+
+
+def _small_unpacker() -> msgpack.Unpacker:
+    return msgpack.Unpacker(
+        raw=False, use_list=True, strict_map_key=True, max_ext_len=0,
+        max_buffer_size=_SMALL_FRAME, max_str_len=_SMALL_FRAME, max_bin_len=_SMALL_FRAME,
+        max_array_len=_SMALL_FRAME, max_map_len=_SMALL_FRAME // 2)
+
+
+def _unpack_error(exc: Exception) -> MalformedMessage:
+    """The reject reason for what msgpack raised (the parser is the trust boundary:
+    whatever it raises becomes a MalformedMessage)."""
+    if isinstance(exc, ValueError):  # includes FormatError, StackError, UnicodeDecodeError
+        text = str(exc)
+        if "max_ext_len" in text:
+            return MalformedMessage("ext_type")
+        # A container/str/bin length claim above the frame's own size means the frame
+        # was cut short, like "incomplete input".
+        if "incomplete input" in text or "exceeds max_" in text:
+            return MalformedMessage("truncated", text[:200])
+        return MalformedMessage("not_msgpack", text[:200])
+    return MalformedMessage("not_msgpack", f"{type(exc).__name__}: {exc}"[:200])
 
 
 def _check_header(sender: Any, seq: Any, ts_ns: Any) -> None:
@@ -367,6 +512,13 @@ class LinkSeqTracker:
 
     def expected(self, sender: str) -> int:
         return self._expected.get(sender, 0)
+
+    @property
+    def expected_table(self) -> dict[str, int]:
+        """sender -> next expected seq.  A receiver may advance an entry itself when the
+        seq is exactly the expected one (its hot path); anything else goes through
+        :meth:`observe`."""
+        return self._expected
 
     def forget(self, sender: str) -> None:
         """Drop what is known of ``sender``'s link (its next seq is taken as 0 again)."""

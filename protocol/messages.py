@@ -45,6 +45,9 @@ END_OF_STREAM_ACK = register_kind(
     "end_of_stream_ack", {"request_id": int},
     doc="receiver -> sender: end_of_stream seen; the sender may close its socket")
 
+# A `bundle` (protocol.envelope.BUNDLE, sent by Mailbox.send_many) carries several
+# messages of one kind under one envelope; receivers unpack it before dispatch.
+
 CONTROL_KINDS = frozenset({
     READY, START, STOP, HEARTBEAT, STATS_REQUEST, STATS, LOG_EVENT,
     END_OF_STREAM, END_OF_STREAM_ACK,

@@ -33,6 +33,7 @@ from actors.runtime.actor import (
 from actors.runtime.addressing import LAUNCHER, free_tcp_ports
 from actors.runtime.hopbench import run_hop_benchmark
 from actors.runtime.launcher import PROJECT_ROOT, ActorStartError, Launcher
+from actors.runtime.loopbench import run_loop_benchmark
 from protocol import messages as msg
 from protocol.envelope import Envelope, EnvelopeCodec
 from tests.runtime_roles import (
@@ -613,5 +614,21 @@ def test_hop_benchmark_reports_positive_figures(batch: int) -> None:
                 "rtt_us_p90", "rtt_us_min", "per_hop_us"):
         assert result[key] > 0, key
     assert result["rtt_us_min"] <= result["rtt_us_median"] <= result["rtt_us_p90"]
+    assert len(result["hop_cpu_us_per_frame"]) == 2
+    assert all(c > 0 for c in result["hop_cpu_us_per_frame"])
+    assert result["bench_cpu_us_per_message"] > 0
     # Every forwarder this process started is gone.
     assert processes_mentioning(f"--parent-pid {os.getpid()}") == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("batch", "trace"), [(1, True), (16, False)])
+def test_loop_benchmark_streams_everything_in_order(batch: int, trace: bool) -> None:
+    # The bench raises if the sink saw fewer items than sent, or any out of order.
+    result = run_loop_benchmark(1000, batch=batch, trace=trace, timeout_s=60)
+    assert (result["messages"], result["batch"], result["trace"]) == (1000, batch, trace)
+    assert result["messages_per_s"] > 0 and result["transport_lost"] == 0
+    cpu = result["cpu_us_per_message"]
+    assert all(cpu[n] > 0 for n in ("source", "relay", "sink"))
+    assert cpu["total"] == pytest.approx(cpu["source"] + cpu["relay"] + cpu["sink"], abs=0.05)

@@ -17,7 +17,7 @@ import zmq
 
 from actors.runtime.mailbox import Mailbox
 from protocol import messages as msg
-from protocol.envelope import EnvelopeCodec
+from protocol.envelope import BUNDLE, EnvelopeCodec, MalformedMessage
 from tests.runtime_roles import TEST_TICK
 
 pytestmark = pytest.mark.timeout(60)
@@ -237,3 +237,59 @@ def test_unknown_destination_is_an_error(sockdir: Path) -> None:
             box.send("nobody", msg.STATS_REQUEST, {"request_id": 1})
     finally:
         box.close()
+
+
+def test_send_many_arrives_as_single_messages_under_one_link_seq(sockdir: Path) -> None:
+    eps = endpoints(sockdir, "a", "b")
+    a, b = Mailbox("a", eps), Mailbox("b", eps)
+    try:
+        b.bind()
+        assert a.send("b", TEST_TICK, {"n": 0, "pad": b""})
+        assert a.send_many("b", TEST_TICK, [{"n": i, "pad": b"x"} for i in (1, 2, 3)])
+        assert a.send_many("b", TEST_TICK, [{"n": 4, "pad": b""}])  # one: a plain message
+        assert a.send_many("b", TEST_TICK, [])                      # none: nothing sent
+        receive(b, 5)
+        got = list(b.inbound)
+        assert [e.kind for e in got] == [TEST_TICK] * 5
+        assert [e.body["n"] for e in got] == [0, 1, 2, 3, 4]
+        assert [e.seq for e in got] == [0, 1, 1, 1, 2]  # the bundle took one seq
+        assert (a.counters.messages_out, a.counters.bundles_out) == (5, 1)
+        assert (b.counters.messages_in, b.counters.bundles_in) == (5, 1)
+        assert b.counters.transport_lost == 0 and not b.counters.rejected_messages
+        with pytest.raises(MalformedMessage):  # every body is checked before anything goes
+            a.send_many("b", TEST_TICK, [{"n": 5, "pad": b""}, {"n": "six", "pad": b""}])
+        assert a.send("b", TEST_TICK, {"n": 5, "pad": b""})
+        receive(b, 6)
+        assert b.inbound[-1].seq == 3 and b.counters.transport_lost == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_hostile_bundle_is_counted_body_by_body(sockdir: Path) -> None:
+    eps = endpoints(sockdir, "b")
+    b = Mailbox("b", eps)
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    try:
+        b.bind()
+        raw.setsockopt(zmq.ROUTING_ID, b"intruder")
+        raw.connect(eps["b"])
+        good, bad = {"n": 1, "pad": b""}, {"n": 2, "pad": b"", "extra": 1}
+        raw.send(msgpack.packb([1, BUNDLE, "intruder", 0, 0,
+                                {"kind": TEST_TICK, "bodies": [good, bad, {"n": True}]}]))
+        raw.send(msgpack.packb([1, BUNDLE, "intruder", 1, 0,
+                                {"kind": BUNDLE, "bodies": [{}]}]))
+        raw.send(msgpack.packb([1, BUNDLE, "intruder", 2, 0,
+                                {"kind": "no_such_kind", "bodies": [{}, {}]}]))
+        raw.send(msgpack.packb([1, BUNDLE, "intruder", 3, 0, {"kind": TEST_TICK}]))
+        wait_rejected(b, "missing_field", 1)  # the last one: a bundle without bodies
+        assert [e.body for e in b.inbound] == [good]
+        assert b.counters.rejected_messages == {
+            "unexpected_field": 1, "bad_field_type": 1, "bad_shape": 1, "unknown_kind": 2,
+            "missing_field": 1}
+        assert b.counters.transport_lost == 0
+    finally:
+        raw.close(linger=0)
+        ctx.term()
+        b.close()

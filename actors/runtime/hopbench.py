@@ -65,13 +65,20 @@ def forward(in_endpoint: str, out_endpoint: str) -> int:
     push.connect(out_endpoint)
     packer = msgpack.Packer(use_bin_type=True, autoreset=True)
     recv, send, unpackb, pack = pull.recv, push.send, msgpack.unpackb, packer.pack
+    frames = 0
+    cpu0 = 0
     try:
-        while True:
-            frame = recv()
-            if frame == END_MARKER:
-                send(END_MARKER)
-                return 0
+        frame = recv()
+        cpu0 = time.process_time_ns()  # from the first frame: start-up is left out
+        while frame != END_MARKER:
             send(pack(unpackb(frame)))
+            frames += 1
+            frame = recv()
+        send(END_MARKER)
+        # The bench reads this line for the hop's CPU cost per frame.
+        print(json.dumps({"frames": frames, "cpu_ns": time.process_time_ns() - cpu0}),
+              flush=True)
+        return 0
     finally:
         # The bench acknowledges the end marker by reading it before it waits for us,
         # so a LINGER flush is only a courtesy here.
@@ -85,7 +92,9 @@ def run_hop_benchmark(hops: int, messages: int, batch: int = 1, *,
     """Measure a chain of ``hops`` forwarder processes; see the module docstring.
 
     Returns ``hops, links, messages, batch, frames, elapsed_s, messages_per_s,
-    frames_per_s, rtt_samples, rtt_us_median, rtt_us_p90, rtt_us_min, per_hop_us``.
+    frames_per_s, rtt_samples, rtt_us_median, rtt_us_p90, rtt_us_min, per_hop_us,
+    hop_cpu_us_per_frame`` (one figure per forwarder, from its first frame to the end
+    marker) and ``bench_cpu_us_per_message`` (this process, both ends, while streaming).
     Raises TimeoutError if the chain stalls for ``timeout_s``.
     """
     if hops < 1 or messages < 1 or batch < 1 or rtt_samples < 1:
@@ -106,7 +115,8 @@ def run_hop_benchmark(hops: int, messages: int, batch: int = 1, *,
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "actors.runtime.hopbench", "--forward",
                  endpoints[i], endpoints[i + 1], "--parent-pid", str(os.getpid())],
-                stdin=subprocess.DEVNULL, env=env, start_new_session=True))
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+                start_new_session=True))
         source.setsockopt(zmq.SNDHWM, _HWM)
         source.connect(endpoints[0])
         deadline = time.monotonic() + timeout_s
@@ -116,13 +126,20 @@ def run_hop_benchmark(hops: int, messages: int, batch: int = 1, *,
         frame = msgpack.packb([_item(i) for i in range(batch)])
         rtts = [_round_trip(source, sink, frame, deadline) for _ in range(rtt_samples)]
 
+        cpu0 = time.process_time_ns()
         frames, elapsed = _stream(source, sink, messages, batch, deadline)
+        bench_cpu_ns = time.process_time_ns() - cpu0
 
         source.send(END_MARKER)
         _recv_until(sink, END_MARKER, deadline)
         left = procutil.wait_pids_gone([p.pid for p in procs], 5.0)
         if left:
             raise RuntimeError(f"forwarders did not exit: {left}")
+        hop_cpu = []
+        for p in procs:
+            assert p.stdout is not None
+            report = json.loads(p.stdout.read() or b"{}")
+            hop_cpu.append(report.get("cpu_ns", 0) / 1000 / max(1, report.get("frames", 0)))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -130,6 +147,8 @@ def run_hop_benchmark(hops: int, messages: int, batch: int = 1, *,
         for p in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=10)
+            if p.stdout is not None:
+                p.stdout.close()
         source.close(linger=0)
         sink.close(linger=0)
         ctx.term()
@@ -150,6 +169,9 @@ def run_hop_benchmark(hops: int, messages: int, batch: int = 1, *,
         "rtt_us_p90": rtts[min(len(rtts) - 1, int(len(rtts) * 0.9))] / 1e3,
         "rtt_us_min": rtts[0] / 1e3,
         "per_hop_us": median_ns / 1e3 / (hops + 1),
+        # CPU per frame in each forwarder, and per item in the bench (source + sink).
+        "hop_cpu_us_per_frame": [round(c, 2) for c in hop_cpu],
+        "bench_cpu_us_per_message": round(bench_cpu_ns / 1000 / messages, 2),
     }
 
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from actors.runtime.addressing import Endpoint
-from protocol.envelope import Envelope, EnvelopeCodec, LinkSeqTracker, MalformedMessage
+from protocol.envelope import BUNDLE, Envelope, EnvelopeCodec, LinkSeqTracker, MalformedMessage
 
 DEFAULT_HWM = 1000
 RECONNECT_IVL_MS = 20          # peers start in parallel; retry a not-yet-bound ipc quickly
@@ -37,6 +37,16 @@ RECONNECT_IVL_MAX_MS = 1000
 _BLOCKED_POLL_MS = 100         # how often a blocked send re-checks deadlines and hooks
 _LOG_FIRST_REJECTS = 20        # per reason, then every 1000th
 WakeCallback = Callable[[], None]
+
+# Per message, the socket calls go straight to the compiled socket methods: the Python
+# wrappers around them (flag enums, routing-id/group checks, recv_multipart's list and
+# getsockopt) cost more than the calls themselves.
+_raw_send = zmq.backend.Socket.send
+_raw_recv = zmq.backend.Socket.recv
+_raw_get = zmq.backend.Socket.get
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_monotonic_ns = time.monotonic_ns
 
 
 def make_inbox(ctx: zmq.Context, endpoint: Endpoint | str, *, hwm: int = DEFAULT_HWM
@@ -82,6 +92,8 @@ class TransportCounters:
     send_blocked_ns: int = 0      # total time spent waiting in those sends
     unsent: int = 0               # sends abandoned at the stop deadline
     inbound_max: int = 0          # deepest the local inbound queue got
+    bundles_out: int = 0          # send_many bundles sent (messages_out counts each body)
+    bundles_in: int = 0           # bundle envelopes received (messages_in counts each body)
 
     def snapshot(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -109,10 +121,13 @@ class Mailbox:
         self.inbound: deque[Envelope] = deque()
         self.counters = TransportCounters()
         self.tracker = LinkSeqTracker(adopt_first=adopt_first_seq)
+        # The tracker's own table, read directly on the per-message fast path.
+        self._expected = self.tracker.expected_table
         self._seq_out: dict[str, int] = {}
         self._ids: dict[bytes, str] = {}
         self._wake: dict[int, WakeCallback] = {}
         self.poller = zmq.Poller()
+        self._blocked_pollers: dict[tuple[zmq.Socket, bool], zmq.Poller] = {}
         # Called for each accepted envelope as it arrives, before it is queued (e.g. to
         # notice a stop while a send is blocked).
         self.on_arrival: Callable[[Envelope], None] | None = None
@@ -129,10 +144,12 @@ class Mailbox:
         """Poll a plain fd too (e.g. a signal wakeup pipe); ``callback`` runs when readable."""
         self._wake[fd] = callback
         self.poller.register(fd, zmq.POLLIN)
+        self._blocked_pollers.clear()
 
     def remove_wake_fd(self, fd: int) -> None:
         if self._wake.pop(fd, None) is not None:
             self.poller.unregister(fd)
+            self._blocked_pollers.clear()
 
     def outbox(self, dest: str) -> zmq.Socket:
         sock = self.outboxes.get(dest)
@@ -152,6 +169,8 @@ class Mailbox:
         if sock is not None and not sock.closed:
             sock.close(linger=0)
         self._seq_out.pop(dest, None)
+        self._blocked_pollers = {k: v for k, v in self._blocked_pollers.items()
+                                 if k[0] is not sock}
 
     def close(self) -> None:
         """Close everything at once (LINGER 0: call after the end-of-stream handshake)."""
@@ -159,6 +178,7 @@ class Mailbox:
             if sock is not None and not sock.closed:
                 sock.close(linger=0)
         self.outboxes.clear()
+        self._blocked_pollers.clear()
         self.inbox = None
         if self._own_ctx:
             self.ctx.term()
@@ -172,120 +192,203 @@ class Mailbox:
         Raises MalformedMessage if ``body`` does not fit ``kind``'s schema.
         """
         seq = self._seq_out.get(dest, 0)
-        payload = self.codec.encode(kind, self.name, seq, time.monotonic_ns(), body)
-        sock = self.outbox(dest)
+        payload = self.codec.encode(kind, self.name, seq, _monotonic_ns(), body)
+        return self._send_payload(dest, seq, payload, 1)
+
+    def send_many(self, dest: str, kind: str, bodies: Sequence[Mapping[str, Any]]) -> bool:
+        """Send several messages of one kind to ``dest`` as one envelope (a ``bundle``)
+        and one ZeroMQ message; the receiver's mailbox hands them to its actor one by one,
+        in order, as if each had come alone.
+
+        The bundle takes one sequence number on the link (its inner messages carry it), so
+        the receiver's loss/restart accounting works per envelope as before.  It occupies
+        one slot of the link's high-water mark: back-pressure still blocks (never drops)
+        when the link is full, just ``len(bodies)`` messages at a time.  Each body is
+        checked against ``kind``'s schema; a bundle above the codec's size limit raises
+        MalformedMessage (``oversized``) and nothing is sent.  One body, or none, is sent
+        as a plain message (none: nothing at all).  Returns False only if abandoned at
+        :attr:`send_deadline_ns` (then none of them went).
+        """
+        if len(bodies) <= 1:
+            return self.send(dest, kind, bodies[0]) if bodies else True
+        seq = self._seq_out.get(dest, 0)
+        payload = self.codec.encode_many(kind, self.name, seq, _monotonic_ns(), bodies)
+        if not self._send_payload(dest, seq, payload, len(bodies)):
+            return False
+        self.counters.bundles_out += 1
+        return True
+
+    def _send_payload(self, dest: str, seq: int, payload: bytes, messages: int) -> bool:
+        sock = self.outboxes.get(dest)
+        if sock is None:
+            sock = self.outbox(dest)
         try:
-            sock.send(payload, zmq.NOBLOCK)
+            _raw_send(sock, payload, _NOBLOCK)
         except zmq.Again:
             if not self._send_blocked(sock, payload):
                 return False
         self._seq_out[dest] = seq + 1
         c = self.counters
-        c.messages_out += 1
+        c.messages_out += messages
         c.bytes_out += len(payload)
         return True
+
+    def _blocked_poller(self, sock: zmq.Socket, reading: bool) -> zmq.Poller:
+        """The poller of a send blocked on ``sock``, kept until the wake fds change."""
+        key = (sock, reading)
+        poller = self._blocked_pollers.get(key)
+        if poller is None:
+            poller = self._blocked_pollers[key] = zmq.Poller()
+            poller.register(sock, zmq.POLLOUT)
+            for fd in self._wake:
+                poller.register(fd, zmq.POLLIN)
+            if reading:
+                poller.register(self.inbox, zmq.POLLIN)
+        return poller
 
     def _send_blocked(self, sock: zmq.Socket, payload: bytes) -> bool:
         c = self.counters
         c.send_blocked += 1
-        t0 = time.monotonic_ns()
+        t0 = _monotonic_ns()
         try:
             while True:
                 deadline = self.send_deadline_ns
-                now = time.monotonic_ns()
+                now = _monotonic_ns()
                 if deadline is not None and now >= deadline:
                     c.unsent += 1
                     return False
-                # Rebuilt each round: wake callbacks may add or remove fds.
-                poller = zmq.Poller()
-                poller.register(sock, zmq.POLLOUT)
-                for fd in self._wake:
-                    poller.register(fd, zmq.POLLIN)
                 # Keep our own inbox moving while we wait, up to the inbound limit.
                 reading = self.inbox is not None and len(self.inbound) < self.inbound_limit
-                if reading:
-                    poller.register(self.inbox, zmq.POLLIN)
+                poller = self._blocked_poller(sock, reading)
                 timeout = _BLOCKED_POLL_MS
                 if deadline is not None:
                     timeout = max(0, min(timeout, -(-(deadline - now) // 1_000_000)))
                 events = dict(poller.poll(timeout))
-                for fd, cb in list(self._wake.items()):
-                    if fd in events:
-                        cb()
+                if self._wake:
+                    for fd, cb in list(self._wake.items()):
+                        if fd in events:
+                            cb()
                 if events.get(sock, 0) & zmq.POLLOUT:
                     try:
-                        sock.send(payload, zmq.NOBLOCK)
+                        _raw_send(sock, payload, _NOBLOCK)
                         return True
                     except zmq.Again:
                         pass
                 if reading and self.inbox in events:
                     self.receive_available(self.inbound_limit - len(self.inbound))
         finally:
-            c.send_blocked_ns += time.monotonic_ns() - t0
+            c.send_blocked_ns += _monotonic_ns() - t0
 
     # --- receiving ------------------------------------------------------------------
 
     def poll(self, timeout_ms: int, burst: int = 256) -> int:
         """Wait up to ``timeout_ms`` for input; queue up to ``burst`` messages on
         :attr:`inbound` and run wake callbacks.  Returns how many were queued."""
-        events = dict(self.poller.poll(timeout_ms))
+        events = self.poller.poll(timeout_ms)
         if not events:
             return 0
-        for fd, cb in list(self._wake.items()):
-            if fd in events:
-                cb()
-        if self.inbox in events:
-            return self.receive_available(burst)
-        return 0
+        if self._wake:
+            ready = dict(events)
+            for fd, cb in list(self._wake.items()):
+                if fd in ready:
+                    cb()
+        # Whether or not the inbox showed up: reading it costs one failed recv.
+        return self.receive_available(burst)
 
     def receive_available(self, limit: int) -> int:
-        """Queue up to ``limit`` messages already waiting on the inbox, without blocking."""
+        """Queue up to ``limit`` envelopes already waiting on the inbox, without
+        blocking (a bundle counts once and may queue more messages than that)."""
         inbox = self.inbox
-        queued = 0
-        while queued < limit:
+        if inbox is None:
+            return 0
+        taken = 0
+        while taken < limit:
             try:
-                frames = inbox.recv_multipart(zmq.NOBLOCK)
+                ident = _raw_recv(inbox, _NOBLOCK)
             except zmq.Again:
                 break
-            env = self.accept(frames)
-            if env is not None:
-                queued += 1
-        return queued
+            taken += 1
+            # ZeroMQ delivers a message whole, and a ROUTER always puts the routing id
+            # before at least one frame the peer sent.
+            payload = _raw_recv(inbox, _NOBLOCK)
+            if _raw_get(inbox, _RCVMORE):
+                n = 2
+                while _raw_get(inbox, _RCVMORE):
+                    _raw_recv(inbox, _NOBLOCK)
+                    n += 1
+                self.reject("bad_frames", f"{n} frames", ident)
+                continue
+            self._accept(ident, payload)
+        return taken
 
     def accept(self, frames: list[bytes]) -> Envelope | None:
-        """Check one received ``[routing id, payload]``; queue and return it, or count
-        the rejection and return None."""
-        c = self.counters
+        """Check one received ``[routing id, payload]``; queue and return it (a bundle:
+        its last message), or count the rejection and return None."""
         if len(frames) != 2:
             self.reject("bad_frames", f"{len(frames)} frames",
                         frames[0] if frames else b"")
             return None
-        ident, payload = frames
+        return self._accept(frames[0], frames[1])
+
+    def _accept(self, ident: bytes, payload: bytes) -> Envelope | None:
+        c = self.counters
         c.bytes_in += len(payload)
         try:
             env = self.codec.decode(payload)
         except MalformedMessage as exc:
             self.reject(exc.reason, exc.detail, ident)
             return None
-        known = self._ids.get(ident)
-        if known != env.sender:
-            if ident != env.sender.encode():
-                self.reject("sender_mismatch", f"envelope says {env.sender!r}", ident)
+        sender = env.sender
+        if self._ids.get(ident) != sender:
+            if ident != sender.encode():
+                self.reject("sender_mismatch", f"envelope says {sender!r}", ident)
                 return None
-            self._ids[ident] = env.sender
-        gap = self.tracker.observe(env.sender, env.seq)
-        c.transport_lost = self.tracker.lost
-        c.transport_seq_restarts = self.tracker.restarts
-        c.transport_seq_adopted = self.tracker.adopted
-        if gap and self.log is not None:
-            self.log.warning("transport_lost", sender=env.sender, seq=env.seq, gap=gap)
+            self._ids[ident] = sender
+        expected = self._expected
+        seq = env.seq
+        if expected.get(sender) == seq:  # the usual case: next in line on this link
+            expected[sender] = seq + 1
+        else:
+            self._observe_seq(sender, seq)
+        if env.kind == BUNDLE:
+            return self._accept_bundle(env, ident)
         c.messages_in += 1
         if self.on_arrival is not None:
             self.on_arrival(env)
-        self.inbound.append(env)
-        if len(self.inbound) > c.inbound_max:
-            c.inbound_max = len(self.inbound)
+        inbound = self.inbound
+        inbound.append(env)
+        if len(inbound) > c.inbound_max:
+            c.inbound_max = len(inbound)
         return env
+
+    def _accept_bundle(self, bundle: Envelope, ident: bytes) -> Envelope | None:
+        envs, rejects = self.codec.unbundle(bundle)
+        for exc in rejects:
+            self.reject(exc.reason, exc.detail, ident)
+        c = self.counters
+        c.bundles_in += 1
+        c.messages_in += len(envs)
+        on_arrival = self.on_arrival
+        if on_arrival is not None:
+            for env in envs:
+                on_arrival(env)
+        inbound = self.inbound
+        inbound.extend(envs)
+        if len(inbound) > c.inbound_max:
+            c.inbound_max = len(inbound)
+        return envs[-1] if envs else None
+
+    def _observe_seq(self, sender: str, seq: int) -> None:
+        """A seq that is not the next one of its link (or a link's first): let the
+        tracker decide between a first message, a loss and a restart."""
+        tracker = self.tracker
+        gap = tracker.observe(sender, seq)
+        c = self.counters
+        c.transport_lost = tracker.lost
+        c.transport_seq_restarts = tracker.restarts
+        c.transport_seq_adopted = tracker.adopted
+        if gap and self.log is not None:
+            self.log.warning("transport_lost", sender=sender, seq=seq, gap=gap)
 
     def reject(self, reason: str, detail: str = "", ident: bytes | str = b"") -> None:
         """Count (and, rate-limited, log) one rejected message."""

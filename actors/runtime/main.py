@@ -115,7 +115,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     instance=settings.instance, run_dir=settings.run_dir,
                                     settings=settings.log)
     actor = cls(settings, log=log)
+    profile_dir = os.environ.get("RXPATH_CPROFILE_DIR")
+    if profile_dir:
+        return _run_profiled(actor, Path(profile_dir))
     return actor.run()
+
+
+def _run_profiled(actor: Actor, out_dir: Path) -> int:
+    """Run under cProfile and write ``<out_dir>/<name>.pstats`` (``RXPATH_CPROFILE_DIR``):
+    deterministic call counts per function, beside py-spy's sampling."""
+    import cProfile
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(actor.run)
+    finally:
+        profiler.dump_stats(out_dir / f"{actor.name}.pstats")
 
 
 if __name__ == "__main__":

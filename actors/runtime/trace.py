@@ -2,8 +2,9 @@
 
 Separate from the structlog logs: these are the raw material of ``rxpath trace``, which
 merges every actor's file into one Chrome/Perfetto trace-event JSON.  Records are kept
-in memory and written in batches (and on :meth:`TraceWriter.close`), so recording costs
-one list append per event on the hot path.
+in memory as JSON lines and written in batches (and on :meth:`TraceWriter.close`), so a
+hand-formatted record (:meth:`TraceWriter.line`) costs one list append on the hot path and
+a flush is one string join.
 
 One JSON array per line; times are integer nanoseconds of ``time.monotonic_ns()``
 (CLOCK_MONOTONIC is system-wide, so the files of one host share a clock)::
@@ -146,8 +147,9 @@ class TraceWriter:
         self.path = Path(path) if path is not None else None
         self.on = self.path is not None
         self.flush_every = max(1, flush_every)
-        self.records = 0  # written or buffered, for tests and the overhead figure
-        self._buf: list[list[Any] | str] = []
+        self._written = 0
+        # Lines already in their JSON form: a flush is one join, no per-record work.
+        self._buf: list[str] = []
         self._file: TextIO | None = None
         self._open: dict[Any, OpenSlice] = {}
         self._last: dict[tuple[str | None, str], Any] = {}  # counter dedupe
@@ -157,10 +159,14 @@ class TraceWriter:
 
     # --- records ----------------------------------------------------------------------
 
-    def _add(self, record: list[Any] | str) -> None:
+    @property
+    def records(self) -> int:
+        """Records written or buffered, for tests and the overhead figure."""
+        return self._written + len(self._buf)
+
+    def _add(self, record: list[Any]) -> None:
         buf = self._buf
-        buf.append(record)
-        self.records += 1
+        buf.append(_encode(record))
         if len(buf) >= self.flush_every:
             self.flush()
 
@@ -168,7 +174,10 @@ class TraceWriter:
         """A record already in its JSON form (the hottest call sites format their own:
         an f-string is several times cheaper than encoding a fresh dict)."""
         if self.on:
-            self._add(text)
+            buf = self._buf
+            buf.append(text)
+            if len(buf) >= self.flush_every:
+                self.flush()
 
     def meta(self, **fields: Any) -> None:
         if self.on:
@@ -235,10 +244,11 @@ class TraceWriter:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
-        enc = _encode
-        self._file.write("\n".join([r if isinstance(r, str) else enc(r) for r in self._buf]))
-        self._file.write("\n")
-        self._buf.clear()
+        buf = self._buf
+        buf.append("")  # the last line's newline
+        self._file.write("\n".join(buf))
+        self._written += len(buf) - 1
+        buf.clear()
         self._file.flush()
 
     def close(self, now: int) -> None:
