@@ -16,14 +16,30 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from actors.profiles import MS, Profile
-from actors.reader.tcp_recvmsg import RecvFlags, StepDriver, tcp_recvmsg
+from actors.reader.tcp_recvmsg import RecvFlags, SpendCpu, StepDriver, tcp_recvmsg
 from actors.stack.net import OpDone, Transmit
 from actors.stack.skb import SKB_SHINFO_SIZE, SKB_STRUCT_SIZE, skb_data_align
 from actors.stack.sock import TcpSock, TcpState
-from actors.stack.tcp_ipv4 import Stack, _set_rcvbuf
+from actors.stack.tcp_ipv4 import Stack, sock_set_rcvbuf
 from cli.drill_runner import LOCAL_IP, SYMBOLS, Unsupported, errno_name
 from protocol.segment import IPV4_HEADER_LEN, TCP_HEADER_LEN, Segment
 from protocol.seq import seq_sub
+from protocol.sockops import (
+    Accepted,
+    Failed,
+    InetAccept,
+    Inq,
+    LockSock,
+    ReleaseSock,
+    Sent,
+    SockOp,
+    SockOpResult,
+    SockSetsockopt,
+    TcpClose,
+    TcpInq,
+    TcpSendmsg,
+    TcpShutdown,
+)
 from protocol.wire import encode_options
 
 # Linux's tcp_info state numbers (include/net/tcp_states.h).
@@ -41,7 +57,7 @@ O_RDWR, O_NONBLOCK = SYMBOLS["O_RDWR"], SYMBOLS["O_NONBLOCK"]
 PAGE_SIZE = 4096
 NET_SKB_PAD = 64  # tun's headroom (tun->align)
 
-# A system call is a generator: it yields ("op", sock, name, args) for a stack
+# A system call is a generator: it yields ("op", SockOp) for a stack
 # operation or ("wait", deadline, predicate) to sleep, and returns
 # (ret, errno, extra).
 CallResult = tuple[int, str | None, dict[str, Any]]
@@ -121,7 +137,7 @@ class ModelReceiver:
         self.stack = Stack(profile, profile.default_sysctls, seed=seed)
         self._now = 0
         self._out: list[tuple[int, Segment]] = []
-        self._opdone: dict[str, dict[str, Any]] = {}
+        self._opdone: dict[str, SockOpResult] = {}
         self._calls: list[ModelCall] = []
         self._fds: dict[int, FileDesc] = {}
         self._tasks = 0
@@ -187,6 +203,9 @@ class ModelReceiver:
     def counters(self) -> Mapping[str, int]:
         return self.stack.net.mib.nonzero()
 
+    def late_allowance_ns(self, expected_ns: int) -> int:
+        return 0  # the virtual clock has no transport: every time is exact
+
     # ------------------------------------------------------------------ outputs and calls
 
     def _drain(self) -> None:
@@ -205,7 +224,7 @@ class ModelReceiver:
             if isinstance(out, Transmit):
                 self._out.append((self._now, out.segment))
             elif isinstance(out, OpDone):
-                self._opdone[out.task] = dict(out.result)
+                self._opdone[out.task] = out.result
 
     def _step(self, call: ModelCall) -> bool:
         """Run ``call`` until it blocks or ends; True if it moved."""
@@ -234,8 +253,7 @@ class ModelReceiver:
                 call.end_ns = self._now
                 return True
             if req[0] == "op":
-                _, sock, name, args = req
-                res = self.stack.do_op(call.task, sock, name, args, self._now)
+                res = self.stack.sock_op(call.task, req[1], self._now)
                 self._collect()
                 if res is None:
                     call.state = "op"
@@ -304,10 +322,11 @@ class ModelReceiver:
             return _err("EBADF")
         if desc.sock is None:
             return _err("EINVAL")
-        res = yield ("op", desc.sock, "accept", {"nonblock": desc.nonblock})
-        if "error" in res:
-            return _err(errno_name(int(res["error"])))
-        child = FileDesc("sock", sock=int(res["sock"]))
+        res = yield ("op", InetAccept(desc.sock, nonblock=desc.nonblock))
+        if isinstance(res, Failed):
+            return _err(errno_name(res.error))
+        assert isinstance(res, Accepted), res
+        child = FileDesc("sock", sock=res.sock)
         child_sk = self._sk(child)
         if child_sk is not None:
             child.rcvlowat = child_sk.rcvlowat
@@ -350,9 +369,9 @@ class ModelReceiver:
                 if name == "SO_RCVBUF":
                     desc.rcvbuf = val
                 return 0, None, {}
-            res = yield ("op", desc.sock, "setsockopt", {"name": name, "value": val})
-            if "error" in res:
-                return _err(errno_name(int(res["error"])))
+            res = yield ("op", SockSetsockopt(desc.sock, name, val))
+            if isinstance(res, Failed):
+                return _err(errno_name(res.error))
             return 0, None, {}
         raise Unsupported(f"setsockopt({name}) is not modelled")
 
@@ -366,7 +385,7 @@ class ModelReceiver:
                 return 0, None, {"value": sk.rcvbuf}
             if desc.rcvbuf is not None:
                 probe = TcpSock(net=self.stack.net, sock_id=0, laddr="", lport=0)
-                _set_rcvbuf(probe, desc.rcvbuf)
+                sock_set_rcvbuf(probe, desc.rcvbuf)
                 return 0, None, {"value": probe.rcvbuf}
             return 0, None, {"value": self.stack.sysctls.tcp_rmem[1]}  # tcp_init_sock
         if name == "SO_RCVLOWAT":
@@ -396,14 +415,12 @@ class ModelReceiver:
                           rcvlowat=sk.rcvlowat, timeo_ns=None, clock=self.now)
         driver = StepDriver(gen)
         while not driver.done:
-            assert driver.next is not None
-            step, args = driver.next
-            if step == "cpu":
-                driver.feed({})
+            step = driver.next
+            assert step is not None
+            if isinstance(step, SpendCpu):
+                driver.feed(SockOpResult())
                 continue
-            args = dict(args)
-            sock = args.pop("sock")
-            driver.feed((yield ("op", sock, step, args)))
+            driver.feed((yield ("op", step)))
         res = driver.result
         assert res is not None
         extra: dict[str, Any] = {"data": res.data}
@@ -415,15 +432,16 @@ class ModelReceiver:
             return -1, errno_name(-res.ret), extra
         return res.ret, None, extra
 
-    def _locked(self, sock: int, op: str, args: dict[str, Any]) -> CallGen:
+    def _locked(self, op: SockOp) -> CallGen:
         """lock_sock, one operation, release_sock (close releases by itself)."""
-        yield ("op", sock, "lock_sock", {})
-        res = yield ("op", sock, op, args)
-        if op != "close":
-            yield ("op", sock, "release_sock", {})
-        if "error" in res:
-            return _err(errno_name(int(res["error"])), dict(res))
-        return 0, None, dict(res)
+        sock = op.sock  # type: ignore[attr-defined]
+        yield ("op", LockSock(sock))
+        res = yield ("op", op)
+        if not isinstance(op, TcpClose):
+            yield ("op", ReleaseSock(sock))
+        if isinstance(res, Failed):
+            return _err(errno_name(res.error))
+        return 0, None, {"sent": res.sent} if isinstance(res, Sent) else {}
 
     def _sys_write(self, fd: int, length: int) -> CallGen:
         desc = self._desc(fd)
@@ -431,7 +449,7 @@ class ModelReceiver:
             return _err("EBADF")
         if desc.sock is None:
             return _err("EPIPE")
-        ret, err, extra = yield from self._locked(desc.sock, "send", {"data": bytes(length)})
+        ret, err, extra = yield from self._locked(TcpSendmsg(desc.sock, bytes(length)))
         if err:
             return ret, err, extra
         return int(extra.get("sent", 0)), None, {}
@@ -442,7 +460,7 @@ class ModelReceiver:
             return _err("EBADF")
         if desc.sock is None:
             return _err("ENOTCONN")
-        return (yield from self._locked(desc.sock, "shutdown", {"how": int(how or 0)}))
+        return (yield from self._locked(TcpShutdown(desc.sock, int(how or 0))))
 
     def _sys_close(self, fd: int) -> CallGen:
         desc = self._fds.pop(fd, None)
@@ -452,7 +470,7 @@ class ModelReceiver:
             other.interest.pop(fd, None)
         if desc.sock is None:
             return 0, None, {}
-        ret, err, _ = yield from self._locked(desc.sock, "close", {})
+        ret, err, _ = yield from self._locked(TcpClose(desc.sock))
         return ret, err, {}
 
     def _sys_fcntl(self, fd: int, cmd: int | None, arg: int | None) -> CallGen:
@@ -476,8 +494,9 @@ class ModelReceiver:
         sk = self._sk(desc)
         if sk is None or sk.state == TcpState.LISTEN:
             return _err("EINVAL")
-        res = yield ("op", sk.sock_id, "inq", {})
-        return 0, None, {"value": int(res["inq"])}
+        res = yield ("op", TcpInq(sk.sock_id))
+        assert isinstance(res, Inq), res
+        return 0, None, {"value": res.inq}
 
     # ------------------------------------------------------------------ epoll
 

@@ -23,14 +23,25 @@ Two rules keep a real-time run comparable to packetdrill's:
 - ``inject`` returns once the stack has run ``tcp_v4_rcv`` on the segment (packetdrill
   writes to a tun device, which runs the receive path before ``write`` returns), so a
   system call that follows a packet in the script sees its effect;
-- a call whose current step sleeps (``sk_wait_data``, a blocking ``accept``) and has
-  had no answer within :data:`SLEEP_SETTLE_NS` is reported as blocked; it completes
-  when the stack wakes it.
+- a call whose current step sleeps (``sk_wait_data``, a blocking ``accept``) is
+  reported as blocked once the stack has answered a probe sent right behind that
+  step (it serves one sender's messages in order, and answers a probe at once); it
+  completes when the stack wakes it.
 
-Outbound segments are matched within the script's tolerance, but never less than
-:data:`PIPELINE_MIN_TOLERANCE_US`: a segment crosses four processes (launcher, NIC,
-CPU, stack) and back, each hop a ZeroMQ message, so a few milliseconds of jitter are
-the pipeline's own, not the model's.
+Timing. The script's tolerance applies as written on the early side: the pipeline
+can make things late, never early, so a packet or a return that comes too soon is
+the receiver's own doing and fails as in the model. On the late side each check
+allows, on top of the script's tolerance, what this run measured of its own delays
+(:meth:`PipelineReceiver.late_allowance_ns`): the time its messages spent in flight
+(an inject until the stack confirms it ran ``tcp_v4_rcv``, each non-sleeping step of
+a call), the times this process woke late, the largest one-way hop latency seen
+(envelopes carry their sender's monotonic send time, one host shares that clock) and
+:data:`TIMER_GRANULARITY_NS`. All of it is looked for in the window from
+:data:`DELAY_LOOKBACK_NS` before the expected time until now. Times the receiver
+reports are the actors' own where a message carries them: an outbound packet is at
+the moment the NIC put it on the wire, a blocking call returns when the stack woke it
+(the steps after the wakeup are the process's own instructions, which take no
+modelled time), a call that never slept returns when it was made.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
+from collections import deque
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -45,28 +57,48 @@ from types import TracebackType
 from typing import Any
 
 from actors.profiles import MS, Profile, Sysctls
-from actors.reader.tcp_recvmsg import RecvFlags, StepDriver, tcp_recvmsg
+from actors.reader.tcp_recvmsg import RecvFlags, SpendCpu, StepDriver, tcp_recvmsg
 from actors.runtime.launcher import Launcher
+from actors.scenario import CpuConfig, FlowConfig, NicConfig, ReaderConfig, Scenario, StackConfig
 from actors.stack.sock import TcpSock, TcpState
-from actors.stack.tcp_ipv4 import Stack, _set_rcvbuf
-from cli.config import CpuConfig, FlowConfig, NicConfig, ReaderConfig, Scenario, StackConfig
+from actors.stack.tcp_ipv4 import Stack, sock_set_rcvbuf
 from cli.drill_model import TCP_STATE_NUMBERS, FileDesc
 from cli.drill_runner import BIND_PORT, LOCAL_IP, SYMBOLS, Unsupported, errno_name
 from protocol import messages as msg
 from protocol.envelope import Envelope
 from protocol.segment import Segment, TcpFlags
 from protocol.seq import seq_sub
+from protocol.sockops import (
+    Accepted,
+    Failed,
+    InetAccept,
+    Inq,
+    LockSock,
+    ReleaseSock,
+    Sent,
+    SkWaitData,
+    SockOp,
+    SockOpResult,
+    SockSetsockopt,
+    TcpClose,
+    TcpGetInfo,
+    TcpInfo,
+    TcpInq,
+    TcpSendmsg,
+    TcpShutdown,
+    decode_result,
+    encode_op,
+)
 from protocol.wire import MalformedPacket, decode_ipv4, decode_tcp, encode
 
-# The smallest tolerance for outbound packets and call returns in pipeline mode. A
-# packet's way in (launcher -> nic -> cpu0 -> stack) and its answer's way out (stack
-# -> nic -> launcher) are five ZeroMQ hops between Python processes: typically a
-# millisecond or two, but tens of milliseconds when the host is busy (a test suite
-# running in parallel). 25 ms covers that and still separates "at once" from a 40 ms
-# delayed ACK.
-PIPELINE_MIN_TOLERANCE_US = 25_000
 POLL_NS = 1 * MS               # how finely the runner watches the pipeline
-SLEEP_SETTLE_NS = 3 * MS       # a sleeping step unanswered this long has gone to sleep
+# An actor's poll timeout is a whole number of milliseconds, rounded up: a stack timer
+# fires up to this late even on an idle host.
+TIMER_GRANULARITY_NS = 1 * MS
+# How far before an expected time a delay may have started and still have made it
+# late: the longest receive-side timer a script waits for (TCP_DELACK_MAX, 200 ms)
+# plus margin.
+DELAY_LOOKBACK_NS = 250 * MS
 OP_TIMEOUT_S = 5.0             # a step that is not a sleep must be answered by then
 INJECT_TIMEOUT_S = 2.0         # how long inject waits for the stack to take the segment
 READY_TIMEOUT_S = 30.0
@@ -75,14 +107,14 @@ LISTENER_SOCK = 1              # the stack actor's first socket is its listener
 WARM_UP_SEGMENTS = 3
 WARM_UP_IP = "198.51.100.1"    # TEST-NET-2: never the script's remote address
 WARM_UP_PORT = 9
-SLEEPING_STEPS = frozenset({"sk_wait_data", "accept"})
+SLEEPING_STEPS = frozenset({SkWaitData.kernel_name, InetAccept.kernel_name})
 FIN_SEEN_STATES = frozenset({TcpState.CLOSE_WAIT.value, TcpState.LAST_ACK.value,
                              TcpState.CLOSING.value, TcpState.TIME_WAIT.value})
 
 CallResult = tuple[int, str | None, dict[str, Any]]
 # A system call is a generator yielding (sock, op, args) for each stack step and
 # returning (ret, errno, extra).
-CallGen = Generator[tuple[int, str, dict[str, Any]], dict[str, Any], CallResult]
+CallGen = Generator[SockOp, SockOpResult, CallResult]
 
 
 @dataclass
@@ -98,6 +130,9 @@ class PipelineCall:
     request_id: int | None = None   # the step waiting for the stack's answer
     step: str = ""
     sent_ns: int = 0
+    start_ns: int = 0
+    woken_ns: int | None = None     # when the stack ended its last sleep (its clock)
+    asleep: bool = False            # its current step sleeps in the stack
 
 
 def _mib_total(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
@@ -111,6 +146,11 @@ def _mib_total(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
 
 def _err(name: str, extra: dict[str, Any] | None = None) -> CallResult:
     return -1, name, extra or {}
+
+
+def _info(res: SockOpResult) -> dict[str, Any]:
+    assert isinstance(res, TcpInfo), res
+    return res.info
 
 
 def drill_scenario(profile: Profile, sysctls: Sysctls, *, port: int, rcvbuf: int | None,
@@ -171,12 +211,18 @@ class PipelineReceiver:
         self._origin_ns: int | None = None
         self._out: list[tuple[int, Segment]] = []
         self._calls: dict[int, PipelineCall] = {}  # request_id -> call waiting on it
-        self._replies: dict[int, dict[str, Any]] = {}
+        self._replies: dict[int, SockOpResult] = {}
         self._rids = itertools.count(1)
         self._fds: dict[int, FileDesc] = {}
         self._injected = 0  # segments the stack has taken, warm-up included
         self._baseline: dict[str, int] = {}
         self.errors: list[str] = []
+        # Measured delays (see the module doc), on this receiver's clock: intervals the
+        # pipeline's messages were in flight or this process overslept, and hop latencies.
+        self._delays: deque[tuple[int, int]] = deque()
+        self._hops: deque[tuple[int, int]] = deque()
+        self._woken: list[PipelineCall] = []  # calls the stack just woke
+        self._probes: dict[int, tuple[PipelineCall, int]] = {}  # probe -> (call, its step)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -205,6 +251,8 @@ class PipelineReceiver:
         self._warm_up()
         # The script's time so far stays; from here on it is real time.
         self._origin_ns = time.monotonic_ns() - self._virtual_ns
+        self._delays.clear()  # start-up is not the script's
+        self._hops.clear()
 
     def _warm_up(self) -> None:
         """Send a few segments for no socket round the whole path and wait for the
@@ -255,15 +303,69 @@ class PipelineReceiver:
 
     # ------------------------------------------------------------------ messages
 
-    def _pump(self, timeout_ms: int) -> None:
-        """Take what the actors sent (waiting up to ``timeout_ms`` for the first)."""
+    def _pump(self, timeout_ms: int, *, finish_woken: bool = True) -> None:
+        """Take what the actors sent (waiting up to ``timeout_ms`` for the first).
+
+        A call the stack woke is then run to its end (or its next sleep) before this
+        returns: the rest of it is the process's own work, which takes no script time,
+        so the runner must not see it half done."""
         assert self.launcher is not None
-        for env in self.launcher.poll(timeout_ms=int(timeout_ms)):
+        before = self.now()
+        got = self.launcher.poll(timeout_ms=int(timeout_ms))
+        woke = self.now()
+        if woke - before > timeout_ms * MS + POLL_NS:
+            self._delay(before + timeout_ms * MS, woke)  # this process overslept
+        for env in got:
             self._absorb(env)
+        if finish_woken:
+            while self._woken:
+                self._run_call(self._woken.pop(), "a woken call")
+
+    def _run_call(self, call: PipelineCall, name: str) -> None:
+        """Wait for ``call``'s steps until it ends or one of them sleeps in the stack."""
+        deadline = time.monotonic() + OP_TIMEOUT_S
+        while not call.done and not call.asleep:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: the stack did not answer step {call.step}")
+            self._pump(1, finish_woken=False)
+
+    # ------------------------------------------------------------------ measured delays
+
+    def _delay(self, start_ns: int, end_ns: int) -> None:
+        if end_ns > start_ns:
+            self._delays.append((start_ns, end_ns))
+        self._forget()
+
+    def _forget(self) -> None:
+        horizon = self.now() - 4 * DELAY_LOOKBACK_NS
+        while self._delays and self._delays[0][1] < horizon:
+            self._delays.popleft()
+        while self._hops and self._hops[0][0] < horizon:
+            self._hops.popleft()
+
+    def _sent_at(self, env: Envelope) -> int:
+        """The sender's send time on this receiver's clock (one host, one monotonic clock)."""
+        return env.ts_ns - (self._origin_ns or 0)
+
+    def late_allowance_ns(self, expected_ns: int) -> int:
+        if not self.running:
+            return 0
+        lo, now = expected_ns - DELAY_LOOKBACK_NS, self.now()
+        busy, edge = 0, lo
+        for start, end in sorted(self._delays):  # their union, clipped to [lo, now]
+            start, end = max(start, edge), min(end, now)
+            if end > start:
+                busy += end - start
+                edge = end
+        hop = max((h for t, h in self._hops if t >= lo), default=0)
+        return busy + hop + TIMER_GRANULARITY_NS
 
     def _absorb(self, env: Envelope) -> None:
+        arrived = self.now()
+        sent = self._sent_at(env)
+        self._hops.append((arrived, max(0, arrived - sent)))
         if env.kind == msg.WIRE:
-            t = self.now()
+            t = sent  # on the wire when the NIC sent it
             for frame in env.body["frames"]:
                 try:
                     self._out.append((t, decode_tcp(decode_ipv4(frame))))
@@ -271,11 +373,21 @@ class PipelineReceiver:
                     self.errors.append(f"undecodable frame from the NIC: {err}")
         elif env.kind == msg.SOCK_OP_DONE:
             rid = int(env.body["request_id"])
+            probe = self._probes.pop(rid, None)
+            if probe is not None:
+                waiting, step_rid = probe
+                waiting.asleep = waiting.request_id == step_rid and not waiting.done
+                return
             call = self._calls.pop(rid, None)
             if call is not None:
-                self._resume(call, dict(env.body["result"]))
+                if call.step in SLEEPING_STEPS:
+                    call.woken_ns = sent
+                    self._woken.append(call)
+                else:
+                    self._delay(call.sent_ns, arrived)
+                self._resume(call, decode_result(env.body["result"]))
             else:
-                self._replies[rid] = dict(env.body["result"])
+                self._replies[rid] = decode_result(env.body["result"])
         elif env.kind == msg.LOG_EVENT and env.body.get("level") in ("error", "critical"):
             self.errors.append(f"{env.sender}: {env.body['event']} {env.body['fields']}")
 
@@ -285,20 +397,19 @@ class PipelineReceiver:
         self._pump(0)  # what arrived meanwhile
         return {name: (c.get("role") or {}) for name, c in got.items()}
 
-    def _request(self, sock: int, op: str, args: dict[str, Any]) -> int:
+    def _request(self, op: SockOp) -> int:
         assert self.launcher is not None
         rid = next(self._rids)
-        self.launcher.send(STACK, msg.SOCK_OP, {"request_id": rid, "op": op, "sock": sock,
-                                                "args": args})
+        self.launcher.send(STACK, msg.SOCK_OP, {"request_id": rid, **encode_op(op)})
         return rid
 
-    def _op_now(self, sock: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    def _op_now(self, op: SockOp) -> SockOpResult:
         """One step, waited for here (an operation that never sleeps)."""
-        rid = self._request(sock, op, args)
+        rid = self._request(op)
         deadline = time.monotonic() + OP_TIMEOUT_S
         while rid not in self._replies:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the stack did not answer {op} on socket {sock}")
+                raise RuntimeError(f"the stack did not answer {op}")
             self._pump(1)
         return self._replies.pop(rid)
 
@@ -309,16 +420,20 @@ class PipelineReceiver:
         if not self.running:
             raise Unsupported("a packet before listen(): the pipeline starts at listen()")
         assert self.launcher is not None
+        sent = self.now()
         self.launcher.send(NIC, msg.WIRE, {"frames": [encode(seg)]})
         self._injected += 1
         # Wait until tcp_v4_rcv has run on it, as a tun write would (see module doc).
         deadline = time.monotonic() + INJECT_TIMEOUT_S
-        while time.monotonic() < deadline:
-            stack = self._stats([STACK]).get(STACK, {})
-            if int(stack.get("segments", 0)) >= self._injected:
-                return
-            self._pump(1)
-        self.errors.append(f"the stack did not take the segment {seg.describe()}")
+        try:
+            while time.monotonic() < deadline:
+                stack = self._stats([STACK]).get(STACK, {})
+                if int(stack.get("segments", 0)) >= self._injected:
+                    return
+                self._pump(1)
+            self.errors.append(f"the stack did not take the segment {seg.describe()}")
+        finally:
+            self._delay(sent, self.now())
 
     def take_outbound(self) -> list[tuple[int, Segment]]:
         if self.running:
@@ -366,31 +481,30 @@ class PipelineReceiver:
         impl = getattr(self, f"_sys_{name}", None)
         if impl is None:
             raise Unsupported(f"{name}() is not supported in pipeline mode")
-        call = PipelineCall(impl(**args))
+        call = PipelineCall(impl(**args), start_ns=self.now())
         self._resume(call, None)
-        deadline = time.monotonic() + OP_TIMEOUT_S
-        while not call.done:
-            waited = self.now() - call.sent_ns
-            if call.step in SLEEPING_STEPS and waited >= SLEEP_SETTLE_NS:
-                break  # asleep in the stack: the runner sees a blocked call
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name}(): the stack did not answer step {call.step}")
-            self._pump(1)
+        self._run_call(call, f"{name}()")
         return call
 
-    def _resume(self, call: PipelineCall, value: dict[str, Any] | None) -> None:
+    def _resume(self, call: PipelineCall, value: SockOpResult | None) -> None:
         """Feed a step's answer to ``call``; send its next step, or finish it."""
         try:
-            sock, op, args = call.gen.send(value) if value is not None else next(call.gen)
+            op = call.gen.send(value) if value is not None else next(call.gen)
         except StopIteration as stop:
             call.ret, call.errno, call.extra = stop.value
             call.done = True
-            call.end_ns = self.now()
+            # When the stack woke it, or at once if it never slept (see the module doc).
+            call.end_ns = call.woken_ns if call.woken_ns is not None else call.start_ns
             call.request_id = None
             return
-        rid = self._request(sock, op, args)
-        call.request_id, call.step, call.sent_ns = rid, op, self.now()
+        rid = self._request(op)
+        call.request_id, call.step, call.sent_ns = rid, op.kernel_name, self.now()
+        call.asleep = False
         self._calls[rid] = call
+        if call.step in SLEEPING_STEPS:
+            # The stack serves our messages in order and answers a probe at once: if the
+            # probe's answer comes first, the step is asleep (it may be woken later).
+            self._probes[self._request(TcpGetInfo(op.sock))] = (call, rid)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ fds
 
@@ -401,15 +515,16 @@ class PipelineReceiver:
         self._fds[fd] = desc
         return fd
 
-    def _locked(self, sock: int, op: str, args: dict[str, Any]) -> CallGen:
+    def _locked(self, op: SockOp) -> CallGen:
         """lock_sock, one operation, release_sock (close releases by itself)."""
-        yield sock, "lock_sock", {}
-        res = yield sock, op, args
-        if op != "close":
-            yield sock, "release_sock", {}
-        if "error" in res:
-            return _err(errno_name(int(res["error"])), dict(res))
-        return 0, None, dict(res)
+        sock = op.sock  # type: ignore[attr-defined]
+        yield LockSock(sock)
+        res = yield op
+        if not isinstance(op, TcpClose):
+            yield ReleaseSock(sock)
+        if isinstance(res, Failed):
+            return _err(errno_name(res.error))
+        return 0, None, {"sent": res.sent} if isinstance(res, Sent) else {}
 
     # ------------------------------------------------------------------ system calls
 
@@ -446,11 +561,12 @@ class PipelineReceiver:
             return _err("EBADF")
         if desc.sock is None:
             return _err("EINVAL")
-        res = yield desc.sock, "accept", {"nonblock": desc.nonblock}
-        if "error" in res:
-            return _err(errno_name(int(res["error"])))
+        res = yield InetAccept(desc.sock, nonblock=desc.nonblock)
+        if isinstance(res, Failed):
+            return _err(errno_name(res.error))
+        assert isinstance(res, Accepted), res
         # A child inherits the listener's SO_RCVLOWAT.
-        child = FileDesc("sock", sock=int(res["sock"]), rcvlowat=desc.rcvlowat)
+        child = FileDesc("sock", sock=res.sock, rcvlowat=desc.rcvlowat)
         return self._new_fd(child), None, {}
 
     def _sys_setsockopt(self, fd: int, level: int, name: str, value: int | None) -> CallGen:
@@ -470,9 +586,9 @@ class PipelineReceiver:
                 if name == "SO_RCVBUF":
                     desc.rcvbuf = val
                 return 0, None, {}
-            res = yield desc.sock, "setsockopt", {"name": name, "value": val}
-            if "error" in res:
-                return _err(errno_name(int(res["error"])))
+            res = yield SockSetsockopt(desc.sock, name, val)
+            if isinstance(res, Failed):
+                return _err(errno_name(res.error))
             return 0, None, {}
         raise Unsupported(f"setsockopt({name}) is not modelled")
 
@@ -486,7 +602,7 @@ class PipelineReceiver:
             return 0, None, {"value": int(desc.inq_cmsg)}
         if name in ("SO_RCVBUF", "SO_ERROR"):
             if desc.sock is not None:
-                info = yield desc.sock, "info", {}
+                info = _info((yield TcpGetInfo(desc.sock)))
                 key = "rb" if name == "SO_RCVBUF" else None
                 return 0, None, {"value": info["skmem"][key] if key else int(info["err"])}
             if name == "SO_ERROR":
@@ -495,7 +611,7 @@ class PipelineReceiver:
                 # What sock_setsockopt would make of it, on a scratch socket.
                 probe = TcpSock(net=Stack(self.profile, self.sysctls).net, sock_id=0,
                                 laddr="", lport=0)
-                _set_rcvbuf(probe, desc.rcvbuf)
+                sock_set_rcvbuf(probe, desc.rcvbuf)
                 return 0, None, {"value": probe.rcvbuf}
             return 0, None, {"value": self.sysctls.tcp_rmem[1]}  # tcp_init_sock
         raise Unsupported(f"getsockopt({name}) is not modelled")
@@ -516,19 +632,17 @@ class PipelineReceiver:
                                         rcvlowat=desc.rcvlowat, timeo_ns=None,
                                         clock=self.now))
         while not driver.done:
-            assert driver.next is not None
-            step, args = driver.next
-            if step == "cpu":  # this process's own time: none is modelled
-                driver.feed({})
+            step = driver.next
+            assert step is not None
+            if isinstance(step, SpendCpu):  # this process's own time: none is modelled
+                driver.feed(SockOpResult())
                 continue
-            args = dict(args)
-            sock = int(args.pop("sock"))
-            driver.feed((yield sock, step, args))
+            driver.feed((yield step))
         res = driver.result
         assert res is not None
         extra: dict[str, Any] = {"data": res.data}
         if desc.inq_cmsg:
-            info = yield desc.sock, "info", {}
+            info = _info((yield TcpGetInfo(desc.sock)))
             # tcp_inq_hint: bytes left; after a FIN, at least 1 so the reader comes back
             fin = info["state"] in FIN_SEEN_STATES
             inq = max(0, seq_sub(int(info["rcv_nxt"]), int(info["copied_seq"])) - int(fin))
@@ -543,7 +657,7 @@ class PipelineReceiver:
             return _err("EBADF")
         if desc.sock is None:
             return _err("EPIPE")
-        ret, err, extra = yield from self._locked(desc.sock, "send", {"data": bytes(length)})
+        ret, err, extra = yield from self._locked(TcpSendmsg(desc.sock, bytes(length)))
         if err:
             return ret, err, extra
         return int(extra.get("sent", 0)), None, {}
@@ -554,7 +668,7 @@ class PipelineReceiver:
             return _err("EBADF")
         if desc.sock is None:
             return _err("ENOTCONN")
-        return (yield from self._locked(desc.sock, "shutdown", {"how": int(how or 0)}))
+        return (yield from self._locked(TcpShutdown(desc.sock, int(how or 0))))
 
     def _sys_close(self, fd: int) -> CallGen:
         desc = self._fds.pop(fd, None)
@@ -562,7 +676,7 @@ class PipelineReceiver:
             return _err("EBADF")
         if desc.sock is None:
             return 0, None, {}
-        ret, err, _ = yield from self._locked(desc.sock, "close", {})
+        ret, err, _ = yield from self._locked(TcpClose(desc.sock))
         return ret, err, {}
 
     def _sys_fcntl(self, fd: int, cmd: int | None, arg: int | None) -> CallGen:
@@ -585,8 +699,9 @@ class PipelineReceiver:
             raise Unsupported(f"ioctl request {request:#x} is not modelled")
         if desc.sock is None or desc.sock == LISTENER_SOCK:
             return _err("EINVAL")
-        res = yield desc.sock, "inq", {}
-        return 0, None, {"value": int(res["inq"])}
+        res = yield TcpInq(desc.sock)
+        assert isinstance(res, Inq), res
+        return 0, None, {"value": res.inq}
 
     # ------------------------------------------------------------------ tcp_info
 
@@ -599,7 +714,7 @@ class PipelineReceiver:
                 if s.get("peer") == f"{raddr}:{rport}" and s.get("local") == f"{laddr}:{lport}"]
         if not mine:
             return None
-        info = self._op_now(int(mine[-1]["sock"]), "info", {})
+        info = _info(self._op_now(TcpGetInfo(int(mine[-1]["sock"]))))
         state = TcpState(info["state"])
         skmem = info["skmem"]
         # What the stack reports of a socket (sock_info); fields it does not report

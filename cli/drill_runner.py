@@ -57,7 +57,7 @@ from protocol.packetdrill import (
 )
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_add, seq_sub
-from protocol.wire import default_layout
+from protocol.tcp_options import OPTION_BY_NAME, default_layout
 
 # packetdrill's defaults (config.c)
 DEFAULT_TOLERANCE_US = 4000
@@ -183,6 +183,11 @@ class Receiver(Protocol):
     def tcp_info(self, four_tuple: tuple[str, int, str, int]) -> dict[str, int] | None:
         """tcp_info and SK_MEMINFO fields of the connection (remote addr/port, local)."""
 
+    def late_allowance_ns(self, expected_ns: int) -> int:
+        """How much later than ``expected_ns`` the receiver may show something the script
+        expects then, by its own measurement of its transport's delays (0 on a virtual
+        clock). Nothing widens the early side: a receiver can be late, never early."""
+
     def syscall(self, name: str, args: dict[str, Any]) -> Call:
         """Start a socket call (socket, bind, listen, accept, connect, setsockopt,
         getsockopt, read, write, shutdown, close, fcntl, ioctl, epoll_*)."""
@@ -195,8 +200,8 @@ def errno_name(code: int) -> str:
     return errno_mod.errorcode.get(code, f"E{code}")
 
 
-def _flags_of(letters: str) -> TcpFlags:
-    flags = TcpFlags(0)
+def _flags_of(letters: str) -> int:
+    flags = 0
     for ch, flag in (("F", TcpFlags.FIN), ("S", TcpFlags.SYN), ("R", TcpFlags.RST),
                      ("P", TcpFlags.PSH), (".", TcpFlags.ACK), ("U", TcpFlags.URG),
                      ("E", TcpFlags.ECE), ("W", TcpFlags.CWR)):
@@ -205,7 +210,7 @@ def _flags_of(letters: str) -> TcpFlags:
     return flags
 
 
-def _letters_of(flags: TcpFlags) -> str:
+def _letters_of(flags: int) -> str:
     out = ""
     for flag, ch in ((TcpFlags.FIN, "F"), (TcpFlags.SYN, "S"), (TcpFlags.RST, "R"),
                      (TcpFlags.PSH, "P"), (TcpFlags.URG, "U"), (TcpFlags.ECE, "E"),
@@ -248,6 +253,7 @@ class _Blocking:
     lo_us: int
     hi_us: int
     check: Callable[[Call], None]
+    tol_us: int = 0
 
 
 # ----------------------------------------------------------------------------- runner
@@ -282,6 +288,11 @@ class DrillRunner:
         self.nstat_history: dict[str, int] = {}
         self.last_event: Event | None = None
         self.last_event_us = 0
+        # What the next relative time counts from: when the previous event happened on
+        # the script's schedule (inbound packets, calls, commands), or when an outbound
+        # packet was actually seen, as packetdrill adjusts to live outbound times.
+        self.anchor_us = 0
+        self.last_outbound_us = 0
 
     # ------------------------------------------------------------------ entry
 
@@ -332,17 +343,25 @@ class DrillRunner:
             return t.start_us, t.end_us
         anchored = (self.last_event is not None and _is_inbound(self.last_event)
                     and _is_inbound(ev))
-        offset = self.last_event_us if anchored else self._now_us()
+        offset = self.last_event_us if anchored else self.anchor_us
         end = None if t.end_us is None else t.end_us + offset
         return t.start_us + offset, end
+
+    def _late_us(self, expected_us: int) -> int:
+        return self.rx.late_allowance_ns(expected_us * US) // US
+
+    def _allowance_text(self, late_us: int) -> str:
+        return f" (+{late_us / 1e3:.1f} ms measured transport delay allowed)" if late_us \
+            else ""
 
     def _advance_to(self, ev: Event, t_us: int) -> None:
         now = self._now_us()
         if t_us < now:
-            if now - t_us > self._tolerance(t_us):
+            late = self._late_us(t_us)
+            if now - t_us > self._tolerance(t_us) + late:
                 raise _Failed(Mismatch(ev.line, f"timing error: expected the event at "
                                        f"{t_us / 1e6:.6f} s but the receiver was already at "
-                                       f"{now / 1e6:.6f} s"))
+                                       f"{now / 1e6:.6f} s{self._allowance_text(late)}"))
             return
         self._run_until(t_us * US)
 
@@ -375,6 +394,10 @@ class DrillRunner:
             elif isinstance(action, CodeSpec):
                 self._code(ev, action)
         self.last_event_us = start_us if ev.time.kind != TimeKind.ANY else self._now_us()
+        if isinstance(action, PacketSpec) and not action.inbound:
+            self.anchor_us = self.last_outbound_us
+        else:
+            self.anchor_us = self.last_event_us
 
     # ------------------------------------------------------------------ inbound
 
@@ -420,25 +443,19 @@ class DrillRunner:
         if not spec.options:
             return TcpOptions()
         kw: dict[str, Any] = {}
-        layout: list[str] = []
         for o in spec.options:
-            layout.append(o.kind)
-            if o.kind == "mss":
-                kw["mss"] = o.value
-            elif o.kind == "wscale":
-                kw["wscale"] = o.value
-            elif o.kind == "sackOK":
-                kw["sack_permitted"] = True
-            elif o.kind == "sack":
-                kw["sack_blocks"] = tuple((seq_add(a, ack_off), seq_add(b, ack_off))
-                                          for a, b in o.blocks)
-            elif o.kind == "TS":
-                assert o.tsval is not None and o.tsecr is not None
-                ecr = o.tsecr
-                if spec.has("."):
-                    ecr = self._live_ts_ecr(ev, conn, o.tsecr)
-                kw["timestamp"] = (o.tsval, ecr)
-        return TcpOptions(layout=tuple(layout), **kw)
+            row = OPTION_BY_NAME[o.kind]
+            if not row.attr:
+                continue
+            value = o.option_value
+            # Script sequence numbers and TS echoes become live ones.
+            if o.kind == "sack":
+                value = tuple((seq_add(a, ack_off), seq_add(b, ack_off)) for a, b in o.blocks)
+            elif o.kind == "TS" and spec.has("."):
+                assert o.tsecr is not None
+                value = (o.tsval, self._live_ts_ecr(ev, conn, o.tsecr))
+            kw[row.attr] = value
+        return TcpOptions(layout=tuple(o.kind for o in spec.options), **kw)
 
     def _live_ts_ecr(self, ev: Event, conn: _Conn, script_ecr: int) -> int:
         if script_ecr in conn.ts_map:
@@ -487,7 +504,16 @@ class DrillRunner:
         tol = self._tolerance(start_us)
         hi_us = (self._now_us() + ANY_TIME_LIMIT_US) if any_time \
             else (end_us if end_us is not None else start_us) + tol
+        late = 0
         got = self._next_outbound(hi_us * US)
+        while got is None and not any_time:
+            # Wait as long as the receiver's measured delays allow (they grow meanwhile).
+            more = self._late_us(start_us)
+            if more <= late:
+                break
+            late = more
+            got = self._next_outbound((hi_us + late) * US)
+        hi_us += late
         if got is None:
             when = "" if any_time else f" by {hi_us / 1e6:.6f} s"
             raise _Failed(Mismatch(ev.line, f"expected an outbound packet{when}, "
@@ -500,15 +526,21 @@ class DrillRunner:
             raise _Failed(Mismatch(ev.line, f"outbound packet differs: {problem}",
                                    expected=str(spec), actual=actual))
         t_us = t_ns // US
+        self.last_outbound_us = t_us
         if not any_time:
             lo_us = start_us - tol
+            late_now = self._late_us(start_us)
+            if late_now > late:
+                hi_us += late_now - late
+                late = late_now
             if not lo_us <= t_us <= hi_us:
                 if end_us is not None:
                     want = f"in {start_us / 1e6:.6f}~{end_us / 1e6:.6f} s"
                 else:
                     want = f"at {start_us / 1e6:.6f} s (tolerance {tol / 1e6:.6f} s)"
                 raise _Failed(Mismatch(ev.line, f"timing error: expected the packet {want} "
-                                       f"but it was sent at {t_us / 1e6:.6f} s",
+                                       f"but it was sent at {t_us / 1e6:.6f} s"
+                                       f"{self._allowance_text(late)}",
                                        expected=str(spec), actual=actual))
 
     def _compare(self, spec: PacketSpec, seg: Segment) -> tuple[str, str | None]:
@@ -533,13 +565,7 @@ class DrillRunner:
         ts_script_val: int | None = None
         s_ts = next((o for o in spec.options or () if o.kind == "TS"), None)
         for k in kinds:
-            if k == "mss":
-                a_opts.append(TcpOptionSpec("mss", opts.mss))
-            elif k == "wscale":
-                a_opts.append(TcpOptionSpec("wscale", opts.wscale))
-            elif k == "sack":
-                a_opts.append(TcpOptionSpec("sack", blocks=tuple(opts.sack_blocks)))
-            elif k == "TS":
+            if k == "TS":
                 assert opts.timestamp is not None
                 val, ecr = opts.timestamp
                 if s_ts is not None and s_ts.tsval is not None:
@@ -550,9 +576,9 @@ class DrillRunner:
                     ts_script_val = (conn.first_ts[0] + (val - conn.first_ts[1])) & 0xFFFFFFFF
                 else:
                     ts_script_val = val
-                a_opts.append(TcpOptionSpec("TS", tsval=ts_script_val, tsecr=ecr))
+                a_opts.append(TcpOptionSpec(k, tsval=ts_script_val, tsecr=ecr))
             else:
-                a_opts.append(TcpOptionSpec(k))
+                a_opts.append(TcpOptionSpec.of(k, OPTION_BY_NAME[k].value_in(opts)))
         plen = len(seg.payload)
         actual_spec = PacketSpec(">", _letters_of(seg.flags).replace("-", ""), seq,
                                  seq + plen, plen, ack, seg.window, seg.urg_ptr, tuple(a_opts))
@@ -608,7 +634,7 @@ class DrillRunner:
             relative = ev.time.kind == TimeKind.RELATIVE
             end_us = spec.end_us + (start_us - ev.time.start_us if relative else 0)
             tol = self._tolerance(end_us)
-            blk = _Blocking(call, ev, end_us - tol, end_us + tol, check)
+            blk = _Blocking(call, ev, end_us - tol, end_us + tol, check, tol)
             if call.done:
                 self._finish_call(blk)
             else:
@@ -628,17 +654,27 @@ class DrillRunner:
 
     def _finish_call(self, blk: _Blocking) -> None:
         end_us = (blk.call.end_ns or 0) // US
-        if not blk.lo_us <= end_us <= blk.hi_us:
+        late = self._late_us(blk.hi_us - blk.tol_us)
+        if not blk.lo_us <= end_us <= blk.hi_us + late:
             raise _Failed(Mismatch(blk.event.line, f"timing error: expected the call to return "
                                    f"in {blk.lo_us / 1e6:.6f}~{blk.hi_us / 1e6:.6f} s but it "
-                                   f"returned at {end_us / 1e6:.6f} s"))
+                                   f"returned at {end_us / 1e6:.6f} s"
+                                   f"{self._allowance_text(late)}"))
         blk.check(blk.call)
 
     def _finish_blocking(self) -> None:
         blk = self.blocking
         if blk is None:
             return
-        self._run_until(max(blk.hi_us * US, self.rx.now()))
+        waited_us = blk.hi_us
+        while True:
+            # Past the deadline, what is already on its way may still end the call (late).
+            now_ns = self.rx.now()
+            self._run_until(max(waited_us * US, now_ns + self.rx.late_allowance_ns(now_ns)))
+            more = blk.hi_us + self._late_us(blk.hi_us - blk.tol_us)
+            if self.blocking is None or more <= waited_us:
+                break
+            waited_us = more
         if self.blocking is not None:
             raise _Failed(Mismatch(blk.event.line, "the blocking call never returned",
                                    expected=str(blk.event.action), actual="(still blocked)"))

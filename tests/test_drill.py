@@ -456,7 +456,8 @@ def test_cli_rejects_bad_options(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- pipeline
 # The same scripts through the real actor processes (nic, cpu0, stack) in real time.
 # Every project script passes in this mode; timing is matched within the script's
-# tolerance but at least PIPELINE_MIN_TOLERANCE_US (see cli/drill_pipeline.py).
+# tolerance, later by at most what the run measured of its own delays (see
+# cli/drill_pipeline.py), never earlier.
 
 
 def _pid_alive(pid: int) -> bool:
@@ -484,6 +485,36 @@ def test_project_script_passes_pipeline_legacy(path: Path) -> None:
     res = run_script(path, "legacy", pipeline=True, verbose=True)
     assert res.outcome is Outcome.PASS, (res.mismatch.format(res.path) if res.mismatch
                                          else res.skip_reason, res.log)
+
+
+WRONG_TIMINGS = {
+    # The delayed-ACK timer fires after ato (40 ms), not 5 x ato: the ACK comes early.
+    "delack_multiple": (DRILL_DIR / "delayed_ack.pkt").read_text().replace(
+        " +.04 > . 201:201(0) ack 301", " +.2 > . 201:201(0) ack 301"),
+    # The read returns with the data at 50 ms, before the time the script gives.
+    "read_before_data": "`./defaults.sh`\n" + HANDSHAKE + """\
+   +0...0.300 read(4, ..., 1000) = 1000
+ +.05 < P. 1:1001(1000) ack 1 win 257
+""",
+    # The read can only return with the data, 300 ms after the time the script gives.
+    "read_after_data": "`./defaults.sh`\n" + HANDSHAKE + """\
+   +0...0.010 read(4, ..., 1000) = 1000
+ +.3 < P. 1:1001(1000) ack 1 win 257
+""",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", sorted(WRONG_TIMINGS))
+def test_pipeline_wrong_timing_fails(tmp_path: Path, case: str) -> None:
+    """The pipeline's allowance for its own delays does not hide a wrong time."""
+    path = tmp_path / f"{case}.pkt"
+    path.write_text(WRONG_TIMINGS[case])
+    assert run_script(path, "modern").outcome is Outcome.FAIL  # the model agrees
+    res = run_script(path, "modern", pipeline=True, verbose=True)
+    assert res.outcome is Outcome.FAIL, res.log
+    assert res.mismatch is not None and "timing error" in res.mismatch.message, res.mismatch
 
 
 @pytest.mark.integration
