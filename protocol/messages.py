@@ -62,7 +62,7 @@ CONTROL_KINDS = frozenset({
 # Optional `ids`: one run-unique trace flow id per frame, in the order of `frames`, so a
 # trace can follow each frame across processes (see actors/runtime/trace.py).
 WIRE = register_kind(
-    "wire", {"frames": ListOf(bytes)}, optional={"ids": ListOf(int)},
+    "wire", {"frames": ListOf(bytes)}, optional={"ids": ListOf(int), "xmit_ns": int},
     doc="peer -> nic: frames reaching the NIC from the wire; nic -> peer: frames it sent")
 DMA = register_kind(
     "dma", {"queue": int, "frames": ListOf(bytes)}, optional={"ids": ListOf(int)},

@@ -56,6 +56,8 @@ class NicActor(Actor):
                 body = {"frames": a.frames}
                 if a.ids is not None:
                     body["ids"] = a.ids
+                if a.xmit_ns is not None:
+                    body["xmit_ns"] = a.xmit_ns
                 self.send(self.wire_peer, msg.WIRE, body)
             elif isinstance(a, Spend):
                 spend(a.ns)
@@ -75,7 +77,7 @@ class NicActor(Actor):
     def on_tx(self, env: Envelope, now: int) -> None:
         frames = env.body["frames"]
         self._record(frames)
-        self._send(self.nic.tx_burst(frames, now, env.body.get("ids")))
+        self._send(self.nic.tx_burst(frames, now, env.body.get("ids"), env.ts_ns))
 
     @handles(msg.REFILL)
     def on_refill(self, env: Envelope, now: int) -> None:

@@ -167,6 +167,9 @@ class WireTx:
 
     frames: list[bytes]
     ids: list[int] | None = None
+    # When the stack transmitted them (its TX message's send time): the moment a real
+    # device would see them leave, before this emulator's own hops.
+    xmit_ns: int | None = None
 
 
 # What the message-level entry points return: DMA writes before the interrupts they
@@ -337,14 +340,14 @@ class Nic:
             obs.rings(self.queues, now)
         return out
 
-    def tx_burst(self, frames: list[bytes], now: int,
-                 ids: list[int] | None = None) -> list[NicAction]:
+    def tx_burst(self, frames: list[bytes], now: int, ids: list[int] | None = None,
+                 xmit_ns: int | None = None) -> list[NicAction]:
         """Frames from the stack leave on the wire, in order."""
         for frame in frames:
             self.tx_frame(frame, now)
         if self.observer is not None and ids is not None:
             self.observer.tx(ids, now)
-        return [WireTx(frames, ids if self.observer is not None else None)]
+        return [WireTx(frames, ids if self.observer is not None else None, xmit_ns)]
 
     def _queue(self, queue: int) -> RxQueue:
         if not 0 <= queue < self.num_queues:

@@ -140,6 +140,14 @@ class Mailbox:
         self.inbox = make_inbox(self.ctx, self.endpoints[self.name], hwm=self.hwm)
         self.poller.register(self.inbox, zmq.POLLIN)
 
+    def input_waiting(self) -> bool:
+        """Is a message queued or ready to be received? Cheap (no system call beyond
+        reading the socket's event flags), so a role can ask between two work items."""
+        if self.inbound:
+            return True
+        inbox = self.inbox
+        return inbox is not None and bool(inbox.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
     def add_wake_fd(self, fd: int, callback: WakeCallback) -> None:
         """Poll a plain fd too (e.g. a signal wakeup pipe); ``callback`` runs when readable."""
         self._wake[fd] = callback

@@ -2,9 +2,11 @@
 them through the stack model (:mod:`actors.stack.tcp_ipv4`), and sends what it returns.
 
 Each message handled is one critical section under ``sk_lock.slock``. A batch from a
-cpu is worked through one segment per loop turn, so a reader's request that arrives
-meanwhile is served between two segments and lock ownership can change mid-batch,
-as it can in Linux.
+cpu is worked through segment by segment; before each next segment the shell looks
+whether a message (a reader's step, above all) is waiting, and if so goes back to the
+loop to serve it first, so lock ownership can change mid-batch, as it can in Linux.
+The ACKs a run of segments causes leave in one TX message, as a driver's xmit_more
+batches them.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class StackActor(Actor):
         return self.stack.next_deadline()
 
     def on_timer(self, now: int) -> None:
-        if self.work:
+        waiting = self.mailbox.input_waiting
+        while self.work:
             cpu, batch, frames, ids = self.work[0]
             if frames:
                 self._tcp_v4_rcv(frames.popleft(), now, ids.popleft() if ids else None)
@@ -70,6 +73,9 @@ class StackActor(Actor):
                 self.work.popleft()
                 if not cpu.endswith("#gone"):
                     self.send(cpu, msg.RCV_DONE, {"batch": batch})
+            if waiting():
+                break  # serve it between these two segments
+            now = self.clock()
         deadline = self.stack.next_deadline()
         if deadline is not None and deadline <= now:
             obs = self.observer

@@ -17,7 +17,7 @@ import bisect
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from enum import Enum, IntFlag
+from enum import Enum
 
 from actors.stack.net import Net, OpDone
 from actors.stack.skb import Skb
@@ -39,8 +39,9 @@ class TcpState(Enum):
     CLOSING = "CLOSING"
 
 
-class AckPending(IntFlag):
-    """``icsk_ack.pending`` bits."""
+class AckPending:
+    """``icsk_ack.pending`` bits: plain ints, tested on every segment (enum flags cost
+    several times more)."""
 
     SCHED = 1
     TIMER = 2
@@ -139,7 +140,7 @@ class Ucopy:
 
 @dataclass
 class IcskAck:
-    pending: AckPending = field(default_factory=lambda: AckPending(0))
+    pending: int = 0
     quick: int = 0
     ato: int = 0
     pingpong: int = 0

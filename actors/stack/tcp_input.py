@@ -1118,7 +1118,7 @@ def tcp_done(sk: TcpSock) -> None:
     set_state(sk, TcpState.CLOSE)
     sk.rcv_shutdown = True
     sk.snd_shutdown = True
-    sk.icsk_ack.pending = AckPending(0)
+    sk.icsk_ack.pending = 0
     sk.icsk_ack.timeout = 0
     sk.data_ready = True
 

@@ -195,7 +195,7 @@ def tcp_event_ack_sent(sk: TcpSock) -> None:
         net.inc("TcpExtTCPAckCompressed", sk.compressed_ack)
         sk.compressed_ack = 0
     sk.sack_compress_deadline = None
-    ack.pending = AckPending(0)
+    ack.pending = 0
     ack.blocked = False
     ack.timeout = 0
 
