@@ -213,6 +213,7 @@ class KindSpec:
                 continue
             if not check(v):
                 spec = self.required.get(name, self.optional.get(name))
+                assert spec is not None  # name came from one of the two
                 raise MalformedMessage(
                     "bad_field_type",
                     f"{self.kind}.{name}: expected {_spec_name(spec)}, "

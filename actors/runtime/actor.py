@@ -43,6 +43,7 @@ Hooks: :meth:`on_start`, :meth:`next_deadline` / :meth:`on_timer`, :meth:`on_sto
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import os
@@ -362,7 +363,7 @@ class Actor:
             self._held_out.setdefault(dest, deque()).append((release, kind, dict(body)))
             self.link_fault_counters["held"] += 1
             if release is not None:
-                self.call_at(release, lambda now, d=dest: self._release_held(d, now))
+                self.call_at(release, functools.partial(self._release_held, dest))
             return True
         return self.mailbox.send(dest, kind, body)
 

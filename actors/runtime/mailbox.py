@@ -36,7 +36,7 @@ RECONNECT_IVL_MS = 20          # peers start in parallel; retry a not-yet-bound 
 RECONNECT_IVL_MAX_MS = 1000
 _BLOCKED_POLL_MS = 100         # how often a blocked send re-checks deadlines and hooks
 _LOG_FIRST_REJECTS = 20        # per reason, then every 1000th
-WakeCallback = Callable[[], None]
+WakeCallback = Callable[[], object]  # its result is ignored
 
 # Per message, the socket calls go straight to the compiled socket methods: the Python
 # wrappers around them (flag enums, routing-id/group checks, recv_multipart's list and
@@ -146,7 +146,7 @@ class Mailbox:
         if self.inbound:
             return True
         inbox = self.inbox
-        return inbox is not None and bool(inbox.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        return inbox is not None and bool(int(inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
     def add_wake_fd(self, fd: int, callback: WakeCallback) -> None:
         """Poll a plain fd too (e.g. a signal wakeup pipe); ``callback`` runs when readable."""
