@@ -18,10 +18,7 @@ from typer.testing import CliRunner
 
 from actors.profiles import get_profile
 from cli.drill import run_script
-from cli.drill_pipeline import PipelineReceiver
-from cli.drill_runner import Outcome, _shell_arith
-from cli.main import app
-from protocol.packetdrill import (
+from cli.drill.packetdrill import (
     BinaryExpr,
     CodeSpec,
     CommandSpec,
@@ -37,6 +34,9 @@ from protocol.packetdrill import (
     WordExpr,
     parse_script,
 )
+from cli.drill.pipeline import PipelineReceiver
+from cli.drill.runner import Outcome, _shell_arith
+from cli.main import app
 
 DRILL_DIR = Path(__file__).parent / "drill"
 SCRIPTS = sorted(DRILL_DIR.glob("*.pkt"))
@@ -457,7 +457,7 @@ def test_cli_rejects_bad_options(tmp_path: Path) -> None:
 # The same scripts through the real actor processes (nic, cpu0, stack) in real time.
 # Every project script passes in this mode; timing is matched within the script's
 # tolerance, later by at most what the run measured of its own delays (see
-# cli/drill_pipeline.py), never earlier.
+# cli/drill/pipeline.py), never earlier.
 
 
 def _pid_alive(pid: int) -> bool:

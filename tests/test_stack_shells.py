@@ -21,8 +21,8 @@ from actors.profiles import get_profile
 from actors.runtime import procutil
 from actors.runtime.launcher import Launcher
 from actors.scenario import FlowConfig, ReaderConfig, Scenario
-from cli.drill_pipeline import drill_scenario, drill_topology
-from cli.drill_runner import LOCAL_IP
+from cli.drill.pipeline import drill_scenario, drill_topology
+from cli.drill.runner import LOCAL_IP
 from protocol import messages as msg
 from protocol.envelope import Envelope
 from protocol.segment import Segment, TcpFlags, TcpOptions

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.packetdrill import PacketSpec, TcpOptionSpec, parse_script
+from cli.drill.packetdrill import PacketSpec, TcpOptionSpec, parse_script
 from protocol.segment import Segment, TcpFlags, flags_text
 from protocol.tcp_options import (
     NO_OPTIONS,

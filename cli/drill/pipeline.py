@@ -1,4 +1,4 @@
-"""The real actor processes as a :class:`cli.drill_runner.Receiver`, in real time.
+"""The real actor processes as a :class:`cli.drill.runner.Receiver`, in real time.
 
 ``rxpath drill --pipeline`` runs a script through the emulator itself: the NIC, one
 CPU (hardirq, NAPI, ``ip_rcv``) and the stack each run as their own process, started
@@ -9,9 +9,10 @@ no reader actor: this process plays both.
   message; the NIC's transmissions come back here as ``wire`` messages (the topology
   names this process as the NIC's ``wire_peer``) and are decoded and time-stamped on
   arrival.
-- The user process: each system call is the same sequence of socket operations the
-  model receiver uses, sent to the stack as ``sock_op`` messages, one at a time;
-  ``read`` / ``recv`` / ``recvmsg`` run the real ``tcp_recvmsg`` step machine.
+- The user process: the system calls are the model receiver's own
+  (:mod:`cli.drill.syscalls`); each socket operation they yield is sent to the stack
+  as a ``sock_op`` message, one at a time. Calls that look at the model's sockets
+  directly (``connect``, epoll) cannot be carried and are reported as unsupported.
 
 Time is real: the clock is the monotonic clock minus the moment the script started.
 Until ``listen()`` starts the processes (with the socket options and sysctls set so
@@ -57,35 +58,23 @@ from types import TracebackType
 from typing import Any
 
 from actors.profiles import MS, Profile, Sysctls
-from actors.reader.tcp_recvmsg import RecvFlags, SpendCpu, StepDriver, tcp_recvmsg
 from actors.runtime.launcher import Launcher
 from actors.scenario import CpuConfig, FlowConfig, NicConfig, ReaderConfig, Scenario, StackConfig
 from actors.stack.sock import TcpSock, TcpState
-from actors.stack.tcp_ipv4 import Stack, sock_set_rcvbuf
-from cli.drill_model import TCP_STATE_NUMBERS, FileDesc
-from cli.drill_runner import BIND_PORT, LOCAL_IP, SYMBOLS, Unsupported, errno_name
+from actors.stack.tcp_ipv4 import Stack
+from cli.drill.runner import BIND_PORT, LOCAL_IP, Unsupported
+from cli.drill.syscalls import TCP_STATE_NUMBERS, CallGen, FileDesc, Syscalls, Wait
 from protocol import messages as msg
 from protocol.envelope import Envelope
 from protocol.segment import Segment, TcpFlags
 from protocol.seq import seq_sub
 from protocol.sockops import (
-    Accepted,
-    Failed,
     InetAccept,
-    Inq,
-    LockSock,
-    ReleaseSock,
-    Sent,
     SkWaitData,
     SockOp,
     SockOpResult,
-    SockSetsockopt,
-    TcpClose,
     TcpGetInfo,
     TcpInfo,
-    TcpInq,
-    TcpSendmsg,
-    TcpShutdown,
     decode_result,
     encode_op,
 )
@@ -110,12 +99,6 @@ WARM_UP_PORT = 9
 SLEEPING_STEPS = frozenset({SkWaitData.kernel_name, InetAccept.kernel_name})
 FIN_SEEN_STATES = frozenset({TcpState.CLOSE_WAIT.value, TcpState.LAST_ACK.value,
                              TcpState.CLOSING.value, TcpState.TIME_WAIT.value})
-
-CallResult = tuple[int, str | None, dict[str, Any]]
-# A system call is a generator yielding (sock, op, args) for each stack step and
-# returning (ret, errno, extra).
-CallGen = Generator[SockOp, SockOpResult, CallResult]
-
 
 @dataclass
 class PipelineCall:
@@ -142,10 +125,6 @@ def _mib_total(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
         for k, v in (role.get("mib") or {}).items():
             total[k] = total.get(k, 0) + int(v)
     return total
-
-
-def _err(name: str, extra: dict[str, Any] | None = None) -> CallResult:
-    return -1, name, extra or {}
 
 
 def _info(res: SockOpResult) -> dict[str, Any]:
@@ -186,7 +165,7 @@ def drill_topology(sc: Scenario) -> dict[str, Any]:
     }
 
 
-class PipelineReceiver:
+class PipelineReceiver(Syscalls):
     """The actor processes on the real clock; see the module docstring.
 
     Use as a context manager (or call :meth:`close`): leaving it stops and reaps
@@ -194,12 +173,15 @@ class PipelineReceiver:
     """
 
     local_ip = LOCAL_IP
+    unsupported_calls = frozenset({"connect", "epoll_create", "epoll_ctl", "epoll_wait"})
+    unsupported_call = "{name}() is not supported in pipeline mode"
 
     def __init__(self, profile: Profile, *, seed: int = 1,
                  run_dir: str | Path | None = None) -> None:
+        super().__init__()
         self.profile = profile
         self.seed = seed
-        self.sysctls = profile.default_sysctls
+        self._sysctls = profile.default_sysctls
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if run_dir is None:
             # Short: ipc socket paths live under it (sun_path is 108 bytes).
@@ -213,7 +195,6 @@ class PipelineReceiver:
         self._calls: dict[int, PipelineCall] = {}  # request_id -> call waiting on it
         self._replies: dict[int, SockOpResult] = {}
         self._rids = itertools.count(1)
-        self._fds: dict[int, FileDesc] = {}
         self._injected = 0  # segments the stack has taken, warm-up included
         self._baseline: dict[str, int] = {}
         self.errors: list[str] = []
@@ -443,6 +424,10 @@ class PipelineReceiver:
 
     # ------------------------------------------------------------------ host settings
 
+    @property
+    def sysctls(self) -> Sysctls:
+        return self._sysctls
+
     def set_sysctl(self, name: str, value: str) -> bool:
         short = name.rsplit(".", 1)[-1]
         if short == "tcp_invalid_ratelimit":
@@ -466,7 +451,7 @@ class PipelineReceiver:
                 return True
             raise Unsupported(f"sysctl {name} changed after listen(): the pipeline's "
                               "processes read their settings at start")
-        self.sysctls = replace(self.sysctls, **{short: new})
+        self._sysctls = replace(self._sysctls, **{short: new})
         return True
 
     def counters(self) -> Mapping[str, int]:
@@ -478,10 +463,7 @@ class PipelineReceiver:
     # ------------------------------------------------------------------ calls
 
     def syscall(self, name: str, args: dict[str, Any]) -> PipelineCall:
-        impl = getattr(self, f"_sys_{name}", None)
-        if impl is None:
-            raise Unsupported(f"{name}() is not supported in pipeline mode")
-        call = PipelineCall(impl(**args), start_ns=self.now())
+        call = PipelineCall(self.start_call(name, args), start_ns=self.now())
         self._resume(call, None)
         self._run_call(call, f"{name}()")
         return call
@@ -497,6 +479,8 @@ class PipelineReceiver:
             call.end_ns = call.woken_ns if call.woken_ns is not None else call.start_ns
             call.request_id = None
             return
+        # Waits only come from the calls this transport does not carry.
+        assert not isinstance(op, Wait), op
         rid = self._request(op)
         call.request_id, call.step, call.sent_ns = rid, op.kernel_name, self.now()
         call.asleep = False
@@ -506,202 +490,37 @@ class PipelineReceiver:
             # probe's answer comes first, the step is asleep (it may be woken later).
             self._probes[self._request(TcpGetInfo(op.sock))] = (call, rid)  # type: ignore[attr-defined]
 
-    # ------------------------------------------------------------------ fds
+    # ------------------------------------------------------------------ socket state
 
-    def _new_fd(self, desc: FileDesc) -> int:
-        fd = 3
-        while fd in self._fds:
-            fd += 1
-        self._fds[fd] = desc
-        return fd
-
-    def _locked(self, op: SockOp) -> CallGen:
-        """lock_sock, one operation, release_sock (close releases by itself)."""
-        sock = op.sock  # type: ignore[attr-defined]
-        yield LockSock(sock)
-        res = yield op
-        if not isinstance(op, TcpClose):
-            yield ReleaseSock(sock)
-        if isinstance(res, Failed):
-            return _err(errno_name(res.error))
-        return 0, None, {"sent": res.sent} if isinstance(res, Sent) else {}
-
-    # ------------------------------------------------------------------ system calls
-
-    def _sys_socket(self) -> CallGen:
-        return self._new_fd(FileDesc("sock")), None, {}
-        yield  # pragma: no cover
-
-    def _sys_bind(self, fd: int, port: int) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None or desc.kind != "sock":
-            return _err("EBADF")
-        desc.port = port
-        return 0, None, {}
-        yield  # pragma: no cover
-
-    def _sys_listen(self, fd: int, backlog: int, port: int, laddr: str) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None or desc.kind != "sock":
-            return _err("EBADF")
-        if desc.sock is not None:
-            return 0, None, {}
+    def open_listener(self, desc: FileDesc, backlog: int, port: int, laddr: str) -> str | None:
         if self.running:
             raise Unsupported("a second listener: the pipeline's stack has one")
         # The stack actor's listener is created at start with these settings (its
         # accept backlog is the stack's default, not ``backlog``).
         self._launch(desc.port or port or BIND_PORT, desc.rcvbuf, desc.rcvlowat)
         desc.sock = LISTENER_SOCK
-        return 0, None, {}
-        yield  # pragma: no cover
+        return None
 
-    def _sys_accept(self, fd: int) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None:
-            return _err("EBADF")
-        if desc.sock is None:
-            return _err("EINVAL")
-        res = yield InetAccept(desc.sock, nonblock=desc.nonblock)
-        if isinstance(res, Failed):
-            return _err(errno_name(res.error))
-        assert isinstance(res, Accepted), res
-        # A child inherits the listener's SO_RCVLOWAT.
-        child = FileDesc("sock", sock=res.sock, rcvlowat=desc.rcvlowat)
-        return self._new_fd(child), None, {}
+    def scratch_sock(self) -> TcpSock:
+        return TcpSock(net=Stack(self.profile, self.sysctls).net, sock_id=0, laddr="", lport=0)
 
-    def _sys_setsockopt(self, fd: int, level: int, name: str, value: int | None) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None or desc.kind != "sock":
-            return _err("EBADF")
-        val = int(value or 0)
-        if name in ("SO_REUSEADDR", "SO_REUSEPORT", "SO_KEEPALIVE", "TCP_NODELAY"):
-            return 0, None, {}
-        if name == "TCP_INQ":
-            desc.inq_cmsg = bool(val)
-            return 0, None, {}
-        if name in ("SO_RCVBUF", "SO_RCVLOWAT"):
-            if name == "SO_RCVLOWAT":
-                desc.rcvlowat = max(val, 1)
-            if desc.sock is None:
-                if name == "SO_RCVBUF":
-                    desc.rcvbuf = val
-                return 0, None, {}
-            res = yield SockSetsockopt(desc.sock, name, val)
-            if isinstance(res, Failed):
-                return _err(errno_name(res.error))
-            return 0, None, {}
-        raise Unsupported(f"setsockopt({name}) is not modelled")
+    def child_rcvlowat(self, listener: FileDesc, sock: int) -> int:
+        return listener.rcvlowat  # a child inherits the listener's SO_RCVLOWAT
 
-    def _sys_getsockopt(self, fd: int, level: int, name: str) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None or desc.kind != "sock":
-            return _err("EBADF")
+    def sock_option(self, desc: FileDesc, name: str) -> Generator[SockOp, Any, int]:
         if name == "SO_RCVLOWAT":
-            return 0, None, {"value": desc.rcvlowat}
-        if name == "TCP_INQ":
-            return 0, None, {"value": int(desc.inq_cmsg)}
-        if name in ("SO_RCVBUF", "SO_ERROR"):
-            if desc.sock is not None:
-                info = _info((yield TcpGetInfo(desc.sock)))
-                key = "rb" if name == "SO_RCVBUF" else None
-                return 0, None, {"value": info["skmem"][key] if key else int(info["err"])}
-            if name == "SO_ERROR":
-                return 0, None, {"value": 0}
-            if desc.rcvbuf is not None:
-                # What sock_setsockopt would make of it, on a scratch socket.
-                probe = TcpSock(net=Stack(self.profile, self.sysctls).net, sock_id=0,
-                                laddr="", lport=0)
-                sock_set_rcvbuf(probe, desc.rcvbuf)
-                return 0, None, {"value": probe.rcvbuf}
-            return 0, None, {"value": self.sysctls.tcp_rmem[1]}  # tcp_init_sock
-        raise Unsupported(f"getsockopt({name}) is not modelled")
+            return desc.rcvlowat
+        assert desc.sock is not None
+        info = _info((yield TcpGetInfo(desc.sock)))
+        return int(info["skmem"]["rb"]) if name == "SO_RCVBUF" else int(info["err"])
 
-    def _sys_read(self, fd: int, length: int, flags: int) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None:
-            return _err("EBADF")
-        if desc.kind != "sock":
-            return _err("EINVAL")
-        if desc.sock is None:
-            return _err("ENOTCONN")
-        rflags = RecvFlags(peek=bool(flags & SYMBOLS["MSG_PEEK"]),
-                           trunc=bool(flags & SYMBOLS["MSG_TRUNC"]),
-                           dontwait=bool(flags & SYMBOLS["MSG_DONTWAIT"]) or desc.nonblock,
-                           waitall=bool(flags & SYMBOLS["MSG_WAITALL"]))
-        driver = StepDriver(tcp_recvmsg(self.profile, self.sysctls, desc.sock, length, rflags,
-                                        rcvlowat=desc.rcvlowat, timeo_ns=None,
-                                        clock=self.now))
-        while not driver.done:
-            step = driver.next
-            assert step is not None
-            if isinstance(step, SpendCpu):  # this process's own time: none is modelled
-                driver.feed(SockOpResult())
-                continue
-            driver.feed((yield step))
-        res = driver.result
-        assert res is not None
-        extra: dict[str, Any] = {"data": res.data}
-        if desc.inq_cmsg:
-            info = _info((yield TcpGetInfo(desc.sock)))
-            # tcp_inq_hint: bytes left; after a FIN, at least 1 so the reader comes back
-            fin = info["state"] in FIN_SEEN_STATES
-            inq = max(0, seq_sub(int(info["rcv_nxt"]), int(info["copied_seq"])) - int(fin))
-            extra["cm_inq"] = 1 if inq == 0 and fin else inq
-        if res.ret < 0:
-            return -1, errno_name(-res.ret), extra
-        return res.ret, None, extra
-
-    def _sys_write(self, fd: int, length: int) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None:
-            return _err("EBADF")
-        if desc.sock is None:
-            return _err("EPIPE")
-        ret, err, extra = yield from self._locked(TcpSendmsg(desc.sock, bytes(length)))
-        if err:
-            return ret, err, extra
-        return int(extra.get("sent", 0)), None, {}
-
-    def _sys_shutdown(self, fd: int, how: int | None) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None:
-            return _err("EBADF")
-        if desc.sock is None:
-            return _err("ENOTCONN")
-        return (yield from self._locked(TcpShutdown(desc.sock, int(how or 0))))
-
-    def _sys_close(self, fd: int) -> CallGen:
-        desc = self._fds.pop(fd, None)
-        if desc is None:
-            return _err("EBADF")
-        if desc.sock is None:
-            return 0, None, {}
-        ret, err, _ = yield from self._locked(TcpClose(desc.sock))
-        return ret, err, {}
-
-    def _sys_fcntl(self, fd: int, cmd: int | None, arg: int | None) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None:
-            return _err("EBADF")
-        if cmd == SYMBOLS["F_GETFL"]:
-            return SYMBOLS["O_RDWR"] | (SYMBOLS["O_NONBLOCK"] if desc.nonblock else 0), None, {}
-        if cmd == SYMBOLS["F_SETFL"]:
-            desc.nonblock = bool((arg or 0) & SYMBOLS["O_NONBLOCK"])
-            return 0, None, {}
-        raise Unsupported(f"fcntl command {cmd} is not modelled")
-        yield  # pragma: no cover
-
-    def _sys_ioctl(self, fd: int, request: int | None) -> CallGen:
-        desc = self._fds.get(fd)
-        if desc is None:
-            return _err("EBADF")
-        if request != SYMBOLS["SIOCINQ"]:
-            raise Unsupported(f"ioctl request {request:#x} is not modelled")
-        if desc.sock is None or desc.sock == LISTENER_SOCK:
-            return _err("EINVAL")
-        res = yield TcpInq(desc.sock)
-        assert isinstance(res, Inq), res
-        return 0, None, {"value": res.inq}
+    def inq_hint(self, desc: FileDesc) -> Generator[SockOp, Any, int]:
+        assert desc.sock is not None
+        info = _info((yield TcpGetInfo(desc.sock)))
+        # after a FIN, at least 1 so the reader comes back
+        fin = info["state"] in FIN_SEEN_STATES
+        inq = max(0, seq_sub(int(info["rcv_nxt"]), int(info["copied_seq"])) - int(fin))
+        return 1 if inq == 0 and fin else inq
 
     # ------------------------------------------------------------------ tcp_info
 

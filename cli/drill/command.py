@@ -4,7 +4,7 @@ Each script runs against rxpath's kernel model on a virtual clock (deterministic
 exact timing), or with ``--pipeline`` through the real actor processes (nic, cpu0,
 stack) in real time: there a packet or a return may be later than the script's tolerance
 by what the run measured of its own transport delays, never earlier (see
-:mod:`cli.drill_pipeline`). For every script the
+:mod:`cli.drill.pipeline`). For every script the
 command prints ``PASS``, ``SKIP`` with the reason (something the script needs is not
 modelled), or ``FAIL`` with the first mismatch: the script line, what it expected
 and what rxpath did. The last line is
@@ -21,10 +21,10 @@ import typer
 
 from actors.profiles import get_profile
 from cli.app import app
-from cli.drill_model import ModelReceiver
-from cli.drill_pipeline import PipelineReceiver
-from cli.drill_runner import DrillRunner, Mismatch, Outcome, ScriptResult
-from protocol.packetdrill import ParseError, parse_file
+from cli.drill.model import ModelReceiver
+from cli.drill.packetdrill import ParseError, parse_file
+from cli.drill.pipeline import PipelineReceiver
+from cli.drill.runner import DrillRunner, Mismatch, Outcome, ScriptResult
 
 
 def run_script(path: str | Path, profile: str = "modern", *, verbose: bool = False,

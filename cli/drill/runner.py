@@ -20,8 +20,8 @@ One deliberate difference: the TS ecr of outbound packets is checked too (packet
 does not), since it shows ``ts_recent`` bookkeeping of the receiver.
 
 The receiver is reached through the :class:`Receiver` protocol, so the same runner can
-drive the kernel model on a virtual clock (:mod:`cli.drill_model`) or the real
-actor processes in real time (:mod:`cli.drill_pipeline`).
+drive the kernel model on a virtual clock (:mod:`cli.drill.model`) or the real
+actor processes in real time (:mod:`cli.drill.pipeline`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from actors.profiles import US
-from protocol.packetdrill import (
+from cli.drill.packetdrill import (
     BinaryExpr,
     CallExpr,
     CodeSpec,
