@@ -347,6 +347,12 @@ class PipelineReceiver(Syscalls):
         self._hops.append((arrived, max(0, arrived - sent)))
         if env.kind == msg.WIRE:
             t = sent  # on the wire when the NIC sent it
+            xmit = env.body.get("xmit_ns")
+            if xmit is not None:
+                # A real device sees a segment leave when the stack transmits it; the
+                # stack -> nic -> here hops are this emulator's, measured as one delay.
+                t = xmit - (self._origin_ns or 0)
+                self._hops.append((arrived, max(0, arrived - t)))
             for frame in env.body["frames"]:
                 try:
                     self._out.append((t, decode_tcp(decode_ipv4(frame))))
