@@ -47,7 +47,6 @@ import functools
 import heapq
 import itertools
 import os
-import resource
 import signal
 import threading
 import time
@@ -79,6 +78,18 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # Kinds the runtime itself serves; a role cannot register handlers for them.
 RUNTIME_KINDS = frozenset({msg.START, msg.STOP, msg.STATS_REQUEST,
                            msg.END_OF_STREAM, msg.END_OF_STREAM_ACK, BUNDLE})
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss, which Linux
+    carries over from the parent across fork and exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def handles(*kinds: str) -> Callable[[_F], _F]:
@@ -461,7 +472,7 @@ class Actor:
         # peak resident set, so `rxpath bench` can show what each actor costs per segment.
         runtime["cpu_ns_since_start"] = (time.process_time_ns() - self._cpu_at_start_ns
                                          if self.started else 0)
-        runtime["max_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        runtime["max_rss_kb"] = peak_rss_kb()
         runtime["inbound_queued"] = len(self.mailbox.inbound)
         runtime["link_faults"] = dict(self.link_fault_counters)
         runtime["link_latency_us"] = {
