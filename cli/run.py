@@ -115,10 +115,7 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
         transfer_s = time.monotonic() - traffic_start
         # Upstream first, so a frame moving down between two snapshots is not counted
         # twice (the checker's conservation equations).
-        final: dict[str, dict[str, Any]] = {}
-        for group in (["peer", "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
-                      ["stack", *sorted(readers)]):
-            final.update(launcher.request_stats(group, timeout_s=5))
+        final = _final_stats(launcher, sc, readers)
         state.counters = {**launcher.last_counters, **final}
         launcher.stop()
     if progress:
@@ -135,6 +132,33 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
     from cli.trace import write_trace_after_run  # the merged trace: RUN_DIR/trace.json
     write_trace_after_run(run_dir)
     return summary
+
+
+def _tx_count(counters: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """(segments the stack sent, frames the NIC put on the wire) in one set of stats."""
+    stack = _role(counters, "stack")
+    nic = _role(counters, "nic")
+    return (int((stack.get("mib") or {}).get("TcpOutSegs", 0)),
+            int((nic.get("ethtool") or {}).get("tx_packets", 0)))
+
+
+def _final_stats(launcher: Launcher, sc: Scenario, readers: set[str],
+                 settle_s: float = 3.0) -> dict[str, dict[str, Any]]:
+    """Every actor's counters once the transmit path is quiet. Upstream first, so a frame
+    moving down between two snapshots is not counted twice (the checker's conservation
+    equations); and again until two rounds agree and the NIC has sent all the stack did,
+    because a reader's close() can still send a FIN just after the last byte arrived."""
+    deadline = time.monotonic() + settle_s
+    last: tuple[int, int] | None = None
+    while True:
+        final: dict[str, dict[str, Any]] = {}
+        for group in (["peer", "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
+                      ["stack", *sorted(readers)]):
+            final.update(launcher.request_stats(group, timeout_s=5))
+        tx = _tx_count(final)
+        if (tx == last and tx[0] == tx[1]) or time.monotonic() >= deadline:
+            return final
+        last = tx
 
 
 def run_checker(sc: Scenario, run_dir: Path, state: RunState,
