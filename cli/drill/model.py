@@ -12,7 +12,7 @@ only moves when the runner advances it.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.profiles import MS, Profile, Sysctls
@@ -21,7 +21,14 @@ from actors.stack.skb import SKB_SHINFO_SIZE, SKB_STRUCT_SIZE, skb_data_align
 from actors.stack.sock import TcpSock
 from actors.stack.tcp_ipv4 import Stack
 from cli.drill.runner import LOCAL_IP
-from cli.drill.syscalls import TCP_STATE_NUMBERS, CallGen, FileDesc, Syscalls, Wait
+from cli.drill.syscalls import (
+    TCP_STATE_NUMBERS,
+    CallGen,
+    FileDesc,
+    Syscalls,
+    Wait,
+    parse_sysctl,
+)
 from protocol.segment import IPV4_HEADER_LEN, TCP_HEADER_LEN, Segment
 from protocol.seq import seq_sub
 from protocol.sockops import SockOp, SockOpResult
@@ -128,24 +135,10 @@ class ModelReceiver(Syscalls):
         return self.stack.sysctls
 
     def set_sysctl(self, name: str, value: str) -> bool:
-        short = name.rsplit(".", 1)[-1]
-        known = {f.name: f for f in fields(self.stack.net.sysctls)}
-        if short == "tcp_invalid_ratelimit":
-            short = "tcp_invalid_ratelimit_ms"
-        if short not in known:
+        parsed = parse_sysctl(self.stack.net.sysctls, name, value)
+        if parsed is None:
             return False
-        current = getattr(self.stack.net.sysctls, short)
-        try:
-            if isinstance(current, tuple):
-                parts = tuple(int(v) for v in value.split())
-                if len(parts) != len(current):
-                    return False
-                new: Any = parts
-            else:
-                new = int(value, 0)
-        except ValueError:
-            return False
-        self.stack.net.sysctls = replace(self.stack.net.sysctls, **{short: new})
+        self.stack.net.sysctls = replace(self.stack.net.sysctls, **{parsed[0]: parsed[1]})
         return True
 
     def counters(self) -> Mapping[str, int]:

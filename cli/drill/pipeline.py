@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -63,7 +63,14 @@ from actors.scenario import CpuConfig, FlowConfig, NicConfig, ReaderConfig, Scen
 from actors.stack.sock import TcpSock, TcpState
 from actors.stack.tcp_ipv4 import Stack
 from cli.drill.runner import BIND_PORT, LOCAL_IP, Unsupported
-from cli.drill.syscalls import TCP_STATE_NUMBERS, CallGen, FileDesc, Syscalls, Wait
+from cli.drill.syscalls import (
+    TCP_STATE_NUMBERS,
+    CallGen,
+    FileDesc,
+    Syscalls,
+    Wait,
+    parse_sysctl,
+)
 from protocol import messages as msg
 from protocol.envelope import Envelope
 from protocol.segment import Segment, TcpFlags
@@ -435,25 +442,12 @@ class PipelineReceiver(Syscalls):
         return self._sysctls
 
     def set_sysctl(self, name: str, value: str) -> bool:
-        short = name.rsplit(".", 1)[-1]
-        if short == "tcp_invalid_ratelimit":
-            short = "tcp_invalid_ratelimit_ms"
-        known = {f.name for f in fields(self.sysctls)}
-        if short not in known:
+        parsed = parse_sysctl(self.sysctls, name, value)
+        if parsed is None:
             return False
-        current = getattr(self.sysctls, short)
-        try:
-            if isinstance(current, tuple):
-                parts = tuple(int(v) for v in value.split())
-                if len(parts) != len(current):
-                    return False
-                new: Any = parts
-            else:
-                new = int(value, 0)
-        except ValueError:
-            return False
+        short, new = parsed
         if self.running:
-            if new == current:
+            if new == getattr(self.sysctls, short):
                 return True
             raise Unsupported(f"sysctl {name} changed after listen(): the pipeline's "
                               "processes read their settings at start")

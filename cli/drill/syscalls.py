@@ -13,7 +13,7 @@ starts.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from actors.profiles import MS, Profile, Sysctls
@@ -88,6 +88,24 @@ class FileDesc:
 def _err(name: str, extra: dict[str, Any] | None = None) -> CallResult:
     return -1, name, extra or {}
 
+
+
+def parse_sysctl(sysctls: Sysctls, name: str, value: str) -> tuple[str, Any] | None:
+    """A script's ``sysctl -q NAME=VALUE`` as (our field name, its typed value), or None
+    for a sysctl the emulator does not have or a value of the wrong shape."""
+    short = name.rsplit(".", 1)[-1]
+    if short == "tcp_invalid_ratelimit":
+        short = "tcp_invalid_ratelimit_ms"
+    if short not in {f.name for f in fields(sysctls)}:
+        return None
+    current = getattr(sysctls, short)
+    try:
+        if isinstance(current, tuple):
+            parts = tuple(int(v) for v in value.split())
+            return (short, parts) if len(parts) == len(current) else None
+        return short, int(value, 0)
+    except ValueError:
+        return None
 
 class Syscalls:
     """The fd table and the system calls; a receiver subclasses it as their transport.
