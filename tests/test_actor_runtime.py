@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,19 +44,6 @@ from tests.runtime_roles import (
     make_topology,
     processes_mentioning,
 )
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    """A short run directory (ipc paths are limited to 107 bytes); on teardown, no
-    process started for it may still be alive."""
-    d = Path(tempfile.mkdtemp(prefix="rxrt", dir="/tmp"))
-    yield d
-    leftovers = processes_mentioning(str(d))
-    for pid in leftovers:
-        procutil.signal_group(pid, signal.SIGKILL)
-    shutil.rmtree(d, ignore_errors=True)
-    assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def kinds(envs: list[Envelope]) -> list[str]:

@@ -6,11 +6,8 @@ what the model says) shows here."""
 
 from __future__ import annotations
 
-import shutil
-import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,6 @@ from typing import Any
 import pytest
 
 from actors.nic.model import Nic
-from actors.runtime import procutil
 from actors.runtime.launcher import Launcher
 from actors.runtime.supervisor import PEER_EVENT
 from actors.scenario import FlowConfig, ImpairmentsConfig, ReaderConfig, Scenario
@@ -28,7 +24,6 @@ from protocol.envelope import Envelope
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_add
 from protocol.wire import decode, encode
-from tests.runtime_roles import processes_mentioning
 from tests.shell_roles import RELAY_CLASS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -37,16 +32,6 @@ WAIT_S = 15.0  # how long any one expected message may take on a busy 2-core hos
 MS = 1_000_000
 
 
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    """A short run directory (ipc paths are limited); on teardown no process may be left."""
-    d = Path(tempfile.mkdtemp(prefix="rxsh", dir="/tmp"))
-    yield d
-    leftovers = processes_mentioning(str(d))
-    for pid in leftovers:
-        procutil.signal_group(pid, signal.SIGKILL)
-    shutil.rmtree(d, ignore_errors=True)
-    assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def scenario(**changes: Any) -> Scenario:

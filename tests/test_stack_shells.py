@@ -8,17 +8,12 @@ of the model (a bypass) shows here.
 from __future__ import annotations
 
 import json
-import shutil
-import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors.profiles import get_profile
-from actors.runtime import procutil
 from actors.runtime.launcher import Launcher
 from actors.scenario import FlowConfig, ReaderConfig, Scenario
 from cli.drill.pipeline import drill_scenario, drill_topology
@@ -41,7 +36,6 @@ from protocol.sockops import (
     encode_result,
 )
 from protocol.wire import decode_ipv4, decode_tcp, encode
-from tests.runtime_roles import processes_mentioning
 
 LOCAL = LOCAL_IP
 REMOTE = "192.0.2.1"
@@ -49,16 +43,6 @@ PORT = 5001
 TIMEOUT_S = 20.0
 
 
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    """A short run directory; on teardown no process started for it may be alive."""
-    d = Path(tempfile.mkdtemp(prefix="rxsh", dir="/tmp"))
-    yield d
-    leftovers = processes_mentioning(str(d))
-    for pid in leftovers:
-        procutil.signal_group(pid, signal.SIGKILL)
-    shutil.rmtree(d, ignore_errors=True)
-    assert not leftovers, f"processes left behind: {leftovers}"
 
 
 class Peer:
