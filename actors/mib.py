@@ -70,9 +70,13 @@ class Mib(Mapping[str, int]):
                 self.add(name, value)
 
     def add(self, name: str, n: int = 1) -> None:
+        values = self._values
+        if name in values:  # already counted, so a known name: the per-segment case
+            values[name] += n
+            return
         if name not in _KNOWN:
             raise KeyError(f"unknown MIB counter {name!r}")
-        self._values[name] = self._values.get(name, 0) + n
+        values[name] = n
 
     inc = add
 

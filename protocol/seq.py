@@ -7,7 +7,7 @@ from __future__ import annotations
 
 SEQ_MOD = 1 << 32
 SEQ_MASK = SEQ_MOD - 1
-_HALF = 1 << 31
+SEQ_HALF = _HALF = 1 << 31  # bit 31: a wrapped difference at or above it is negative
 
 
 def seq_add(seq: int, n: int) -> int:

@@ -50,6 +50,8 @@ TCP_RCVBUF_LOW_RTT_US = 1000
 TCP_COMP_SACK_RTT_PERCENT = 33
 TCP_INIT_RWND_SEGS = 20  # tcp_default_init_rwnd
 TCP_REMNANT = TcpFlags.FIN | TcpFlags.URG | TcpFlags.SYN | TcpFlags.PSH
+_SYN_OR_FIN = TcpFlags.SYN | TcpFlags.FIN
+_NOT_PSH = 0xFF & ~TcpFlags.PSH  # header prediction ignores PSH
 PAGE_SIZE = 4096
 SK_RECLAIM_THRESHOLD = PAGE_SIZE  # sk_mem_uncharge returns whole unused pages at once
 
@@ -93,7 +95,8 @@ def tcp_drop(sk: TcpSock, skb: Skb, reason: str) -> None:
     net = sk.net
     net.drop_counts[reason] += 1
     net.set_fate(skb.ids, "drop:" + reason)
-    net.event("drop", sk.sock_id, reason=reason, seq=skb.seq, end_seq=skb.end_seq)
+    if net.emit_events:  # the fields are built only when someone records them
+        net.event("drop", sk.sock_id, reason=reason, seq=skb.seq, end_seq=skb.end_seq)
     _uncharge(sk, skb)
 
 
@@ -114,9 +117,10 @@ def tcp_eat_recv_skb(sk: TcpSock, skb: Skb) -> None:
 
 def tcp_try_coalesce(sk: TcpSock, to: Skb, frm: Skb) -> bool:
     """Append ``frm``'s bytes to ``to`` when they are contiguous (skb_try_coalesce)."""
-    if frm.seq != to.end_seq or to.fin or to.syn or frm.syn:
+    # Flag tests and lengths inline: this runs for nearly every in-order segment.
+    if frm.seq != to.end_seq or (to.flags | (frm.flags & ~TcpFlags.FIN)) & _SYN_OR_FIN:
         return False
-    if to.frags + frm.frags > MAX_SKB_FRAGS or (frm.len and not frm.head_frag):
+    if to.frags + frm.frags > MAX_SKB_FRAGS or (frm.data and not frm.head_frag):
         return False
     # The receive buffer's page moves over; only frm's struct sk_buff is freed.
     delta = frm.truesize - SKB_STRUCT_SIZE
@@ -176,7 +180,7 @@ def tcp_measure_rcv_mss(sk: TcpSock, skb: Skb) -> None:
     ack = sk.icsk_ack
     lss = ack.last_seg_size
     ack.last_seg_size = 0
-    length = skb.gso_size or skb.len
+    length = skb.gso_size or len(skb.data)
     if length >= ack.rcv_mss:
         if sk.net.profile.rcv_mss_learns_scaling_ratio and length != ack.rcv_mss \
                 and skb.truesize:
@@ -256,7 +260,7 @@ def _tcp_grow_window_search(sk: TcpSock, skb: Skb) -> int:
 def tcp_event_data_recv(sk: TcpSock, skb: Skb, now: int) -> None:
     """Bookkeeping for every accepted in-order segment with payload."""
     ack = sk.icsk_ack
-    inet_csk_schedule_ack(sk)
+    ack.pending |= AckPending.SCHED  # inet_csk_schedule_ack
     tcp_measure_rcv_mss(sk, skb)
     tcp_rcv_rtt_measure(sk, now)
     if not ack.ato:
@@ -272,7 +276,7 @@ def tcp_event_data_recv(sk: TcpSock, skb: Skb, now: int) -> None:
         elif m > sk.rto:
             tcp_incr_quickack(sk, sk.net.profile.quickack_cap)
     ack.lrcvtime = now
-    if skb.len >= 128:
+    if len(skb.data) >= 128:
         tcp_grow_window(sk, skb)
 
 
@@ -336,7 +340,7 @@ def tcp_sack_compress_send_ack(sk: TcpSock, now: int) -> None:
 
 
 def tcp_ack_snd_check(sk: TcpSock, now: int) -> None:
-    if not inet_csk_ack_scheduled(sk):
+    if not sk.icsk_ack.pending & AckPending.SCHED:  # inet_csk_ack_scheduled
         return
     __tcp_ack_snd_check(sk, True, now)
 
@@ -768,8 +772,8 @@ def tcp_prune_ofo_queue(sk: TcpSock, in_skb: Skb) -> bool:
 
 def tcp_queue_rcv(sk: TcpSock, skb: Skb) -> bool:
     """Append (or coalesce into the tail); returns True if the skb was merged away."""
-    tail = sk.tail()
-    eaten = tail is not None and tcp_try_coalesce(sk, tail, skb)
+    queue = sk.receive_queue
+    eaten = bool(queue) and tcp_try_coalesce(sk, queue[-1], skb)
     sk.rcv_nxt = skb.end_seq
     if not eaten:
         sk.receive_queue.append(skb)
@@ -779,7 +783,7 @@ def tcp_queue_rcv(sk: TcpSock, skb: Skb) -> bool:
 
 
 def tcp_fast_path_on(sk: TcpSock) -> None:
-    sk.pred_flags = (tcp_header_len(sk) >> 2) << 28 | int(TcpFlags.ACK) << 16 | \
+    sk.pred_flags = (tcp_header_len(sk) >> 2) << 28 | TcpFlags.ACK << 16 | \
         ((sk.snd_wnd >> sk.rx_opt.snd_wscale) & 0xFFFF)
 
 
@@ -809,14 +813,15 @@ def tcp_data_queue(sk: TcpSock, skb: Skb, now: int) -> None:
     sk.rx_opt.dsack = False
 
     if skb.seq == sk.rcv_nxt:
+        length = len(skb.data)
         # Modern accepts a bare FIN into a zero window.
         if tcp_receive_window(sk) == 0 and not (
-                profile.zero_window_counters and skb.len == 0 and skb.fin):
+                profile.zero_window_counters and length == 0 and skb.fin):
             if profile.zero_window_counters:
                 net.inc("TcpExtTCPZeroWindowDrop")
             _out_of_window(sk, skb, "TCP_ZEROWINDOW")
             return
-        eaten_all = skb.len > 0 and _direct_copy(sk, skb, now) == skb.len
+        eaten_all = length > 0 and _direct_copy(sk, skb, now) == length
         if eaten_all:
             kfree_skb_consumed(sk, skb, DELIVERED)
         else:
@@ -900,9 +905,9 @@ def _queue_and_out_mem(sk: TcpSock, skb: Skb) -> bool:
 
 def _after_in_order(sk: TcpSock, skb: Skb, now: int) -> None:
     profile = sk.net.profile
-    if skb.len:
+    if skb.data:
         tcp_event_data_recv(sk, skb, now)
-    if skb.fin:
+    if skb.flags & TcpFlags.FIN:
         tcp_fin(sk, now)
     if sk.ofo:
         tcp_ofo_queue(sk, now)
@@ -951,7 +956,8 @@ def _ofo_insert(sk: TcpSock, skb: Skb, now: int) -> None:
     inet_csk_schedule_ack(sk)
     net.inc("TcpExtTCPOFOQueue")
     seq, end_seq = skb.seq, skb.end_seq
-    net.event("ofo_queue", sk.sock_id, seq=seq, end_seq=end_seq)
+    if net.emit_events:
+        net.event("ofo_queue", sk.sock_id, seq=seq, end_seq=end_seq)
     grow = not profile.ofo_grow_window_sack_only or sk.rx_opt.sack_ok
     ofo = sk.ofo
 
@@ -1058,7 +1064,8 @@ def tcp_ofo_queue(sk: TcpSock, now: int) -> None:
         if tail is None or not tcp_try_coalesce(sk, tail, skb):
             sk.receive_queue.append(skb)
         sk.rcv_nxt = skb.end_seq
-        sk.net.event("ofo_to_receive_queue", sk.sock_id, seq=skb.seq, end_seq=skb.end_seq)
+        if sk.net.emit_events:
+            sk.net.event("ofo_to_receive_queue", sk.sock_id, seq=skb.seq, end_seq=skb.end_seq)
         if skb.fin:
             tcp_fin(sk, now)
             break
@@ -1266,12 +1273,11 @@ def tcp_rcv_established(sk: TcpSock, skb: Skb, now: int) -> None:
     net = sk.net
     profile = net.profile
     tcp_parse_timestamp(sk, skb)
-    hdr_word = (skb.doff >> 2) << 28 | (int(skb.flags) & ~int(TcpFlags.PSH) & 0xFF) << 16 \
-        | skb.window
+    hdr_word = (skb.doff >> 2) << 28 | (skb.flags & _NOT_PSH) << 16 | skb.window
     if (sk.pred_flags and hdr_word == sk.pred_flags and skb.seq == sk.rcv_nxt
             and not after(skb.ack_seq, sk.snd_nxt)
             and not (sk.rx_opt.saw_tstamp and tcp_paws_discard(sk, skb))):
-        if skb.len == 0:
+        if not skb.data:
             if sk.rx_opt.saw_tstamp and sk.rcv_nxt == sk.rcv_wup:
                 tcp_replace_ts_recent(sk, skb.seq, now)
             tcp_ack(sk, skb, slowpath=False)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from actors.profiles import MS
 from actors.stack.skb import RMEM_MAX
-from actors.stack.sock import AckPending, TcpSock
+from actors.stack.sock import AckPending, TcpSock, TcpState
 from protocol.constants import TCP_INIT_CWND, TCP_MAX_WSCALE
 from protocol.segment import Segment, TcpFlags, TcpOptions
-from protocol.seq import seq_sub
+from protocol.seq import SEQ_HALF, SEQ_MASK, SEQ_MOD
 
 U16_MAX = 65535
 TCP_ATO_MIN = 40 * MS
@@ -27,10 +27,11 @@ def tcp_win_from_space(sk: TcpSock, space: int) -> int:
 
 def tcp_space(sk: TcpSock) -> int:
     """Window the free receive buffer can back."""
+    profile = sk.net.profile
     free = sk.rcvbuf - sk.rmem_alloc
-    if sk.net.profile.space_subtracts_backlog:
+    if profile.space_subtracts_backlog:
         free -= sk.backlog_len
-    return tcp_win_from_space(sk, free)
+    return profile.win_from_space(free, sk.scaling_ratio)  # tcp_win_from_space
 
 
 def tcp_full_space(sk: TcpSock) -> int:
@@ -39,8 +40,10 @@ def tcp_full_space(sk: TcpSock) -> int:
 
 def tcp_receive_window(sk: TcpSock) -> int:
     """What the peer may still send beyond rcv_nxt under the last advertised window."""
-    win = seq_sub(sk.rcv_wup, sk.rcv_nxt) + sk.rcv_wnd
-    return max(win, 0)
+    # seq_sub(rcv_wup, rcv_nxt) inline: called several times per segment
+    d = (sk.rcv_wup - sk.rcv_nxt) & SEQ_MASK
+    win = (d - SEQ_MOD if d >= SEQ_HALF else d) + sk.rcv_wnd
+    return win if win > 0 else 0
 
 
 def tcp_select_initial_window(sk: TcpSock, space: int, mss: int, wscale_ok: bool) -> None:
@@ -75,7 +78,7 @@ def _wscale_for(sk: TcpSock, space: int, window_clamp: int) -> int:
 def __tcp_select_window(sk: TcpSock) -> int:
     mss = sk.icsk_ack.rcv_mss
     free_space = tcp_space(sk)
-    allowed_space = tcp_full_space(sk)
+    allowed_space = sk.net.profile.win_from_space(sk.rcvbuf, sk.scaling_ratio)  # full space
     full_space = min(sk.window_clamp, allowed_space)
     wscale = sk.rx_opt.rcv_wscale
     if mss > full_space:
@@ -157,29 +160,30 @@ def tcp_time_stamp(sk: TcpSock, now: int) -> int:
 
 
 def _ack_options(sk: TcpSock, now: int) -> TcpOptions:
-    ts = None
-    if sk.rx_opt.tstamp_ok:
-        ts = (tcp_time_stamp(sk, now), sk.rx_opt.ts_recent)
-    blocks: list[tuple[int, int]] = []
-    if sk.rx_opt.sack_ok:
-        if sk.rx_opt.dsack:
-            blocks.append(sk.duplicate_sack)
-        blocks.extend(sk.selective_acks[: sk.rx_opt.num_sacks])
-        room = 3 if ts is not None else 4
-        blocks = blocks[:room]
-        sk.rx_opt.dsack = False  # a DSACK is reported once (tcp_options_write)
-    return TcpOptions(timestamp=ts, sack_blocks=tuple(blocks))
+    rx = sk.rx_opt
+    ts = (tcp_time_stamp(sk, now), rx.ts_recent) if rx.tstamp_ok else None
+    blocks: tuple[tuple[int, int], ...] = ()
+    if rx.sack_ok:
+        if rx.dsack or rx.num_sacks:
+            found = [sk.duplicate_sack] if rx.dsack else []
+            found.extend(sk.selective_acks[: rx.num_sacks])
+            blocks = tuple(found[:3 if ts is not None else 4])  # room left by the timestamp
+        rx.dsack = False  # a DSACK is reported once (tcp_options_write)
+    # Positional (mss, wscale, sack_permitted, sack_blocks, timestamp): one per ACK sent.
+    return TcpOptions(None, None, False, blocks, ts)
 
 
 def make_segment(sk: TcpSock, now: int, flags: int, seq: int | None = None,
                  window: int | None = None, options: TcpOptions | None = None) -> Segment:
+    # Positional, in Segment's field order (src, sport, dst, dport, seq, ack, flags,
+    # window, options): every ACK is built here.
     return Segment(
-        src=sk.laddr, sport=sk.lport, dst=sk.raddr, dport=sk.rport,
-        seq=sk.snd_nxt if seq is None else seq,
-        ack=sk.rcv_nxt if flags & TcpFlags.ACK else 0,
-        flags=flags,
-        window=tcp_select_window(sk) if window is None else window,
-        options=_ack_options(sk, now) if options is None else options,
+        sk.laddr, sk.lport, sk.raddr, sk.rport,
+        sk.snd_nxt if seq is None else seq,
+        sk.rcv_nxt if flags & TcpFlags.ACK else 0,
+        flags,
+        tcp_select_window(sk) if window is None else window,
+        _ack_options(sk, now) if options is None else options,
     )
 
 
@@ -202,13 +206,16 @@ def tcp_event_ack_sent(sk: TcpSock) -> None:
 
 def tcp_send_ack(sk: TcpSock, now: int) -> None:
     """Send a pure ACK now (also used for dupacks and window updates)."""
-    if sk.state.name in ("CLOSE", "LISTEN"):
+    state = sk.state
+    if state is TcpState.CLOSE or state is TcpState.LISTEN:
         return
     seg = make_segment(sk, now, TcpFlags.ACK)
     tcp_event_ack_sent(sk)
-    sk.net.transmit(seg, sk.sock_id)
-    sk.net.event("ack_sent", sk.sock_id, ack=seg.ack, win=seg.window,
-                 sack=seg.options.sack_blocks)
+    net = sk.net
+    net.transmit(seg, sk.sock_id)
+    if net.emit_events:  # skip building the event's fields when nobody records them
+        net.event("ack_sent", sk.sock_id, ack=seg.ack, win=seg.window,
+                  sack=seg.options.sack_blocks)
 
 
 def tcp_send_delayed_ack(sk: TcpSock, now: int) -> None:
