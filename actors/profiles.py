@@ -8,7 +8,7 @@ Profiles table of README.md lists it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 MS = 1_000_000  # nanoseconds per millisecond: the model's clock is in ns
 US = 1_000
@@ -39,6 +39,29 @@ class Sysctls:
     netdev_budget: int = 300
     netdev_budget_usecs: int = 2000
     dev_weight: int = 64
+
+
+# Read by the softirq (the cpu processes), not the TCP stack.
+SOFTIRQ_SYSCTLS = frozenset({"netdev_budget", "netdev_budget_usecs", "dev_weight"})
+
+
+def sysctl_write(sysctls: Sysctls, name: str, values: list[int] | tuple[int, ...]) -> Sysctls:
+    """``sysctls`` after writing ``values`` to the setting ``name`` (a field name: one
+    value, or three for tcp_rmem / tcp_wmem); ValueError for anything else."""
+    if name not in Sysctls.__dataclass_fields__:
+        raise ValueError(f"no sysctl {name!r}")
+    current = getattr(sysctls, name)
+    new: int | tuple[int, ...]
+    if isinstance(current, tuple):
+        if len(values) != len(current):
+            raise ValueError(f"{name} takes {len(current)} values, not {len(values)}")
+        new = tuple(int(v) for v in values)
+    elif len(values) != 1:
+        raise ValueError(f"{name} takes one value, not {len(values)}")
+    else:
+        new = int(values[0])
+    changes: dict[str, Any] = {name: new}
+    return replace(sysctls, **changes)
 
 
 @dataclass(frozen=True, slots=True)

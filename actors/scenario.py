@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 from actors.nic.model import MICROSOFT_RSS_KEY
 from actors.peer.impairments import EventAction, FlowKey, ScriptedEvent, WireImpairments
 from actors.profiles import MS, US, Profile, Sysctls, get_profile
-from actors.stack.skb import so_rcvbuf
+from actors.stack.skb import DeviceKind, so_rcvbuf
 
 DEFAULT_SOURCE = "<default>"
 
@@ -51,6 +51,9 @@ class NicConfig:
     rx_frames: int = 1
     rss_key: bytes = MICROSOFT_RSS_KEY
     cost_per_frame_us: float = 0.0
+    # What the frames arrive through, which sizes each skb (actors.stack.skb.device_skb):
+    # "nic" an Ethernet NIC's RX ring, "tun" a tun device (packetdrill's injection).
+    device: DeviceKind = "nic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ class StackConfig:
     cost_per_byte_ns: float = 0.0
     rcvbuf: int = 0  # SO_RCVBUF as passed to setsockopt; 0 = not set
     rcvlowat: int = 1
-    listen_port: int = 5001
+    listen_port: int = 5001  # 0: no listener at start (a task opens one: inet_listen)
     address: str = "10.0.0.2"
 
     @property

@@ -74,6 +74,7 @@ from actors.scenario import (
     StackConfig,
     event_key_applies,
 )
+from actors.stack.skb import DEVICE_KINDS, DeviceKind
 from protocol.constants import TCP_MAX_WSCALE, TCP_MIN_MSS
 
 OVERRIDE_SOURCE = "command line"
@@ -540,7 +541,8 @@ class _Builder:
             ring_size=t.integer("ring_size", d.ring_size, lo=1),
             rx_usecs=rx_usecs, rx_frames=rx_frames,
             rss_key=self._rss_key(t, d.rss_key),
-            cost_per_frame_us=t.number("cost_per_frame_us", d.cost_per_frame_us))
+            cost_per_frame_us=t.number("cost_per_frame_us", d.cost_per_frame_us),
+            device=cast(DeviceKind, t.choice("device", d.device, DEVICE_KINDS)))
 
     def _rss_key(self, t: _Table, default: bytes) -> bytes:
         if "rss_key" not in t.data:

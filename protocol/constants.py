@@ -20,6 +20,19 @@ ECONNRESET = 104
 ENOTCONN = 107
 ECONNREFUSED = 111
 ETIMEDOUT = 110
+EADDRINUSE = 98
+EALREADY = 114
+EISCONN = 106
+EINPROGRESS = 115
+
+# The readiness bits tcp_poll reports (include/uapi/linux/eventpoll.h).
+EPOLLIN = 0x1
+EPOLLOUT = 0x4
+EPOLLERR = 0x8
+EPOLLHUP = 0x10
+EPOLLRDNORM = 0x40
+EPOLLWRNORM = 0x100
+EPOLLRDHUP = 0x2000
 
 # TCP timers, in nanoseconds (the models' clock unit).
 TCP_RTO_MIN = 200_000_000  # 200 ms

@@ -13,7 +13,9 @@ actors) are declared first; data kinds follow, one section per role.
 
 from __future__ import annotations
 
-from protocol.envelope import ListOf, register_kind
+from collections.abc import Sequence
+
+from protocol.envelope import ListOf, MalformedMessage, register_kind
 
 # --- control: actor lifecycle and telemetry -------------------------------------------
 
@@ -61,11 +63,15 @@ CONTROL_KINDS = frozenset({
 # --- the wire and the NIC --------------------------------------------------------------
 # Optional `ids`: one run-unique trace flow id per frame, in the order of `frames`, so a
 # trace can follow each frame across processes (see actors/runtime/trace.py).
+# Optional `gso`: one GSO size per frame, 0 for none (the virtio_net_hdr of a tun write:
+# a super-packet cut at that size), sent only when some frame has one.
 WIRE = register_kind(
-    "wire", {"frames": ListOf(bytes)}, optional={"ids": ListOf(int), "xmit_ns": int},
+    "wire", {"frames": ListOf(bytes)},
+    optional={"ids": ListOf(int), "xmit_ns": int, "gso": ListOf(int)},
     doc="peer -> nic: frames reaching the NIC from the wire; nic -> peer: frames it sent")
 DMA = register_kind(
-    "dma", {"queue": int, "frames": ListOf(bytes)}, optional={"ids": ListOf(int)},
+    "dma", {"queue": int, "frames": ListOf(bytes)},
+    optional={"ids": ListOf(int), "gso": ListOf(int)},
     doc="nic -> cpu: frames written into descriptors of the queue's RX ring")
 IRQ = register_kind("irq", {"queue": int}, doc="nic -> cpu: the queue's interrupt fired")
 REFILL = register_kind(
@@ -76,11 +82,27 @@ UNMASK = register_kind(
 
 # --- softirq -> stack ------------------------------------------------------------------
 RCV_BATCH = register_kind(
-    "rcv_batch", {"batch": int, "frames": ListOf(bytes)}, optional={"ids": ListOf(int)},
+    "rcv_batch", {"batch": int, "frames": ListOf(bytes)},
+    optional={"ids": ListOf(int), "gso": ListOf(int)},
     doc="cpu -> stack: one napi_poll's frames that passed ip_rcv, for tcp_v4_rcv in order")
+
+
+def check_gso(gso: Sequence[int] | None, frames: int) -> None:
+    """A ``gso`` list (wire, dma, rcv_batch) gives one size >= 0 per frame; the schema has
+    checked its type. Raises MalformedMessage: the message is rejected, like one that
+    fails its schema."""
+    if gso is not None and (len(gso) != frames or min(gso, default=0) < 0):
+        raise MalformedMessage(
+            "bad_gso", f"gso: {len(gso)} sizes (min {min(gso, default=0)}) for {frames} frames")
+
+
 RCV_DONE = register_kind(
     "rcv_done", {"batch": int},
     doc="stack -> cpu: every frame of the batch went through tcp_v4_rcv")
+RCV_PROGRESS = register_kind(
+    "rcv_progress", {"segments": int},
+    doc="stack -> its rcv_watcher (if the topology names one): frames through tcp_v4_rcv so "
+        "far, after each run of them")
 TX = register_kind("tx", {"frames": ListOf(bytes)}, optional={"ids": ListOf(int)},
                    doc="stack -> nic: segments to transmit")
 

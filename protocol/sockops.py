@@ -20,12 +20,18 @@ __all__ = [
     "Accepted",
     "Copied",
     "DoExit",
+    "EpPoll",
     "Failed",
     "InetAccept",
     "InetAcceptFlow",
+    "InetListen",
+    "InetWaitForConnect",
     "Inq",
     "LockSock",
     "MalformedOp",
+    "Opened",
+    "Polled",
+    "ProcSysWrite",
     "Rejected",
     "ReleaseSock",
     "Sent",
@@ -43,9 +49,11 @@ __all__ = [
     "TcpGetInfo",
     "TcpInfo",
     "TcpInq",
+    "TcpPoll",
     "TcpPrequeueProcess",
     "TcpSendmsg",
     "TcpShutdown",
+    "TcpV4Connect",
     "UcopyClear",
     "UcopyInstall",
     "UcopyInstalled",
@@ -189,10 +197,12 @@ class InetAcceptFlow(SockOp):
 
 @dataclass(frozen=True, slots=True)
 class TcpInq(SockOp):
-    """SIOCINQ / TCP_INQ: bytes readable now."""
+    """SIOCINQ: bytes readable now; with ``hint``, tcp_inq_hint (TCP_INQ's cmsg: after
+    a FIN, at least 1, so the reader comes back)."""
 
     kernel_name: ClassVar[str] = "tcp_inq"
     sock: int
+    hint: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +247,74 @@ class TcpSendmsg(SockOp):
     kernel_name: ClassVar[str] = "tcp_sendmsg"
     sock: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InetListen(SockOp):
+    """socket() + bind() + listen(): a listener on ``laddr:port``, with the SO_RCVBUF
+    (None: not set) and SO_RCVLOWAT its file had before listen()."""
+
+    kernel_name: ClassVar[str] = "inet_listen"
+    on_sock: ClassVar[bool] = False
+    laddr: str
+    port: int
+    backlog: int = 128
+    rcvbuf: int | None = None
+    rcvlowat: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TcpV4Connect(SockOp):
+    """socket() + connect(): a socket that sends its SYN to ``raddr:rport`` (from
+    ``lport``; None: an ephemeral port)."""
+
+    kernel_name: ClassVar[str] = "tcp_v4_connect"
+    on_sock: ClassVar[bool] = False
+    laddr: str
+    raddr: str
+    rport: int
+    lport: int | None = None
+    rcvbuf: int | None = None
+    rcvlowat: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class InetWaitForConnect(SockOp):
+    """A blocking connect(): sleep until the handshake ends (or fails)."""
+
+    kernel_name: ClassVar[str] = "inet_wait_for_connect"
+    sock: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpPoll(SockOp):
+    """poll / epoll's look at one socket: its readiness mask and wakeup count."""
+
+    kernel_name: ClassVar[str] = "tcp_poll"
+    sock: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpPoll(SockOp):
+    """epoll_wait's sleep: until a wakeup on one of ``socks`` after the ``seen`` counts
+    (one per socket, from :class:`Polled`), or until ``timeo_ns`` passes."""
+
+    kernel_name: ClassVar[str] = "ep_poll"
+    on_sock: ClassVar[bool] = False
+    socks: list[int]
+    seen: list[int]
+    timeo_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSysWrite(SockOp):
+    """A write to /proc/sys/net/ipv4/``name`` (a field of ``Sysctls``): its ``values``
+    (one, or three for tcp_rmem / tcp_wmem)."""
+
+    kernel_name: ClassVar[str] = "proc_sys_write"
+    on_sock: ClassVar[bool] = False
+    name: str
+    values: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +396,21 @@ class Accepted(SockOpResult):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Opened(SockOpResult):
+    """InetListen / TcpV4Connect: the new socket."""
+
+    sock: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Polled(SockOpResult):
+    """TcpPoll: tcp_poll's mask (EPOLLIN...) and the wakeups the socket had so far."""
+
+    mask: int
+    wakeups: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failed(SockOpResult):
     """The call fails with ``error`` (an errno), as the kernel function would."""
 
@@ -367,10 +460,11 @@ def _accepted(annotation: Any) -> tuple[type, ...]:
 _OP_CLASSES: tuple[type[SockOp], ...] = (
     LockSock, ReleaseSock, SkFlushBacklog, SkbCopyDatagramMsg, TcpCleanupRbuf, SockError,
     UcopyInstall, UcopyClear, TcpPrequeueProcess, SkWaitData, InetAccept, InetAcceptFlow,
-    TcpInq, TcpGetInfo, SockSetsockopt, TcpClose, TcpShutdown, TcpSendmsg, DoExit)
+    TcpInq, TcpGetInfo, SockSetsockopt, TcpClose, TcpShutdown, TcpSendmsg, InetListen,
+    TcpV4Connect, InetWaitForConnect, TcpPoll, EpPoll, ProcSysWrite, DoExit)
 _RESULT_CLASSES: tuple[type[SockOpResult], ...] = (
-    SockOpResult, Copied, SockErrorResult, UcopyInstalled, Woken, Accepted, Failed, Inq,
-    TcpInfo, Sent, Rejected)
+    SockOpResult, Copied, SockErrorResult, UcopyInstalled, Woken, Accepted, Opened, Polled,
+    Failed, Inq, TcpInfo, Sent, Rejected)
 for _op in _OP_CLASSES:
     _FIELDS[_op] = {f.name: _accepted(f.type) for f in fields(_op)}
     OPS[_op.__name__] = _op
@@ -385,6 +479,10 @@ def _check(cls: type, name: str, value: Any) -> Any:
     if types is None:
         raise MalformedOp(f"{cls.__name__}: unknown field {name!r}")
     kind = type(value)
+    if kind is list and list in types:  # every list field is a list of ints
+        if any(type(v) is not int for v in value):
+            raise MalformedOp(f"{cls.__name__}.{name}: not a list of integers")
+        return value
     if kind in types:  # a bool only where bool is declared: type(True) is bool, not int
         return value
     if types == (SockState,):

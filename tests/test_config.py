@@ -220,6 +220,9 @@ def test_empty_file_is_the_default_topology(tmp_path: Path) -> None:
     ('[nic]\nrss_key = "abcd"\n',
      "configs/x.toml: nic.rss_key: expected a hex string of at least 40 bytes "
      "(':' between bytes allowed), got \"abcd\""),
+    ('[nic]\ndevice = "eth0"\n',
+     'configs/x.toml: nic.device: expected one of "nic", "tun", got "eth0"'),
+    ("[nic]\ndevice = 1\n", 'configs/x.toml: nic.device: expected one of "nic", "tun", got 1'),
     ("[nic]\nrx_frames = 4\n",
      "configs/x.toml: nic.rx_frames: expected 0 or 1 while nic.rx_usecs = 0 "
      "(a lone frame would never raise an interrupt), got 4"),
@@ -434,7 +437,7 @@ def test_unknown_keys(text: str, key: str) -> None:
 def test_unknown_key_suggests_the_near_one() -> None:
     assert error_of("[nic]\nqueus = 3\n") == (
         'configs/x.toml: nic.queus: unknown key (did you mean "queues"?); expected one of: '
-        "cost_per_frame_us, queues, ring_size, rss_key, rx_frames, rx_usecs")
+        "cost_per_frame_us, device, queues, ring_size, rss_key, rx_frames, rx_usecs")
 
 
 def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -604,6 +607,13 @@ def test_parse_sysctl_assignment() -> None:
 
 
 # -- derived values ------------------------------------------------------------------------
+
+
+def test_nic_device_kind() -> None:
+    assert default_scenario().nic.device == "nic"
+    s = parse_scenario('[nic]\ndevice = "tun"\n', "configs/x.toml")
+    assert s.nic.device == "tun"
+    assert Scenario.from_dict(s.to_dict()).nic.device == "tun"
 
 
 def test_rss_key_in_ethtool_form() -> None:

@@ -42,9 +42,9 @@ DRILL_DIR = Path(__file__).parent / "drill"
 SCRIPTS = sorted(DRILL_DIR.glob("*.pkt"))
 # Scripts whose expectations hold for the 4.13 kernel too (no modern-only counters
 # or drops): they also run in the legacy profile.
-BOTH_PROFILES = {"blocking_read", "data_queue_duplicate", "data_queue_in_order",
-                 "data_queue_ofo", "data_queue_partial_overlap", "delayed_ack", "fin",
-                 "sack_dsack"}
+BOTH_PROFILES = {"active_open", "blocking_read", "data_queue_duplicate", "data_queue_in_order",
+                 "data_queue_ofo", "data_queue_partial_overlap", "delayed_ack", "epoll_wait",
+                 "fin", "sack_dsack"}
 
 HANDSHAKE = """\
     0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3

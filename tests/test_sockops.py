@@ -17,12 +17,18 @@ from protocol.sockops import (
     Accepted,
     Copied,
     DoExit,
+    EpPoll,
     Failed,
     InetAccept,
     InetAcceptFlow,
+    InetListen,
+    InetWaitForConnect,
     Inq,
     LockSock,
     MalformedOp,
+    Opened,
+    Polled,
+    ProcSysWrite,
     Rejected,
     ReleaseSock,
     Sent,
@@ -40,9 +46,11 @@ from protocol.sockops import (
     TcpGetInfo,
     TcpInfo,
     TcpInq,
+    TcpPoll,
     TcpPrequeueProcess,
     TcpSendmsg,
     TcpShutdown,
+    TcpV4Connect,
     UcopyClear,
     UcopyInstall,
     UcopyInstalled,
@@ -60,7 +68,11 @@ EVERY_OP: list[SockOp] = [
     TcpPrequeueProcess(3), TcpPrequeueProcess(3, 400), SkWaitData(3), SkWaitData(3, 5_000_000),
     InetAccept(1), InetAccept(1, nonblock=True, timeo_ns=10), InetAcceptFlow(5001, 40001),
     TcpInq(3), TcpGetInfo(3), SockSetsockopt(3, "SO_RCVBUF", 4096), TcpClose(3),
-    TcpShutdown(3, 2), TcpSendmsg(3, b"\x00hello"), DoExit(),
+    TcpShutdown(3, 2), TcpSendmsg(3, b"\x00hello"), InetListen("10.0.0.2", 5001),
+    InetListen("10.0.0.2", 80, backlog=4, rcvbuf=4096, rcvlowat=10),
+    TcpV4Connect("10.0.0.2", "10.0.0.1", 8080), TcpV4Connect("a", "b", 1, 2, 4096, 3),
+    InetWaitForConnect(3), TcpPoll(3), TcpInq(3, hint=True), EpPoll([3, 4], [0, 7]),
+    EpPoll([3], [1], timeo_ns=20), ProcSysWrite("tcp_rmem", [4096, 1, 2]), DoExit(),
 ]
 STATE = SockState(readable=True, backlog=True, prequeue=2, caught_up=True, done=True,
                   shutdown=True, err=104, closed=True, listen=False, ucopy_len=9)
@@ -69,7 +81,8 @@ EVERY_RESULT: list[SockOpResult] = [
     Copied(state=STATE, data=b"xyz", copied=3, fin=True, seq=2**32 - 1, offset=0),
     SockErrorResult(sock_err=104), UcopyInstalled(installed=True), Woken(timed_out=True),
     Woken(relock=True, state=STATE), Accepted(sock=4), Failed(error=11), Inq(inq=0),
-    TcpInfo(info={"state": "ESTAB", "skmem": {"r": 1}}), Sent(sent=1460),
+    TcpInfo(info={"state": "ESTAB", "skmem": {"r": 1}}), Sent(sent=1460), Opened(sock=2),
+    Polled(mask=0x45, wakeups=3),
     Rejected(message="no socket 9"),
 ]
 
@@ -118,6 +131,11 @@ def test_every_op_names_its_kernel_function() -> None:
     ("TcpSendmsg", 1, {"data": "text"}),
     ("SockSetsockopt", 1, {"name": 5, "value": 1}),
     ("InetAcceptFlow", 0, {"lport": 5001}),
+    ("EpPoll", 0, {"socks": [1, "2"], "seen": [0, 0]}),
+    ("EpPoll", 0, {"socks": [1], "seen": [True]}),
+    ("EpPoll", 0, {"socks": 1, "seen": [0]}),
+    ("ProcSysWrite", 0, {"name": "tcp_rmem", "values": [1.5]}),
+    ("InetListen", 0, {"laddr": "x"}),  # port is required
 ])
 def test_malformed_ops_are_refused(op: Any, sock: Any, args: Any) -> None:
     with pytest.raises(MalformedOp):

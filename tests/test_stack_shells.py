@@ -8,6 +8,7 @@ of the model (a bypass) shows here.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,9 @@ def handshake(peer: Peer, sport: int) -> None:
 
 def pipeline(run_dir: Path) -> Launcher:
     prof = get_profile("modern")
-    sc = drill_scenario(prof, prof.default_sysctls, port=PORT, rcvbuf=None, rcvlowat=1,
-                        seed=1)
+    sc = drill_scenario(prof, prof.default_sysctls, seed=1)
+    # The stack's listener from its scenario, as in a run.
+    sc = replace(sc, stack=replace(sc.stack, listen_port=PORT))
     return Launcher(drill_topology(sc), run_dir, ready_timeout_s=30.0)
 
 

@@ -39,6 +39,8 @@ class CpuActor(Actor):
                 body: dict[str, Any] = {"batch": out.batch, "frames": out.frames}
                 if out.ids is not None:
                     body["ids"] = out.ids
+                if out.gso is not None:
+                    body["gso"] = out.gso
                 self.send(STACK, msg.RCV_BATCH, body)
             elif isinstance(out, Refill):
                 self.send(NIC, msg.REFILL, {"queue": out.queue, "n": out.n})
@@ -51,7 +53,8 @@ class CpuActor(Actor):
     def on_dma(self, env: Envelope, now: int) -> None:
         body = env.body
         try:
-            self.softirq.rx_dma(body["queue"], body["frames"], now, body.get("ids"))
+            self.softirq.rx_dma(body["queue"], body["frames"], now, body.get("ids"),
+                                body.get("gso"))
         except MalformedMessage as exc:
             raise RejectMessage(str(exc)) from None
 

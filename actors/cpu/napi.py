@@ -49,6 +49,7 @@ from actors.cpu.softnet import SoftnetData, format_softnet_line
 from actors.mib import Mib
 from actors.profiles import US, Profile, Sysctls
 from protocol.envelope import MalformedMessage
+from protocol.messages import check_gso
 
 NO_TRACE_ID = -1  # a frame whose sender gave it no trace id
 
@@ -69,6 +70,7 @@ class Poll:
     delivered: list[bytes] = field(default_factory=list)  # passed ip_rcv: for tcp_v4_rcv
     drops: list[tuple[int, str]] = field(default_factory=list)  # (index in frames, reason)
     ids: list[int] | None = None  # trace ids of ``frames``, when the nic sent them
+    gso: list[int] | None = None  # GSO sizes of ``frames`` (0: none), when any has one
     batch: int = 0  # the rcv_batch id of ``delivered`` (0: nothing delivered)
     cost_ns: int = 0  # emulated softirq work for these frames
 
@@ -87,6 +89,16 @@ class Poll:
 
     def dropped_ids(self) -> list[int]:
         return [] if self.ids is None else [self.ids[i] for i, _ in self.drops]
+
+    def delivered_gso(self) -> list[int] | None:
+        """GSO sizes of the delivered frames; None when none of them has one."""
+        if self.gso is None:
+            return None
+        gso = self.gso
+        if self.drops:
+            dropped = {i for i, _ in self.drops}
+            gso = [g for i, g in enumerate(gso) if i not in dropped]
+        return gso if any(gso) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +124,7 @@ class RcvBatch:
     batch: int
     frames: list[bytes]
     ids: list[int] | None = None  # trace ids, when tracing
+    gso: list[int] | None = None  # GSO sizes (0: none), when some frame has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +159,11 @@ class Napi:
     queue: int
     ring: deque[bytes] = field(default_factory=deque)  # DMA'd, not yet polled
     ring_ids: deque[int] = field(default_factory=deque)  # their trace ids, when traced
+    # GSO sizes of frames in the ring, by position (frames ever put in the ring before
+    # it): sparse, so frames without one cost nothing.
+    ring_gso: dict[int, int] = field(default_factory=dict)
+    ring_in: int = 0  # frames ever put in the ring
+    ring_out: int = 0  # frames ever taken off it
     in_flight: int = 0  # polled and handed up; descriptors not yet refilled
     scheduled: bool = False  # NAPI_STATE_SCHED
     missed: bool = False  # NAPI_STATE_MISSED: scheduled again while already scheduled
@@ -237,15 +255,24 @@ class Softirq:
                 "foreign_queue", f"cpu {self.cpu} does not own RX queue {queue}") from None
 
     def rx_dma(self, queue: int, frames: Sequence[bytes], now: int,
-               ids: Sequence[int] | None = None) -> int:
+               ids: Sequence[int] | None = None, gso: Sequence[int] | None = None) -> int:
         """The nic wrote ``frames`` into the next descriptors of ``queue``'s ring; returns
-        how many fitted (the rest overran the ring). ``ids``: their trace ids."""
+        how many fitted (the rest overran the ring). ``ids``: their trace ids; ``gso``:
+        their GSO sizes (0: none), kept with each frame up to the stack. A ``gso`` list
+        that does not give one size per frame raises MalformedMessage, ring untouched."""
         napi = self._napi(queue)
         n = len(frames)
+        check_gso(gso, n)
         self.frames_in += n
         room = max(self.ring_size - len(napi.ring) - napi.in_flight, 0)
         taken = min(n, room)
         napi.ring.extend(frames if taken == n else frames[:taken])
+        if gso is not None:
+            base = napi.ring_in
+            for i in range(taken):
+                if gso[i]:
+                    napi.ring_gso[base + i] = gso[i]
+        napi.ring_in += taken
         if taken < n:
             self.dma_overruns += n - taken
         obs = self.observer
@@ -319,7 +346,8 @@ class Softirq:
                 now += poll.cost_ns
             if poll.batch:
                 out.append(RcvBatch(poll.batch, poll.delivered,
-                                    None if poll.ids is None else poll.delivered_ids()))
+                                    None if poll.ids is None else poll.delivered_ids(),
+                                    None if poll.gso is None else poll.delivered_gso()))
                 break
             out += self.finish_poll(poll, now)
         return out
@@ -365,6 +393,11 @@ class Softirq:
         n = min(self.weight, len(napi.ring))
         ring = napi.ring
         frames = tuple(ring.popleft() for _ in range(n))
+        gso: list[int] | None = None
+        if napi.ring_gso:
+            first, pop = napi.ring_out, napi.ring_gso.pop
+            gso = [pop(first + i, 0) for i in range(n)]
+        napi.ring_out += n
         napi.in_flight += n
         napi.polls += 1
         napi.frames_polled += n
@@ -400,8 +433,8 @@ class Softirq:
         poll = Poll(
             queue=queue, frames=frames, weight=self.weight, run=self.net_rx_action_runs,
             budget_left=self._budget, time_limit=self._time_limit, started_at=now,
-            epoch=self._epoch, delivered=delivered, drops=drops, ids=ids, batch=batch,
-            cost_ns=cost,
+            epoch=self._epoch, delivered=delivered, drops=drops, ids=ids, gso=gso,
+            batch=batch, cost_ns=cost,
         )
         self._current = poll
         if self.observer is not None:
@@ -488,6 +521,8 @@ class Softirq:
             lost += len(napi.ring)
             napi.ring.clear()
             napi.ring_ids.clear()
+            napi.ring_gso.clear()
+            napi.ring_out = napi.ring_in
             napi.in_flight = 0
             napi.scheduled = False
             napi.missed = False

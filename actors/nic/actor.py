@@ -49,6 +49,8 @@ class NicActor(Actor):
                 body: dict[str, Any] = {"queue": a.queue, "frames": a.frames}
                 if a.ids is not None:
                     body["ids"] = a.ids
+                if a.gso is not None:
+                    body["gso"] = a.gso
                 self.send(cpu_name(a.cpu), msg.DMA, body)
             elif isinstance(a, RaiseIrq):
                 self.send(cpu_name(a.cpu), msg.IRQ, {"queue": a.queue})
@@ -70,8 +72,12 @@ class NicActor(Actor):
     @handles(msg.WIRE)
     def on_wire(self, env: Envelope, now: int) -> None:
         frames = env.body["frames"]
+        try:
+            actions = self.nic.rx_burst(frames, now, env.body.get("ids"), env.body.get("gso"))
+        except MalformedMessage as exc:
+            raise RejectMessage(str(exc)) from None
         self._record(frames)
-        self._send(self.nic.rx_burst(frames, now, env.body.get("ids")))
+        self._send(actions)
 
     @handles(msg.TX)
     def on_tx(self, env: Envelope, now: int) -> None:

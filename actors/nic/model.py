@@ -26,6 +26,7 @@ from typing import Protocol
 from actors.cpu.napi import Spend
 from actors.profiles import US
 from protocol.envelope import MalformedMessage
+from protocol.messages import check_gso
 
 # The key from Microsoft's "Verifying the RSS Hash Calculation"; drivers default to it
 # (or to a random key), and its published vectors let the hash be tested exactly.
@@ -153,12 +154,14 @@ NicOutput = Dma | RaiseIrq | RxDrop
 @dataclass(frozen=True, slots=True)
 class DmaWrite:
     """Frames of one burst DMA'd into ``queue``'s ring, in arrival order: one message to
-    ``cpu``. ``ids`` are their trace ids, when the burst had them."""
+    ``cpu``. ``ids`` are their trace ids, when the burst had them; ``gso`` their GSO
+    sizes (0: none), when the burst had any."""
 
     queue: int
     cpu: int
     frames: list[bytes]
     ids: list[int] | None = None
+    gso: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,9 +307,15 @@ class Nic:
         return out
 
     def rx_burst(self, frames: Sequence[bytes], now: int,
-                 ids: Sequence[int] | None = None) -> list[NicAction]:
+                 ids: Sequence[int] | None = None,
+                 gso: Sequence[int] | None = None) -> list[NicAction]:
         """Frames arriving from the wire together: each goes through :meth:`rx_frame`;
-        returns the burst's cost, then one DMA write per ring, then the interrupts."""
+        returns the burst's cost, then one DMA write per ring, then the interrupts.
+
+        ``gso``: each frame's GSO size (0: none), as a tun device's writer gives it;
+        it stays with its frame into the ring. A list that does not give one size per
+        frame raises MalformedMessage before anything is received."""
+        check_gso(gso, len(frames))
         out: list[NicAction] = []
         if self.cost_per_frame_ns and frames:
             out.append(Spend(self.cost_per_frame_ns * len(frames)))
@@ -322,8 +331,12 @@ class Nic:
                     w = writes.get(o.queue)
                     if w is None:
                         w = writes[o.queue] = DmaWrite(o.queue, o.cpu, [],
-                                                       [] if tagged else None)
+                                                       [] if tagged else None,
+                                                       None if gso is None else [])
                     w.frames.append(frame)
+                    if gso is not None:
+                        assert w.gso is not None
+                        w.gso.append(gso[i])
                     if tagged:
                         assert ids is not None and w.ids is not None
                         w.ids.append(ids[i])
@@ -333,7 +346,12 @@ class Nic:
                 elif tagged:
                     assert ids is not None
                     missed.append(ids[i])
-        out.extend(writes.values())
+        if gso is not None:
+            # A ring that got only plain frames is told nothing about GSO.
+            out.extend(w if any(w.gso or ()) else DmaWrite(w.queue, w.cpu, w.frames, w.ids)
+                       for w in writes.values())
+        else:
+            out.extend(writes.values())
         out.extend(irqs)
         if obs is not None:
             obs.rx_burst(len(frames), dma_ids, missed, len(irqs), now)

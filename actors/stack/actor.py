@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from actors.runtime.actor import Actor, ActorSettings, handles
+from actors.runtime.actor import Actor, ActorSettings, RejectMessage, handles
 from actors.runtime.costs import cost_ns, spend
 from actors.runtime.trace import is_flow_id
 from actors.scenario import Scenario
@@ -23,11 +23,23 @@ from actors.stack.sock import TcpState
 from actors.stack.tcp_ipv4 import Stack, sock_info
 from actors.stack.trace_observer import StackTrace, log_event
 from protocol import messages as msg
-from protocol.envelope import Envelope
+from protocol.envelope import Envelope, MalformedMessage
 from protocol.sockops import Rejected, SockOpResult, encode_result
 from protocol.wire import encode
 
 NIC = "nic"
+
+
+class GsoFrame(bytes):
+    """A queued frame that came with a GSO size (a tun write's virtio_net_hdr): frames
+    without one stay plain bytes, so the common path carries nothing extra."""
+
+    gso_size: int
+
+    def __new__(cls, frame: bytes, gso_size: int) -> GsoFrame:
+        self = super().__new__(cls, frame)
+        self.gso_size = gso_size
+        return self
 
 
 class StackActor(Actor):
@@ -37,10 +49,15 @@ class StackActor(Actor):
         super().__init__(settings, **kw)
         sc = Scenario.from_dict(self.config["scenario"])
         self.stack = Stack(sc.kernel_profile, sc.sysctl, seed=sc.seed_for("stack"),
-                           emit_events=True)
+                           emit_events=True, device=sc.nic.device)
         st = sc.stack
-        self.stack.listen(st.address, st.listen_port, self.clock(), rcvbuf=st.rcvbuf or None,
-                          rcvlowat=st.rcvlowat)
+        if st.listen_port:
+            self.stack.listen(st.address, st.listen_port, self.clock(),
+                              rcvbuf=st.rcvbuf or None, rcvlowat=st.rcvlowat)
+        # Told how many frames went through tcp_v4_rcv after each run of them (the drill's
+        # injector waits for its segment as a tun write would).
+        self.rcv_watcher: str | None = self.config.get("rcv_watcher")
+        self._reported = 0
         self.cost = (st.cost_per_segment_us, st.cost_per_byte_ns)
         # Batches in hand: (cpu, batch id, frames, their trace ids or None).
         self.work: deque[tuple[str, int, deque[bytes], deque[int] | None]] = deque()
@@ -54,9 +71,20 @@ class StackActor(Actor):
     # --- softirq ----------------------------------------------------------------------
     @handles(msg.RCV_BATCH)
     def on_rcv_batch(self, env: Envelope, now: int) -> None:
-        ids = env.body.get("ids")
-        self.work.append((env.sender, env.body["batch"], deque(env.body["frames"]),
+        ids, gso, frames = env.body.get("ids"), env.body.get("gso"), env.body["frames"]
+        bad_gso: MalformedMessage | None = None
+        if gso is not None:
+            try:
+                msg.check_gso(gso, len(frames))
+                frames = [GsoFrame(f, g) if g else f for f, g in zip(frames, gso, strict=True)]
+            except MalformedMessage as exc:
+                bad_gso = exc
+        self.work.append((env.sender, env.body["batch"], deque(frames),
                           deque(ids) if ids is not None and self.observer else None))
+        if bad_gso is not None:
+            # The frames are sound and their cpu waits for the batch's rcv_done: they go
+            # up without GSO sizes, and the list is rejected (counted and logged).
+            raise RejectMessage(f"{bad_gso}; frames taken without it")
 
     def next_deadline(self) -> int | None:
         if self.work:
@@ -84,13 +112,20 @@ class StackActor(Actor):
             if obs:
                 obs.timers(t, n0)
         self._flush()
+        if self.rcv_watcher is not None and self.segments != self._reported:
+            self._reported = self.segments
+            self.send(self.rcv_watcher, msg.RCV_PROGRESS, {"segments": self.segments})
 
     def _tcp_v4_rcv(self, frame: bytes, now: int, fid: int | None) -> None:
         self.segments += 1
         obs = self.observer
         n0 = len(obs.outputs()) if obs else 0
         traced = fid if obs and is_flow_id(fid) else None
-        seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced)
+        if isinstance(frame, GsoFrame):
+            seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced,
+                                              gso_size=frame.gso_size)
+        else:
+            seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced)
         if seg is None:
             return
         spend(cost_ns(*self.cost, len(seg.payload)))
@@ -152,10 +187,11 @@ class StackActor(Actor):
 
     def counters(self) -> dict[str, Any]:
         net = self.stack.net
+        now = self.clock()
         return {
             "mib": dict(net.mib.nonzero()),
             "drops": dict(net.drop_counts),
-            "sockets": [sock_info(sk) for sk in net.socks.values()
+            "sockets": [sock_info(sk, now) for sk in net.socks.values()
                         if sk.state != TcpState.LISTEN],
             "segments": self.segments,
             "malformed": net.malformed_segments,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 from protocol.segment import Segment, TcpFlags, TcpOptions
-from protocol.seq import seq_add
+from protocol.seq import SEQ_MASK, seq_add
 
 # Sizes that make truesize realistic for an Ethernet NIC on x86_64: the driver
 # hands up skbs built around a 2 KiB half-page buffer, and truesize adds the
@@ -44,6 +46,49 @@ def rx_truesize(frame_len: int) -> int:
     return buffers * RX_BUFFER_SIZE + SKB_STRUCT_SIZE
 
 
+PAGE_SIZE = 4096
+NET_SKB_PAD = 64  # tun's headroom (tun->align)
+ETH_HLEN = 14
+
+# What hands received packets to the stack, which decides the skb's memory layout:
+# "nic" an Ethernet NIC's RX ring (2 KiB page-half buffers), "tun" a tun device
+# (tun_get_user builds an skb around each written IP packet: packetdrill's way in).
+DeviceKind = Literal["nic", "tun"]
+DEVICE_KINDS: tuple[str, ...] = typing.get_args(DeviceKind)
+
+
+def _kmalloc_size(n: int) -> int:
+    """kmalloc_size_roundup: the slab object a request of n bytes gets."""
+    for size in (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192):
+        if n <= size:
+            return size
+    return -(-n // PAGE_SIZE) * PAGE_SIZE
+
+
+def tun_skb(ip_len: int) -> tuple[int, bool]:
+    """(truesize, head_frag) of the skb tun_get_user builds for a written IP packet.
+
+    tun_alloc_skb keeps a packet that fits in a page (with its NET_SKB_PAD headroom)
+    in a kmalloc'd linear area: truesize is that slab object plus the sk_buff, and the
+    area cannot be stolen by skb_try_coalesce. A bigger (GSO) packet goes into page
+    fragments: the model charges whole pages for the headroom, shared info and
+    packet, plus the sk_buff; such an skb coalesces like a NIC's.
+    """
+    if NET_SKB_PAD + ip_len < PAGE_SIZE:
+        head = _kmalloc_size(skb_data_align(NET_SKB_PAD + ip_len) + SKB_SHINFO_SIZE)
+        return head + SKB_STRUCT_SIZE, False
+    pages = -(-(NET_SKB_PAD + SKB_SHINFO_SIZE + ip_len) // PAGE_SIZE)
+    return pages * PAGE_SIZE + SKB_STRUCT_SIZE, True
+
+
+def device_skb(device: DeviceKind, ip_len: int) -> tuple[int, bool]:
+    """(truesize, head_frag) of the skb ``device`` builds for an IP packet of ``ip_len``
+    bytes: a NIC ring's buffers hold the Ethernet frame in page memory."""
+    if device == "tun":
+        return tun_skb(ip_len)
+    return rx_truesize(ETH_HLEN + ip_len), True
+
+
 @dataclass(slots=True, eq=False)
 class Skb:
     """A received segment while it sits in a queue of the stack.
@@ -76,21 +121,16 @@ class Skb:
     @classmethod
     def from_segment(cls, seg: Segment, seg_id: int, now: int, *, header_len: int,
                      csum_ok: bool = True, truesize: int | None = None) -> Skb:
-        frame_len = NET_IP_ALIGN_AND_HEADERS - 20 + 20 + header_len + len(seg.payload)
-        return cls(
-            seq=seg.seq,
-            end_seq=seg.end_seq,
-            flags=seg.flags,
-            ack_seq=seg.ack,
-            window=seg.window,
-            options=seg.options,
-            data=seg.payload,
-            truesize=rx_truesize(frame_len) if truesize is None else truesize,
-            doff=header_len,
-            ids=[seg_id],
-            raw_csum_ok=csum_ok,
-            arrived_ns=now,
-        )
+        data = seg.payload
+        flags = seg.flags
+        if truesize is None:
+            truesize = rx_truesize(NET_IP_ALIGN_AND_HEADERS - 20 + 20 + header_len + len(data))
+        # One skb per arriving segment: every field positionally, in declaration order
+        # (half the cost of keywords and default factories); end_seq is Segment.end_seq
+        # (SYN is 0x02, FIN 0x01).
+        return cls(seg.seq, (seg.seq + len(data) + ((flags >> 1) & 1) + (flags & 1)) & SEQ_MASK,
+                   flags, seg.ack, seg.window, seg.options, data, truesize,
+                   header_len, [seg_id], csum_ok, 1, 0, now, 1, False, True)
 
     @property
     def len(self) -> int:

@@ -21,8 +21,9 @@ from enum import Enum
 
 from actors.stack.net import Net, OpDone
 from actors.stack.skb import Skb
+from protocol.constants import ECONNREFUSED, EINVAL
 from protocol.seq import seq_sub
-from protocol.sockops import Accepted, SockOpResult, SockState, Woken
+from protocol.sockops import Accepted, Failed, SockOpResult, SockState, Woken
 
 
 class TcpState(Enum):
@@ -185,8 +186,9 @@ class Waiter:
     task: str
     deadline: int | None
     last_tail: Skb | None
-    kind: str = "data"
+    kind: str = "data"  # data | accept | connect | epoll
     rport: int | None = None  # accept: only the connection from this peer port
+    socks: tuple[int, ...] = ()  # epoll: every socket it sleeps on
 
 
 @dataclass
@@ -465,6 +467,10 @@ def sk_wakeups(sk: TcpSock, now: int) -> None:
         sk.net.event("wakeup", sk.sock_id, task=w.task, kind=w.kind)
         if w.kind == "accept":
             _accept_woken(sk, w)
+        elif w.kind == "connect":
+            _connect_woken(sk, w)
+        elif w.kind == "epoll":
+            ep_poll_done(sk.net, w, timed_out=False)
         else:
             wake_to_relock(sk, w.task, timed_out=False)
 
@@ -517,3 +523,60 @@ def _accept_woken(lsk: TcpSock, w: Waiter) -> None:
         return
     lsk.net.outputs.append(OpDone(w.task, lsk.sock_id, Accepted(sock=child.sock_id)))
 
+
+
+# ------------------------------------------------------------------ connect and epoll waits
+
+
+def _connect_result(sk: TcpSock) -> SockOpResult | None:
+    """What a blocking connect() returns now; None while the handshake goes on."""
+    if sk.state in (TcpState.SYN_SENT, TcpState.SYN_RECV):
+        return None
+    if sk.state == TcpState.CLOSE:
+        return Failed(error=sk.sk_err or ECONNREFUSED)
+    return SockOpResult()
+
+
+def inet_wait_for_connect(sk: TcpSock, task: str, now: int) -> SockOpResult | None:
+    """Sleep until the handshake ends (sk_state_change wakes us); None while asleep."""
+    result = _connect_result(sk)
+    if result is None:
+        sk.waiters.append(Waiter(task, None, None, kind="connect"))
+    return result
+
+
+def _connect_woken(sk: TcpSock, w: Waiter) -> None:
+    result = _connect_result(sk)
+    if result is None:
+        sk.waiters.append(w)  # a wakeup, but still connecting: sleep on
+        return
+    sk.net.outputs.append(OpDone(w.task, sk.sock_id, with_direct(sk, w.task, result)))
+
+
+def ep_poll(net: Net, task: str, socks: list[int], seen: list[int], timeo_ns: int | None,
+            now: int) -> SockOpResult | None:
+    """epoll_wait's sleep: on every watched socket's wait queue (ep_poll_callback is a
+    wakeup there) until one is woken after the ``seen`` counts, or the timeout; None
+    while asleep."""
+    if not socks or len(socks) != len(seen):
+        return Failed(error=EINVAL)
+    targets = [net.socks.get(sid) for sid in socks]
+    if any(sk is None or sk.wakeups != n for sk, n in zip(targets, seen, strict=True)):
+        return Woken()
+    if timeo_ns is not None and timeo_ns <= 0:
+        return Woken(timed_out=True)
+    w = Waiter(task, None if timeo_ns is None else now + timeo_ns, None, kind="epoll",
+               socks=tuple(socks))
+    for sk in targets:
+        assert sk is not None
+        sk.waiters.append(w)
+    return None
+
+
+def ep_poll_done(net: Net, w: Waiter, *, timed_out: bool) -> None:
+    """End an epoll sleep: off every socket's wait queue, and answer its task."""
+    for sid in w.socks:
+        sk = net.socks.get(sid)
+        if sk is not None:
+            sk.waiters = [x for x in sk.waiters if x is not w]
+    net.outputs.append(OpDone(w.task, w.socks[0], Woken(timed_out=timed_out)))

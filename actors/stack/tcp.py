@@ -39,12 +39,26 @@ from actors.stack.tcp_output import (
     tcp_send_ack,
     tcp_win_from_space,
 )
-from protocol.constants import EAGAIN, EINVAL, ENOTCONN, EPIPE, TCP_INIT_CWND
+from protocol.constants import (
+    EAGAIN,
+    EINVAL,
+    ENOTCONN,
+    EPIPE,
+    EPOLLERR,
+    EPOLLHUP,
+    EPOLLIN,
+    EPOLLOUT,
+    EPOLLRDHUP,
+    EPOLLRDNORM,
+    EPOLLWRNORM,
+    TCP_INIT_CWND,
+)
 from protocol.segment import TcpFlags
 from protocol.seq import seq_add, seq_sub
 from protocol.sockops import (
     Copied,
     Failed,
+    Polled,
     Sent,
     SockErrorResult,
     SockOpResult,
@@ -263,7 +277,36 @@ def tcp_task_exit(sk: TcpSock, task: str, now: int) -> bool:
     return False
 
 
-def tcp_get_info(sk: TcpSock) -> dict[str, Any]:
+def tcp_inq_hint(sk: TcpSock) -> int:
+    """TCP_INQ's cmsg: bytes not yet read; after a FIN, at least 1 so the reader comes
+    back for the end of the stream."""
+    inq = max(0, seq_sub(sk.rcv_nxt, sk.copied_seq))
+    return 1 if inq == 0 and sk.sock_done else inq
+
+
+def tcp_poll(sk: TcpSock) -> Polled:
+    """What poll / epoll see of the socket: its readiness mask, and its wakeups so far
+    (an edge-triggered watcher is woken by each)."""
+    if sk.state == TcpState.LISTEN:
+        mask = EPOLLIN | EPOLLRDNORM if sk.accept_queue else 0
+        return Polled(mask=mask, wakeups=sk.wakeups)
+    mask = 0
+    if (sk.rcv_shutdown and sk.snd_shutdown) or sk.state == TcpState.CLOSE:
+        mask |= EPOLLHUP
+    if sk.rcv_shutdown:
+        mask |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP
+    if sk.state not in (TcpState.SYN_SENT, TcpState.SYN_RECV):
+        # tcp_stream_is_readable: a FIN read counts no byte
+        if seq_sub(sk.rcv_nxt, sk.copied_seq) - int(sk.sock_done) >= max(sk.rcvlowat, 1):
+            mask |= EPOLLIN | EPOLLRDNORM
+        if not sk.snd_shutdown and sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            mask |= EPOLLOUT | EPOLLWRNORM
+    if sk.sk_err:
+        mask |= EPOLLERR
+    return Polled(mask=mask, wakeups=sk.wakeups)
+
+
+def tcp_get_info(sk: TcpSock, now: int) -> dict[str, Any]:
     """What ``ss -tmi`` shows: state, queues, skmem and the receive-side tcp_info."""
     return {
         "sock": sk.sock_id,
@@ -304,4 +347,12 @@ def tcp_get_info(sk: TcpSock) -> dict[str, Any]:
         "pred_flags": sk.pred_flags != 0,
         "rcv_win_free": tcp_win_from_space(sk, sk.rcvbuf - sk.rmem_alloc),
         "err": sk.sk_err,
+        # tcp_info's own units
+        "rcv_rtt_us": sk.rcv_rtt_us >> 3,
+        "ato_us": sk.icsk_ack.ato // 1000,
+        "snd_mss": sk.mss_cache,
+        "snd_wnd": sk.snd_wnd,
+        "last_data_recv_ms": (now - sk.icsk_ack.lrcvtime) // MS,
+        # tcp_rcv_nxt_update: every byte (and the FIN) that advanced rcv_nxt
+        "bytes_received": seq_sub(sk.rcv_nxt, sk.irs) - 1 if sk.irs or sk.rcv_nxt else 0,
     }

@@ -25,16 +25,18 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from actors.profiles import Profile, Sysctls
+from actors.profiles import Profile, Sysctls, sysctl_write
 from actors.stack import tcp, tcp_minisocks, tcp_timer
 from actors.stack.net import Net, Proto, StackOutput
-from actors.stack.skb import Skb
+from actors.stack.skb import DeviceKind, Skb, device_skb
 from actors.stack.sock import (
     AckPending,
     OpError,
     TcpSock,
     TcpState,
     __sk_flush_backlog,
+    ep_poll,
+    inet_wait_for_connect,
     lock_sock,
     release_sock,
     sk_alloc,
@@ -58,16 +60,22 @@ from actors.stack.tcp_minisocks import (
     tcp_v4_conn_request,
 )
 from actors.stack.tcp_output import tcp_full_space, tcp_select_initial_window
-from protocol.constants import TCP_RTO_MIN
-from protocol.segment import Segment, TcpFlags
+from protocol.constants import EADDRINUSE, EINVAL, TCP_RTO_MIN
+from protocol.segment import IPV4_HEADER_LEN, Segment, TcpFlags
 from protocol.seq import before, seq_add
 from protocol.sockops import (
     DoExit,
+    EpPoll,
+    Failed,
     InetAccept,
     InetAcceptFlow,
+    InetListen,
+    InetWaitForConnect,
     Inq,
     LockSock,
     MalformedOp,
+    Opened,
+    ProcSysWrite,
     Rejected,
     ReleaseSock,
     SkbCopyDatagramMsg,
@@ -82,9 +90,11 @@ from protocol.sockops import (
     TcpGetInfo,
     TcpInfo,
     TcpInq,
+    TcpPoll,
     TcpPrequeueProcess,
     TcpSendmsg,
     TcpShutdown,
+    TcpV4Connect,
     UcopyClear,
     UcopyInstall,
     decode_op,
@@ -100,7 +110,11 @@ def header_len(seg: Segment) -> int:
 
 class Stack:
     def __init__(self, profile: Profile, sysctls: Sysctls | None = None, *,
-                 seed: int = 0, track_fates: bool = True, emit_events: bool = False) -> None:
+                 seed: int = 0, track_fates: bool = True, emit_events: bool = False,
+                 device: DeviceKind = "nic") -> None:
+        """``device``: what delivers the packets (:data:`~actors.stack.skb.DeviceKind`),
+        which decides each skb's truesize and whether its head can be stolen."""
+        self.device = device
         self.net = Net(profile, sysctls or profile.default_sysctls, track_fates=track_fates,
                        emit_events=emit_events, prot=TCP_PROT, rng=random.Random(seed))
         self._next_seg_id = 1
@@ -171,11 +185,12 @@ class Stack:
 
     # ------------------------------------------------------------------ softirq
 
-    def tcp_v4_rcv_frame(self, frame: bytes, now: int,
-                         seg_id: int | None = None) -> Segment | None:
-        """A frame ``ip_rcv`` passed up, as the bytes the NIC wrote: decode it and run
+    def tcp_v4_rcv_frame(self, frame: bytes, now: int, seg_id: int | None = None, *,
+                         gso_size: int = 0) -> Segment | None:
+        """A frame ``ip_rcv`` passed up, as the bytes the device wrote: decode it and run
         :meth:`tcp_v4_rcv`. Returns the segment, or None for a frame that is not TCP/IPv4
-        (counted in TcpInSegs and under its error's counters, and logged)."""
+        (counted in TcpInSegs and under its error's counters, and logged). ``gso_size``:
+        the GSO size the device gave it (a tun write's virtio_net_hdr), 0 for none."""
         net = self.net
         try:
             pkt = decode_ipv4(frame)
@@ -188,7 +203,8 @@ class Stack:
             net.event("malformed_segment", None, reason=err.drop_reason, detail=str(err))
             return None
         hdr = (pkt.l4[12] >> 4) * 4 if len(pkt.l4) > 12 else 20
-        self.tcp_v4_rcv(seg, now, seg_id=seg_id, csum_ok=tcp_checksum_ok(pkt), hdr_len=hdr)
+        self.tcp_v4_rcv(seg, now, seg_id=seg_id, csum_ok=tcp_checksum_ok(pkt), hdr_len=hdr,
+                        gso_size=gso_size)
         return seg
 
     def tcp_v4_rcv(self, seg: Segment, now: int, *, seg_id: int | None = None,
@@ -199,15 +215,20 @@ class Stack:
 
         ``gso_size`` marks a GRO/GSO super-packet (several wire segments of that size
         merged into one skb), as a NIC with GRO or a tun device with GSO delivers it.
-        ``truesize`` and ``head_frag`` describe the device's buffer when it is not
-        the NIC model's (see :class:`~actors.stack.skb.Skb`).
+        ``truesize`` and ``head_frag`` describe the buffer when the caller knows it;
+        without a ``truesize`` both follow from the stack's device (see
+        :func:`~actors.stack.skb.device_skb` and :class:`~actors.stack.skb.Skb`).
         """
         net = self.net
         sid = self.new_seg_id() if seg_id is None else seg_id
         net.current = None
         net.mib.add("TcpInSegs")
-        skb = Skb.from_segment(seg, sid, now, header_len=hdr_len or header_len(seg),
-                               csum_ok=csum_ok, truesize=truesize)
+        hdr = hdr_len or seg.header_len  # doff * 4: recorded when decoded, else computed
+        if truesize is None:
+            truesize, head_frag = device_skb(self.device,
+                                             IPV4_HEADER_LEN + hdr + len(seg.payload))
+        skb = Skb.from_segment(seg, sid, now, header_len=hdr, csum_ok=csum_ok,
+                               truesize=truesize)
         skb.head_frag = head_frag
         if gso_size:
             skb.gso_size = gso_size
@@ -216,21 +237,23 @@ class Stack:
         if sk is None:
             _no_tcp_socket(net, seg, skb, csum_ok)
             return sid
-        if sk.state == TcpState.LISTEN:
+        if sk.state is TcpState.LISTEN:
             if tcp_v4_conn_request(sk, seg, skb, now):
                 tcp_v4_send_reset(net, seg)
                 net.drop_unowned(skb, "NO_SOCKET")
             return sid
         # tcp_segs_in: a GRO/GSO skb counts every wire segment it carries
-        sk.segs_in += max(1, skb.gso_segs)
+        segs = skb.gso_segs if skb.gso_segs > 1 else 1
+        sk.segs_in += segs
         if seg.payload:
-            sk.data_segs_in += max(1, skb.gso_segs)
-        if not sk.owned:
+            sk.data_segs_in += segs
+        if sk.owner is None:  # not sock_owned_by_user(sk)
             if not (net.profile.has_prequeue and tcp_prequeue(sk, skb, now)):
                 tcp_v4_do_rcv(sk, skb, now)
         else:
             tcp_add_backlog(sk, skb)
-        sk_wakeups(sk, now)
+        if sk.data_ready:  # sk_wakeups returns at once otherwise
+            sk_wakeups(sk, now)
         return sid
 
     # ------------------------------------------------------------------ process context
@@ -239,14 +262,8 @@ class Stack:
         """Run one step for ``task``; None means it sleeps and an OpDone follows later."""
         net = self.net
         kind = type(op)
-        if kind is InetAcceptFlow:
-            assert isinstance(op, InetAcceptFlow)
-            lsk, result = inet_accept_flow(net, task, op.lport, op.rport, now)
-            sk_wakeups(lsk, now)
-            return None if result is None else with_direct(lsk, task, result)
-        if kind is DoExit:
-            do_exit(net, task, now)
-            return SockOpResult()
+        if not kind.on_sock:
+            return self._net_op(task, op, now)
         sk = self.sock(op.sock)  # type: ignore[attr-defined]
         entry = _HANDLERS.get(kind)
         if entry is None:
@@ -265,6 +282,34 @@ class Stack:
         if result is None:
             return None
         return result if kind is TcpInq else with_direct(sk, task, result)
+
+    def _net_op(self, task: str, op: SockOp, now: int) -> SockOpResult | None:
+        """A step that is not about one existing socket."""
+        net = self.net
+        if isinstance(op, InetAcceptFlow):
+            lsk, result = inet_accept_flow(net, task, op.lport, op.rport, now)
+            sk_wakeups(lsk, now)
+            return None if result is None else with_direct(lsk, task, result)
+        if isinstance(op, InetListen):
+            if op.port in net.listeners:
+                return Failed(error=EADDRINUSE)
+            return Opened(sock=self.listen(op.laddr, op.port, now, backlog=op.backlog,
+                                           rcvbuf=op.rcvbuf, rcvlowat=op.rcvlowat))
+        if isinstance(op, TcpV4Connect):
+            return Opened(sock=self.connect(op.laddr, op.raddr, op.rport, now, lport=op.lport,
+                                            rcvbuf=op.rcvbuf, rcvlowat=op.rcvlowat))
+        if isinstance(op, EpPoll):
+            return ep_poll(net, task, op.socks, op.seen, op.timeo_ns, now)
+        if isinstance(op, ProcSysWrite):
+            try:
+                net.sysctls = sysctl_write(net.sysctls, op.name, op.values)
+            except ValueError:
+                return Failed(error=EINVAL)
+            return SockOpResult()
+        if isinstance(op, DoExit):
+            do_exit(net, task, now)
+            return SockOpResult()
+        raise OpError(f"no handler for {type(op).__name__}")
 
     def sock_op_msg(self, task: str, op: Any, sock: Any, args: Any,
                     now: int) -> SockOpResult | None:
@@ -295,14 +340,16 @@ class Stack:
 
 
 def _inet_lookup(net: Net, seg: Segment) -> TcpSock | None:
-    sock_id = net.ehash.get(seg.four_tuple)
-    if sock_id is not None and net.socks[sock_id].state == TcpState.CLOSE:
+    key = (seg.src, seg.sport, seg.dst, seg.dport)  # seg.four_tuple, once per segment
+    sock_id = net.ehash.get(key)
+    if sock_id is not None:
+        sk = net.socks[sock_id]
+        if sk.state is not TcpState.CLOSE:
+            return sk
         # tcp_set_state(TCP_CLOSE) unhashes: a reset connection is gone even
         # while its file descriptor is still open.
-        del net.ehash[seg.four_tuple]
-        sock_id = None
-    if sock_id is None:
-        sock_id = net.listeners.get(seg.dport)
+        del net.ehash[key]
+    sock_id = net.listeners.get(seg.dport)
     return net.socks.get(sock_id) if sock_id is not None else None
 
 
@@ -525,8 +572,11 @@ _HANDLERS: dict[type, tuple[Handler, bool]] = {
     SkWaitData: (_wait, False),
     InetAccept: (lambda sk, task, op, now: inet_csk_accept(sk, task, op.nonblock, op.timeo_ns,
                                                            now), True),
-    TcpInq: (lambda sk, task, op, now: Inq(inq=sk.inq()), True),
-    TcpGetInfo: (lambda sk, task, op, now: TcpInfo(info=tcp.tcp_get_info(sk)), True),
+    TcpInq: (lambda sk, task, op, now: Inq(inq=tcp.tcp_inq_hint(sk) if op.hint else sk.inq()),
+             True),
+    TcpGetInfo: (lambda sk, task, op, now: TcpInfo(info=tcp.tcp_get_info(sk, now)), True),
+    TcpPoll: (lambda sk, task, op, now: tcp.tcp_poll(sk), True),
+    InetWaitForConnect: (lambda sk, task, op, now: inet_wait_for_connect(sk, task, now), True),
     SockSetsockopt: (lambda sk, task, op, now: tcp.sock_setsockopt(sk, op.name, op.value),
                      True),
     TcpClose: (_close, False),

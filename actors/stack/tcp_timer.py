@@ -16,6 +16,7 @@ from actors.stack.sock import (
     AckPending,
     TcpSock,
     TcpState,
+    ep_poll_done,
     inet_unhash,
     sk_backlog_rcv,
     sk_wakeups,
@@ -71,6 +72,8 @@ def run_timers(net: Net, now: int) -> None:
             sk.waiters.remove(w)
             if w.kind == "accept":
                 net.outputs.append(OpDone(w.task, sk.sock_id, Failed(error=EAGAIN)))
+            elif w.kind == "epoll":
+                ep_poll_done(net, w, timed_out=True)
             else:
                 wake_to_relock(sk, w.task, timed_out=True)
         sk_wakeups(sk, now)

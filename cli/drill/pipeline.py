@@ -10,21 +10,25 @@ no reader actor: this process plays both.
   names this process as the NIC's ``wire_peer``) and are decoded and time-stamped on
   arrival.
 - The user process: the system calls are the model receiver's own
-  (:mod:`cli.drill.syscalls`); each socket operation they yield is sent to the stack
-  as a ``sock_op`` message, one at a time. Calls that look at the model's sockets
-  directly (``connect``, epoll) cannot be carried and are reported as unsupported.
+  (:mod:`cli.drill.syscalls`); each socket operation they yield (listen and connect
+  included) is sent to the stack as a ``sock_op`` message, one at a time. A sysctl set
+  while the processes run is written to the stack the same way (``proc_sys_write``);
+  only the softirq's own settings (netdev_budget...) cannot change after start.
 
 Time is real: the clock is the monotonic clock minus the moment the script started.
-Until ``listen()`` starts the processes (with the socket options and sysctls set so
-far), nothing can happen, so the clock stands still and only moves when the runner
-advances it; from then on it runs.
+Until the script first needs the stack (a socket operation or a packet), the
+processes are not started (the sysctls set so far are part of their scenario), so
+the clock stands still and only moves when the runner advances it; from then on it
+runs.
 
 Two rules keep a real-time run comparable to packetdrill's:
 
 - ``inject`` returns once the stack has run ``tcp_v4_rcv`` on the segment (packetdrill
-  writes to a tun device, which runs the receive path before ``write`` returns), so a
+  writes to a tun device, which runs the receive path before ``write`` returns; the
+  stack tells this process, its ``rcv_watcher``, after each run of frames), so a
   system call that follows a packet in the script sees its effect;
-- a call whose current step sleeps (``sk_wait_data``, a blocking ``accept``) is
+- a call whose current step sleeps (``sk_wait_data``, a blocking ``accept``,
+  ``connect`` or ``epoll_wait``) is
   reported as blocked once the stack has answered a probe sent right behind that
   step (it serves one sender's messages in order, and answers a probe at once); it
   completes when the stack wakes it.
@@ -51,37 +55,32 @@ import itertools
 import tempfile
 import time
 from collections import deque
-from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from actors.profiles import MS, Profile, Sysctls
+from actors.profiles import MS, SOFTIRQ_SYSCTLS, Profile, Sysctls, sysctl_write
 from actors.runtime.launcher import Launcher
 from actors.scenario import CpuConfig, FlowConfig, NicConfig, ReaderConfig, Scenario, StackConfig
-from actors.stack.sock import TcpSock, TcpState
-from actors.stack.tcp_ipv4 import Stack
-from cli.drill.runner import BIND_PORT, LOCAL_IP, Unsupported
-from cli.drill.syscalls import (
-    TCP_STATE_NUMBERS,
-    CallGen,
-    FileDesc,
-    Syscalls,
-    Wait,
-    parse_sysctl,
-)
+from cli.drill.runner import LOCAL_IP, Unsupported
+from cli.drill.syscalls import CallGen, Syscalls, parse_sysctl, tcp_info_fields
 from protocol import messages as msg
 from protocol.envelope import Envelope
 from protocol.segment import Segment, TcpFlags
-from protocol.seq import seq_sub
 from protocol.sockops import (
+    EpPoll,
+    Failed,
     InetAccept,
+    InetWaitForConnect,
+    ProcSysWrite,
     SkWaitData,
     SockOp,
     SockOpResult,
     TcpGetInfo,
     TcpInfo,
+    TcpPoll,
     decode_result,
     encode_op,
 )
@@ -99,13 +98,11 @@ OP_TIMEOUT_S = 5.0             # a step that is not a sleep must be answered by 
 INJECT_TIMEOUT_S = 2.0         # how long inject waits for the stack to take the segment
 READY_TIMEOUT_S = 30.0
 STACK, NIC, CPU = "stack", "nic", "cpu0"
-LISTENER_SOCK = 1              # the stack actor's first socket is its listener
 WARM_UP_SEGMENTS = 3
 WARM_UP_IP = "198.51.100.1"    # TEST-NET-2: never the script's remote address
 WARM_UP_PORT = 9
-SLEEPING_STEPS = frozenset({SkWaitData.kernel_name, InetAccept.kernel_name})
-FIN_SEEN_STATES = frozenset({TcpState.CLOSE_WAIT.value, TcpState.LAST_ACK.value,
-                             TcpState.CLOSING.value, TcpState.TIME_WAIT.value})
+SLEEPING_STEPS = frozenset({SkWaitData.kernel_name, InetAccept.kernel_name,
+                            InetWaitForConnect.kernel_name, EpPoll.kernel_name})
 
 @dataclass
 class PipelineCall:
@@ -139,19 +136,17 @@ def _info(res: SockOpResult) -> dict[str, Any]:
     return res.info
 
 
-def drill_scenario(profile: Profile, sysctls: Sysctls, *, port: int, rcvbuf: int | None,
-                   rcvlowat: int, seed: int) -> Scenario:
-    """One NIC queue, one CPU, the stack listening on ``LOCAL_IP:port``.
+def drill_scenario(profile: Profile, sysctls: Sysctls, *, seed: int) -> Scenario:
+    """One NIC queue, one CPU, the stack at ``LOCAL_IP`` with no socket yet.
 
     The scenario format wants a flow and its reader; neither runs (no peer or reader
     actor is started), they only satisfy the schema.
     """
     return Scenario(
         profile=profile.name, seed=seed, duration=3600.0, sysctl=sysctls,
-        nic=NicConfig(queues=1, rx_usecs=0, rx_frames=1),
+        nic=NicConfig(queues=1, rx_usecs=0, rx_frames=1, device="tun"),
         cpu=CpuConfig(count=1),
-        stack=StackConfig(address=LOCAL_IP, listen_port=port, rcvbuf=rcvbuf or 0,
-                          rcvlowat=rcvlowat),
+        stack=StackConfig(address=LOCAL_IP, listen_port=0),
         flows=(FlowConfig(),), readers=(ReaderConfig(),),
     )
 
@@ -164,7 +159,8 @@ def drill_topology(sc: Scenario) -> dict[str, Any]:
             NIC: {"role": "nic", "instance": 0, "peers": [CPU],
                   "config": {**config, "wire_peer": "launcher"}},
             CPU: {"role": "cpu", "instance": 0, "peers": [NIC, STACK], "config": config},
-            STACK: {"role": "stack", "instance": 0, "peers": [NIC, CPU], "config": config},
+            STACK: {"role": "stack", "instance": 0, "peers": [NIC, CPU],
+                    "config": {**config, "rcv_watcher": "launcher"}},
         },
         # Heartbeats are not needed (stats are asked for); traces would cost time.
         "runtime": {"heartbeat_ms": 60_000, "trace": False},
@@ -178,10 +174,6 @@ class PipelineReceiver(Syscalls):
     Use as a context manager (or call :meth:`close`): leaving it stops and reaps
     every process it started.
     """
-
-    local_ip = LOCAL_IP
-    unsupported_calls = frozenset({"connect", "epoll_create", "epoll_ctl", "epoll_wait"})
-    unsupported_call = "{name}() is not supported in pipeline mode"
 
     def __init__(self, profile: Profile, *, seed: int = 1,
                  run_dir: str | Path | None = None) -> None:
@@ -202,7 +194,8 @@ class PipelineReceiver(Syscalls):
         self._calls: dict[int, PipelineCall] = {}  # request_id -> call waiting on it
         self._replies: dict[int, SockOpResult] = {}
         self._rids = itertools.count(1)
-        self._injected = 0  # segments the stack has taken, warm-up included
+        self._injected = 0  # segments sent to the NIC, warm-up included
+        self._received = 0  # of them, through tcp_v4_rcv (the stack's rcv_progress)
         self._baseline: dict[str, int] = {}
         self.errors: list[str] = []
         # Measured delays (see the module doc), on this receiver's clock: intervals the
@@ -230,9 +223,10 @@ class PipelineReceiver(Syscalls):
             self._tmp.cleanup()
             self._tmp = None
 
-    def _launch(self, port: int, rcvbuf: int | None, rcvlowat: int) -> None:
-        sc = drill_scenario(self.profile, self.sysctls, port=port, rcvbuf=rcvbuf,
-                            rcvlowat=rcvlowat, seed=self.seed)
+    def _ensure_running(self) -> None:
+        if self.launcher is not None:
+            return
+        sc = drill_scenario(self.profile, self.sysctls, seed=self.seed)
         launcher = Launcher(drill_topology(sc), self.run_dir, ready_timeout_s=READY_TIMEOUT_S)
         launcher.start()
         self.launcher = launcher
@@ -253,15 +247,15 @@ class PipelineReceiver(Syscalls):
                             dport=WARM_UP_PORT, seq=1, ack=1, flags=TcpFlags.ACK,
                             window=1000)
             self.launcher.send(NIC, msg.WIRE, {"frames": [encode(probe)]})
+            self._injected += 1
             deadline = time.monotonic() + READY_TIMEOUT_S
             while not any(seg.flags & TcpFlags.RST for _, seg in self._out):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the pipeline did not answer its warm-up segment")
                 self._pump(1)
             self._out.clear()
-        stats = self._stats([NIC, CPU, STACK])
-        self._injected = int(stats.get(STACK, {}).get("segments", 0))
-        self._baseline = _mib_total(stats)
+        self._wait_received("the warm-up segments")
+        self._baseline = _mib_total(self._stats([NIC, CPU, STACK]))
 
     @property
     def running(self) -> bool:
@@ -365,6 +359,8 @@ class PipelineReceiver(Syscalls):
                     self._out.append((t, decode_tcp(decode_ipv4(frame))))
                 except MalformedPacket as err:
                     self.errors.append(f"undecodable frame from the NIC: {err}")
+        elif env.kind == msg.RCV_PROGRESS:
+            self._received = max(self._received, int(env.body["segments"]))
         elif env.kind == msg.SOCK_OP_DONE:
             rid = int(env.body["request_id"])
             probe = self._probes.pop(rid, None)
@@ -392,6 +388,7 @@ class PipelineReceiver(Syscalls):
         return {name: (c.get("role") or {}) for name, c in got.items()}
 
     def _request(self, op: SockOp) -> int:
+        self._ensure_running()
         assert self.launcher is not None
         rid = next(self._rids)
         self.launcher.send(STACK, msg.SOCK_OP, {"request_id": rid, **encode_op(op)})
@@ -410,24 +407,28 @@ class PipelineReceiver(Syscalls):
     # ------------------------------------------------------------------ wire
 
     def inject(self, seg: Segment, *, gso_size: int = 0) -> None:
-        # gso_size cannot be carried: a NIC frame has none (GRO is the CPU's business).
-        if not self.running:
-            raise Unsupported("a packet before listen(): the pipeline starts at listen()")
+        self._ensure_running()
         assert self.launcher is not None
         sent = self.now()
-        self.launcher.send(NIC, msg.WIRE, {"frames": [encode(seg)]})
+        body: dict[str, Any] = {"frames": [encode(seg)]}
+        if gso_size:
+            body["gso"] = [gso_size]  # the virtio_net_hdr of the tun write
+        self.launcher.send(NIC, msg.WIRE, body)
         self._injected += 1
-        # Wait until tcp_v4_rcv has run on it, as a tun write would (see module doc).
-        deadline = time.monotonic() + INJECT_TIMEOUT_S
         try:
-            while time.monotonic() < deadline:
-                stack = self._stats([STACK]).get(STACK, {})
-                if int(stack.get("segments", 0)) >= self._injected:
-                    return
-                self._pump(1)
-            self.errors.append(f"the stack did not take the segment {seg.describe()}")
+            self._wait_received(f"the segment {seg.describe()}")
         finally:
             self._delay(sent, self.now())
+
+    def _wait_received(self, what: str) -> None:
+        """Until tcp_v4_rcv has run on every segment sent so far, as a tun write waits
+        (see the module doc)."""
+        deadline = time.monotonic() + INJECT_TIMEOUT_S
+        while self._received < self._injected:
+            if time.monotonic() > deadline:
+                self.errors.append(f"the stack did not take {what}")
+                return
+            self._pump(1)
 
     def take_outbound(self) -> list[tuple[int, Segment]]:
         if self.running:
@@ -445,13 +446,16 @@ class PipelineReceiver(Syscalls):
         parsed = parse_sysctl(self.sysctls, name, value)
         if parsed is None:
             return False
-        short, new = parsed
-        if self.running:
-            if new == getattr(self.sysctls, short):
-                return True
-            raise Unsupported(f"sysctl {name} changed after listen(): the pipeline's "
-                              "processes read their settings at start")
-        self._sysctls = replace(self._sysctls, **{short: new})
+        short, values = parsed
+        new = sysctl_write(self._sysctls, short, values)
+        if self.running and new != self._sysctls:
+            if short in SOFTIRQ_SYSCTLS:
+                raise Unsupported(f"sysctl {name} changed after start: the cpu processes "
+                                  "read it when they start")
+            res = self._op_now(ProcSysWrite(short, values))
+            if isinstance(res, Failed):
+                self.errors.append(f"the stack refused sysctl {name}={value}")
+        self._sysctls = new
         return True
 
     def counters(self) -> Mapping[str, int]:
@@ -479,8 +483,6 @@ class PipelineReceiver(Syscalls):
             call.end_ns = call.woken_ns if call.woken_ns is not None else call.start_ns
             call.request_id = None
             return
-        # Waits only come from the calls this transport does not carry.
-        assert not isinstance(op, Wait), op
         rid = self._request(op)
         call.request_id, call.step, call.sent_ns = rid, op.kernel_name, self.now()
         call.asleep = False
@@ -488,39 +490,8 @@ class PipelineReceiver(Syscalls):
         if call.step in SLEEPING_STEPS:
             # The stack serves our messages in order and answers a probe at once: if the
             # probe's answer comes first, the step is asleep (it may be woken later).
-            self._probes[self._request(TcpGetInfo(op.sock))] = (call, rid)  # type: ignore[attr-defined]
-
-    # ------------------------------------------------------------------ socket state
-
-    def open_listener(self, desc: FileDesc, backlog: int, port: int, laddr: str) -> str | None:
-        if self.running:
-            raise Unsupported("a second listener: the pipeline's stack has one")
-        # The stack actor's listener is created at start with these settings (its
-        # accept backlog is the stack's default, not ``backlog``).
-        self._launch(desc.port or port or BIND_PORT, desc.rcvbuf, desc.rcvlowat)
-        desc.sock = LISTENER_SOCK
-        return None
-
-    def scratch_sock(self) -> TcpSock:
-        return TcpSock(net=Stack(self.profile, self.sysctls).net, sock_id=0, laddr="", lport=0)
-
-    def child_rcvlowat(self, listener: FileDesc, sock: int) -> int:
-        return listener.rcvlowat  # a child inherits the listener's SO_RCVLOWAT
-
-    def sock_option(self, desc: FileDesc, name: str) -> Generator[SockOp, Any, int]:
-        if name == "SO_RCVLOWAT":
-            return desc.rcvlowat
-        assert desc.sock is not None
-        info = _info((yield TcpGetInfo(desc.sock)))
-        return int(info["skmem"]["rb"]) if name == "SO_RCVBUF" else int(info["err"])
-
-    def inq_hint(self, desc: FileDesc) -> Generator[SockOp, Any, int]:
-        assert desc.sock is not None
-        info = _info((yield TcpGetInfo(desc.sock)))
-        # after a FIN, at least 1 so the reader comes back
-        fin = info["state"] in FIN_SEEN_STATES
-        inq = max(0, seq_sub(int(info["rcv_nxt"]), int(info["copied_seq"])) - int(fin))
-        return 1 if inq == 0 and fin else inq
+            sock = op.socks[0] if isinstance(op, EpPoll) else op.sock  # type: ignore[attr-defined]
+            self._probes[self._request(TcpPoll(sock))] = (call, rid)
 
     # ------------------------------------------------------------------ tcp_info
 
@@ -533,34 +504,6 @@ class PipelineReceiver(Syscalls):
                 if s.get("peer") == f"{raddr}:{rport}" and s.get("local") == f"{laddr}:{lport}"]
         if not mine:
             return None
-        info = _info(self._op_now(TcpGetInfo(int(mine[-1]["sock"]))))
-        state = TcpState(info["state"])
-        skmem = info["skmem"]
-        # What the stack reports of a socket (sock_info); fields it does not report
-        # are absent, and a script asking for one is skipped.
-        return {
-            "tcpi_state": TCP_STATE_NUMBERS[state],
-            "tcpi_ca_state": 0,
-            "tcpi_retransmits": 0,
-            "tcpi_rcv_wscale": int(info["rcv_wscale"]),
-            "tcpi_snd_wscale": int(info["snd_wscale"]),
-            "tcpi_ato": int(float(info["ato_ms"]) * 1000),
-            "tcpi_rcv_mss": int(info["rcv_mss"]),
-            "tcpi_advmss": int(info["advmss"]),
-            "tcpi_rcv_rtt": int(float(info["rcv_rtt_ms"]) * 1000),
-            "tcpi_rcv_space": int(info["rcv_space"]),
-            "tcpi_rcv_ssthresh": int(info["rcv_ssthresh"]),
-            "tcpi_rcv_wnd": int(info["rcv_wnd"]),
-            "tcpi_segs_in": int(info["segs_in"]),
-            "tcpi_data_segs_in": int(info["data_segs_in"]),
-            "tcpi_total_retrans": 0,
-            "SK_MEMINFO_RMEM_ALLOC": int(skmem["r"]),
-            "SK_MEMINFO_RCVBUF": int(skmem["rb"]),
-            "SK_MEMINFO_WMEM_ALLOC": int(skmem["t"]),
-            "SK_MEMINFO_SNDBUF": int(skmem["tb"]),
-            "SK_MEMINFO_FWD_ALLOC": int(skmem["f"]),
-            "SK_MEMINFO_WMEM_QUEUED": int(skmem["w"]),
-            "SK_MEMINFO_OPTMEM": int(skmem["o"]),
-            "SK_MEMINFO_BACKLOG": int(skmem["bl"]),
-            "SK_MEMINFO_DROPS": int(skmem["d"]),
-        }
+        res = self._op_now(TcpGetInfo(int(mine[-1]["sock"])))
+        assert isinstance(res, TcpInfo), res
+        return tcp_info_fields(res.info)

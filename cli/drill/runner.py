@@ -55,6 +55,15 @@ from cli.drill.packetdrill import (
     TimeKind,
     WordExpr,
 )
+from protocol.constants import (
+    EPOLLERR,
+    EPOLLHUP,
+    EPOLLIN,
+    EPOLLOUT,
+    EPOLLRDHUP,
+    EPOLLRDNORM,
+    EPOLLWRNORM,
+)
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import seq_add, seq_sub
 from protocol.tcp_options import OPTION_BY_NAME, default_layout
@@ -89,8 +98,9 @@ SYMBOLS: dict[str, int] = {
     "SHUT_RD": 0, "SHUT_WR": 1, "SHUT_RDWR": 2,
     "MSG_OOB": 1, "MSG_PEEK": 2, "MSG_TRUNC": 0x20, "MSG_DONTWAIT": 0x40, "MSG_WAITALL": 0x100,
     "EPOLL_CTL_ADD": 1, "EPOLL_CTL_DEL": 2, "EPOLL_CTL_MOD": 3,
-    "EPOLLIN": 0x1, "EPOLLPRI": 0x2, "EPOLLOUT": 0x4, "EPOLLERR": 0x8, "EPOLLHUP": 0x10,
-    "EPOLLRDNORM": 0x40, "EPOLLRDBAND": 0x80, "EPOLLWRNORM": 0x100, "EPOLLRDHUP": 0x2000,
+    "EPOLLIN": EPOLLIN, "EPOLLPRI": 0x2, "EPOLLOUT": EPOLLOUT, "EPOLLERR": EPOLLERR,
+    "EPOLLHUP": EPOLLHUP, "EPOLLRDNORM": EPOLLRDNORM, "EPOLLRDBAND": 0x80,
+    "EPOLLWRNORM": EPOLLWRNORM, "EPOLLRDHUP": EPOLLRDHUP,
     "EPOLLEXCLUSIVE": 1 << 28, "EPOLLONESHOT": 1 << 30, "EPOLLET": 1 << 31,
 }
 
@@ -281,6 +291,7 @@ class DrillRunner:
         self.ts_ecr_scaled = any(k == "tcp_ts_ecr_scaled" for k, _ in script.options)
         self.result = ScriptResult(script.path, Outcome.PASS)
         self.conn: _Conn | None = None
+        self.connecting: dict[int, _Conn] = {}  # fd -> the connection its connect() opened
         self.listening = False
         self.next_rport = FIRST_REMOTE_PORT
         self.outq: deque[tuple[int, Segment]] = deque()
@@ -753,11 +764,13 @@ class DrillRunner:
 
     def _sys_connect(self, ev: Event, spec: SyscallSpec) -> tuple[Call, Callable[[Call], None]]:
         port = int(self.script.option("connect_port") or BIND_PORT)
-        # The local port is the kernel's choice: learnt from our SYN.
-        self.conn = _Conn(rport=port, lport=0, active=True)
-        self.listening = False
-        return self._simple(ev, spec, "connect", fd=self._fd(ev, spec),
-                            addr=self.remote_ip, port=port)
+        fd = self._fd(ev, spec)
+        if fd not in self.connecting:
+            # The local port is the kernel's choice: learnt from our SYN. A second
+            # connect() on the socket (EALREADY, EISCONN) keeps its connection.
+            self.connecting[fd] = self.conn = _Conn(rport=port, lport=0, active=True)
+            self.listening = False
+        return self._simple(ev, spec, "connect", fd=fd, addr=self.remote_ip, port=port)
 
     def _sys_setsockopt(self, ev: Event, spec: SyscallSpec
                         ) -> tuple[Call, Callable[[Call], None]]:

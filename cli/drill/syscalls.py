@@ -1,42 +1,51 @@
 """The user process's system calls, shared by both drill receivers.
 
 One fd table and one implementation of every call. A call is a generator: it yields
-each typed socket operation (:mod:`protocol.sockops`) it needs the stack to run, or a
-:class:`Wait` to sleep on a condition of the model's own sockets, and returns
-``(ret, errno, extra)``. A receiver is the transport: it runs the yielded operations
-(a direct ``Stack.sock_op`` call on a virtual clock, or a message to the stack process)
-and supplies the few facts only it can know (how a listener is opened, how a socket's
-state is read). A call a transport cannot carry is reported as unsupported before it
-starts.
+each typed socket operation (:mod:`protocol.sockops`) it needs the stack to run and
+returns ``(ret, errno, extra)``; every sleep (a blocking read, accept, connect or
+epoll_wait) is an operation that the stack answers when it wakes the caller. A receiver
+is only the transport: it runs the yielded operations (a direct ``Stack.sock_op`` call
+on a virtual clock, or a ``sock_op`` message to the stack process) and keeps the clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from actors.profiles import MS, Profile, Sysctls
+from actors.profiles import MS, Profile, Sysctls, sysctl_write
 from actors.reader.tcp_recvmsg import RecvFlags, SpendCpu, StepDriver, tcp_recvmsg
-from actors.stack.sock import TcpSock, TcpState
-from actors.stack.tcp_ipv4 import sock_set_rcvbuf
-from cli.drill.runner import SYMBOLS, Unsupported, errno_name
-from protocol.seq import seq_sub
+from actors.stack.skb import so_rcvbuf
+from actors.stack.sock import TcpState
+from cli.drill.runner import LOCAL_IP, SYMBOLS, Unsupported, errno_name
 from protocol.sockops import (
     Accepted,
+    EpPoll,
     Failed,
     InetAccept,
+    InetListen,
+    InetWaitForConnect,
     Inq,
     LockSock,
+    Opened,
+    Polled,
     ReleaseSock,
     Sent,
+    SockError,
+    SockErrorResult,
     SockOp,
     SockOpResult,
     SockSetsockopt,
     TcpClose,
+    TcpGetInfo,
+    TcpInfo,
     TcpInq,
+    TcpPoll,
     TcpSendmsg,
     TcpShutdown,
+    TcpV4Connect,
+    Woken,
 )
 
 # Linux's tcp_info state numbers (include/net/tcp_states.h).
@@ -46,23 +55,12 @@ TCP_STATE_NUMBERS = {
     TcpState.CLOSE_WAIT: 8, TcpState.LAST_ACK: 9, TcpState.LISTEN: 10, TcpState.CLOSING: 11,
 }
 
-EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = (SYMBOLS[n] for n in
-                                         ("EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP"))
-EPOLLRDNORM, EPOLLWRNORM, EPOLLRDHUP, EPOLLET = (SYMBOLS[n] for n in (
-    "EPOLLRDNORM", "EPOLLWRNORM", "EPOLLRDHUP", "EPOLLET"))
+EPOLLERR, EPOLLHUP, EPOLLET = SYMBOLS["EPOLLERR"], SYMBOLS["EPOLLHUP"], SYMBOLS["EPOLLET"]
 O_RDWR, O_NONBLOCK = SYMBOLS["O_RDWR"], SYMBOLS["O_NONBLOCK"]
 
 
-@dataclass(frozen=True)
-class Wait:
-    """Sleep until ``predicate`` holds (sent True) or ``deadline`` passes (sent False)."""
-
-    deadline: int | None
-    predicate: Callable[[], bool]
-
-
 CallResult = tuple[int, str | None, dict[str, Any]]
-CallGen = Generator[SockOp | Wait, Any, CallResult]
+CallGen = Generator[SockOp, Any, CallResult]
 
 
 @dataclass
@@ -85,43 +83,74 @@ class FileDesc:
     interest: dict[int, EpollItem] = field(default_factory=dict)  # epoll: fd -> item
 
 
+def tcp_info_fields(info: dict[str, Any]) -> dict[str, int]:
+    """The tcp_info and SO_MEMINFO names a script's assertions use, from what the stack's
+    ``tcp_get_info`` reports."""
+    skmem = info["skmem"]
+    return {
+        "tcpi_state": TCP_STATE_NUMBERS[TcpState(info["state"])],
+        "tcpi_ca_state": 0,
+        "tcpi_retransmits": 0,
+        "tcpi_rcv_wscale": info["rcv_wscale"],
+        "tcpi_snd_wscale": info["snd_wscale"],
+        "tcpi_ato": info["ato_us"],
+        "tcpi_snd_mss": info["snd_mss"],
+        "tcpi_rcv_mss": info["rcv_mss"],
+        "tcpi_advmss": info["advmss"],
+        "tcpi_last_data_recv": info["last_data_recv_ms"],
+        "tcpi_rcv_rtt": info["rcv_rtt_us"],
+        "tcpi_rcv_space": info["rcv_space"],
+        "tcpi_rcv_ssthresh": info["rcv_ssthresh"],
+        "tcpi_rcv_wnd": info["rcv_wnd"],
+        "tcpi_snd_wnd": info["snd_wnd"],
+        "tcpi_bytes_received": info["bytes_received"],
+        "tcpi_segs_in": info["segs_in"],
+        "tcpi_data_segs_in": info["data_segs_in"],
+        "tcpi_total_retrans": 0,
+        "SK_MEMINFO_RMEM_ALLOC": skmem["r"],
+        "SK_MEMINFO_RCVBUF": skmem["rb"],
+        "SK_MEMINFO_WMEM_ALLOC": skmem["t"],
+        "SK_MEMINFO_SNDBUF": skmem["tb"],
+        "SK_MEMINFO_FWD_ALLOC": skmem["f"],
+        "SK_MEMINFO_WMEM_QUEUED": skmem["w"],
+        "SK_MEMINFO_OPTMEM": skmem["o"],
+        "SK_MEMINFO_BACKLOG": skmem["bl"],
+        "SK_MEMINFO_DROPS": skmem["d"],
+    }
+
+
 def _err(name: str, extra: dict[str, Any] | None = None) -> CallResult:
     return -1, name, extra or {}
 
 
 
-def parse_sysctl(sysctls: Sysctls, name: str, value: str) -> tuple[str, Any] | None:
-    """A script's ``sysctl -q NAME=VALUE`` as (our field name, its typed value), or None
-    for a sysctl the emulator does not have or a value of the wrong shape."""
+def parse_sysctl(sysctls: Sysctls, name: str, value: str) -> tuple[str, list[int]] | None:
+    """A script's ``sysctl -q NAME=VALUE`` as (our field name, its values), or None for
+    a sysctl the emulator does not have or a value of the wrong shape."""
     short = name.rsplit(".", 1)[-1]
     if short == "tcp_invalid_ratelimit":
         short = "tcp_invalid_ratelimit_ms"
-    if short not in {f.name for f in fields(sysctls)}:
-        return None
-    current = getattr(sysctls, short)
     try:
-        if isinstance(current, tuple):
-            parts = tuple(int(v) for v in value.split())
-            return (short, parts) if len(parts) == len(current) else None
-        return short, int(value, 0)
+        values = [int(v, 0) for v in value.split()]
+        sysctl_write(sysctls, short, values)
     except ValueError:
         return None
+    return short, values
+
 
 class Syscalls:
     """The fd table and the system calls; a receiver subclasses it as their transport.
 
-    The transport provides ``profile``, :attr:`sysctls`, :meth:`now` and the hooks
-    below; a call named in :attr:`unsupported_calls` cannot be carried by it.
+    The transport provides ``profile``, :attr:`sysctls` and :meth:`now`.
     """
 
     profile: Profile
-    unsupported_calls: frozenset[str] = frozenset()
-    unsupported_call = "{name}() is not modelled"
+    local_ip = LOCAL_IP
 
     def __init__(self) -> None:
         self._fds: dict[int, FileDesc] = {}
 
-    # ------------------------------------------------------------------ transport hooks
+    # ------------------------------------------------------------------ transport
 
     @property
     def sysctls(self) -> Sysctls:
@@ -130,40 +159,12 @@ class Syscalls:
     def now(self) -> int:
         raise NotImplementedError
 
-    def open_listener(self, desc: FileDesc, backlog: int, port: int, laddr: str) -> str | None:
-        """Create the listening socket for ``desc`` (set ``desc.sock``); an errno name
-        if it cannot be."""
-        raise NotImplementedError
-
-    def scratch_sock(self) -> TcpSock:
-        """A socket no one uses, to compute what sock_setsockopt makes of a value."""
-        raise NotImplementedError
-
-    def child_rcvlowat(self, listener: FileDesc, sock: int) -> int:
-        """SO_RCVLOWAT of a socket just accepted on ``listener``."""
-        raise NotImplementedError
-
-    def sock_option(self, desc: FileDesc, name: str) -> Generator[SockOp, Any, int]:
-        """SO_RCVBUF / SO_RCVLOWAT / SO_ERROR of ``desc``'s stack socket."""
-        raise NotImplementedError
-
-    def inq_hint(self, desc: FileDesc) -> Generator[SockOp, Any, int]:
-        """tcp_inq_hint: bytes left to read; after a FIN, at least 1."""
-        raise NotImplementedError
-
-    def model_sock(self, desc: FileDesc | None) -> TcpSock | None:
-        """The model's own socket behind ``desc`` (connect and epoll look at it)."""
-        raise Unsupported("the socket's state is only visible to the kernel model")
-
-    def model_connect(self, desc: FileDesc, addr: str, port: int) -> int:
-        raise Unsupported("connect() is only modelled in virtual time")
-
     # ------------------------------------------------------------------ fds
 
     def start_call(self, name: str, args: dict[str, Any]) -> CallGen:
         impl: Callable[..., CallGen] | None = getattr(self, f"_sys_{name}", None)
-        if impl is None or name in self.unsupported_calls:
-            raise Unsupported(self.unsupported_call.format(name=name))
+        if impl is None:
+            raise Unsupported(f"{name}() is not modelled")
         return impl(**args)
 
     def _new_fd(self, desc: FileDesc) -> int:
@@ -207,12 +208,12 @@ class Syscalls:
             return _err("EBADF")
         if desc.sock is not None:
             return 0, None, {}
-        error = self.open_listener(desc, backlog, port, laddr)
-        if error is not None:
-            return _err(error)
-        desc.listening = True
+        res = yield InetListen(laddr, desc.port or port, backlog, desc.rcvbuf, desc.rcvlowat)
+        if isinstance(res, Failed):
+            return _err(errno_name(res.error))
+        assert isinstance(res, Opened), res
+        desc.sock, desc.listening = res.sock, True
         return 0, None, {}
-        yield  # pragma: no cover
 
     def _sys_accept(self, fd: int) -> CallGen:
         desc = self._desc(fd)
@@ -224,7 +225,8 @@ class Syscalls:
         if isinstance(res, Failed):
             return _err(errno_name(res.error))
         assert isinstance(res, Accepted), res
-        child = FileDesc("sock", sock=res.sock, rcvlowat=self.child_rcvlowat(desc, res.sock))
+        # the child inherits the listener's SO_RCVLOWAT (sk_clone)
+        child = FileDesc("sock", sock=res.sock, rcvlowat=desc.rcvlowat)
         return self._new_fd(child), None, {}
 
     def _sys_connect(self, fd: int, addr: str, port: int) -> CallGen:
@@ -232,18 +234,19 @@ class Syscalls:
         if desc is None or desc.kind != "sock":
             return _err("EBADF")
         if desc.sock is not None:
-            sk = self.model_sock(desc)
-            if sk is not None and sk.state == TcpState.SYN_SENT:
-                return _err("EALREADY")
-            return _err("EISCONN")
-        desc.sock = self.model_connect(desc, addr, port)
-        sk = self.model_sock(desc)
-        assert sk is not None
+            info = yield TcpGetInfo(desc.sock)
+            assert isinstance(info, TcpInfo), info
+            connecting = info.info["state"] == TcpState.SYN_SENT.value
+            return _err("EALREADY" if connecting else "EISCONN")
+        res = yield TcpV4Connect(self.local_ip, addr, port, desc.port, desc.rcvbuf,
+                                 desc.rcvlowat)
+        assert isinstance(res, Opened), res
+        desc.sock = res.sock
         if desc.nonblock:
             return _err("EINPROGRESS")
-        yield Wait(None, lambda: sk.state != TcpState.SYN_SENT)
-        if sk.state == TcpState.CLOSE:
-            return _err(errno_name(sk.sk_err or 111))
+        res = yield InetWaitForConnect(desc.sock)
+        if isinstance(res, Failed):
+            return _err(errno_name(res.error))
         return 0, None, {}
 
     def _sys_setsockopt(self, fd: int, level: int, name: str, value: int | None) -> CallGen:
@@ -277,21 +280,19 @@ class Syscalls:
             return 0, None, {"value": int(desc.inq_cmsg)}
         if name not in ("SO_RCVBUF", "SO_RCVLOWAT", "SO_ERROR"):
             raise Unsupported(f"getsockopt({name}) is not modelled")
-        if desc.sock is not None:
-            return 0, None, {"value": (yield from self.sock_option(desc, name))}
-        return 0, None, {"value": self.unbound_option(desc, name)}
-
-    def unbound_option(self, desc: FileDesc, name: str) -> int:
-        """SO_RCVBUF / SO_RCVLOWAT / SO_ERROR of a socket not yet in the stack."""
         if name == "SO_RCVLOWAT":
-            return desc.rcvlowat
-        if name == "SO_ERROR":
-            return 0
-        if desc.rcvbuf is not None:
-            probe = self.scratch_sock()
-            sock_set_rcvbuf(probe, desc.rcvbuf)
-            return probe.rcvbuf
-        return self.sysctls.tcp_rmem[1]  # tcp_init_sock
+            return 0, None, {"value": desc.rcvlowat}
+        if desc.sock is None:  # not in the stack yet
+            value = 0 if name == "SO_ERROR" else (
+                so_rcvbuf(desc.rcvbuf) if desc.rcvbuf is not None else self.sysctls.tcp_rmem[1])
+            return 0, None, {"value": value}
+        if name == "SO_ERROR":  # sock_error: reading it clears it
+            err = yield SockError(desc.sock)
+            assert isinstance(err, SockErrorResult), err
+            return 0, None, {"value": err.sock_err}
+        info = yield TcpGetInfo(desc.sock)
+        assert isinstance(info, TcpInfo), info
+        return 0, None, {"value": int(info.info["skmem"]["rb"])}
 
     def _sys_read(self, fd: int, length: int, flags: int) -> CallGen:
         desc = self._desc(fd)
@@ -319,7 +320,9 @@ class Syscalls:
         assert res is not None
         extra: dict[str, Any] = {"data": res.data}
         if desc.inq_cmsg:
-            extra["cm_inq"] = yield from self.inq_hint(desc)
+            inq = yield TcpInq(desc.sock, hint=True)
+            assert isinstance(inq, Inq), inq
+            extra["cm_inq"] = inq.inq
         if res.ret < 0:
             return -1, errno_name(-res.ret), extra
         return res.ret, None, extra
@@ -384,30 +387,14 @@ class Syscalls:
         return self._new_fd(FileDesc("epoll")), None, {}
         yield  # pragma: no cover
 
-    def _poll_mask(self, fd: int) -> int:
-        """tcp_poll for the socket behind ``fd``."""
-        sk = self.model_sock(self._desc(fd))
-        if sk is None:
-            return 0
-        if sk.state == TcpState.LISTEN:
-            return EPOLLIN | EPOLLRDNORM if sk.accept_queue else 0
-        mask = 0
-        if (sk.rcv_shutdown and sk.snd_shutdown) or sk.state == TcpState.CLOSE:
-            mask |= EPOLLHUP
-        if sk.rcv_shutdown:
-            mask |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP
-        if sk.state not in (TcpState.SYN_SENT, TcpState.SYN_RECV):
-            if seq_sub(sk.rcv_nxt, sk.copied_seq) - int(sk.sock_done) >= max(sk.rcvlowat, 1):
-                mask |= EPOLLIN | EPOLLRDNORM
-            if not sk.snd_shutdown and sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
-                mask |= EPOLLOUT | EPOLLWRNORM
-        if sk.sk_err:
-            mask |= EPOLLERR
-        return mask
-
-    def _wakeups(self, fd: int) -> int:
-        sk = self.model_sock(self._desc(fd))
-        return sk.wakeups if sk is not None else 0
+    def _poll(self, fd: int) -> Generator[SockOp, Any, Polled]:
+        """tcp_poll for the socket behind ``fd`` (nothing for one not in the stack)."""
+        desc = self._desc(fd)
+        if desc is None or desc.sock is None:
+            return Polled(mask=0, wakeups=0)
+        res = yield TcpPoll(desc.sock)
+        assert isinstance(res, Polled), res
+        return res
 
     def _sys_epoll_ctl(self, epfd: int, op: int | None, fd: int | None, events: int) -> CallGen:
         ep = self._desc(epfd)
@@ -423,21 +410,21 @@ class Syscalls:
             return _err("ENOENT")
         events |= EPOLLERR | EPOLLHUP
         # ep_insert / ep_modify poll the file once: ready now means on the ready list
-        ready = bool(self._poll_mask(fd) & events)
-        ep.interest[fd] = EpollItem(events, self._wakeups(fd), ready)
+        polled = yield from self._poll(fd)
+        ep.interest[fd] = EpollItem(events, polled.wakeups, bool(polled.mask & events))
         return 0, None, {}
-        yield  # pragma: no cover
 
-    def _epoll_collect(self, ep: FileDesc, maxevents: int) -> list[tuple[int, int]]:
+    def _epoll_collect(self, ep: FileDesc, maxevents: int
+                       ) -> Generator[SockOp, Any, list[tuple[int, int]]]:
         out: list[tuple[int, int]] = []
-        for fd, item in ep.interest.items():
-            woken = self._wakeups(fd)
-            if woken != item.seen_wakeups:
-                item.seen_wakeups = woken
+        for fd, item in list(ep.interest.items()):
+            polled = yield from self._poll(fd)
+            if polled.wakeups != item.seen_wakeups:  # ep_poll_callback put it on the list
+                item.seen_wakeups = polled.wakeups
                 item.ready = True
             if not item.ready or len(out) >= maxevents:
                 continue
-            mask = self._poll_mask(fd) & item.events
+            mask = polled.mask & item.events
             # Edge-triggered items leave the ready list once reported; level-triggered
             # ones stay while they are still ready.
             item.ready = bool(mask) and not item.events & EPOLLET
@@ -449,16 +436,17 @@ class Syscalls:
         ep = self._desc(epfd)
         if ep is None or ep.kind != "epoll":
             return _err("EBADF")
-        events = self._epoll_collect(ep, maxevents)
+        events = yield from self._epoll_collect(ep, maxevents)
         if not events and timeout_ms:
             deadline = None if timeout_ms < 0 else self.now() + timeout_ms * MS
-
-            def ready() -> bool:
-                return any(self._wakeups(fd) != it.seen_wakeups or it.ready
-                           for fd, it in ep.interest.items())
             while not events:
-                woke = yield Wait(deadline, ready)
-                events = self._epoll_collect(ep, maxevents)
-                if not woke:
+                watched = [(d.sock, item.seen_wakeups) for fd, item in ep.interest.items()
+                           if (d := self._desc(fd)) is not None and d.sock is not None]
+                if not watched:
+                    raise Unsupported("epoll_wait() on no socket of the stack")
+                timeo = None if deadline is None else max(0, deadline - self.now())
+                res = yield EpPoll([s for s, _ in watched], [n for _, n in watched], timeo)
+                events = yield from self._epoll_collect(ep, maxevents)
+                if not isinstance(res, Woken) or res.timed_out:
                     break
         return len(events), None, {"events": events}
