@@ -11,6 +11,7 @@ from cli import (  # noqa: F401  (register their commands on app)
     actor_cmd,
     bench,
     chaos,
+    compile,
     compose,
     coordinate,
     drill,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from typing import ClassVar
 
 from protocol.segment import (
     IPPROTO_TCP,
@@ -127,14 +128,15 @@ class MalformedPacket(ValueError):
     checks); ``drop_reason`` is the ``SKB_DROP_REASON_*`` name without prefix.
     """
 
-    counters: tuple[str, ...] = ()
-    drop_reason: str = "NOT_SPECIFIED"
+    # Class-level facts of each rejection (ClassVar: mypyc compiles them as such).
+    counters: ClassVar[tuple[str, ...]] = ()
+    drop_reason: ClassVar[str] = "NOT_SPECIFIED"
 
 
 class Ipv4HeaderError(MalformedPacket):
     """ip_rcv_core's ``inhdr_error`` label."""
 
-    counters: tuple[str, ...] = ("IpInHdrErrors",)
+    counters: ClassVar[tuple[str, ...]] = ("IpInHdrErrors",)
     drop_reason = "IP_INHDR"
 
 
