@@ -39,6 +39,9 @@ class Sysctls:
     netdev_budget: int = 300
     netdev_budget_usecs: int = 2000
     dev_weight: int = 64
+    # net.core.rmem_max: SO_RCVBUF is clamped to it, and tcp_select_initial_window
+    # sizes the window scale for at least this much space
+    rmem_max: int = 212992
 
 
 # Read by the softirq (the cpu processes), not the TCP stack.
@@ -95,6 +98,9 @@ class Profile:
     # or a hole keeps the window (and so the recovery) small
     ofo_grows_rcvbuf: bool
     prune_ofo_spare_lower: bool  # tcp_prune_ofo_queue keeps skbs below the incoming one
+    # tcp_ofo_queue, an skb below the D-SACK high mark: 6.x reports [seq, min(end_seq,
+    # high)); 4.13 reports [seq, high) and lowers the mark to end_seq instead
+    ofo_queue_dsack_clips_end: bool
     prune_requires_rmem: bool  # tcp_prune_queue returns -1 when rmem_alloc == 0
     prune_over_rcvbuf_strict: bool  # tcp_prune_queue compares with '>' (legacy '>=')
     # tcp_sequence
@@ -106,9 +112,11 @@ class Profile:
     # segment's length changes, so the window follows what the buffer really holds
     rcv_mss_learns_scaling_ratio: bool
     space_subtracts_backlog: bool  # tcp_space: the backlog's memory is not free space
-    # tcp_select_initial_window: the first window may reach 64 KB; legacy limits it to
-    # what a 10-segment initial cwnd can fill
-    initial_window_64k: bool
+    # tcp_select_initial_window: segments of mss the first window is capped at when
+    # mss > 1 << rcv_wscale (4.13 tcp_default_init_rwnd: TCP_INIT_CWND * 2, fewer above a
+    # 1460-byte mss); 0 for no cap (6.10+: rcv_wnd = space, only a route's initrwnd caps
+    # it; a SYN's window field is still at most 65535)
+    initial_rwnd_segs: int
     # the tcp_shrink_window sysctl exists (__tcp_select_window, tcp_select_window); the
     # legacy kernel never shrinks the offered window whatever the sysctl says
     tcp_shrink_window_sysctl: bool
@@ -117,8 +125,9 @@ class Profile:
     quick_dec_per_ack: bool  # tcp_event_ack_sent: -1 per scheduled ACK (legacy: -pcount)
     ack_deferred_while_owned: bool  # tcp_backlog_ack_defer
     delack_blocked_flag: bool  # icsk_ack.blocked (tcp_cleanup_rbuf, tcp_send_delayed_ack)
-    # tcp_send_delayed_ack caps ato at tcp_delack_max (200 ms by default, per route)
-    delack_max_capped: bool
+    # tcp_send_delayed_ack caps ato at tcp_delack_max (ns, 0 for no cap): 6.9+ takes
+    # min(icsk_delack_max, rto_min - 1 jiffy), 199 ms by default
+    delack_max_ns: int
     # tcp_measure_rcv_mss: PSH on a full-sized segment sets ICSK_ACK_PUSHED, so the
     # delayed ACK for the end of a write is not held up to 500 ms
     rcv_mss_push_sets_pushed: bool
@@ -144,11 +153,12 @@ class Profile:
     # tcp_rcvbuf_grow sizes sk_rcvbuf from the window with low-RTT damping; legacy
     # tcp_rcv_space_adjust uses 2*copied + 16*advmss with 1.25x/1.5x boosts
     tcp_rcvbuf_grow: bool
-    # v6.10+ re-derives window_clamp from each new scaling_ratio. Implemented (see
-    # tcp_set_window_clamp) but off in both profiles: with a tiny SO_RCVBUF it can leave
-    # rcv_ssthresh below rcv_mss and the window at zero for good (found by the stream
-    # property test); to be checked against the kernel before modern turns it on.
+    # tcp_measure_rcv_mss re-derives window_clamp from each new scaling_ratio
+    # (tcp_set_window_clamp(sk, tcp_win_from_space(sk, sk_rcvbuf)), 6.18)
     window_clamp_follows_ratio: bool
+    # tcp_grow_window raises rcv_ssthresh by at most the room below
+    # min(window_clamp, tcp_space) (6.18); 4.13 caps it at window_clamp only
+    grow_window_room_capped: bool
     # softirq
     net_rx_action_rescan: bool  # net_rx_action takes NAPIs scheduled meanwhile into the run
     softnet_columns: int  # /proc/net/softnet_stat
@@ -206,6 +216,7 @@ LEGACY = Profile(
     ofo_measures_rcv_mss=False,
     ofo_grows_rcvbuf=False,
     prune_ofo_spare_lower=False,
+    ofo_queue_dsack_clips_end=False,
     prune_requires_rmem=False,
     prune_over_rcvbuf_strict=False,
     reject_beyond_window=False,
@@ -213,13 +224,13 @@ LEGACY = Profile(
     initial_scaling_ratio=128,
     rcv_mss_learns_scaling_ratio=False,
     space_subtracts_backlog=False,
-    initial_window_64k=False,
+    initial_rwnd_segs=20,
     tcp_shrink_window_sysctl=False,
     quickack_cap=16,
     quick_dec_per_ack=False,
     ack_deferred_while_owned=False,
     delack_blocked_flag=True,
-    delack_max_capped=False,
+    delack_max_ns=0,
     rcv_mss_push_sets_pushed=False,
     data_ready_honours_rcvlowat=False,
     recvmsg_flush_backlog=False,
@@ -231,6 +242,7 @@ LEGACY = Profile(
     rcv_space_subtracts_inq=False,
     tcp_rcvbuf_grow=False,
     window_clamp_follows_ratio=False,
+    grow_window_room_capped=False,
     net_rx_action_rescan=False,
     softnet_columns=11,
     absent_counters=_MODERN_ONLY_COUNTERS,
@@ -259,6 +271,7 @@ MODERN = replace(
     ofo_measures_rcv_mss=True,
     # pruning under memory pressure
     prune_ofo_spare_lower=True,
+    ofo_queue_dsack_clips_end=True,
     prune_requires_rmem=True,
     prune_over_rcvbuf_strict=True,
     # in-order segment, no memory: zero-window ACK and a wakeup; TCPZeroWindowDrop, TCPRcvQDrop
@@ -270,8 +283,8 @@ MODERN = replace(
     adv_win_scale=None,
     rcv_mss_learns_scaling_ratio=True,
     space_subtracts_backlog=True,
-    # initial window: up to 64 KB instead of 10 segments
-    initial_window_64k=True,
+    # initial window: all the space the buffer offers, not 20 segments
+    initial_rwnd_segs=0,
     # window shrinking: allowed with tcp_shrink_window = 1
     tcp_shrink_window_sysctl=True,
     # ACK while the socket is owned: deferred to release_sock
@@ -279,7 +292,7 @@ MODERN = replace(
     # delayed ACK: no blocked flag, ato capped at tcp_delack_max, PSH on full segments
     # counts, quickack credit spent per scheduled ACK
     delack_blocked_flag=False,
-    delack_max_capped=True,
+    delack_max_ns=199 * MS,
     rcv_mss_push_sets_pushed=True,
     quick_dec_per_ack=True,
     # reader wakeups: only once SO_RCVLOWAT bytes are queued
@@ -296,12 +309,18 @@ MODERN = replace(
     rcvq_space_init_capped=True,
     rcv_space_subtracts_inq=True,
     tcp_rcvbuf_grow=True,
+    # window_clamp follows scaling_ratio; tcp_grow_window capped by tcp_space too
+    window_clamp_follows_ratio=True,
+    grow_window_room_capped=True,
     ofo_grows_rcvbuf=True,
     # net_rx_action: NAPIs scheduled during a run join it (same budget)
     net_rx_action_rescan=True,
     # tcp_rmem default / max: 128 KB / 32 MB (netdev_budget_usecs, now 2 jiffies, is still
     # 2000 us at HZ=1000)
-    default_sysctls=replace(LEGACY.default_sysctls, tcp_rmem=(4096, 131072, 33554432)),
+    # rmem_max: 4 MB since "net: set net.core.rmem_max and net.core.wmem_max to 4 MB"
+    # (v6.18); 4.13 has SK_RMEM_MAX, 212992
+    default_sysctls=replace(LEGACY.default_sysctls, tcp_rmem=(4096, 131072, 33554432),
+                            rmem_max=4 << 20),
     # counters
     absent_counters=_LEGACY_ONLY_COUNTERS,
     # softnet_stat: 15 columns

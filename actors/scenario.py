@@ -86,7 +86,7 @@ class StackConfig:
         (clamped to net.core.rmem_max, doubled, at least SOCK_MIN_RCVBUF)."""
         if self.rcvbuf == 0:
             return sysctls.tcp_rmem[1]
-        return so_rcvbuf(self.rcvbuf)
+        return so_rcvbuf(self.rcvbuf, sysctls.rmem_max)
 
 
 @dataclass(frozen=True, slots=True)

@@ -572,3 +572,65 @@ def test_cli_pipeline_flag() -> None:
     assert result.exit_code == 0, result.output
     assert f"PASS {good}" in result.output
     assert result.output.strip().endswith("1 passed, 0 failed, 0 skipped")
+
+
+def test_runner_marks_back_to_back_segments(tmp_path: Path) -> None:
+    """Inbound segments at one instant (+0, no SYN) are written back to back: the
+    runner tells the receiver that more follow, so a real-time one sends them together
+    (dsack_ofo_dup.pkt through --pipeline)."""
+    from cli.drill.model import ModelReceiver
+    from cli.drill.packetdrill import parse_file
+    from cli.drill.runner import DrillRunner
+
+    seen: list[tuple[int, bool]] = []
+
+    class Recording(ModelReceiver):
+        def inject(self, seg: object, *, gso_size: int = 0, more: bool = False) -> None:
+            seen.append((seg.seq, more))  # type: ignore[attr-defined]
+            super().inject(seg, gso_size=gso_size, more=more)  # type: ignore[arg-type]
+
+    path = tmp_path / "t.pkt"
+    path.write_text("`./defaults.sh`\n" + HANDSHAKE + textwrap.dedent("""\
+       +0 < P. 1001:2001(1000) ack 1 win 257
+       +0 < P. 3001:4001(1000) ack 1 win 257
+       +0 > . 1:1(0) ack 1 <nop,nop,sack 1001:2001>
+       +0 > . 1:1(0) ack 1 <nop,nop,sack 3001:4001 1001:2001>
+      +.1 < P. 1:1001(1000) ack 1 win 257
+    """))
+    res = DrillRunner(parse_file(path), Recording(get_profile("modern"))).run()
+    assert res.outcome is Outcome.PASS, res.mismatch
+    assert seen[-3:] == [(1001, True), (3001, False), (1, False)]
+    assert (0, False) in seen and (1, False) in seen[:3]  # a SYN is never held
+
+
+def test_script_declares_its_profile(tmp_path: Path) -> None:
+    """``// rxpath: profile=NAME`` picks the profile when none is given; a different one
+    given skips the script; a bad name fails it."""
+    body = "// rxpath: profile=legacy\n`./defaults.sh`\n" + HANDSHAKE
+    path = tmp_path / "declared.pkt"
+    path.write_text(body)
+    assert run_script(path).outcome is Outcome.PASS
+    skipped = run_script(path, "modern")
+    assert skipped.outcome is Outcome.SKIP and "profile=legacy" in (skipped.skip_reason or "")
+    assert run_script(path, "legacy").outcome is Outcome.PASS
+    path.write_text(body.replace("legacy", "vintage", 1))
+    assert run_script(path).outcome is Outcome.FAIL
+    # The project's scripts that hold for 6.x only say so; those for both never do.
+    for p in SCRIPTS:
+        if "// rxpath: profile=modern" in p.read_text():
+            assert p.stem not in BOTH_PROFILES, p.stem
+    assert "// rxpath: profile=modern" in (DRILL_DIR / "dsack_ofo_dup.pkt").read_text()
+
+
+def test_drill_sysctl_takes_run_formats() -> None:
+    """--sysctl as rxpath run takes it: blanks or commas, with or without net.ipv4."""
+    script = str(DRILL_DIR / "fin.pkt")
+    runner = CliRunner()
+    for arg in ("tcp_rmem=4096,87380,6291456", "net.ipv4.tcp_rmem=4096 87380 6291456",
+                "sysctl.tcp_rmem=4096, 87380, 6291456", "rmem_max=4194304"):
+        res = runner.invoke(app, ["drill", "--sysctl", arg, script])
+        assert res.exit_code == 0, (arg, res.output)
+    res = runner.invoke(app, ["drill", "--sysctl", "tcp_nonesuch=1", script])
+    assert res.exit_code == 2 and "not a setting rxpath models" in res.output
+    res = runner.invoke(app, ["drill", "--sysctl", "tcp_rmem=1,2", script])
+    assert res.exit_code == 2 and "not a valid value" in res.output

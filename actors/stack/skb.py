@@ -21,13 +21,14 @@ MAX_SKB_FRAGS = 17
 # that much (sock.h), the floor under SO_RCVBUF and window_clamp.
 TCP_SKB_MIN_TRUESIZE = RX_BUFFER_SIZE + SKB_STRUCT_SIZE
 SOCK_MIN_RCVBUF = TCP_SKB_MIN_TRUESIZE
-RMEM_MAX = 212992  # net.core.rmem_max default: SO_RCVBUF is clamped to it
+RMEM_MAX = 212992  # SK_RMEM_MAX: net.core.rmem_max before v6.18 (see Sysctls.rmem_max)
 
 
-def so_rcvbuf(value: int) -> int:
-    """sk_rcvbuf after setsockopt(SO_RCVBUF, value): clamped, doubled for overhead."""
-    return max(min(value, RMEM_MAX) * 2, SOCK_MIN_RCVBUF)
-SKB_MAX_ORDER0 = 4096 - SKB_SHINFO_SIZE - 64  # linear data in a one-page skb (tcp_collapse)
+def so_rcvbuf(value: int, rmem_max: int = RMEM_MAX) -> int:
+    """sk_rcvbuf after setsockopt(SO_RCVBUF, value): clamped to net.core.rmem_max,
+    doubled for overhead (__sock_set_rcvbuf)."""
+    return max(min(value, rmem_max) * 2, SOCK_MIN_RCVBUF)
+SKB_MAX_ORDER0 = 4096 - SKB_SHINFO_SIZE  # SKB_MAX_ORDER(0, 0): a one-page skb's data (tcp_collapse)
 NET_IP_ALIGN_AND_HEADERS = 14 + 20  # Ethernet + IPv4 headers in the receive buffer
 
 
@@ -89,6 +90,48 @@ def device_skb(device: DeviceKind, ip_len: int) -> tuple[int, bool]:
     return rx_truesize(ETH_HLEN + ip_len), True
 
 
+def device_skb_room(device: DeviceKind, ip_len: int) -> tuple[int, int]:
+    """(nr_frags, tailroom) of the skb ``device`` builds for an IP packet of ``ip_len``
+    bytes: what skb_try_coalesce can still put into it.
+
+    A NIC's frame that fits one 2 KiB buffer is a linear skb around it (build_skb):
+    NET_SKB_PAD of headroom, the frame, then free room up to the shared info; a bigger
+    frame spills into further buffers as page fragments. tun's kmalloc'd head has the
+    slab object's slack past the packet; its paged skb keeps the payload in fragments.
+    """
+    if device == "tun":
+        if NET_SKB_PAD + ip_len < PAGE_SIZE:
+            obj = _kmalloc_size(skb_data_align(NET_SKB_PAD + ip_len) + SKB_SHINFO_SIZE)
+            return 0, obj - SKB_SHINFO_SIZE - NET_SKB_PAD - ip_len
+        return 1, 0
+    frame_len = ETH_HLEN + ip_len
+    buffers = max(1, -(-frame_len // RX_BUFFER_SIZE))
+    if buffers > 1:
+        return buffers - 1, 0
+    return 0, max(0, RX_BUFFER_SIZE - SKB_SHINFO_SIZE - NET_SKB_PAD - frame_len)
+
+
+def skb_try_coalesce(to: Skb, frm: Skb) -> int | None:
+    """Put ``frm``'s payload after ``to``'s (skb_try_coalesce); the truesize ``to``
+    grows by (to charge), or None when it cannot take it. The caller merges the
+    sequence fields and frees ``frm``.
+
+    A payload that fits ``to``'s tailroom is copied there at no cost (so a run of small
+    segments shares one buffer). Else ``frm``'s head buffer becomes one more page
+    fragment of ``to`` (only if it is page memory, and while fewer than MAX_SKB_FRAGS
+    would be in use), and ``to`` is charged all of ``frm`` but its freed struct sk_buff.
+    """
+    n = len(frm.data)
+    if n <= to.tailroom:
+        to.tailroom -= n
+        return 0
+    if to.frags + frm.frags >= MAX_SKB_FRAGS or (n and not frm.head_frag):
+        return None
+    to.frags += frm.frags + 1
+    to.tailroom = 0  # skb_tailroom of a non-linear skb
+    return frm.truesize - SKB_STRUCT_SIZE
+
+
 @dataclass(slots=True, eq=False)
 class Skb:
     """A received segment while it sits in a queue of the stack.
@@ -111,12 +154,14 @@ class Skb:
     gso_segs: int = 1
     gso_size: int = 0
     arrived_ns: int = 0
-    frags: int = 1  # page fragments: coalescing stops at MAX_SKB_FRAGS
+    frags: int = 0  # nr_frags: page fragments beyond the head (at most MAX_SKB_FRAGS)
     charged: bool = False  # counted in sk_rmem_alloc (skb_set_owner_r)
     # The payload sits in page memory that another skb can take over (a NIC's
     # page buffers, a paged skb). False for a kmalloc'd linear area, which
     # skb_try_coalesce cannot steal (skb_head_is_locked).
     head_frag: bool = True
+    # skb_tailroom: free bytes after the payload in a linear head (0 once it has frags)
+    tailroom: int = 0
 
     @classmethod
     def from_segment(cls, seg: Segment, seg_id: int, now: int, *, header_len: int,
@@ -130,7 +175,7 @@ class Skb:
         # (SYN is 0x02, FIN 0x01).
         return cls(seg.seq, (seg.seq + len(data) + ((flags >> 1) & 1) + (flags & 1)) & SEQ_MASK,
                    flags, seg.ack, seg.window, seg.options, data, truesize,
-                   header_len, [seg_id], csum_ok, 1, 0, now, 1, False, True)
+                   header_len, [seg_id], csum_ok, 1, 0, now, 0, False, True)
 
     @property
     def len(self) -> int:

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Final
 
 from actors.stack.net import Net, OpDone
 from actors.stack.skb import Skb
@@ -44,12 +45,12 @@ class AckPending:
     """``icsk_ack.pending`` bits: plain ints, tested on every segment (enum flags cost
     several times more)."""
 
-    SCHED = 1
-    TIMER = 2
-    PUSHED = 4
-    PUSHED2 = 8
-    NOW = 16  # modern: one-shot immediate ACK
-    NOMEM = 32  # modern: advertise a zero window on the next ACK
+    SCHED: Final = 1
+    TIMER: Final = 2
+    PUSHED: Final = 4
+    PUSHED2: Final = 8
+    NOW: Final = 16  # modern: one-shot immediate ACK
+    NOMEM: Final = 32  # modern: advertise a zero window on the next ACK
 
 
 class OfoQueue:

@@ -17,13 +17,14 @@ from __future__ import annotations
 from actors.profiles import MS, US
 from actors.stack.net import CONSUMED, DELIVERED
 from actors.stack.skb import (
-    MAX_SKB_FRAGS,
     MAX_TCP_HEADER,
     SKB_MAX_ORDER0,
+    SKB_SHINFO_SIZE,
     SKB_STRUCT_SIZE,
     SOCK_MIN_RCVBUF,
     Skb,
     skb_truesize,
+    skb_try_coalesce,
 )
 from actors.stack.sock import AckPending, TcpSock, TcpState, inet_unhash, sk_wakeups
 from actors.stack.tcp_minisocks import ADVMSS, inet_csk_reqsk_queue_add, tcp_v4_send_synack
@@ -38,7 +39,14 @@ from actors.stack.tcp_output import (
     tcp_time_stamp,
     tcp_win_from_space,
 )
-from protocol.constants import ECONNREFUSED, ECONNRESET, EPIPE, TCP_MIN_MSS, TCP_MSS_DEFAULT
+from protocol.constants import (
+    ECONNREFUSED,
+    ECONNRESET,
+    EPIPE,
+    TCP_INIT_CWND,
+    TCP_MIN_MSS,
+    TCP_MSS_DEFAULT,
+)
 from protocol.segment import Segment, TcpFlags
 from protocol.seq import after, before, seq_add, seq_sub
 
@@ -47,7 +55,8 @@ TCP_SACK_BLOCKS_EXPECTED = 2
 TCP_FASTRETRANS_THRESH = 3
 TCP_PAWS_WINDOW = 1
 TCP_RCVBUF_LOW_RTT_US = 1000
-TCP_COMP_SACK_RTT_PERCENT = 33
+TCP_COMP_SACK_RTT_PERCENT = 33  # net.ipv4.tcp_comp_sack_rtt_percent
+TCP_COMP_SACK_SLACK_NS = 10 * US  # net.ipv4.tcp_comp_sack_slack_ns
 TCP_INIT_RWND_SEGS = 20  # tcp_default_init_rwnd
 TCP_REMNANT = TcpFlags.FIN | TcpFlags.URG | TcpFlags.SYN | TcpFlags.PSH
 _SYN_OR_FIN = TcpFlags.SYN | TcpFlags.FIN
@@ -120,20 +129,18 @@ def tcp_try_coalesce(sk: TcpSock, to: Skb, frm: Skb) -> bool:
     # Flag tests and lengths inline: this runs for nearly every in-order segment.
     if frm.seq != to.end_seq or (to.flags | (frm.flags & ~TcpFlags.FIN)) & _SYN_OR_FIN:
         return False
-    if to.frags + frm.frags > MAX_SKB_FRAGS or (frm.data and not frm.head_frag):
+    delta = skb_try_coalesce(to, frm)
+    if delta is None:
         return False
-    # The receive buffer's page moves over; only frm's struct sk_buff is freed.
-    delta = frm.truesize - SKB_STRUCT_SIZE
     to.data += frm.data
     to.end_seq = frm.end_seq
     to.ack_seq = frm.ack_seq
     to.window = frm.window
     to.flags |= frm.flags
-    to.frags += frm.frags
     to.truesize += delta
     to.gso_segs += frm.gso_segs
     to.ids.extend(frm.ids)
-    if to.charged:
+    if to.charged and delta:
         sk.rmem_alloc += delta
         sk_mem_charge(sk, delta)
     sk.net.inc("TcpExtTCPRcvCoalesce")
@@ -242,7 +249,12 @@ def tcp_grow_window(sk: TcpSock, skb: Skb) -> None:
         incr = _tcp_grow_window_search(sk, skb)
     if incr:
         incr = max(incr, 2 * skb.len)
-        sk.rcv_ssthresh = min(sk.rcv_ssthresh + incr, sk.window_clamp)
+        if sk.net.profile.grow_window_room_capped:
+            # 6.18: room = min(window_clamp, tcp_space) - rcv_ssthresh, checked > 0 above
+            room = min(sk.window_clamp, tcp_space(sk)) - sk.rcv_ssthresh
+            sk.rcv_ssthresh += min(room, incr)
+        else:
+            sk.rcv_ssthresh = min(sk.rcv_ssthresh + incr, sk.window_clamp)
         sk.icsk_ack.quick |= 1
 
 
@@ -321,12 +333,15 @@ def _sack_compress(sk: TcpSock, now: int) -> None:
     sk.compressed_ack += 1
     if sk.sack_compress_deadline is not None:
         return
-    rtt_ns = (sk.srtt_us >> 3) * US if sk.srtt_us else 0
-    if sk.rcv_rtt_us:
-        rcv = (sk.rcv_rtt_us >> 3) * US
-        rtt_ns = min(rtt_ns, rcv) if rtt_ns else rcv
-    delay = min(rtt_ns * TCP_COMP_SACK_RTT_PERCENT // 100, net.sysctls.tcp_comp_sack_delay_ns)
-    sk.sack_compress_deadline = now + delay
+    # The receive RTT (x8 us), or srtt if smaller; none measured yet: no delay at all.
+    rtt = sk.rcv_rtt_us
+    if sk.srtt_us and sk.srtt_us < rtt:
+        rtt = sk.srtt_us
+    # (rtt / 8) us * 1000 * percent / 100 = rtt * 1.25 * percent ns
+    delay = min((rtt + (rtt >> 2)) * TCP_COMP_SACK_RTT_PERCENT,
+                net.sysctls.tcp_comp_sack_delay_ns)
+    # hrtimer_start_range_ns: the timer fires at the end of its slack range
+    sk.sack_compress_deadline = now + delay + TCP_COMP_SACK_SLACK_NS
 
 
 def tcp_sack_compress_send_ack(sk: TcpSock, now: int) -> None:
@@ -568,8 +583,9 @@ def tcp_rcvbuf_grow(sk: TcpSock, newval: int) -> None:
 
 
 def tcp_can_ingest(sk: TcpSock, skb: Skb) -> bool:
-    if sk.net.profile.prune_requires_rmem:
-        return sk.rmem_alloc + skb.len <= sk.rcvbuf
+    """Room while sk_rmem_alloc <= sk_rcvbuf, the incoming skb not counted: 4.13's test,
+    and 6.18.y's again since "tcp: give up on stronger sk_rcvbuf checks (for now)"
+    (rmem + len made a slow reader prune and drop far too early)."""
     return sk.rmem_alloc <= sk.rcvbuf
 
 
@@ -983,8 +999,12 @@ def _ofo_insert(sk: TcpSock, skb: Skb, now: int) -> None:
         ofo.insert(skb)
     else:
         # The rbtree descent: every node at or below seq, lowest first, as the path
-        # would meet them; nodes have increasing seq and end_seq.
-        for node in [n for n in ofo if not after(n.seq, seq)]:
+        # would meet them; nodes have increasing seq and end_seq. Only the last of
+        # them (the predecessor, always on the path) is tried for coalescing: one that
+        # ends at seq while its successor starts there would swallow a duplicate
+        # (skb_try_coalesce copies small payloads into tailroom).
+        below = [n for n in ofo if not after(n.seq, seq)]
+        for node in below:
             if before(seq, node.end_seq):
                 if not after(end_seq, node.end_seq):
                     net.inc("TcpExtTCPOFOMerge")
@@ -1001,7 +1021,7 @@ def _ofo_insert(sk: TcpSock, skb: Skb, now: int) -> None:
                     tcp_drop(sk, node, "TCP_OFOMERGE")
                     kept = skb
                     break
-            elif tcp_try_coalesce(sk, node, skb):
+            elif node is below[-1] and tcp_try_coalesce(sk, node, skb):
                 if grow:
                     tcp_grow_window(sk, skb)
                 _ofo_add_sack(sk, seq, end_seq, now)
@@ -1048,13 +1068,19 @@ def tcp_rcvbuf_grow_from_ofo(sk: TcpSock) -> None:
 def tcp_ofo_queue(sk: TcpSock, now: int) -> None:
     """Move out-of-order data that rcv_nxt has reached into sk_receive_queue."""
     dsack_high = sk.rcv_nxt
+    clips_end = sk.net.profile.ofo_queue_dsack_clips_end
     while sk.ofo:
         skb = sk.ofo.first()
         assert skb is not None
         if after(skb.seq, sk.rcv_nxt):
             break
         if before(skb.seq, dsack_high):
-            dsack = skb.end_seq if before(skb.end_seq, dsack_high) else dsack_high
+            dsack = dsack_high
+            if before(skb.end_seq, dsack_high):
+                if clips_end:
+                    dsack = skb.end_seq
+                else:
+                    dsack_high = skb.end_seq  # 4.13: the mark moves, this block does not
             tcp_dsack_extend(sk, skb.seq, dsack)
         sk.ofo.erase(skb)
         if not after(skb.end_seq, sk.rcv_nxt):
@@ -1274,9 +1300,11 @@ def tcp_rcv_established(sk: TcpSock, skb: Skb, now: int) -> None:
     profile = net.profile
     tcp_parse_timestamp(sk, skb)
     hdr_word = (skb.doff >> 2) << 28 | (skb.flags & _NOT_PSH) << 16 | skb.window
+    # A TSval older than ts_recent takes the slow path, where PAWS looks closer.
     if (sk.pred_flags and hdr_word == sk.pred_flags and skb.seq == sk.rcv_nxt
             and not after(skb.ack_seq, sk.snd_nxt)
-            and not (sk.rx_opt.saw_tstamp and tcp_paws_discard(sk, skb))):
+            and not (sk.rx_opt.saw_tstamp
+                     and (sk.rx_opt.rcv_tsval - sk.rx_opt.ts_recent) & 0x80000000)):
         if not skb.data:
             if sk.rx_opt.saw_tstamp and sk.rcv_nxt == sk.rcv_wup:
                 tcp_replace_ts_recent(sk, skb.seq, now)
@@ -1374,10 +1402,24 @@ def tcp_step5(sk: TcpSock, skb: Skb, now: int) -> None:
 # tcp_rcv_state_process: every state but ESTABLISHED and LISTEN
 
 
+def tcp_sndbuf_expand(sk: TcpSock) -> None:
+    """sk_sndbuf for 2 x the initial cwnd of worst-case (non-GSO, power-of-two kmalloc)
+    skbs, as both kernels size it at ESTABLISHED (87040 for a 1460-byte mss); the
+    backlog limit counts it. Cubic: no ca_ops->sndbuf_expand, so the factor is 2."""
+    per_mss = max(sk.rx_opt.mss_clamp, sk.mss_cache) + MAX_TCP_HEADER + SKB_SHINFO_SIZE
+    per_mss = (1 << (per_mss - 1).bit_length()) + SKB_STRUCT_SIZE  # roundup_pow_of_two
+    # max(TCP_INIT_CWND, snd_cwnd, reordering + 1): the receiver's cwnd is the initial one
+    nr_segs = max(TCP_INIT_CWND, TCP_FASTRETRANS_THRESH + 1)
+    sndmem = 2 * nr_segs * per_mss
+    if sk.sndbuf < sndmem:
+        sk.sndbuf = min(sndmem, sk.net.sysctls.tcp_wmem[2])
+
+
 def tcp_init_buffer_space(sk: TcpSock, now: int) -> None:
     """At ESTABLISHED: the first receive buffer, autotuning's start and window_clamp."""
     sysctls = sk.net.sysctls
     profile = sk.net.profile
+    tcp_sndbuf_expand(sk)  # no SO_SNDBUF in the model, so never SOCK_SNDBUF_LOCK
     if profile.tcp_fixup_rcvbuf and not sk.rcvbuf_locked:
         # tcp_fixup_rcvbuf: room for 2 * init_rwnd full segments, x4 if autotuning
         rcvmem = 2 * skb_truesize(sk.advmss + MAX_TCP_HEADER) * TCP_INIT_RWND_SEGS
@@ -1459,7 +1501,12 @@ def tcp_finish_connect(sk: TcpSock, skb: Skb, now: int) -> None:
     sk.synack_deadline = None
     set_state(sk, TcpState.ESTABLISHED)
     tcp_init_buffer_space(sk, now)
-    tcp_fast_path_on(sk)
+    if not ro.snd_wscale:
+        tcp_fast_path_on(sk)
+    else:
+        # tcp_rcv_synsent_state_process: the SYN-ACK's window was unscaled, so no
+        # prediction until tcp_ack_update_window learns the scaled one
+        sk.pred_flags = 0
     sk.icsk_ack.lrcvtime = now
     sk.data_ready = True  # sk_state_change: connect() returns
     kfree_skb_consumed(sk, skb)

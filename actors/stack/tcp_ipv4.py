@@ -28,7 +28,7 @@ from typing import Any
 from actors.profiles import Profile, Sysctls, sysctl_write
 from actors.stack import tcp, tcp_minisocks, tcp_timer
 from actors.stack.net import Net, Proto, StackOutput
-from actors.stack.skb import DeviceKind, Skb, device_skb
+from actors.stack.skb import DeviceKind, Skb, device_skb, device_skb_room, skb_try_coalesce
 from actors.stack.sock import (
     AckPending,
     OpError,
@@ -224,12 +224,16 @@ class Stack:
         net.current = None
         net.mib.add("TcpInSegs")
         hdr = hdr_len or seg.header_len  # doff * 4: recorded when decoded, else computed
+        device_layout = truesize is None  # else the caller's buffer: no room known
         if truesize is None:
             truesize, head_frag = device_skb(self.device,
                                              IPV4_HEADER_LEN + hdr + len(seg.payload))
         skb = Skb.from_segment(seg, sid, now, header_len=hdr, csum_ok=csum_ok,
                                truesize=truesize)
         skb.head_frag = head_frag
+        if device_layout:
+            skb.frags, skb.tailroom = device_skb_room(self.device,
+                                                      IPV4_HEADER_LEN + hdr + len(seg.payload))
         if gso_size:
             skb.gso_size = gso_size
             skb.gso_segs = max(1, -(-len(seg.payload) // gso_size))
@@ -393,13 +397,14 @@ def tcp_add_backlog(sk: TcpSock, skb: Skb) -> None:
         net.mib.add("TcpInErrs")
         tcp_drop(sk, skb, "TCP_CSUM")
         return
-    if profile.backlog_coalesce and sk.backlog and _backlog_coalesce(sk.backlog[-1], skb):
-        tail = sk.backlog[-1]
-        sk.backlog_len += skb.truesize - 256
-        tail.truesize += skb.truesize - 256
-        net.inc("TcpExtTCPBacklogCoalesce")
-        net.backlog_enqueued += 1
-        return
+    if profile.backlog_coalesce and sk.backlog:
+        # Tried even above the limit: skb_try_coalesce bounds the tail at MAX_SKB_FRAGS.
+        delta = _backlog_coalesce(sk.backlog[-1], skb)
+        if delta is not None:
+            sk.backlog_len += delta
+            net.inc("TcpExtTCPBacklogCoalesce")
+            net.backlog_enqueued += 1
+            return
     limit = profile.backlog_limit(sk.rcvbuf, sk.sndbuf)
     if sk.backlog_len + sk.rmem_alloc > limit:
         net.inc("TcpExtTCPBacklogDrop")
@@ -436,19 +441,25 @@ def tcp_prequeue(sk: TcpSock, skb: Skb, now: int) -> bool:
     return True
 
 
-def _backlog_coalesce(tail: Skb, skb: Skb) -> bool:
-    """Modern tcp_add_backlog: merge a contiguous segment into the backlog tail."""
+def _backlog_coalesce(tail: Skb, skb: Skb) -> int | None:
+    """Modern tcp_add_backlog: merge a contiguous segment into the backlog tail; the
+    truesize added (backlog_len grows by it), or None."""
     no = TcpFlags.SYN | TcpFlags.RST | TcpFlags.URG
     if tail.end_seq != skb.seq or (tail.flags | skb.flags) & no:
-        return False
+        return None
     if not (tail.flags & skb.flags & TcpFlags.ACK):
-        return False
+        return None
     ecn = TcpFlags.ECE | TcpFlags.CWR
     if (tail.flags & ecn) != (skb.flags & ecn) or tail.doff != skb.doff:
-        return False
+        return None
     if tail.options != skb.options or tail.fin or not skb.raw_csum_ok:
-        return False
-    tail.gso_size = max(tail.gso_size or tail.len, skb.len)
+        return None
+    tail_gso_size = tail.gso_size or tail.len
+    delta = skb_try_coalesce(tail, skb)
+    if delta is None:
+        return None
+    tail.truesize += delta
+    tail.gso_size = max(tail_gso_size, skb.gso_size or skb.len)
     tail.data += skb.data
     tail.end_seq = skb.end_seq
     if not before(skb.ack_seq, tail.ack_seq):
@@ -456,9 +467,8 @@ def _backlog_coalesce(tail: Skb, skb: Skb) -> bool:
         tail.window = skb.window
     tail.flags |= skb.flags
     tail.gso_segs = min(tail.gso_segs + skb.gso_segs, 65535)
-    tail.frags += skb.frags
     tail.ids.extend(skb.ids)
-    return True
+    return delta
 
 
 # ---------------------------------------------------------------------------- connect

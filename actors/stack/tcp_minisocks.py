@@ -38,7 +38,7 @@ ADVMSS = 1460  # our MTU 1500 minus IPv4 and TCP headers
 
 def sock_set_rcvbuf(sk: TcpSock, value: int) -> None:
     """SO_RCVBUF: Linux doubles the value for bookkeeping overhead and locks it."""
-    sk.rcvbuf = so_rcvbuf(value)
+    sk.rcvbuf = so_rcvbuf(value, sk.net.sysctls.rmem_max)
     sk.rcvbuf_locked = True
 
 

@@ -8,9 +8,8 @@ Mirrors net/ipv4/tcp_output.c (``tcp_select_window``, ``__tcp_select_window``,
 from __future__ import annotations
 
 from actors.profiles import MS
-from actors.stack.skb import RMEM_MAX
 from actors.stack.sock import AckPending, TcpSock, TcpState
-from protocol.constants import TCP_INIT_CWND, TCP_MAX_WSCALE
+from protocol.constants import TCP_MAX_WSCALE
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import SEQ_HALF, SEQ_MASK, SEQ_MOD
 
@@ -54,23 +53,27 @@ def tcp_select_initial_window(sk: TcpSock, space: int, mss: int, wscale_ok: bool
     if space > mss:
         space -= space % mss
     rcv_wnd = space
-    if profile.initial_window_64k:
-        # Modern kernels never offer more than 64K before window scaling is in use.
-        rcv_wnd = min(rcv_wnd, U16_MAX)
-    if not profile.initial_window_64k and mss > 0:
-        # 4.13 limits the first window to what a 10-segment initial cwnd can fill.
-        init_cwnd = TCP_INIT_CWND if mss <= 1460 else max(1460 * TCP_INIT_CWND // mss, 2)
-        rcv_wscale_probe = _wscale_for(sk, space, window_clamp) if wscale_ok else 0
-        if mss > (1 << rcv_wscale_probe):
-            rcv_wnd = min(rcv_wnd, init_cwnd * mss)
     rcv_wscale = _wscale_for(sk, space, window_clamp) if wscale_ok else 0
+    if profile.initial_rwnd_segs and mss > (1 << rcv_wscale):
+        # 4.13: the first window is what tcp_default_init_rwnd segments fill (20, so
+        # a 4.13 SYN-ACK offers 29200, or 28960 with timestamps). 6.10+ offers the
+        # whole space; only the SYN's own window field stays within 16 bits.
+        rcv_wnd = min(rcv_wnd, tcp_default_init_rwnd(profile.initial_rwnd_segs, mss) * mss)
     sk.rcv_wnd = rcv_wnd
     sk.rx_opt.rcv_wscale = rcv_wscale
     sk.window_clamp = min(U16_MAX << rcv_wscale, window_clamp)
 
 
+def tcp_default_init_rwnd(segs: int, mss: int) -> int:
+    """tcp_default_init_rwnd: ``segs`` segments, fewer (at least 2) for an mss above
+    1460 so the window stays near segs * 1460 bytes."""
+    if mss > 1460:
+        return max(1460 * segs // mss, 2)
+    return segs
+
+
 def _wscale_for(sk: TcpSock, space: int, window_clamp: int) -> int:
-    space = max(space, sk.net.sysctls.tcp_rmem[2], RMEM_MAX)
+    space = max(space, sk.net.sysctls.tcp_rmem[2], sk.net.sysctls.rmem_max)
     space = min(space, window_clamp)
     return max(0, min(space.bit_length() - 1 - 15, TCP_MAX_WSCALE))
 
@@ -125,21 +128,21 @@ def tcp_select_window(sk: TcpSock) -> int:
     wscale = sk.rx_opt.rcv_wscale
     old_win = sk.rcv_wnd
     if sk.icsk_ack.pending & AckPending.NOMEM:
-        # Modern: under memory pressure the window may shrink to zero on purpose.
+        # Modern: under memory pressure the window may shrink to zero on purpose;
+        # this early return counts no TCPToZeroWindowAdv.
         sk.rcv_wnd = 0
         sk.rcv_wup = sk.rcv_nxt
         sk.pred_flags = 0
-        if old_win:
-            net.inc("TcpExtTCPToZeroWindowAdv")
         return 0
     cur_win = tcp_receive_window(sk)
     new_win = __tcp_select_window(sk)
     if new_win < cur_win:
-        if new_win == 0:
-            net.inc("TcpExtTCPWantZeroWindowAdv")
         shrink_ok = (net.sysctls.tcp_shrink_window and wscale
                      and net.profile.tcp_shrink_window_sysctl)
         if not shrink_ok:
+            # Never shrink the offered window; a wanted 0 is what goes unsent.
+            if new_win == 0:
+                net.inc("TcpExtTCPWantZeroWindowAdv")
             unit = 1 << wscale
             new_win = -(-cur_win // unit) * unit
     sk.rcv_wnd = new_win
@@ -229,8 +232,9 @@ def tcp_send_delayed_ack(sk: TcpSock, now: int) -> None:
             rtt = max((sk.srtt_us >> 3) * 1000, TCP_DELACK_MIN)
             max_ato = min(max_ato, rtt)
         ato = min(ato, max_ato)
-    if sk.net.profile.delack_max_capped:
-        ato = min(ato, TCP_DELACK_MAX)  # tcp_delack_max
+    delack_max = sk.net.profile.delack_max_ns
+    if delack_max:
+        ato = min(ato, delack_max)  # tcp_delack_max
     timeout = now + ato
     if ack.pending & AckPending.TIMER:
         if (sk.net.profile.delack_blocked_flag and ack.blocked) or ack.timeout <= now + (ato >> 2):

@@ -62,7 +62,9 @@ def run_timers(net: Net, now: int) -> None:
             sk.sack_compress_deadline = None
             if sk.compressed_ack:
                 if sk.owned:
-                    ack.ack_deferred = True
+                    # tcp_compressed_ack_kick: TCP_DELACK_TIMER_DEFERRED, so
+                    # tcp_release_cb's delack handler sends it (counted once)
+                    ack.deferred = True
                 else:
                     tcp_sack_compress_send_ack(sk, now)
         if sk.synack_deadline is not None and sk.synack_deadline <= now:
@@ -116,7 +118,13 @@ def tcp_delack_timer(sk: TcpSock, now: int) -> None:
 def tcp_delack_timer_handler(sk: TcpSock, now: int) -> None:
     net = sk.net
     ack = sk.icsk_ack
-    if sk.state in (TcpState.CLOSE, TcpState.LISTEN) or not ack.pending & AckPending.TIMER:
+    if sk.state in (TcpState.CLOSE, TcpState.LISTEN):
+        return
+    if sk.compressed_ack:
+        # 6.x: a compressed SACK is flushed first (only modern compresses SACKs)
+        tcp_sack_compress_send_ack(sk, now)
+        return
+    if not ack.pending & AckPending.TIMER:
         return
     if ack.timeout > now:
         return
@@ -142,9 +150,10 @@ def tcp_release_cb(sk: TcpSock, now: int) -> None:
     timer handler it runs): the delayed ACK, a compressed or deferred ACK."""
     ack = sk.icsk_ack
     if ack.deferred:
+        # TCP_DELACK_TIMER_DEFERRED: the handler itself decides. An ACK sent meanwhile
+        # cleared ICSK_ACK_TIMER (nothing to do); a delayed ACK scheduled meanwhile has
+        # its own deadline, still in the future (the timer stays armed for it).
         ack.deferred = False
-        ack.timeout = now
-        ack.pending |= AckPending.TIMER
         tcp_delack_timer_handler(sk, now)
     if ack.ack_deferred:
         ack.ack_deferred = False

@@ -14,33 +14,65 @@ could not be parsed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from actors.profiles import get_profile
+from actors.profiles import PROFILES, Sysctls, get_profile
 from cli.app import app
 from cli.drill.model import ModelReceiver
-from cli.drill.packetdrill import ParseError, parse_file
+from cli.drill.packetdrill import ParseError, Script, parse_file
 from cli.drill.pipeline import PipelineReceiver
 from cli.drill.runner import DrillRunner, Mismatch, Outcome, ScriptResult
 
+DEFAULT_PROFILE = "modern"
+# A comment line such as ``// rxpath: profile=legacy`` declares what the script needs.
+_DECLARATION = re.compile(r"^\s*//\s*rxpath:\s*(?P<body>.*)$")
 
-def run_script(path: str | Path, profile: str = "modern", *, verbose: bool = False,
+
+def declared_profile(script: Script) -> str | None:
+    """The profile a ``// rxpath: profile=NAME`` comment declares, or None; ValueError
+    for a name that is not a profile."""
+    for line in script.lines:
+        m = _DECLARATION.match(line)
+        if m is None:
+            continue
+        for item in re.split(r"[\s,]+", m.group("body").strip()):
+            key, _, value = item.partition("=")
+            if key == "profile":
+                if value not in PROFILES:
+                    raise ValueError(f"rxpath: profile={value!r}: expected one of "
+                                     f"{', '.join(sorted(PROFILES))}")
+                return value
+    return None
+
+
+def run_script(path: str | Path, profile: str | None = None, *, verbose: bool = False,
                seed: int = 1, sysctls: dict[str, str] | None = None,
                pipeline: bool = False) -> ScriptResult:
     """Parse and run one script against the kernel model (or, with ``pipeline``, the
     actor processes); a parse error is a failure.
 
-    ``sysctls`` are the host's settings before the script starts (its own commands
-    may change them further).
+    ``profile``: the kernel to run it against. None takes the one the script declares
+    (``// rxpath: profile=legacy``), else :data:`DEFAULT_PROFILE`; a profile given that
+    differs from the script's declaration skips the script. ``sysctls`` are the host's
+    settings before the script starts (its own commands may change them further).
     """
     try:
         script = parse_file(path)
+        declared = declared_profile(script)
     except ParseError as err:
         return ScriptResult(str(path), Outcome.FAIL,
                             Mismatch(err.line, f"parse error: {err.message}"))
+    except ValueError as err:
+        return ScriptResult(str(path), Outcome.FAIL, Mismatch(0, str(err)))
+    if profile is None:
+        profile = declared or DEFAULT_PROFILE
+    elif declared is not None and declared != profile:
+        return ScriptResult(str(path), Outcome.SKIP,
+                            skip_reason=f"the script declares profile={declared}")
     if pipeline:
         with PipelineReceiver(get_profile(profile), seed=seed) as rx:
             _apply_sysctls(rx, sysctls)
@@ -83,8 +115,12 @@ def summary(results: list[ScriptResult]) -> str:
 @app.command()
 def drill(
     scripts: Annotated[list[Path], typer.Argument(help="packetdrill scripts (.pkt) to run.")],
-    profile: Annotated[str, typer.Option(
-        "--profile", help="Kernel profile: modern or legacy (4.13, prequeue).")] = "modern",
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="Kernel profile: modern or legacy (4.13, prequeue). Default: "
+        "what the script declares (a '// rxpath: profile=legacy' comment), else modern, "
+        "since packetdrill scripts are written against current kernels (rxpath run's "
+        "default scenario is the lecture's 4.13, legacy). A script that declares the "
+        "other profile is skipped.")] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show every packet, call and skipped line.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the receiver's ISN.")] = 1,
@@ -99,13 +135,13 @@ def drill(
     """Run packetdrill scripts against the emulated receiver (kernel model in virtual
     time, or the actor processes in real time with --pipeline)."""
     try:
-        get_profile(profile)
+        get_profile(profile or DEFAULT_PROFILE)
         settings = dict(_sysctl_arg(s) for s in sysctl or ())
-        # Reject an unknown name before any script runs.
-        probe = ModelReceiver(get_profile(profile))
+        # Reject an unknown name or a malformed value before any script runs.
+        probe = ModelReceiver(get_profile(profile or DEFAULT_PROFILE))
         for name, value in settings.items():
             if not probe.set_sysctl(name, value):
-                raise ValueError(f"sysctl {name}={value!r} is not modelled")
+                raise ValueError(_sysctl_refusal(name, value))
     except ValueError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
@@ -121,9 +157,27 @@ def drill(
 
 
 def _sysctl_arg(text: str) -> tuple[str, str]:
+    """NAME=VALUE as ``rxpath run --sysctl`` takes it: net.ipv4.tcp_rmem, tcp_rmem or
+    sysctl.tcp_rmem; values separated by blanks or commas ("4096,87380,6291456")."""
     name, sep, value = text.partition("=")
+    name = name.strip().removeprefix("sysctl.")
     if not sep or not name:
         raise ValueError(f"--sysctl expects NAME=VALUE, got {text!r}")
     if "." not in name:
-        name = "net.ipv4." + name
-    return name, value.strip().strip("'\"")
+        name = ("net.core." if name in _CORE_SYSCTLS else "net.ipv4.") + name
+    words = [w for w in re.split(r"[\s,]+", value.strip().strip("'\"")) if w]
+    return name, " ".join(words)
+
+
+_CORE_SYSCTLS = frozenset({"rmem_max", "somaxconn", "netdev_budget", "netdev_budget_usecs",
+                           "dev_weight"})
+
+
+def _sysctl_refusal(name: str, value: str) -> str:
+    short = name.rsplit(".", 1)[-1]
+    if short == "tcp_invalid_ratelimit":
+        short = "tcp_invalid_ratelimit_ms"
+    fields = Sysctls.__dataclass_fields__
+    if short not in fields:
+        return f"sysctl {name}: not a setting rxpath models (it has: {', '.join(fields)})"
+    return f"sysctl {name}={value!r}: not a valid value for it"

@@ -74,7 +74,8 @@ class ModelReceiver(Syscalls):
 
     # ------------------------------------------------------------------ wire
 
-    def inject(self, seg: Segment, *, gso_size: int = 0) -> None:
+    def inject(self, seg: Segment, *, gso_size: int = 0, more: bool = False) -> None:
+        # ``more`` changes nothing here: the virtual clock does not move between writes.
         self.stack.tcp_v4_rcv(seg, self._now, gso_size=gso_size)
         self._drain()
 

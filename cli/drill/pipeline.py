@@ -195,6 +195,7 @@ class PipelineReceiver(Syscalls):
         self._replies: dict[int, SockOpResult] = {}
         self._rids = itertools.count(1)
         self._injected = 0  # segments sent to the NIC, warm-up included
+        self._burst: list[tuple[Segment, int]] = []  # held by inject(more=True)
         self._received = 0  # of them, through tcp_v4_rcv (the stack's rcv_progress)
         self._baseline: dict[str, int] = {}
         self.errors: list[str] = []
@@ -406,17 +407,25 @@ class PipelineReceiver(Syscalls):
 
     # ------------------------------------------------------------------ wire
 
-    def inject(self, seg: Segment, *, gso_size: int = 0) -> None:
+    def inject(self, seg: Segment, *, gso_size: int = 0, more: bool = False) -> None:
+        """Segments written at one instant leave together, in one wire message: the
+        kernel takes packetdrill's back-to-back writes microseconds apart, this
+        pipeline's hops take milliseconds each, and sent one by one a timer armed by
+        the first (a compressed SACK, 1 ms or less) would fire before the next arrives."""
         self._ensure_running()
         assert self.launcher is not None
+        self._burst.append((seg, gso_size))
+        if more:
+            return
+        burst, self._burst = self._burst, []
         sent = self.now()
-        body: dict[str, Any] = {"frames": [encode(seg)]}
-        if gso_size:
-            body["gso"] = [gso_size]  # the virtio_net_hdr of the tun write
+        body: dict[str, Any] = {"frames": [encode(s) for s, _ in burst]}
+        if any(g for _, g in burst):
+            body["gso"] = [g for _, g in burst]  # the virtio_net_hdr of each tun write
         self.launcher.send(NIC, msg.WIRE, body)
-        self._injected += 1
+        self._injected += len(burst)
         try:
-            self._wait_received(f"the segment {seg.describe()}")
+            self._wait_received(f"the segment {burst[-1][0].describe()}")
         finally:
             self._delay(sent, self.now())
 

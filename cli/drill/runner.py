@@ -184,8 +184,11 @@ class Receiver(Protocol):
     def counters(self) -> Mapping[str, int]:
         """MIB counters under their nstat names."""
 
-    def inject(self, seg: Segment, *, gso_size: int = 0) -> None:
-        """A segment arrives from the wire now."""
+    def inject(self, seg: Segment, *, gso_size: int = 0, more: bool = False) -> None:
+        """A segment arrives from the wire now. ``more``: the script writes another
+        segment at the same instant (packetdrill's back-to-back tun writes, microseconds
+        apart): a real-time receiver may hold this one and send them together, so that
+        its own transport latency does not put its timers between them."""
 
     def take_outbound(self) -> list[tuple[int, Segment]]:
         """Segments transmitted since the last call, with their send times."""
@@ -304,6 +307,7 @@ class DrillRunner:
         # packet was actually seen, as packetdrill adjusts to live outbound times.
         self.anchor_us = 0
         self.last_outbound_us = 0
+        self.next_event: Event | None = None  # the script's event after the current one
 
     # ------------------------------------------------------------------ entry
 
@@ -319,7 +323,9 @@ class DrillRunner:
                                   "rxpath models IPv4 only")
             if self.script.init_command is not None:
                 self._command(self.script.init_command.line, self.script.init_command)
-            for i, ev in enumerate(self.script.events):
+            events = self.script.events
+            for i, ev in enumerate(events):
+                self.next_event = events[i + 1] if i + 1 < len(events) else None
                 if i == 0 and ev.time.start_us != 0 and ev.time.kind == TimeKind.ABSOLUTE:
                     raise _Failed(Mismatch(ev.line, "first event should be at time 0"))
                 self._event(ev)
@@ -445,8 +451,18 @@ class DrillRunner:
         ip_len = 40 + sum(o.length for o in spec.options or ()) + spec.payload_len
         gso = self.gso_mss if self.gso_mss and ip_len > self.gso_mss else 0
         self._log(f"inject  {spec}" + (f"  (gso_size {gso})" if gso else ""))
-        self.rx.inject(seg, gso_size=gso)
+        self.rx.inject(seg, gso_size=gso, more=self._burst_follows())
         self._poll_blocking()
+
+    def _burst_follows(self) -> bool:
+        """Whether the next event is another inbound segment of this connection at the
+        same instant (``+0``): packetdrill writes them back to back."""
+        nxt = self.next_event
+        if nxt is None or not isinstance(nxt.action, PacketSpec) or not nxt.action.inbound:
+            return False
+        if nxt.action.has("S"):
+            return False  # a SYN may open a new connection: the runner looks at it first
+        return nxt.time.kind == TimeKind.RELATIVE and nxt.time.start_us == 0
 
     def _inbound_options(self, ev: Event, spec: PacketSpec, conn: _Conn,
                          ack_off: int) -> TcpOptions:

@@ -283,8 +283,10 @@ class Syscalls:
         if name == "SO_RCVLOWAT":
             return 0, None, {"value": desc.rcvlowat}
         if desc.sock is None:  # not in the stack yet
+            rmem_max = self.sysctls.rmem_max
             value = 0 if name == "SO_ERROR" else (
-                so_rcvbuf(desc.rcvbuf) if desc.rcvbuf is not None else self.sysctls.tcp_rmem[1])
+                so_rcvbuf(desc.rcvbuf, rmem_max) if desc.rcvbuf is not None
+                else self.sysctls.tcp_rmem[1])
             return 0, None, {"value": value}
         if name == "SO_ERROR":  # sock_error: reading it clears it
             err = yield SockError(desc.sock)
