@@ -122,19 +122,33 @@ class ActorProfiler:
                 proc.wait()
 
 
-def top_functions(collapsed: Path, n: int = 8) -> list[tuple[str, float]]:
-    """The functions with the most self time in a py-spy ``--format raw`` file (share 0-1)."""
+def top_functions(collapsed: Path, n: int = 8) -> list[tuple[str, float, float]]:
+    """The functions with the most self time in a py-spy ``--format raw`` file: (name,
+    self share, total share incl. callees), lines of one function counted together.
+
+    py-spy samples wall time of a running or runnable thread, so on an oversubscribed
+    machine calls that wake another process (ZeroMQ sends) weigh more than their CPU."""
     own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        own[leaf] = own.get(leaf, 0) + int(count)
-        total += int(count)
+        k = int(count)
+        names = [frame.split(" (", 1)[0] + _module_of(frame) for frame in stack.split(";")]
+        own[names[-1]] = own.get(names[-1], 0) + k
+        for name in set(names):
+            inclusive[name] = inclusive.get(name, 0) + k
+        total += k
     ranked = sorted(own.items(), key=lambda kv: -kv[1])[:n]
-    return [(name, c / total) for name, c in ranked] if total else []
+    return [(name, c / total, inclusive[name] / total) for name, c in ranked] if total else []
+
+
+def _module_of(frame: str) -> str:
+    """" (path)" of a py-spy frame "func (path:line)", without the line."""
+    _, _, where = frame.partition(" (")
+    return f" ({where.rsplit(':', 1)[0]})" if where else ""
 
 
 def end_to_end(sc: Scenario, rd: Path, *, trace: bool, progress: bool,
@@ -249,7 +263,7 @@ def bench(
                  for h, m, n in runs_on[0]["hops"]],
     }
     if profiler is not None:
-        result["profiles"] = {name: [(f, round(share, 3)) for f, share in
+        result["profiles"] = {name: [(f, round(own, 3), round(incl, 3)) for f, own, incl in
                                      top_functions(rd / "profiles" / f"{name}.txt")]
                               for name in sorted(profiler.procs)
                               if (rd / "profiles" / f"{name}.txt").exists()}
@@ -288,5 +302,6 @@ def _print(r: dict[str, Any]) -> None:
     typer.echo(table([(h["hop"], f"{h['mean_us']:.1f}", str(h["messages"]))
                       for h in r["hops"]], ("hop (first run)", "mean one-way us", "messages")))
     for name, top in (r.get("profiles") or {}).items():
-        typer.echo(f"\n{name}: hottest functions (self time)")
-        typer.echo(table([(f, f"{share:.1%}") for f, share in top], ("function", "share")))
+        typer.echo(f"\n{name}: hottest functions (py-spy samples)")
+        typer.echo(table([(f, f"{own:.1%}", f"{incl:.1%}") for f, own, incl in top],
+                         ("function", "self", "with callees")))

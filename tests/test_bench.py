@@ -1,0 +1,53 @@
+"""`rxpath bench`: the figures it promises, and how it ranks a profile's functions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.bench import top_functions
+
+KEYS = ("segments_per_s", "segments_per_s_trace_off", "raw_unbatched_per_s",
+        "raw_batched_per_s", "ratio_unbatched", "model_segments_per_s",
+        "model_ofo_segments_per_s", "cpu_us_per_segment", "startup_s", "rss_kb", "compiled")
+ACTORS = {"peer", "nic", "cpu0", "cpu1", "stack", "r1", "r2"}
+
+
+def test_top_functions_counts_a_function_once_across_its_lines(tmp_path: Path) -> None:
+    raw = tmp_path / "stack.txt"
+    raw.write_text(
+        "main (a.py:1);loop (a.py:5);send (m.py:10) 6\n"
+        "main (a.py:1);loop (a.py:5);send (m.py:12) 2\n"
+        "main (a.py:1);loop (a.py:6);decode (w.py:3) 2\n")
+    top = top_functions(raw)
+    assert top[0] == ("send (m.py)", 0.8, 0.8)
+    assert top[1] == ("decode (w.py)", 0.2, 0.2)
+    assert top_functions(raw, n=1) == [("send (m.py)", 0.8, 0.8)]
+
+
+def test_top_functions_of_an_empty_profile_is_empty(tmp_path: Path) -> None:
+    raw = tmp_path / "idle.txt"
+    raw.write_text("")
+    assert top_functions(raw) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_bench_json_reports_every_figure_with_integrity(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "--mbytes", "0.25", "--repeat", "1",
+         "--messages", "2000", "--model-segments", "300", "--json",
+         "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=220,
+        check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout)
+    assert all(k in r for k in KEYS), sorted(set(KEYS) - set(r))
+    assert r["integrity"] is True
+    assert r["segments_per_s"] > 0 and r["raw_unbatched_per_s"] > r["segments_per_s"]
+    assert set(r["cpu_us_per_segment"]) >= ACTORS and r["cpu_us_per_segment"]["total"] > 0
+    assert set(r["rss_kb"]) >= ACTORS
+    assert json.loads((tmp_path / "bench.json").read_text()) == r
