@@ -144,6 +144,11 @@ class Profile:
     # tcp_rcv_rtt_measure_ts: one sample per new tsecr value (rcv_rtt_last_tsecr), not one
     # per segment of a burst echoing the same timestamp
     rcv_rtt_once_per_tsecr: bool
+    # tcp_rtt_tsopt_us (4.19+): a timestamp RTT is refused past INT_MAX us and a 0 ms
+    # delta becomes min_delta: 0 for tcp_rcv_rtt_measure_ts (the sample is dropped), 1 ms
+    # for tcp_ack_update_rtt. 4.13 takes delta * 1000 as a u32, 0 included (the receive
+    # estimator then counts it as 1 us, the sender's srtt as max(1, 0))
+    ts_rtt_via_tsopt_us: bool
     # autotuning (DRS)
     tcp_fixup_rcvbuf: bool  # tcp_init_buffer_space sizes rcvbuf for 2*init_rwnd segments
     rcvq_space_init_capped: bool  # rcvq_space starts at min(ssthresh, rcv_wnd, 10 mss)
@@ -237,6 +242,7 @@ LEGACY = Profile(
     cleanup_rbuf_only_before_sleep=False,
     rcv_rtt_keeps_minimum=False,
     rcv_rtt_once_per_tsecr=False,
+    ts_rtt_via_tsopt_us=False,
     tcp_fixup_rcvbuf=True,
     rcvq_space_init_capped=False,
     rcv_space_subtracts_inq=False,
@@ -303,6 +309,8 @@ MODERN = replace(
     # receive RTT: keep the minimum, one sample per timestamp echoed
     rcv_rtt_keeps_minimum=True,
     rcv_rtt_once_per_tsecr=True,
+    # a 0 ms timestamp sample: dropped by the receive estimator, 1 ms for srtt
+    ts_rtt_via_tsopt_us=True,
     # receive autotuning: tcp_rcvbuf_grow, unread bytes not counted as copied, the ofo
     # span counted; no tcp_fixup_rcvbuf, rcvq_space starts capped
     tcp_fixup_rcvbuf=False,

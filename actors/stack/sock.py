@@ -246,7 +246,9 @@ class TcpSock:
     duplicate_sack: tuple[int, int] = (0, 0)
     icsk_ack: IcskAck = field(default_factory=IcskAck)
     rto: int = 200_000_000
-    srtt_us: int = 0
+    srtt_us: int = 0  # x8, as tcp_sock keeps it
+    mdev_us: int = 0
+    rttvar_us: int = 0
     last_oow_ack_time: int | None = None
     compressed_ack: int = 0
     dup_ack_counter: int = 0
@@ -254,6 +256,11 @@ class TcpSock:
     compressed_ack_rcv_nxt: int = 0
     synack_deadline: int | None = None
     synack_retries: int = 0
+    # when our SYN or SYN-ACK last left (tcp_rsk(req)->snt_synack, the SYN skb's
+    # mstamp) and how often it was sent again (req->num_retrans, TCPCB_RETRANS):
+    # the handshake's RTT sample is taken only from a segment sent once (Karn)
+    snt_synack: int | None = None
+    synack_num_retrans: int = 0
     # set by every wakeup (sk_data_ready / state change); the stack wakes sleepers
     data_ready: bool = False
     wakeups: int = 0  # wakeups delivered so far (sock_def_readable calls)

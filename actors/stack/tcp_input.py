@@ -46,6 +46,9 @@ from protocol.constants import (
     TCP_INIT_CWND,
     TCP_MIN_MSS,
     TCP_MSS_DEFAULT,
+    TCP_RTO_MAX,
+    TCP_RTO_MIN,
+    TCP_TIMEOUT_FALLBACK,
 )
 from protocol.segment import Segment, TcpFlags
 from protocol.seq import after, before, seq_add, seq_sub
@@ -280,12 +283,15 @@ def tcp_event_data_recv(sk: TcpSock, skb: Skb, now: int) -> None:
         tcp_incr_quickack(sk, sk.net.profile.quickack_cap)
         ack.ato = TCP_ATO_MIN
     else:
-        m = now - ack.lrcvtime
-        if m <= TCP_ATO_MIN // 2:
-            ack.ato = (ack.ato >> 1) + TCP_ATO_MIN // 2
-        elif m < ack.ato:
-            ack.ato = min((ack.ato >> 1) + m, sk.rto)
-        elif m > sk.rto:
+        # In jiffies (HZ = 1000), as the kernel counts ato, rto and lrcvtime: a gap
+        # longer than the RTO means the sender had to restart, so ACK quickly again.
+        m = now // MS - ack.lrcvtime // MS
+        ato = ack.ato // MS
+        if m <= TCP_ATO_MIN // MS // 2:
+            ack.ato = ((ato >> 1) + TCP_ATO_MIN // MS // 2) * MS
+        elif m < ato:
+            ack.ato = min((ato >> 1) + m, sk.rto // MS) * MS
+        elif m > sk.rto // MS:
             tcp_incr_quickack(sk, sk.net.profile.quickack_cap)
     ack.lrcvtime = now
     if len(skb.data) >= 128:
@@ -510,19 +516,86 @@ def tcp_rcv_rtt_measure(sk: TcpSock, now: int) -> None:
     sk.rcv_rtt_time = now
 
 
+def tcp_rtt_tsopt_us(sk: TcpSock, now: int, min_delta: int) -> int:
+    """The RTT the echoed timestamp gives, in us; -1 for none."""
+    delta = (tcp_time_stamp(sk, now) - sk.rx_opt.rcv_tsecr) & 0xFFFFFFFF
+    if not sk.net.profile.ts_rtt_via_tsopt_us:
+        return (delta * 1000) & 0xFFFFFFFF  # 4.13: a u32 product, 0 ms kept as 0 us
+    if delta >= 0x7FFFFFFF // 1000:
+        return -1
+    return (delta or min_delta) * 1000
+
+
 def tcp_rcv_rtt_measure_ts(sk: TcpSock, skb: Skb, now: int) -> None:
+    # Both kernels read rcv_tsecr without looking at saw_tstamp: a segment without
+    # the option reuses the last echo seen.
     tsecr = sk.rx_opt.rcv_tsecr
-    if not sk.rx_opt.saw_tstamp or not tsecr:
-        return
-    if seq_sub(skb.end_seq, skb.seq) < sk.icsk_ack.rcv_mss:
-        return
     if sk.net.profile.rcv_rtt_once_per_tsecr:
+        # 6.x: the same-tsecr test (and the update) comes before the length test, so
+        # a short segment also uses up its tsecr
         if tsecr == sk.rcv_rtt_last_tsecr:
             return
         sk.rcv_rtt_last_tsecr = tsecr
-    delta_ms = (tcp_time_stamp(sk, now) - tsecr) & 0xFFFFFFFF
-    if delta_ms < 0x7FFFFFFF:
-        tcp_rcv_rtt_update(sk, max(delta_ms, 1) * 1000, False)
+    # 4.13 tests rcv_tsecr != 0; 6.x would measure from the raw clock, which
+    # tcp_rtt_tsopt_us refuses once the host is up more than 35 minutes
+    if not tsecr:
+        return
+    if seq_sub(skb.end_seq, skb.seq) < sk.icsk_ack.rcv_mss:
+        return
+    delta_us = tcp_rtt_tsopt_us(sk, now, 0)
+    if sk.net.profile.ts_rtt_via_tsopt_us and delta_us <= 0:
+        return  # 6.x: a 0 ms sample is dropped
+    tcp_rcv_rtt_update(sk, delta_us, False)
+
+
+# ---------------------------------------------------------------------------------
+# the sender's RTT (srtt, rto): here only the handshake's sample
+
+
+def tcp_rtt_estimator(sk: TcpSock, mrtt_us: int) -> None:
+    """The first sample (the only one a receiver gets): srtt = m, rto = 3 m but at
+    least rtt + tcp_rto_min."""
+    sk.mdev_us = mrtt_us << 1
+    sk.rttvar_us = max(sk.mdev_us, TCP_RTO_MIN // US)
+    sk.srtt_us = max(1, (mrtt_us << 3) & 0xFFFFFFFF)
+
+
+def tcp_set_rto(sk: TcpSock) -> None:
+    # __tcp_set_rto: usecs_to_jiffies rounds up (HZ = 1000); tcp_bound_rto
+    rto_us = (sk.srtt_us >> 3) + sk.rttvar_us
+    sk.rto = min(-(-rto_us // 1000) * MS, TCP_RTO_MAX)
+
+
+def tcp_ack_update_rtt(sk: TcpSock, seq_rtt_us: int, now: int) -> bool:
+    """For an ACK that acked something (FLAG_ACKED): the ACK's own timing, else the
+    echoed timestamp (RFC 7323 RTTM)."""
+    ro = sk.rx_opt
+    if seq_rtt_us < 0 and ro.saw_tstamp and ro.rcv_tsecr:
+        seq_rtt_us = tcp_rtt_tsopt_us(sk, now, 1)
+    if seq_rtt_us < 0:
+        return False
+    tcp_rtt_estimator(sk, seq_rtt_us)
+    tcp_set_rto(sk)
+    return True
+
+
+def tcp_synack_rtt_meas(sk: TcpSock, now: int) -> None:
+    """The ACK of our SYN-ACK (tcp_check_req, then tcp_rcv_state_process while srtt is
+    still 0) or of our SYN (tcp_clean_rtx_queue from tcp_rcv_synsent_state_process):
+    the time since it left, when it left only once; else the timestamp echo."""
+    rtt_us = -1
+    if sk.snt_synack is not None and not sk.synack_num_retrans:
+        rtt_us = (now - sk.snt_synack) // US
+    # Without it, tcp_check_req's try has the listener's options, not this ACK's; the
+    # try in tcp_rcv_state_process (no req outside fastopen) uses this ACK's echo.
+    tcp_ack_update_rtt(sk, rtt_us, now)
+
+
+def tcp_init_metrics(sk: TcpSock) -> None:
+    """No cached metrics: with no RTT from the handshake, RFC 6298 5.7's 3 s RTO."""
+    if sk.srtt_us == 0:
+        sk.rttvar_us = sk.mdev_us = TCP_TIMEOUT_FALLBACK // US
+        sk.rto = TCP_TIMEOUT_FALLBACK
 
 
 def tcp_rcv_space_adjust(sk: TcpSock, now: int) -> None:
@@ -1499,7 +1572,9 @@ def tcp_finish_connect(sk: TcpSock, skb: Skb, now: int) -> None:
     hint = min(sk.advmss, sk.mss_cache, sk.rcv_wnd // 2, TCP_MSS_DEFAULT)
     sk.icsk_ack.rcv_mss = max(hint, TCP_MIN_MSS)
     sk.synack_deadline = None
+    tcp_synack_rtt_meas(sk, now)  # tcp_ack acking our SYN
     set_state(sk, TcpState.ESTABLISHED)
+    tcp_init_metrics(sk)  # tcp_init_transfer
     tcp_init_buffer_space(sk, now)
     if not ro.snd_wscale:
         tcp_fast_path_on(sk)
@@ -1520,9 +1595,11 @@ def tcp_child_established(sk: TcpSock, skb: Skb, now: int) -> None:
     sk.snd_wnd = skb.window << sk.rx_opt.snd_wscale
     sk.snd_wl1 = skb.seq
     sk.max_window = sk.snd_wnd
+    tcp_synack_rtt_meas(sk, now)
     set_state(sk, TcpState.ESTABLISHED)
     sk.net.mib.add("TcpPassiveOpens")
     sk.synack_deadline = None
+    tcp_init_metrics(sk)
     sk.icsk_ack.lrcvtime = now  # tcp_create_openreq_child: tcpi_last_data_recv starts here
     tcp_init_buffer_space(sk, now)
     tcp_fast_path_on(sk)

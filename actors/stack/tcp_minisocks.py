@@ -140,7 +140,16 @@ def tcp_v4_send_synack(sk: TcpSock, now: int) -> None:
     seg = make_segment(sk, now, TcpFlags.SYN | TcpFlags.ACK, seq=sk.iss,
                        window=min(sk.rcv_wnd, 65535), options=opts)
     sk.net.transmit(seg, sk.sock_id)
+    _note_syn_sent(sk, now)
     sk.synack_deadline = now + sk.rto
+
+
+def _note_syn_sent(sk: TcpSock, now: int) -> None:
+    # inet_rtx_syn_ack counts a SYN-ACK sent again (timer or a repeated SYN) in
+    # req->num_retrans; tcp_retransmit_skb marks a SYN sent again TCPCB_RETRANS
+    if sk.snt_synack is not None:
+        sk.synack_num_retrans += 1
+    sk.snt_synack = now
 
 
 def tcp_send_syn(sk: TcpSock, now: int) -> None:
@@ -155,6 +164,7 @@ def tcp_send_syn(sk: TcpSock, now: int) -> None:
     seg = make_segment(sk, now, TcpFlags.SYN, seq=sk.iss,
                        window=min(sk.rcv_wnd, 65535), options=opts)
     sk.net.transmit(seg, sk.sock_id)
+    _note_syn_sent(sk, now)
     sk.synack_deadline = now + sk.rto  # the same retransmission timer as a SYN-ACK's
 
 

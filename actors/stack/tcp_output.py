@@ -229,7 +229,8 @@ def tcp_send_delayed_ack(sk: TcpSock, now: int) -> None:
         if ack.pingpong or ack.pending & AckPending.PUSHED:
             max_ato = TCP_DELACK_MAX
         if sk.srtt_us:
-            rtt = max((sk.srtt_us >> 3) * 1000, TCP_DELACK_MIN)
+            # usecs_to_jiffies rounds up (HZ = 1000)
+            rtt = max(-(-(sk.srtt_us >> 3) // 1000) * MS, TCP_DELACK_MIN)
             max_ato = min(max_ato, rtt)
         ato = min(ato, max_ato)
     delack_max = sk.net.profile.delack_max_ns

@@ -105,6 +105,14 @@ SYMBOLS: dict[str, int] = {
 }
 
 
+def virtio_net_hdr_gso_size(gso_size: int, tcp_len_past_base_header: int) -> int:
+    """The gso_size a tun write keeps: virtio_net_hdr_to_skb (6.18) sets it only when
+    skb->len - p_off > gso_size, p_off being the transport offset plus the base TCP
+    header (thlen = sizeof(struct tcphdr)): what counts is the TCP options and the
+    payload, not the IP length. "Too small packets are not really GSO ones"."""
+    return gso_size if gso_size and tcp_len_past_base_header > gso_size else 0
+
+
 # ----------------------------------------------------------------------------- results
 
 
@@ -446,10 +454,9 @@ class DrillRunner:
             payload=bytes(spec.payload_len),
             urg_ptr=spec.urg_ptr,
         )
-        # packetdrill writes every TCP packet to tun with gso_size = --mss; the kernel
-        # keeps it only for a packet longer than that (virtio_net_hdr_to_skb).
-        ip_len = 40 + sum(o.length for o in spec.options or ()) + spec.payload_len
-        gso = self.gso_mss if self.gso_mss and ip_len > self.gso_mss else 0
+        # packetdrill writes every TCP packet to tun with gso_size = --mss
+        opt_len = -(-sum(o.length for o in spec.options or ()) // 4) * 4
+        gso = virtio_net_hdr_gso_size(self.gso_mss, opt_len + spec.payload_len)
         self._log(f"inject  {spec}" + (f"  (gso_size {gso})" if gso else ""))
         self.rx.inject(seg, gso_size=gso, more=self._burst_follows())
         self._poll_blocking()
