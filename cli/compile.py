@@ -54,7 +54,8 @@ def build(root: Path = ROOT, *, verbose: bool = False) -> None:
             raise RuntimeError(f"mypyc failed (exit {proc.returncode}):\n{tail}")
     manifest = root / MANIFEST.relative_to(ROOT)
     manifest.write_text(json.dumps(
-        {"sources": {rel: source_hash(root / rel) for rel in MODULES}}, indent=1) + "\n")
+        {"sources": {rel: source_hash(root / rel) for rel in MODULES},
+         "extensions": [str(p.relative_to(root)) for p in extensions(root)]}, indent=1) + "\n")
 
 
 @app.command("compile")

@@ -65,10 +65,16 @@ def stale_sources(root: Path = ROOT) -> list[str]:
 
 
 def remove_build(root: Path = ROOT) -> list[Path]:
+    """Remove the compiled files: today's list, and what the manifest says was built
+    (a module dropped from the list since must not keep shadowing its source)."""
     removed = extensions(root)
+    manifest = root / MANIFEST.relative_to(ROOT)
+    if manifest.exists():
+        built = json.loads(manifest.read_text()).get("extensions", [])
+        removed += [p for p in (root / rel for rel in built) if p.exists() and p not in removed]
     for path in removed:
         path.unlink(missing_ok=True)  # another process may be removing it too
-    (root / MANIFEST.relative_to(ROOT)).unlink(missing_ok=True)
+    manifest.unlink(missing_ok=True)
     return removed
 
 

@@ -71,6 +71,17 @@ def test_an_edited_source_makes_the_build_stale_and_removing_it_leaves_the_sourc
     assert stale_sources(tmp_path) == []  # no build, nothing stale
 
 
+def test_removing_a_build_removes_what_the_manifest_says_was_built(tmp_path: Path) -> None:
+    _fake_build(tmp_path)
+    dropped = tmp_path / ("protocol/sockops" + SUFFIX)  # compiled once, since dropped
+    dropped.write_bytes(b"")
+    manifest = tmp_path / MANIFEST.relative_to(ROOT)
+    recorded = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**recorded, "extensions": ["protocol/sockops" + SUFFIX]}))
+    assert dropped in remove_build(tmp_path)
+    assert not dropped.exists()
+
+
 def test_without_a_build_nothing_is_stale(tmp_path: Path) -> None:
     assert stale_sources(tmp_path) == []
 

@@ -306,6 +306,16 @@ def tcp_poll(sk: TcpSock) -> Polled:
     return Polled(mask=mask, wakeups=sk.wakeups)
 
 
+def tcp_diag_rqueue(sk: TcpSock) -> int:
+    """ss's Recv-Q (inet_sk_diag_fill -> tcp_diag_get_info): a listener's accept queue
+    (sk_ack_backlog), else max(rcv_nxt - copied_seq, 0). Unlike SIOCINQ (tcp_inq) the
+    FIN is not taken off: a CLOSE-WAIT socket shows 1 until its reader reads EOF
+    (tcp_recvmsg's found_fin_ok moves copied_seq past the FIN), 0 after."""
+    if sk.state == TcpState.LISTEN:
+        return len(sk.accept_queue)
+    return max(seq_sub(sk.rcv_nxt, sk.copied_seq), 0)
+
+
 def tcp_get_info(sk: TcpSock, now: int) -> dict[str, Any]:
     """What ``ss -tmi`` shows: state, queues, skmem and the receive-side tcp_info."""
     return {
@@ -313,7 +323,7 @@ def tcp_get_info(sk: TcpSock, now: int) -> dict[str, Any]:
         "state": sk.state.value,
         "local": f"{sk.laddr}:{sk.lport}",
         "peer": f"{sk.raddr}:{sk.rport}",
-        "recv_q": sk.inq(),
+        "recv_q": tcp_diag_rqueue(sk),
         "owner": sk.owner,
         "lock_waiters": len(sk.lock_waiters),
         "attached": sk.attached,
