@@ -384,7 +384,9 @@ class PipelineReceiver(Syscalls):
 
     def _stats(self, names: list[str]) -> dict[str, dict[str, Any]]:
         assert self.launcher is not None
+        sent = self.now()
         got = self.launcher.request_stats(names, timeout_s=5.0)
+        self._delay(sent, self.now())  # the emulator's round trip, as _op_now's
         self._pump(0)  # what arrived meanwhile
         return {name: (c.get("role") or {}) for name, c in got.items()}
 
@@ -396,13 +398,16 @@ class PipelineReceiver(Syscalls):
         return rid
 
     def _op_now(self, op: SockOp) -> SockOpResult:
-        """One step, waited for here (an operation that never sleeps)."""
+        """One step, waited for here (an operation that never sleeps).  Its round trip
+        is this emulator's, not the kernel's: measured as a delay, like a call's."""
         rid = self._request(op)
+        sent = self.now()
         deadline = time.monotonic() + OP_TIMEOUT_S
         while rid not in self._replies:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the stack did not answer {op}")
             self._pump(1)
+        self._delay(sent, self.now())
         return self._replies.pop(rid)
 
     # ------------------------------------------------------------------ wire
