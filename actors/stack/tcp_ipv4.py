@@ -224,16 +224,15 @@ class Stack:
         net.current = None
         net.mib.add("TcpInSegs")
         hdr = hdr_len or seg.header_len  # doff * 4: recorded when decoded, else computed
-        device_layout = truesize is None  # else the caller's buffer: no room known
+        frags = tailroom = 0  # the caller's buffer: no room known
         if truesize is None:
-            truesize, head_frag = device_skb(self.device,
-                                             IPV4_HEADER_LEN + hdr + len(seg.payload))
+            ip_len = IPV4_HEADER_LEN + hdr + len(seg.payload)
+            truesize, head_frag = device_skb(self.device, ip_len)
+            frags, tailroom = device_skb_room(self.device, ip_len)
         skb = Skb.from_segment(seg, sid, now, header_len=hdr, csum_ok=csum_ok,
                                truesize=truesize)
         skb.head_frag = head_frag
-        if device_layout:
-            skb.frags, skb.tailroom = device_skb_room(self.device,
-                                                      IPV4_HEADER_LEN + hdr + len(seg.payload))
+        skb.frags, skb.tailroom = frags, tailroom
         if gso_size:
             skb.gso_size = gso_size
             skb.gso_segs = max(1, -(-len(seg.payload) // gso_size))
