@@ -252,7 +252,9 @@ LEGACY = Profile(
     net_rx_action_rescan=False,
     softnet_columns=11,
     absent_counters=_MODERN_ONLY_COUNTERS,
-    default_sysctls=Sysctls(tcp_rmem=(4096, 87380, 6291456), netdev_budget_usecs=2000),
+    # somaxconn: SOMAXCONN was 128 until "net: increase SOMAXCONN to 4096" (v5.4)
+    default_sysctls=Sysctls(tcp_rmem=(4096, 87380, 6291456), netdev_budget_usecs=2000,
+                            somaxconn=128),
 )
 
 # Only what differs, one group per row of the README's Profiles table.
@@ -328,7 +330,7 @@ MODERN = replace(
     # rmem_max: 4 MB since "net: set net.core.rmem_max and net.core.wmem_max to 4 MB"
     # (v6.18); 4.13 has SK_RMEM_MAX, 212992
     default_sysctls=replace(LEGACY.default_sysctls, tcp_rmem=(4096, 131072, 33554432),
-                            rmem_max=4 << 20),
+                            rmem_max=4 << 20, somaxconn=4096),
     # counters
     absent_counters=_LEGACY_ONLY_COUNTERS,
     # softnet_stat: 15 columns

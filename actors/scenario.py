@@ -74,6 +74,7 @@ class StackConfig:
     rcvbuf: int = 0  # SO_RCVBUF as passed to setsockopt; 0 = not set
     rcvlowat: int = 1
     listen_port: int = 5001  # 0: no listener at start (a task opens one: inet_listen)
+    listen_backlog: int = 128  # listen()'s backlog (the kernel caps it at somaxconn)
     address: str = "10.0.0.2"
 
     @property
@@ -167,10 +168,12 @@ class AckImpairmentsConfig:
 
 @dataclass(frozen=True, slots=True)
 class ReaderConfig:
-    """A user process reading one flow with ``read()`` (``tcp_recvmsg``) in a loop."""
+    """A user process reading one flow with ``read()`` (``tcp_recvmsg``) in a loop, or,
+    given ``flows``, a server reading several with epoll (``flow`` is then the first)."""
 
     name: str = "r1"
     flow: str = "f1"
+    flows: tuple[str, ...] = ()  # an epoll server's connections; () reads ``flow`` alone
     read_size: int = 65536
     think_us: float = 0.0  # between reads, socket lock not held
     hold_lock_us: float = 0.0  # inside a read, with the socket lock held (a slow reader)
@@ -178,6 +181,11 @@ class ReaderConfig:
     nonblocking: bool = False
     waitall: bool = False
     start_ms: float = 0.0
+
+    @property
+    def served_flows(self) -> tuple[str, ...]:
+        """Every flow this process reads."""
+        return self.flows or (self.flow,)
 
     @property
     def think_ns(self) -> int:
@@ -190,6 +198,18 @@ class ReaderConfig:
     @property
     def start_ns(self) -> int:
         return ms_to_ns(self.start_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class LinuxSenderConfig:
+    """A real Linux sender in the run's network namespace (``[[linux_senders]]``): the
+    built-in program (``command`` empty), one connection per flow, or any command for one
+    flow (``{src} {sport} {dst} {dport} {bytes} {file}`` are filled in; ``{file}`` holds
+    the flow's payload)."""
+
+    name: str = "s1"
+    flows: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +263,7 @@ class Scenario:
     readers: tuple[ReaderConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
+    linux_senders: tuple[LinuxSenderConfig, ...] = ()
     source: str = field(default=DEFAULT_SOURCE, compare=False)
 
     @property
@@ -259,6 +280,11 @@ class Scenario:
         drivers spread them)."""
         return tuple(q % self.cpu.count for q in range(self.nic.queues))
 
+    @property
+    def real_senders(self) -> bool:
+        """The flows come from real Linux sockets over a TUN device, not the peer actor."""
+        return bool(self.linux_senders)
+
     def flow(self, name: str) -> FlowConfig:
         for flow in self.flows:
             if flow.name == name:
@@ -272,7 +298,7 @@ class Scenario:
         raise KeyError(name)
 
     def readers_of(self, flow: str) -> tuple[ReaderConfig, ...]:
-        return tuple(r for r in self.readers if r.flow == flow)
+        return tuple(r for r in self.readers if flow in r.served_flows)
 
     def four_tuple(self, flow: str) -> FlowKey:
         """(src, sport, dst, dport) of the flow's data segments, peer -> stack."""
@@ -316,6 +342,8 @@ class Scenario:
         ``cli.config.parse_scenario`` of a TOML dump of it."""
         out = _dataclass_to_dict(self)
         del out["source"]
+        if not out["linux_senders"]:
+            del out["linux_senders"]  # the emulated peer: files and topologies as before
         return out
 
     @classmethod
@@ -339,7 +367,10 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _rebuild(cls: type[T], data: Mapping[str, Any]) -> T:
     types_ = _field_types(cls)
-    return cls(**{key: _from_plain(types_.get(key, Any), value) for key, value in data.items()})
+    values = {key: _from_plain(types_.get(key, Any), value) for key, value in data.items()}
+    if cls is ReaderConfig and values.get("flows") and "flow" not in values:
+        values["flow"] = values["flows"][0]  # written without it: see _dataclass_to_dict
+    return cls(**values)
 
 
 def _from_plain(hint: Any, value: Any) -> Any:
@@ -370,6 +401,8 @@ def _dataclass_to_dict(obj: Any) -> dict[str, Any]:
             continue
         if value is None:
             continue  # TOML has no null: an absent key means "not set"
+        if isinstance(obj, ReaderConfig) and f.name == ("flow" if obj.flows else "flows"):
+            continue  # a reader has `flow` or, as an epoll server, `flows`: never both
         out[f.name] = _plain(value)
     return out
 

@@ -63,6 +63,7 @@ from actors.scenario import (
     EventMatch,
     FlowConfig,
     ImpairmentsConfig,
+    LinuxSenderConfig,
     LogConfig,
     LogLevel,
     NicConfig,
@@ -143,12 +144,17 @@ class Overrides:
     sysctl: tuple[str, ...] = ()
 
 
+# Kernel sysctl names whose Sysctls field says its unit.
+SYSCTL_FIELD_FOR_KERNEL_NAME = {"tcp_invalid_ratelimit": "tcp_invalid_ratelimit_ms"}
+
+
 def parse_sysctl_assignment(text: str) -> tuple[str, int | tuple[int, ...]]:
     """``"key=value"`` -> (key, typed value); raises :class:`ConfigError` (command line)."""
     key, sep, raw = text.partition("=")
     key = key.strip().removeprefix("sysctl.")
     # sysctl(8) spells them net.ipv4.tcp_rmem; accept that and keep the last part.
     key = key.rsplit(".", 1)[-1]
+    key = SYSCTL_FIELD_FOR_KERNEL_NAME.get(key, key)
     if not sep or not key:
         raise ConfigError(OVERRIDE_SOURCE, "sysctl",
                           f"expected key=value, got {_show(text)}")
@@ -468,7 +474,8 @@ def _sysctl_value(table: _Table, key: str) -> int | tuple[int, ...]:
 
 
 _TOP_KEYS = ("profile", "seed", "duration", "description", "sysctl", "nic", "cpu", "stack",
-             "peer", "flows", "impairments", "ack_impairments", "readers", "log", "chaos")
+             "peer", "flows", "impairments", "ack_impairments", "readers", "log", "chaos",
+             "linux_senders")
 
 
 class _Builder:
@@ -501,7 +508,56 @@ class _Builder:
             profile=profile, seed=seed, duration=duration, description=description,
             sysctl=sysctl, nic=nic, cpu=cpu, stack=stack, peer=peer, flows=flows,
             impairments=impairments, ack_impairments=ack_impairments, readers=readers,
-            log=log, chaos=self._chaos(), source=self.source)
+            log=log, chaos=self._chaos(), linux_senders=self._linux_senders(flows),
+            source=self.source)
+
+    def _linux_senders(self, flows: tuple[FlowConfig, ...]) -> tuple[LinuxSenderConfig, ...]:
+        """``[[linux_senders]]``: real senders in the run's namespace. A sender without
+        ``flows`` takes every flow no other sender names; each flow has exactly one."""
+        flow_names = [f.name for f in flows]
+        entries = self._entries("linux_senders", LinuxSenderConfig)
+        owner: dict[str, int] = {}
+        raw: list[tuple[_Table, str, list[str] | None, tuple[str, ...]]] = []
+        seen: dict[str, int] = {}
+        for i, t in enumerate(entries):
+            name = t.name("name", f"s{i + 1}")
+            if name in seen:
+                raise t.error("name", f"a sender name not already used (linux_senders"
+                              f"[{seen[name]}] has it)", name)
+            seen[name] = i
+            command = t.data.get("command", [])
+            if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+                raise t.error("command", "an array of strings (argv; empty: the built-in "
+                              "sender)", command)
+            chosen: list[str] | None = None
+            if "flows" in t.data:
+                chosen = t.data["flows"]
+                if (not isinstance(chosen, list) or not chosen
+                        or any(f not in flow_names for f in chosen)):
+                    raise t.error("flows", "a non-empty array of flow names (" + ", ".join(
+                        json.dumps(n) for n in flow_names) + ")", chosen)
+                for f in chosen:
+                    if f in owner:
+                        raise t.error("flows", f"flows no other sender has "
+                                      f"(linux_senders[{owner[f]}] has {f!r})", chosen)
+                    owner[f] = i
+            raw.append((t, name, chosen, tuple(command)))
+        out: list[LinuxSenderConfig] = []
+        rest = [f for f in flow_names if f not in owner]
+        for t, name, chosen, command in raw:
+            if chosen is None:
+                chosen, rest = rest, []
+            if not chosen:
+                raise t.error("flows", "at least one flow (every flow already has a sender)",
+                              show=False)
+            if command and len(chosen) != 1:
+                raise t.error("flows", "exactly one flow for a command sender (its 4-tuple "
+                              "is {src}:{sport} -> {dst}:{dport})", chosen)
+            out.append(LinuxSenderConfig(name=name, flows=tuple(chosen), command=command))
+        if out and rest:
+            raise ConfigError(self.source, "linux_senders", "expected a sender for every "
+                              "flow; none sends " + ", ".join(rest))
+        return tuple(out)
 
     def _chaos(self) -> ChaosConfig:
         t = self.top.sub("chaos", _field_names(ChaosConfig))
@@ -581,6 +637,7 @@ class _Builder:
             rcvbuf=t.integer("rcvbuf", d.rcvbuf, lo=0, hi=_SO_RCVBUF_MAX),
             rcvlowat=t.integer("rcvlowat", d.rcvlowat, lo=1),
             listen_port=t.integer("listen_port", d.listen_port, lo=1, hi=65535),
+            listen_backlog=t.integer("listen_backlog", d.listen_backlog, lo=0),
             address=t.ipv4("address", d.address))
 
     def _peer(self, stack: StackConfig) -> PeerConfig:
@@ -626,13 +683,11 @@ class _Builder:
                 raise t.error("sport", f"a port not already used (flows[{seen_ports[sport]}] "
                               "has it)", sport)
             reader = t.name("reader", f"r{i + 1}")
-            if reader in seen_readers:
-                other = seen_readers[reader]
-                raise t.error("reader", f"a reader no other flow uses (flows[{other}] has it): "
-                              "several flows may not share a reader", reader)
             seen_names[name] = i
             seen_ports[sport] = i
-            seen_readers[reader] = i
+            # A reader shared by several flows is an epoll server: its [[readers]] entry
+            # lists them (``flows``), which _check_flow_readers verifies.
+            seen_readers.setdefault(reader, i)
             flows.append(FlowConfig(
                 name=name, bytes=t.integer("bytes", 1_000_000, lo=1), sport=sport,
                 start_ms=self._start_ms(t, duration), reader=reader))
@@ -644,7 +699,12 @@ class _Builder:
                  duration: float) -> tuple[ReaderConfig, ...]:
         if "readers" not in self.top.data:
             # [[flows]] without [[readers]]: each flow's own reader, default settings.
-            return tuple(ReaderConfig(name=f.reader, flow=f.name) for f in flows)
+            by_reader: dict[str, list[str]] = {}
+            for f in flows:
+                by_reader.setdefault(f.reader, []).append(f.name)
+            return tuple(ReaderConfig(name=r, flow=names[0],
+                                      flows=tuple(names) if len(names) > 1 else ())
+                         for r, names in by_reader.items())
         flow_names = [f.name for f in flows]
         readers: list[ReaderConfig] = []
         seen: dict[str, int] = {}
@@ -655,12 +715,9 @@ class _Builder:
                 raise t.error("name", f"a reader name not already used (readers[{seen[name]}] "
                               "has it)", name)
             seen[name] = i
-            flow = t.name("flow", f"f{i + 1}")
-            if flow not in flow_names:
-                raise t.error("flow", "the name of a flow (" + ", ".join(
-                    json.dumps(n) for n in flow_names) + ")", flow)
+            served = self._reader_flows(t, i, flow_names)
             readers.append(ReaderConfig(
-                name=name, flow=flow,
+                name=name, flow=served[0], flows=served if len(served) > 1 else (),
                 read_size=t.integer("read_size", d.read_size, lo=1),
                 think_us=t.number("think_us", d.think_us),
                 hold_lock_us=t.number("hold_lock_us", d.hold_lock_us),
@@ -672,6 +729,27 @@ class _Builder:
             raise ConfigError(self.source, "readers", "expected at least one [[readers]] entry")
         return tuple(readers)
 
+    def _reader_flows(self, t: _Table, i: int, flow_names: list[str]) -> tuple[str, ...]:
+        """A reader's ``flow``, or the ``flows`` an epoll server reads (not both)."""
+        def known(key: str, value: Any) -> str:
+            if not isinstance(value, str) or value not in flow_names:
+                raise ConfigError(self.source, t.key(key), "expected the name of a flow ("
+                                  + ", ".join(json.dumps(n) for n in flow_names)
+                                  + f"), got {_show(value)}")
+            return value
+
+        if "flows" not in t.data:
+            return (known("flow", t.name("flow", f"f{i + 1}")),)
+        if "flow" in t.data:
+            raise t.error("flows", "either flow or flows, not both", show=False)
+        value = t.data["flows"]
+        if not isinstance(value, list) or not value:
+            raise t.error("flows", "a non-empty array of flow names", value)
+        served = tuple(known(f"flows[{k}]", v) for k, v in enumerate(value))
+        if len(set(served)) != len(served):
+            raise t.error("flows", "flow names without repeats", value)
+        return served
+
     def _check_flow_readers(self, flows: tuple[FlowConfig, ...],
                             readers: tuple[ReaderConfig, ...]) -> None:
         by_name = {r.name: r for r in readers}
@@ -682,10 +760,10 @@ class _Builder:
                 names = ", ".join(json.dumps(r.name) for r in readers)
                 raise ConfigError(self.source, key, f"expected the name of a reader ({names}), "
                                   f"got {_show(flow.reader)}")
-            if reader.flow != flow.name:
+            if flow.name not in reader.served_flows:
                 raise ConfigError(self.source, key, f"expected a reader of flow "
                                   f"{_show(flow.name)}, got {_show(flow.reader)} (which "
-                                  f"reads {_show(reader.flow)})")
+                                  f"reads {', '.join(map(_show, reader.served_flows))})")
 
     def _events(self, parent: _Table, flow_names: set[str],
                 default_match: EventMatch) -> tuple[ScriptedEventConfig, ...]:

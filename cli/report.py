@@ -54,12 +54,24 @@ def print_summary(s: dict[str, Any], *, all_counters: bool = False) -> None:
                          f"rcv_wnd:{sk['rcv_wnd']}", f"rcv_space:{sk['rcv_space']}",
                          f"rcv_mss:{sk['rcv_mss']}"))
         echo(table(rows, ("State", "Peer", "Recv-Q", "skmem", "window", "space", "mss")))
+    senders = [(f["flow"], f["sender"]) for f in s["flows"]
+                if (f.get("sender") or {}).get("kind")]
+    if senders:
+        # The real Linux sender's own view of each connection: its final TCP_INFO (as
+        # ss -tin shows it) and peaks over the ss samples in RUN_DIR/ss-sender.txt.
+        echo(f"\n#sender (ss -tin in namespace {s.get('netns', '?')})")
+        cols = ("cwnd", "ssthresh", "max_cwnd", "snd_wnd", "rtt_ms", "segments_retransmitted",
+                "bytes_retrans", "rwnd_limited_ms", "max_backoff", "zero_window_samples")
+        echo(table([(flow, *(str(snd.get(k, "")) if snd.get(k) is not None else "-"
+                             for k in cols)) for flow, snd in senders],
+                   ("flow", "cwnd", "ssthresh", "max_cwnd", "snd_wnd", "rtt_ms", "retrans",
+                    "bytes_retrans", "rwnd_limited_ms", "backoff", "zero_wnd")))
     readers = s.get("readers") or {}
     if readers:
         # direct: bytes copied into the reader's buffer while the stack replayed the
         # prequeue or backlog in its context (legacy), rather than read off the queue.
         echo("\n#readers")
-        echo(table([(name, str(r.get("flow", "")), str(r.get("reads", 0)),
+        echo(table([(name, _reader_flows(r), str(r.get("reads", 0)),
                      str(r.get("bytes", 0)), str(r.get("direct_bytes", 0)),
                      str(r.get("eagain", 0)))
                     for name, r in readers.items()],
@@ -79,3 +91,11 @@ def print_summary(s: dict[str, Any], *, all_counters: bool = False) -> None:
          f"integrity {'holds' if s['integrity'] else 'BROKEN'}")
     for e in s.get("errors", []):
         echo(f"error: {e}")
+
+
+def _reader_flows(r: dict[str, Any]) -> str:
+    """The flow a reader reads, or how many an epoll server serves."""
+    flows = r.get("flows")
+    if isinstance(flows, dict) and flows:
+        return f"{r.get('flow', '')} +{len(flows) - 1}" if len(flows) > 1 else str(r.get("flow"))
+    return str(r.get("flow", ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -32,14 +33,27 @@ from cli.report import print_summary
 HEARTBEAT_MS = 250
 
 
-def build_topology(sc: Scenario) -> dict[str, Any]:
-    """Every actor of the scenario, who talks to whom, and the scenario they all read."""
+TUNWIRE = "tunwire"
+TUNWIRE_CLASS = "actors.tunwire.actor:TunWireActor"
+
+
+def wire_source(sc: Scenario) -> str:
+    """The actor on the far end of the NIC's wire: the emulated peer, or the TUN device
+    of real Linux senders."""
+    return TUNWIRE if sc.real_senders else "peer"
+
+
+def build_topology(sc: Scenario, netns: str | None = None) -> dict[str, Any]:
+    """Every actor of the scenario, who talks to whom, and the scenario they all read.
+    With ``[[linux_senders]]`` the tunwire actor (in namespace ``netns``) replaces the
+    peer as the NIC's ``wire_peer``."""
     scenario = sc.to_dict()
     cpus = [f"cpu{i}" for i in range(sc.cpu.count)]
     readers = [r.name for r in sc.readers]
+    wire = wire_source(sc)
     actors: dict[str, Any] = {
-        "peer": {"role": "peer", "instance": 0, "peers": ["nic"]},
-        "nic": {"role": "nic", "instance": 0, "peers": ["peer", *cpus]},
+        wire: {"role": wire, "instance": 0, "peers": ["nic"]},
+        "nic": {"role": "nic", "instance": 0, "peers": [wire, *cpus]},
         "stack": {"role": "stack", "instance": 0, "peers": ["nic", *cpus, *readers]},
     }
     for i, name in enumerate(cpus):
@@ -48,6 +62,13 @@ def build_topology(sc: Scenario) -> dict[str, Any]:
         actors[name] = {"role": "reader", "instance": i, "peers": ["stack"]}
     for entry in actors.values():
         entry["config"] = {"scenario": scenario}
+    if sc.real_senders:
+        from cli.linux_sender import tunwire_config
+
+        assert netns is not None, "real senders need the run's network namespace"
+        actors[TUNWIRE]["class"] = TUNWIRE_CLASS
+        actors[TUNWIRE]["config"]["tunwire"] = tunwire_config(sc, netns)
+        actors["nic"]["config"] = {"scenario": scenario, "wire_peer": TUNWIRE}
     return {"actors": actors, "runtime": {"heartbeat_ms": HEARTBEAT_MS},
             "log": {"level": sc.log.level}}
 
@@ -73,9 +94,9 @@ def default_run_dir() -> Path:
     return Path("runs") / stamp
 
 
-RUN_OUTPUTS = ("deliveries", "logs", "trace", "sock")
+RUN_OUTPUTS = ("deliveries", "logs", "trace", "sock", "senders")
 RUN_FILES = ("scenario.json", "topology.json", "counters.json", "summary.json", "trace.json",
-             "report.html", "bench.json")
+             "report.html", "bench.json", "ss-sender.txt", "netns.txt")
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -96,7 +117,37 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
     run_dir.mkdir(parents=True, exist_ok=True)
     clear_run_dir(run_dir)
     (run_dir / "scenario.json").write_text(json.dumps(sc.to_dict(), indent=2, default=str))
-    topology = build_topology(sc)
+    netns: str | None = None
+    with contextlib.ExitStack() as namespace:
+        if sc.real_senders:
+            from cli.linux_sender import run_netns
+
+            netns = namespace.enter_context(run_netns())
+            (run_dir / "netns.txt").write_text(netns + "\n")
+        state, reason, started, transfer_s, traffic_start = _launch(
+            sc, run_dir, build_topology(sc, netns), ready_timeout_s, chaos, policy, progress)
+    if progress:
+        _progress(sc, state.counters, time.monotonic() - started, end=True)
+    summary = summarize(sc, state, reason, time.monotonic() - started)
+    if netns is not None:
+        summary["netns"] = netns
+    summary["transfer_s"] = round(transfer_s, 3)
+    summary["startup_s"] = round(traffic_start - started, 3)  # spawn until every actor ready
+    summary["supervision"] = state.supervision
+    verdict = run_checker(sc, run_dir, state, summary)
+    summary["checker"] = verdict.to_dict()
+    summary["checker_text"] = format_verdict(verdict)
+    (run_dir / "counters.json").write_text(json.dumps(state.counters, indent=2, default=str))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from cli.trace import write_trace_after_run  # the merged trace: RUN_DIR/trace.json
+    write_trace_after_run(run_dir)
+    return summary
+
+
+def _launch(sc: Scenario, run_dir: Path, topology: dict[str, Any], ready_timeout_s: float,
+            chaos: ChaosHook | None, policy: RestartPolicy | None, progress: bool
+            ) -> tuple[RunState, str, float, float, float]:
+    """Start the actors, supervise them until done, collect the final counters."""
     state = RunState()
     started = time.monotonic()
     reason = "duration"
@@ -118,20 +169,7 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
         final = _final_stats(launcher, sc, readers)
         state.counters = {**launcher.last_counters, **final}
         launcher.stop()
-    if progress:
-        _progress(sc, state.counters, time.monotonic() - started, end=True)
-    summary = summarize(sc, state, reason, time.monotonic() - started)
-    summary["transfer_s"] = round(transfer_s, 3)
-    summary["startup_s"] = round(traffic_start - started, 3)  # spawn until every actor ready
-    summary["supervision"] = state.supervision
-    verdict = run_checker(sc, run_dir, state, summary)
-    summary["checker"] = verdict.to_dict()
-    summary["checker_text"] = format_verdict(verdict)
-    (run_dir / "counters.json").write_text(json.dumps(state.counters, indent=2, default=str))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    from cli.trace import write_trace_after_run  # the merged trace: RUN_DIR/trace.json
-    write_trace_after_run(run_dir)
-    return summary
+    return state, reason, started, transfer_s, traffic_start
 
 
 def _tx_count(counters: dict[str, dict[str, Any]]) -> tuple[int, int]:
@@ -152,7 +190,7 @@ def _final_stats(launcher: Launcher, sc: Scenario, readers: set[str],
     last: tuple[int, int] | None = None
     while True:
         final: dict[str, dict[str, Any]] = {}
-        for group in (["peer", "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
+        for group in ([wire_source(sc), "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
                       ["stack", *sorted(readers)]):
             final.update(launcher.request_stats(group, timeout_s=5))
         tx = _tx_count(final)
@@ -166,12 +204,11 @@ def run_checker(sc: Scenario, run_dir: Path, state: RunState,
     """The checker's verdict on this run (see :mod:`cli.checker`)."""
     flows = [(f.name, i + 1, f.bytes) for i, f in enumerate(sc.flows)]
     deaths = state.supervision.get("deaths", [])
-    reader_flow = {r.name: r.flow for r in sc.readers}
     reader_deaths: dict[str, int] = {}
     for d in deaths:
         if d["role"] == "reader":
-            flow = reader_flow[d["actor"]]
-            reader_deaths[flow] = reader_deaths.get(flow, 0) + 1
+            for flow in sc.reader(d["actor"]).served_flows:
+                reader_deaths[flow] = reader_deaths.get(flow, 0) + 1
     return check_run(run_dir, flows, counters=state.counters,
                      cpus=[f"cpu{i}" for i in range(sc.cpu.count)], resets=state.resets,
                      reader_deaths=reader_deaths,
@@ -222,7 +259,8 @@ def _progress(sc: Scenario, counters: dict[str, Any], elapsed: float, end: bool 
     per_flow = []
     got = 0
     for f in sc.flows:
-        n = sum(int(_role(counters, r.name).get("bytes", 0)) for r in sc.readers_of(f.name))
+        n = sum(int(_of_flow(counters, r.name, f.name).get("bytes", 0))
+                for r in sc.readers_of(f.name))
         got += n
         per_flow.append(f"{f.name} {100 * n / f.bytes:3.0f}%")
     stack = _role(counters, "stack")
@@ -245,6 +283,12 @@ def _role(counters: dict[str, Any], name: str) -> dict[str, Any]:
     return (counters.get(name) or {}).get("role") or {}
 
 
+def _of_flow(counters: dict[str, Any], reader: str, flow: str) -> dict[str, Any]:
+    """A reader's counters for one flow (an epoll server keeps them per flow)."""
+    role = _role(counters, reader)
+    return (role.get("flows") or {}).get(flow) or role
+
+
 def summarize(sc: Scenario, state: RunState, reason: str, elapsed: float) -> dict[str, Any]:
     """Merge every actor's counters into the figures a user looks at."""
     c = state.counters
@@ -255,13 +299,13 @@ def summarize(sc: Scenario, state: RunState, reason: str, elapsed: float) -> dic
     flows = []
     for f in sc.flows:
         readers = [r.name for r in sc.readers_of(f.name)]
-        got = sum(int(_role(c, r).get("bytes", 0)) for r in readers)
-        bad = sum(int(_role(c, r).get("bad_bytes", 0)) for r in readers)
+        got = sum(int(_of_flow(c, r, f.name).get("bytes", 0)) for r in readers)
+        bad = sum(int(_of_flow(c, r, f.name).get("bad_bytes", 0)) for r in readers)
         eof = all(r in state.eof for r in readers)
         ok = got == f.bytes and bad == 0 and eof
         flows.append({"flow": f.name, "bytes": f.bytes, "received": got, "bad_chunks": bad,
                       "eof": eof, "readers": readers, "intact": ok,
-                      "sender": (_role(c, "peer").get("flows") or {}).get(f.name, {})})
+                      "sender": (_role(c, wire_source(sc)).get("flows") or {}).get(f.name, {})})
     stack = _role(c, "stack")
     return {
         "profile": sc.profile,
@@ -311,6 +355,13 @@ def run(
         summary = run_scenario(sc, rd, progress=not (json_out or quiet)
                                and sys.stderr.isatty())
     except ActorStartError as err:
+        typer.echo(f"rxpath run: {err}", err=True)
+        raise typer.Exit(1) from None
+    except RuntimeError as err:
+        from cli.linux_sender import NetnsError
+
+        if not isinstance(err, NetnsError):
+            raise
         typer.echo(f"rxpath run: {err}", err=True)
         raise typer.Exit(1) from None
     if json_out:

@@ -84,7 +84,8 @@ def ss(run_dir: RunDir,
     if json_out:
         typer.echo(json.dumps(socks, indent=2))
         return
-    rows = [(sk["state"], str(sk["recv_q"]), "0", sk["local"], sk["peer"]) for sk in socks]
+    rows = [(sk["state"], str(sk["recv_q"]), str(sk.get("send_q", 0)), sk["local"], sk["peer"])
+            for sk in socks]
     lines = table(rows, ("State", "Recv-Q", "Send-Q", "Local Address:Port",
                          "Peer Address:Port")).split("\n")
     typer.echo(lines[0])

@@ -1,10 +1,12 @@
 #!/bin/sh
-# Debian packages rxpath uses on the host: tshark (reads the wire captures in the tests).
+# Debian packages rxpath uses on the host: tshark (reads the wire captures in the tests),
+# iproute2 (`ip netns`, `ss`: the namespace and TUN device of [[linux_senders]] runs).
 # Idempotent: installs only what is missing. Needs root (or sudo) when something is missing.
 set -eu
 
 missing=""
 command -v tshark >/dev/null 2>&1 || missing="$missing tshark"
+{ command -v ip && command -v ss; } >/dev/null 2>&1 || missing="$missing iproute2"
 
 [ -z "$missing" ] && exit 0
 

@@ -11,7 +11,7 @@ On the wire an operation is ``{"op": kernel_name, "sock": id, "args": {field: va
 check every field and raise :class:`MalformedOp` for anything else.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from types import NoneType, UnionType
 from typing import Any, ClassVar, get_args
 
@@ -185,14 +185,14 @@ class InetAccept(SockOp):
 
 @dataclass(frozen=True, slots=True)
 class InetAcceptFlow(SockOp):
-    """accept(2) on the listener bound to ``lport``, taking the connection that came
-    from peer port ``rport`` (waiting for its handshake). Several readers of one flow
-    share that socket, as processes share a file after fork."""
+    """accept(2) on the listener bound to ``lport``, taking the oldest connection that
+    came from one of the peer ports ``rports`` (waiting for a handshake). Several readers
+    of one flow share that socket, as processes share a file after fork."""
 
     kernel_name: ClassVar[str] = "inet_accept"
     on_sock: ClassVar[bool] = False
     lport: int
-    rport: int
+    rports: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,15 +384,20 @@ class UcopyInstalled(SockOpResult):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Woken(SockOpResult):
     """SkWaitData ended: ``relock`` says the task must take the lock itself (it was
-    woken without it, as sk_wait_event ends with lock_sock)."""
+    woken without it, as sk_wait_event ends with lock_sock).  After EpPoll, ``ready``
+    lists the watched sockets woken since the ``seen`` counts (epoll's ready list) and
+    ``wakeups`` their counts now, for the next EpPoll."""
 
     timed_out: bool = False
     relock: bool = False
+    ready: list[int] = field(default_factory=list)
+    wakeups: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Accepted(SockOpResult):
     sock: int
+    rport: int = 0  # the peer port of the connection (getpeername)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

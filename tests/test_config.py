@@ -310,11 +310,37 @@ def test_reader_names_a_missing_flow() -> None:
         'configs/x.toml: readers[0].flow: expected the name of a flow ("a", "b"), got "zz"'
 
 
-def test_flows_may_not_share_a_reader() -> None:
+def scenario_of(text: str) -> Scenario:
+    return parse_scenario(text, "configs/x.toml")
+
+
+def test_flows_sharing_a_reader_make_it_an_epoll_server() -> None:
     text = '[[flows]]\nname = "a"\nreader = "r"\n[[flows]]\nname = "b"\nreader = "r"\n'
-    assert error_of(text) == (
-        'configs/x.toml: flows[1].reader: expected a reader no other flow uses (flows[0] has '
-        'it): several flows may not share a reader, got "r"')
+    (reader,) = scenario_of(text).readers
+    assert (reader.name, reader.flow, reader.served_flows) == ("r", "a", ("a", "b"))
+
+
+def test_reader_flows_lists_an_epoll_servers_connections() -> None:
+    text = FLOWS_AB.replace('reader = "rb"', 'reader = "ra"') + (
+        '[[readers]]\nname = "ra"\nflows = ["a", "b"]\n')
+    sc = scenario_of(text)
+    assert sc.reader("ra").served_flows == ("a", "b")
+    assert [r.name for r in sc.readers_of("b")] == ["ra"]
+
+
+@pytest.mark.parametrize(("readers", "message"), [
+    ('flows = ["a", "zz"]', 'readers[0].flows[1]: expected the name of a flow ("a", "b"), '
+                            'got "zz"'),
+    ('flows = []', 'readers[0].flows: expected a non-empty array of flow names, got []'),
+    ('flows = ["a", "a"]', 'readers[0].flows: expected flow names without repeats, '
+                           'got ["a", "a"]'),
+    ('flow = "a"\nflows = ["a", "b"]', 'readers[0].flows: expected either flow or flows, '
+                                       'not both'),
+])
+def test_reader_flows_errors(readers: str, message: str) -> None:
+    text = FLOWS_AB.replace('reader = "rb"', 'reader = "ra"') + (
+        f'[[readers]]\nname = "ra"\n{readers}\n')
+    assert error_of(text) == "configs/x.toml: " + message
 
 
 def test_flow_reader_must_read_that_flow() -> None:

@@ -630,7 +630,13 @@ def test_drill_sysctl_takes_run_formats() -> None:
                 "sysctl.tcp_rmem=4096, 87380, 6291456", "rmem_max=4194304"):
         res = runner.invoke(app, ["drill", "--sysctl", arg, script])
         assert res.exit_code == 0, (arg, res.output)
+    # One parser for both commands: cli.config.parse_sysctl_assignment's messages.
     res = runner.invoke(app, ["drill", "--sysctl", "tcp_nonesuch=1", script])
-    assert res.exit_code == 2 and "not a setting rxpath models" in res.output
+    assert res.exit_code == 2 and "unknown key" in res.output, res.output
     res = runner.invoke(app, ["drill", "--sysctl", "tcp_rmem=1,2", script])
-    assert res.exit_code == 2 and "not a valid value" in res.output
+    assert res.exit_code == 2 and "tcp_rmem takes 3 values, not 2" in res.output, res.output
+    res = runner.invoke(app, ["drill", "--sysctl", "tcp_dsack=yes", script])
+    assert res.exit_code == 2 and "expected" in res.output, res.output
+    # the kernel's name for the ms-valued field, as a script's sysctl line spells it
+    res = runner.invoke(app, ["drill", "--sysctl", "net.ipv4.tcp_invalid_ratelimit=250", script])
+    assert res.exit_code == 0, res.output

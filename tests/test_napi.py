@@ -162,35 +162,40 @@ def test_budget_exhausted_by_last_poll_still_counts_a_squeeze() -> None:
 
 
 def test_time_limit_cuts_a_run() -> None:
+    """net_rx_action: time_limit = jiffies + usecs_to_jiffies(netdev_budget_usecs),
+    squeeze on time_after_eq(jiffies, time_limit); HZ = 1000, so a run begun 5 us
+    into jiffy 0 ends at the start of jiffy 2."""
     sirq = Softirq(cpu=0, queues=[0, 1, 2], ring_size=256, sysctls=SYSCTLS)
     for q in range(3):
         fill(sirq, q, 10)
         sirq.hardirq(q, 0)
     t0 = 5 * US
+    limit = 2000 * US
     poll = sirq.start_poll(t0)
-    assert poll is not None and poll.time_limit == t0 + 2000 * US
+    assert poll is not None and poll.time_limit == limit
     # The stack took a while: the poll ends 1 ns before the limit, the run goes on.
-    sirq.finish_poll(poll, t0 + 2000 * US - 1)
+    sirq.finish_poll(poll, limit - 1)
     assert sirq.in_run and sirq.softnet.time_squeeze == 0
-    poll = sirq.start_poll(t0 + 2000 * US - 1)
+    poll = sirq.start_poll(limit - 1)
     assert poll is not None and poll.queue == 1 and poll.run == 1
     # This one ends at the limit: time_after_eq → squeeze, queue 2 waits for the next run.
-    out = sirq.finish_poll(poll, t0 + 2000 * US)
+    out = sirq.finish_poll(poll, limit)
     assert out == [Refill(1, 10), Unmask(1)]  # the poll itself still completes normally
     assert not sirq.in_run and sirq.softnet.time_squeeze == 1
     assert list(sirq.poll_list) == [2]
     poll = sirq.start_poll(t0 + 3000 * US)
     assert poll is not None and (poll.queue, poll.run, poll.budget_left) == (2, 2, 300)
-    assert poll.time_limit == t0 + 5000 * US
+    assert poll.time_limit == 5000 * US
 
 
 def test_budget_usecs_from_sysctls() -> None:
+    """usecs_to_jiffies(100) is one jiffy: a run begun at 0 is squeezed at 1 ms."""
     sirq = Softirq(cpu=0, queues=[0, 1], ring_size=64,
                    sysctls=Sysctls(netdev_budget_usecs=100))
     for q in range(2):
         fill(sirq, q, 1)
         sirq.hardirq(q, 0)
-    run_poll(sirq, 0, finish_at=100 * US)
+    run_poll(sirq, 0, finish_at=1000 * US)
     assert sirq.softnet.time_squeeze == 1 and list(sirq.poll_list) == [1]
 
 

@@ -37,7 +37,7 @@ CONFIG_FILES = sorted(CONFIGS.glob("*.toml"))
 EXPECTED = {
     "fast-path", "retransmission-dsack", "slow-reader-zero-window", "partial-overlap",
     "ofo-reassembly", "low-latency-0", "low-latency-1", "backlog-drop", "ring-overflow",
-    "shared-socket", "modern",
+    "shared-socket", "modern", "epoll-server",
 }
 PREQUEUE_COUNTERS = ("TcpExtTCPPrequeued", "TcpExtTCPDirectCopyFromPrequeue",
                      "TcpExtTCPPrequeueDropped")

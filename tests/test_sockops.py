@@ -66,7 +66,7 @@ EVERY_OP: list[SockOp] = [
     SkbCopyDatagramMsg(3, 1000), SkbCopyDatagramMsg(3, 5, peek=True, trunc=True, peek_seq=77),
     TcpCleanupRbuf(3, 1200), SockError(3), UcopyInstall(3, 100, install=False), UcopyClear(3),
     TcpPrequeueProcess(3), TcpPrequeueProcess(3, 400), SkWaitData(3), SkWaitData(3, 5_000_000),
-    InetAccept(1), InetAccept(1, nonblock=True, timeo_ns=10), InetAcceptFlow(5001, 40001),
+    InetAccept(1), InetAccept(1, nonblock=True, timeo_ns=10), InetAcceptFlow(5001, [40001, 40002]),
     TcpInq(3), TcpGetInfo(3), SockSetsockopt(3, "SO_RCVBUF", 4096), TcpClose(3),
     TcpShutdown(3, 2), TcpSendmsg(3, b"\x00hello"), InetListen("10.0.0.2", 5001),
     InetListen("10.0.0.2", 80, backlog=4, rcvbuf=4096, rcvlowat=10),

@@ -230,7 +230,8 @@ def test_blocking_accept_is_woken_by_the_handshake() -> None:
     stack.tcp_v4_rcv(handshake_ack(synack), 1)
     done = [o for o in stack.take_outputs() if isinstance(o, OpDone)]
     assert len(done) == 1 and done[0].task == "app"
-    assert done[0].result == Accepted(sock=stack.ehash[(REMOTE, SPORT, LOCAL, PORT)])
+    assert done[0].result == Accepted(sock=stack.ehash[(REMOTE, SPORT, LOCAL, PORT)],
+                                      rport=SPORT)
 
 
 @pytest.mark.parametrize("profile", PROFILES)

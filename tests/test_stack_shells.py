@@ -115,7 +115,7 @@ def test_stack_accepts_a_flow_through_the_model_and_grafts_it(run_dir: Path) -> 
     with pipeline(run_dir) as launcher:
         peer = Peer(launcher)
         # Asked before the handshake: the accept waits in the model for that flow.
-        rid = peer.request(InetAcceptFlow(lport=PORT, rport=40001))
+        rid = peer.request(InetAcceptFlow(lport=PORT, rports=[40001]))
         handshake(peer, 40002)  # another flow first: not the one asked for
         handshake(peer, 40001)
         res = peer.answer(rid)
@@ -124,8 +124,8 @@ def test_stack_accepts_a_flow_through_the_model_and_grafts_it(run_dir: Path) -> 
         assert isinstance(info, TcpInfo)
         assert info.info["attached"] is True and info.info["peer"] == f"{REMOTE}:40001"
         # A second reader of the flow shares the socket; the other flow stays queued.
-        again = peer.op(InetAcceptFlow(lport=PORT, rport=40001))
-        assert again == Accepted(sock=res.sock, state=again.state)
+        again = peer.op(InetAcceptFlow(lport=PORT, rports=[40001]))
+        assert again == Accepted(sock=res.sock, rport=40001, state=again.state)
         socks = {s["peer"]: s for s in peer.stack_stats()["sockets"]}
         assert socks[f"{REMOTE}:40001"]["attached"] is True
         assert socks[f"{REMOTE}:40002"]["attached"] is False
@@ -190,7 +190,7 @@ def test_reader_shell_sends_typed_ops_and_counts_a_malformed_result(run_dir: Pat
             return len(seen) == 2 and bool(gave_up)
         assert launcher.wait_for(done, TIMEOUT_S) is not None, (seen, gave_up)
         # The reader accepts its flow, then starts tcp_recvmsg with lock_sock.
-        assert seen[0] == {"op": repr(InetAcceptFlow(lport=5001, rport=40007))}
+        assert seen[0] == {"op": repr(InetAcceptFlow(lport=5001, rports=[40007]))}
         assert seen[1] == {"op": repr(LockSock(5))}
         stats = launcher.request_stats(["r1"], timeout_s=TIMEOUT_S)["r1"]["role"]
         assert stats["bad_results"] == 1 and stats["errors"] == 1

@@ -112,12 +112,15 @@ def test_ep_poll_sleeps_on_every_socket_until_one_wakes() -> None:
     stack = conn.stack
     seen = [stack.socks[conn.sock].wakeups, stack.socks[conn.listener].wakeups]
     socks = [conn.sock, conn.listener]
-    # A wakeup since the counts given: no sleep at all.
-    assert stack.sock_op("app", EpPoll(socks, [seen[0] - 1, seen[1]]), 0) == Woken()
+    # A wakeup since the counts given: no sleep at all; the ready list names the socket
+    # and its count now (ep_send_events), for the next epoll_wait.
+    assert stack.sock_op("app", EpPoll(socks, [seen[0] - 1, seen[1]]), 0) == Woken(
+        ready=[conn.sock], wakeups=[seen[0]])
     assert stack.sock_op("app", EpPoll(socks, seen), 0) is None
     assert all(any(w.kind == "epoll" for w in stack.socks[s].waiters) for s in socks)
     conn.deliver(conn.segment(0, b"x" * 10))
-    assert conn.done["app"] == Woken()
+    assert conn.done["app"] == Woken(ready=[conn.sock],
+                                     wakeups=[stack.socks[conn.sock].wakeups])
     # Off both wait queues once woken.
     assert not any(w.kind == "epoll" for s in socks for w in stack.socks[s].waiters)
 

@@ -47,11 +47,21 @@ from typing import Protocol
 from actors.cpu.ip_rcv import ip_rcv
 from actors.cpu.softnet import SoftnetData, format_softnet_line
 from actors.mib import Mib
-from actors.profiles import US, Profile, Sysctls
+from actors.profiles import MS, US, Profile, Sysctls
 from protocol.envelope import MalformedMessage
 from protocol.messages import check_gso
 
 NO_TRACE_ID = -1  # a frame whose sender gave it no trace id
+
+
+def net_rx_action_time_limit(now: int, budget_usecs: int) -> int:
+    """net_rx_action's ``time_limit = jiffies + usecs_to_jiffies(netdev_budget_usecs)``
+    (4.12+, so 4.13 and 6.18 alike), as the ns at which that jiffy begins: the run is
+    squeezed once ``time_after_eq(jiffies, time_limit)``. With HZ = 1000 a jiffy is
+    1 ms, jiffies is now's whole ms and usecs_to_jiffies rounds up, so the default
+    2000 us lasts from just over 1 ms to 2 ms depending on where in its jiffy the
+    run began."""
+    return (now // MS + -(-budget_usecs * US // MS)) * MS
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -491,8 +501,7 @@ class Softirq:
         self.in_run = True
         self.net_rx_action_runs += 1
         self._budget = self.netdev_budget
-        # The kernel converts to jiffies; the model keeps the limit in ns.
-        self._time_limit = now + self.netdev_budget_usecs * US
+        self._time_limit = net_rx_action_time_limit(now, self.netdev_budget_usecs)
         self._run_list = self.poll_list
         self.poll_list = deque()
         self._repoll = []

@@ -53,7 +53,8 @@ class StackActor(Actor):
         st = sc.stack
         if st.listen_port:
             self.stack.listen(st.address, st.listen_port, self.clock(),
-                              rcvbuf=st.rcvbuf or None, rcvlowat=st.rcvlowat)
+                              backlog=st.listen_backlog, rcvbuf=st.rcvbuf or None,
+                              rcvlowat=st.rcvlowat)
         # Told how many frames went through tcp_v4_rcv after each run of them (the drill's
         # injector waits for its segment as a tun write would).
         self.rcv_watcher: str | None = self.config.get("rcv_watcher")

@@ -188,7 +188,7 @@ class Waiter:
     deadline: int | None
     last_tail: Skb | None
     kind: str = "data"  # data | accept | connect | epoll
-    rport: int | None = None  # accept: only the connection from this peer port
+    rports: tuple[int, ...] | None = None  # accept: only a connection from these peer ports
     socks: tuple[int, ...] = ()  # epoll: every socket it sleeps on
 
 
@@ -287,6 +287,7 @@ class TcpSock:
     parent: int | None = None
     backlog_max: int = 0
     accept_queue: deque[int] = field(default_factory=deque)
+    grafted: dict[int, int] = field(default_factory=dict)  # peer port -> accepted child
 
     # --- tcp_info ---
     bytes_received: int = 0
@@ -478,7 +479,7 @@ def sk_wakeups(sk: TcpSock, now: int) -> None:
         elif w.kind == "connect":
             _connect_woken(sk, w)
         elif w.kind == "epoll":
-            ep_poll_done(sk.net, w, timed_out=False)
+            ep_poll_done(sk.net, w, timed_out=False, woken=sk)
         else:
             wake_to_relock(sk, w.task, timed_out=False)
 
@@ -497,39 +498,48 @@ def wake_to_relock(sk: TcpSock, task: str, *, timed_out: bool) -> None:
 def sock_graft(sk: TcpSock) -> int:
     """The accepted child now belongs to a process (``sk->sk_socket`` is set)."""
     sk.attached = True
+    parent = sk.net.socks.get(sk.parent) if sk.parent is not None else None
+    if parent is not None:
+        parent.grafted[sk.rport] = sk.sock_id
     return sk.sock_id
 
 
-def reqsk_queue_remove(lsk: TcpSock, rport: int | None = None) -> TcpSock | None:
-    """Take the oldest child from the listener's accept queue (or the one from ``rport``)."""
+def reqsk_queue_remove(lsk: TcpSock, rports: tuple[int, ...] | None = None
+                       ) -> TcpSock | None:
+    """Take the oldest child from the listener's accept queue (or the oldest from one of
+    ``rports``)."""
     socks = lsk.net.socks
     for sid in lsk.accept_queue:
         child = socks.get(sid)
-        if child is not None and (rport is None or child.rport == rport):
+        if child is not None and (rports is None or child.rport in rports):
             lsk.accept_queue.remove(sid)
             return child
     return None
 
 
-def accepted_child(lsk: TcpSock, rport: int) -> TcpSock | None:
-    """The listener's child from peer port ``rport`` that a task has accepted already."""
-    for sk in lsk.net.socks.values():
-        if sk.parent == lsk.sock_id and sk.rport == rport and sk.attached:
+def accepted_child(lsk: TcpSock, rports: tuple[int, ...]) -> TcpSock | None:
+    """A listener's child from one of ``rports`` that a task has accepted already."""
+    socks = lsk.net.socks
+    for rport in rports:
+        sid = lsk.grafted.get(rport)
+        sk = socks.get(sid) if sid is not None else None
+        if sk is not None and sk.attached:
             return sk
     return None
 
 
 def _accept_woken(lsk: TcpSock, w: Waiter) -> None:
-    child = reqsk_queue_remove(lsk, w.rport)
+    child = reqsk_queue_remove(lsk, w.rports)
     if child is not None:
         sock_graft(child)
-    elif w.rport is not None:
+    elif w.rports is not None:
         # Another task of the same flow took it first: the tasks share it.
-        child = accepted_child(lsk, w.rport)
+        child = accepted_child(lsk, w.rports)
     if child is None:
         lsk.waiters.append(w)  # not ours yet: sleep on
         return
-    lsk.net.outputs.append(OpDone(w.task, lsk.sock_id, Accepted(sock=child.sock_id)))
+    lsk.net.outputs.append(OpDone(w.task, lsk.sock_id,
+                                  Accepted(sock=child.sock_id, rport=child.rport)))
 
 
 
@@ -569,8 +579,11 @@ def ep_poll(net: Net, task: str, socks: list[int], seen: list[int], timeo_ns: in
     if not socks or len(socks) != len(seen):
         return Failed(error=EINVAL)
     targets = [net.socks.get(sid) for sid in socks]
-    if any(sk is None or sk.wakeups != n for sk, n in zip(targets, seen, strict=True)):
-        return Woken()
+    ready = [(sid, -1 if sk is None else sk.wakeups)
+             for sid, sk, n in zip(socks, targets, seen, strict=True)
+             if sk is None or sk.wakeups != n]
+    if ready:
+        return Woken(ready=[sid for sid, _ in ready], wakeups=[n for _, n in ready])
     if timeo_ns is not None and timeo_ns <= 0:
         return Woken(timed_out=True)
     w = Waiter(task, None if timeo_ns is None else now + timeo_ns, None, kind="epoll",
@@ -581,10 +594,14 @@ def ep_poll(net: Net, task: str, socks: list[int], seen: list[int], timeo_ns: in
     return None
 
 
-def ep_poll_done(net: Net, w: Waiter, *, timed_out: bool) -> None:
-    """End an epoll sleep: off every socket's wait queue, and answer its task."""
+def ep_poll_done(net: Net, w: Waiter, *, timed_out: bool, woken: TcpSock | None = None
+                 ) -> None:
+    """End an epoll sleep: off every socket's wait queue, and answer its task with the
+    socket whose wakeup (ep_poll_callback) ended it, if one did."""
     for sid in w.socks:
         sk = net.socks.get(sid)
         if sk is not None:
             sk.waiters = [x for x in sk.waiters if x is not w]
-    net.outputs.append(OpDone(w.task, w.socks[0], Woken(timed_out=timed_out)))
+    result = (Woken(timed_out=timed_out) if woken is None else
+              Woken(ready=[woken.sock_id], wakeups=[woken.wakeups]))
+    net.outputs.append(OpDone(w.task, w.socks[0], result))

@@ -25,12 +25,14 @@ from actors.stack.sock import (
 from actors.stack.tcp_input import (
     inet_csk_ack_scheduled,
     set_state,
+    tcp_data_ready,
     tcp_done,
     tcp_drop,
     tcp_eat_recv_skb,
+    tcp_epollin_ready,
     tcp_rcv_space_adjust,
 )
-from actors.stack.tcp_minisocks import sock_set_rcvbuf
+from actors.stack.tcp_minisocks import sock_set_rcvbuf, sock_set_rcvlowat
 from actors.stack.tcp_output import (
     __tcp_select_window,
     make_segment,
@@ -173,14 +175,24 @@ def tcp_prequeue_process(sk: TcpSock, length: int | None, now: int) -> None:
         net.inc("TcpExtTCPDirectCopyFromPrequeue", n)
 
 
-def sock_setsockopt(sk: TcpSock, name: str, value: int) -> SockOpResult:
+def sock_setsockopt(sk: TcpSock, name: str, value: int, now: int = 0) -> SockOpResult:
     if name == "SO_RCVBUF":
         sock_set_rcvbuf(sk, value)
     elif name == "SO_RCVLOWAT":
-        sk.rcvlowat = max(value, 1)
+        tcp_set_rcvlowat(sk, value, now)
     else:
         return Failed(error=EINVAL)
     return SockOpResult()
+
+
+def tcp_set_rcvlowat(sk: TcpSock, val: int, now: int) -> None:
+    """SO_RCVLOWAT (sock_setsockopt -> 6.18's tcp_set_rcvlowat): the mark, capped, and
+    the buffer it needs (sock_set_rcvlowat); then a lower mark may wake a reader
+    now: tcp_set_rcvlowat calls tcp_data_ready (4.13 wakes nobody)."""
+    sock_set_rcvlowat(sk, val)
+    if (sk.net.profile.data_ready_honours_rcvlowat
+            and sk.state not in (TcpState.LISTEN, TcpState.CLOSE, TcpState.SYN_SENT)):
+        tcp_data_ready(sk, now)
 
 
 def tcp_close(sk: TcpSock, task: str, now: int) -> None:
@@ -296,8 +308,14 @@ def tcp_poll(sk: TcpSock) -> Polled:
     if sk.rcv_shutdown:
         mask |= EPOLLIN | EPOLLRDNORM | EPOLLRDHUP
     if sk.state not in (TcpState.SYN_SENT, TcpState.SYN_RECV):
-        # tcp_stream_is_readable: a FIN read counts no byte
-        if seq_sub(sk.rcv_nxt, sk.copied_seq) - int(sk.sock_done) >= max(sk.rcvlowat, 1):
+        target = max(sk.rcvlowat, 1)  # sock_rcvlowat(sk, 0, INT_MAX)
+        if sk.net.profile.data_ready_honours_rcvlowat:
+            # 4.19+: tcp_stream_is_readable -> tcp_epollin_ready, the rule that
+            # decides tcp_data_ready's wakeups, so poll agrees with them
+            if tcp_epollin_ready(sk, target):
+                mask |= EPOLLIN | EPOLLRDNORM
+        # 4.13: only the bytes queued against the mark (a FIN read counts no byte)
+        elif seq_sub(sk.rcv_nxt, sk.copied_seq) - int(sk.sock_done) >= target:
             mask |= EPOLLIN | EPOLLRDNORM
         if not sk.snd_shutdown and sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
             mask |= EPOLLOUT | EPOLLWRNORM
@@ -316,6 +334,16 @@ def tcp_diag_rqueue(sk: TcpSock) -> int:
     return max(seq_sub(sk.rcv_nxt, sk.copied_seq), 0)
 
 
+def tcp_diag_wqueue(sk: TcpSock) -> int:
+    """ss's Send-Q (tcp_diag_get_info, the same in 4.13 and 6.18): a listener's
+    sk_max_ack_backlog (listen()'s backlog, capped at somaxconn), else write_seq -
+    snd_una. The model keeps no unsent data, so write_seq is snd_nxt; a SYN or FIN
+    not yet acknowledged counts its one sequence number, as in the kernel."""
+    if sk.state == TcpState.LISTEN:
+        return sk.backlog_max
+    return max(seq_sub(sk.snd_nxt, sk.snd_una), 0)
+
+
 def tcp_get_info(sk: TcpSock, now: int) -> dict[str, Any]:
     """What ``ss -tmi`` shows: state, queues, skmem and the receive-side tcp_info."""
     return {
@@ -324,6 +352,8 @@ def tcp_get_info(sk: TcpSock, now: int) -> dict[str, Any]:
         "local": f"{sk.laddr}:{sk.lport}",
         "peer": f"{sk.raddr}:{sk.rport}",
         "recv_q": tcp_diag_rqueue(sk),
+        "send_q": tcp_diag_wqueue(sk),
+        "rcvlowat": sk.rcvlowat,
         "owner": sk.owner,
         "lock_waiters": len(sk.lock_waiters),
         "attached": sk.attached,

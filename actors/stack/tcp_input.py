@@ -881,14 +881,31 @@ def tcp_fast_path_check(sk: TcpSock) -> None:
         tcp_fast_path_on(sk)
 
 
+def tcp_rmem_pressure(sk: TcpSock) -> bool:
+    """tcp_rmem_pressure: rmem above 7/8 of sk_rcvbuf, as rcvbuf - (rcvbuf >> 3)
+    (global memory pressure is not modelled)."""
+    rcvbuf = sk.rcvbuf
+    return sk.rmem_alloc > rcvbuf - (rcvbuf >> 3)
+
+
+def tcp_epollin_ready(sk: TcpSock, target: int) -> bool:
+    """tcp_epollin_ready (4.19+): something queued, and ``target`` bytes of it, or the
+    buffer nearly full, or a window of at most one rcv_mss left (waiting for more
+    would stall the sender). ``avail`` is rcv_nxt - copied_seq, a FIN included."""
+    avail = seq_sub(sk.rcv_nxt, sk.copied_seq)
+    if avail <= 0:
+        return False
+    return (avail >= target or tcp_rmem_pressure(sk)
+            or tcp_receive_window(sk) <= sk.icsk_ack.rcv_mss)
+
+
 def tcp_data_ready(sk: TcpSock, now: int) -> None:
-    """Wake readers (sk_data_ready); modern only when SO_RCVLOWAT is met or it matters."""
+    """Wake readers (sk_data_ready); modern only when tcp_epollin_ready(sk_rcvlowat)
+    or SOCK_DONE (a FIN)."""
     profile = sk.net.profile
-    if profile.data_ready_honours_rcvlowat:
-        avail = seq_sub(sk.rcv_nxt, sk.copied_seq)
-        if not (avail >= sk.rcvlowat or sk.rmem_alloc > (sk.rcvbuf >> 3) * 7
-                or tcp_receive_window(sk) <= sk.icsk_ack.rcv_mss or sk.sock_done):
-            return
+    if profile.data_ready_honours_rcvlowat and not (
+            tcp_epollin_ready(sk, sk.rcvlowat) or sk.sock_done):
+        return
     sk.data_ready = True
 
 

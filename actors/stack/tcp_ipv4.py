@@ -56,6 +56,7 @@ from actors.stack.tcp_minisocks import (
     inet_accept_flow,
     inet_csk_accept,
     sock_set_rcvbuf,
+    sock_set_rcvlowat,
     tcp_send_syn,
     tcp_v4_conn_request,
 )
@@ -290,7 +291,7 @@ class Stack:
         """A step that is not about one existing socket."""
         net = self.net
         if isinstance(op, InetAcceptFlow):
-            lsk, result = inet_accept_flow(net, task, op.lport, op.rport, now)
+            lsk, result = inet_accept_flow(net, task, op.lport, tuple(op.rports), now)
             sk_wakeups(lsk, now)
             return None if result is None else with_direct(lsk, task, result)
         if isinstance(op, InetListen):
@@ -479,7 +480,7 @@ def tcp_v4_connect(net: Net, laddr: str, lport: int, raddr: str, rport: int, now
     sk = sk_alloc(net, laddr, lport, now)
     if rcvbuf is not None:
         sock_set_rcvbuf(sk, rcvbuf)
-    sk.rcvlowat = rcvlowat
+    sock_set_rcvlowat(sk, rcvlowat)
     sk.raddr, sk.rport = raddr, rport
     sysctls = net.sysctls
     ro = sk.rx_opt
@@ -586,7 +587,7 @@ _HANDLERS: dict[type, tuple[Handler, bool]] = {
     TcpGetInfo: (lambda sk, task, op, now: TcpInfo(info=tcp.tcp_get_info(sk, now)), True),
     TcpPoll: (lambda sk, task, op, now: tcp.tcp_poll(sk), True),
     InetWaitForConnect: (lambda sk, task, op, now: inet_wait_for_connect(sk, task, now), True),
-    SockSetsockopt: (lambda sk, task, op, now: tcp.sock_setsockopt(sk, op.name, op.value),
+    SockSetsockopt: (lambda sk, task, op, now: tcp.sock_setsockopt(sk, op.name, op.value, now),
                      True),
     TcpClose: (_close, False),
     TcpShutdown: (lambda sk, task, op, now: tcp.tcp_shutdown(sk, op.how, now), False),

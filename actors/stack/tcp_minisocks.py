@@ -36,10 +36,36 @@ from protocol.sockops import Accepted, Failed, SockOpResult
 ADVMSS = 1460  # our MTU 1500 minus IPv4 and TCP headers
 
 
+INT_MAX = 2**31 - 1
+
+
 def sock_set_rcvbuf(sk: TcpSock, value: int) -> None:
     """SO_RCVBUF: Linux doubles the value for bookkeeping overhead and locks it."""
     sk.rcvbuf = so_rcvbuf(value, sk.net.sysctls.rmem_max)
     sk.rcvbuf_locked = True
+
+
+def sock_set_rcvlowat(sk: TcpSock, val: int) -> None:
+    """SO_RCVLOWAT's effect on the socket (no wakeup): 4.13 keeps ``val ? : 1``;
+    6.18's tcp_set_rcvlowat caps it at half of the locked SO_RCVBUF (else of
+    tcp_rmem[2]) and grows an unlocked sk_rcvbuf to tcp_space_from_win(val), raising
+    a set window_clamp below val (a zero clamp, as before listen(), stays zero)."""
+    if val < 0:
+        val = INT_MAX  # sock_setsockopt: a negative low mark means "never"
+    if not sk.net.profile.data_ready_honours_rcvlowat:
+        # tcp_set_rcvlowat came (4.19) with tcp_data_ready's rcvlowat test.
+        sk.rcvlowat = val or 1
+        return
+    cap = (sk.rcvbuf if sk.rcvbuf_locked else sk.net.sysctls.tcp_rmem[2]) >> 1
+    val = min(val, cap)
+    sk.rcvlowat = val or 1
+    if sk.rcvbuf_locked:
+        return
+    space = sk.net.profile.space_from_win(val, sk.scaling_ratio)  # tcp_space_from_win
+    if space > sk.rcvbuf:
+        sk.rcvbuf = space
+        if sk.window_clamp and sk.window_clamp < val:
+            sk.window_clamp = val
 
 
 def inet_listen(net: Net, laddr: str, port: int, now: int, *, backlog: int = 128,
@@ -48,7 +74,7 @@ def inet_listen(net: Net, laddr: str, port: int, now: int, *, backlog: int = 128
     sk = sk_alloc(net, laddr, port, now)
     if rcvbuf is not None:
         sock_set_rcvbuf(sk, rcvbuf)
-    sk.rcvlowat = rcvlowat
+    sock_set_rcvlowat(sk, rcvlowat)
     sk.state = TcpState.LISTEN
     sk.backlog_max = min(backlog, net.sysctls.somaxconn)
     net.listeners[port] = sk.sock_id
@@ -175,31 +201,32 @@ def inet_csk_reqsk_queue_add(parent: TcpSock, child: TcpSock) -> None:
 
 
 def inet_csk_accept(lsk: TcpSock, task: str, nonblock: bool, timeo_ns: int | None,
-                    now: int, rport: int | None = None) -> SockOpResult | None:
-    """accept(): the oldest child (or the one from ``rport``), grafted to the caller;
-    None while the caller sleeps for one (an OpDone follows)."""
+                    now: int, rports: tuple[int, ...] | None = None) -> SockOpResult | None:
+    """accept(): the oldest child (or the oldest from one of ``rports``), grafted to the
+    caller; None while the caller sleeps for one (an OpDone follows)."""
     if lsk.state != TcpState.LISTEN:
         return Failed(error=EINVAL)
-    child = reqsk_queue_remove(lsk, rport)
+    child = reqsk_queue_remove(lsk, rports)
     if child is not None:
-        return Accepted(sock=sock_graft(child))
+        return Accepted(sock=sock_graft(child), rport=child.rport)
     if nonblock:
         return Failed(error=EAGAIN)
     lsk.waiters.append(Waiter(task, None if timeo_ns is None else now + timeo_ns, None,
-                              kind="accept", rport=rport))
+                              kind="accept", rports=rports))
     return None
 
 
-def inet_accept_flow(net: Net, task: str, lport: int, rport: int,
+def inet_accept_flow(net: Net, task: str, lport: int, rports: tuple[int, ...],
                      now: int) -> tuple[TcpSock, SockOpResult | None]:
-    """accept() by a task that wants one flow's connection: the listener on ``lport``
-    and the child from peer port ``rport``. A connection already accepted is shared
-    (tasks of one flow read one socket, as processes share a file after fork)."""
+    """accept() by a task that wants one of some flows' connections: the listener on
+    ``lport`` and the oldest child from one of the peer ports ``rports``. A connection
+    already accepted is shared (tasks of one flow read one socket, as processes share a
+    file after fork)."""
     lid = net.listeners.get(lport)
     lsk = net.socks.get(lid) if lid is not None else None
     if lsk is None:
         raise OpError(f"no listener on port {lport}")
-    shared = accepted_child(lsk, rport)
+    shared = accepted_child(lsk, rports)
     if shared is not None:
-        return lsk, Accepted(sock=shared.sock_id)
-    return lsk, inet_csk_accept(lsk, task, False, None, now, rport=rport)
+        return lsk, Accepted(sock=shared.sock_id, rport=shared.rport)
+    return lsk, inet_csk_accept(lsk, task, False, None, now, rports=rports)

@@ -20,8 +20,9 @@ from typing import Annotated
 
 import typer
 
-from actors.profiles import PROFILES, Sysctls, get_profile
+from actors.profiles import PROFILES, Sysctls, get_profile, sysctl_write
 from cli.app import app
+from cli.config import ConfigError, parse_sysctl_assignment
 from cli.drill.model import ModelReceiver
 from cli.drill.packetdrill import ParseError, Script, parse_file
 from cli.drill.pipeline import PipelineReceiver
@@ -136,12 +137,8 @@ def drill(
     time, or the actor processes in real time with --pipeline)."""
     try:
         get_profile(profile or DEFAULT_PROFILE)
-        settings = dict(_sysctl_arg(s) for s in sysctl or ())
         # Reject an unknown name or a malformed value before any script runs.
-        probe = ModelReceiver(get_profile(profile or DEFAULT_PROFILE))
-        for name, value in settings.items():
-            if not probe.set_sysctl(name, value):
-                raise ValueError(_sysctl_refusal(name, value))
+        settings = dict(_sysctl_setting(s) for s in sysctl or ())
     except ValueError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
@@ -156,28 +153,16 @@ def drill(
         raise typer.Exit(1)
 
 
-def _sysctl_arg(text: str) -> tuple[str, str]:
-    """NAME=VALUE as ``rxpath run --sysctl`` takes it: net.ipv4.tcp_rmem, tcp_rmem or
-    sysctl.tcp_rmem; values separated by blanks or commas ("4096,87380,6291456")."""
-    name, sep, value = text.partition("=")
-    name = name.strip().removeprefix("sysctl.")
-    if not sep or not name:
-        raise ValueError(f"--sysctl expects NAME=VALUE, got {text!r}")
-    if "." not in name:
-        name = ("net.core." if name in _CORE_SYSCTLS else "net.ipv4.") + name
-    words = [w for w in re.split(r"[\s,]+", value.strip().strip("'\"")) if w]
-    return name, " ".join(words)
-
-
-_CORE_SYSCTLS = frozenset({"rmem_max", "somaxconn", "netdev_budget", "netdev_budget_usecs",
-                           "dev_weight"})
-
-
-def _sysctl_refusal(name: str, value: str) -> str:
-    short = name.rsplit(".", 1)[-1]
-    if short == "tcp_invalid_ratelimit":
-        short = "tcp_invalid_ratelimit_ms"
-    fields = Sysctls.__dataclass_fields__
-    if short not in fields:
-        return f"sysctl {name}: not a setting rxpath models (it has: {', '.join(fields)})"
-    return f"sysctl {name}={value!r}: not a valid value for it"
+def _sysctl_setting(text: str) -> tuple[str, str]:
+    """NAME=VALUE as ``rxpath run --sysctl`` takes it (the one parser, cli.config's), as
+    (Sysctls field, its values separated by blanks) for the receiver's set_sysctl."""
+    try:
+        key, value = parse_sysctl_assignment(text)
+    except ConfigError as err:
+        raise ValueError(f"--sysctl {text}: {err.detail}") from None
+    values = value if isinstance(value, tuple) else (value,)
+    try:
+        sysctl_write(Sysctls(), key, values)  # the shape: one value, or three for tcp_rmem
+    except ValueError as err:
+        raise ValueError(f"--sysctl {text}: {err}") from None
+    return key, " ".join(str(v) for v in values)

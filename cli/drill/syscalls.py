@@ -18,6 +18,7 @@ from actors.profiles import MS, Profile, Sysctls, sysctl_write
 from actors.reader.tcp_recvmsg import RecvFlags, SpendCpu, StepDriver, tcp_recvmsg
 from actors.stack.skb import so_rcvbuf
 from actors.stack.sock import TcpState
+from cli.config import SYSCTL_FIELD_FOR_KERNEL_NAME
 from cli.drill.runner import LOCAL_IP, SYMBOLS, Unsupported, errno_name
 from protocol.sockops import (
     Accepted,
@@ -128,8 +129,7 @@ def parse_sysctl(sysctls: Sysctls, name: str, value: str) -> tuple[str, list[int
     """A script's ``sysctl -q NAME=VALUE`` as (our field name, its values), or None for
     a sysctl the emulator does not have or a value of the wrong shape."""
     short = name.rsplit(".", 1)[-1]
-    if short == "tcp_invalid_ratelimit":
-        short = "tcp_invalid_ratelimit_ms"
+    short = SYSCTL_FIELD_FOR_KERNEL_NAME.get(short, short)
     try:
         values = [int(v, 0) for v in value.split()]
         sysctl_write(sysctls, short, values)
@@ -260,17 +260,34 @@ class Syscalls:
             desc.inq_cmsg = bool(val)
             return 0, None, {}
         if name in ("SO_RCVBUF", "SO_RCVLOWAT"):
-            if name == "SO_RCVLOWAT":
-                desc.rcvlowat = max(val, 1)
             if desc.sock is None:
                 if name == "SO_RCVBUF":
                     desc.rcvbuf = val
+                else:
+                    desc.rcvlowat = self._unbound_rcvlowat(desc, val)
                 return 0, None, {}
             res = yield SockSetsockopt(desc.sock, name, val)
             if isinstance(res, Failed):
                 return _err(errno_name(res.error))
+            if name == "SO_RCVLOWAT":  # what the stack kept (tcp_set_rcvlowat caps it)
+                info = yield TcpGetInfo(desc.sock)
+                assert isinstance(info, TcpInfo), info
+                desc.rcvlowat = int(info.info["rcvlowat"])
             return 0, None, {}
         raise Unsupported(f"setsockopt({name}) is not modelled")
+
+    def _unbound_rcvlowat(self, desc: FileDesc, val: int) -> int:
+        """SO_RCVLOWAT on a socket not yet in the stack: sock_setsockopt's negative ->
+        INT_MAX, then (4.19+) tcp_set_rcvlowat's cap at half of the locked SO_RCVBUF or
+        of tcp_rmem[2], which getsockopt and read() see now; listen() or connect()
+        hands the value to the stack, whose sock_set_rcvlowat grows sk_rcvbuf."""
+        if val < 0:
+            val = 2**31 - 1
+        if self.profile.data_ready_honours_rcvlowat:
+            cap = (so_rcvbuf(desc.rcvbuf, self.sysctls.rmem_max) if desc.rcvbuf is not None
+                   else self.sysctls.tcp_rmem[2]) >> 1
+            val = min(val, cap)
+        return val or 1
 
     def _sys_getsockopt(self, fd: int, level: int, name: str) -> CallGen:
         desc = self._desc(fd)

@@ -1,0 +1,225 @@
+"""The TUN wire process: the nic's ``wire_peer`` when the senders are real Linux sockets.
+
+In its ``__init__`` it enters the run's network namespace, creates the TUN device there
+and routes the emulated receiver's address through it (:mod:`actors.tunwire.netns`).
+IPv4 TCP frames the kernel sends into the TUN go to the nic as ``wire`` messages, as the
+peer actor's do; the nic's ``wire`` messages (the stack's ACKs) are written back into the
+TUN, where the namespace's kernel receives them. On ``start`` it spawns the senders
+(inside the namespace, killed with it: ``PR_SET_PDEATHSIG``) and samples ``ss -tin``
+into ``RUN_DIR/ss-sender.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors.peer.payload import payload_bytes
+from actors.runtime import procutil
+from actors.runtime.actor import Actor, ActorSettings, handles
+from actors.tunwire.netns import enter_netns, expand, open_tun, parse_ss, setup_commands
+from protocol import messages as msg
+from protocol.envelope import Envelope
+
+NIC = "nic"
+BURST = 64             # frames read per wake-up and sent per wire message (a NAPI poll's worth)
+MAX_PENDING = 512      # beyond this the TUN's own queue holds them (back-pressure)
+SS_EVERY_NS = 250_000_000
+_IPPROTO_TCP = 6
+
+
+def _pdeathsig() -> None:
+    procutil.set_parent_death_signal(signal.SIGKILL)
+
+
+class TunWireActor(Actor):
+    role = "tunwire"
+
+    def __init__(self, settings: ActorSettings, **kw: Any) -> None:
+        super().__init__(settings, **kw)
+        cfg = self.config["tunwire"]
+        self.netns = str(cfg["netns"])
+        self.device = str(cfg["device"])
+        self.local, self.remote = str(cfg["local"]), str(cfg["remote"])
+        self.senders: list[dict[str, Any]] = list(cfg["senders"])
+        self.dir = settings.run_dir / "senders"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # This thread (and every process it spawns) now lives in the run's namespace.
+        enter_netns(self.netns)
+        self.fd = open_tun(self.device)
+        for cmd in setup_commands(self.device, self.local, self.remote):
+            subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+        self.pending: list[bytes] = []
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.c = {"frames_in": 0, "frames_out": 0, "ignored": 0, "tun_write_errors": 0,
+                  "ss_samples": 0}
+        self.ss_path = settings.run_dir / "ss-sender.txt"
+        self.ss_last: dict[int, dict[str, Any]] = {}   # sport -> last view while connected
+        self.ss_max: dict[int, dict[str, Any]] = {}    # sport -> peaks over the run
+        self._t_ss = 0
+
+    # --- the TUN -------------------------------------------------------------------------
+
+    def _tun_readable(self) -> None:
+        # Also called while a send blocks: only read here, send from on_timer.
+        while len(self.pending) < MAX_PENDING:
+            try:
+                frame = os.read(self.fd, 65535)
+            except BlockingIOError:
+                return
+            if len(frame) >= 20 and frame[0] >> 4 == 4 and frame[9] == _IPPROTO_TCP:
+                self.pending.append(frame)
+            else:
+                self.c["ignored"] += 1  # IPv6 neighbour discovery and the like
+
+    def next_deadline(self) -> int | None:
+        if self.pending:
+            return 0
+        return self._t_ss if self.started and self._t_ss else None
+
+    def on_timer(self, now: int) -> None:
+        while self.pending:
+            frames, self.pending = self.pending[:BURST], self.pending[BURST:]
+            self.c["frames_in"] += len(frames)
+            self.send(NIC, msg.WIRE, {"frames": frames})
+        if self._t_ss and now >= self._t_ss:
+            self._sample_ss(now)
+            self._t_ss = now + SS_EVERY_NS
+        self._reap_senders()
+
+    @handles(msg.WIRE)
+    def on_wire(self, env: Envelope, now: int) -> None:
+        for frame in env.body["frames"]:
+            try:
+                os.write(self.fd, frame)
+                self.c["frames_out"] += 1
+            except OSError:
+                self.c["tun_write_errors"] += 1
+
+    # --- the senders -----------------------------------------------------------------------
+
+    def on_start(self, now: int) -> None:
+        self.mailbox.add_wake_fd(self.fd, self._tun_readable)
+        self._t_ss = now + SS_EVERY_NS
+        for s in self.senders:
+            self.call_later(int(s["start_ns"]), self._spawner(s))
+
+    def _spawner(self, s: dict[str, Any]) -> Callable[[int], None]:
+        return lambda now: self._spawn(s)
+
+    def _spawn(self, s: dict[str, Any]) -> None:
+        flow = str(s["flow"])
+        values = {"src": self.local, "sport": str(s["sport"]), "dst": self.remote,
+                  "dport": str(s["dport"]), "bytes": str(s["bytes"]), "file": ""}
+        report = self.dir / f"{flow}.json"
+        if s.get("command"):
+            path = self.dir / f"{flow}.bin"
+            path.write_bytes(payload_bytes(int(s["flow_id"]), 0, int(s["bytes"])))
+            values["file"] = str(path)
+            argv = expand(s["command"], values)
+        else:
+            argv = [sys.executable, "-m", "actors.tunwire.sender", "--src", self.local,
+                    "--sport", values["sport"], "--dst", self.remote, "--dport",
+                    values["dport"], "--flow-id", str(s["flow_id"]), "--bytes",
+                    values["bytes"], "--report", str(report)]
+        with open(self.dir / f"{flow}.out", "ab") as out:
+            self.procs[flow] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                                stderr=subprocess.STDOUT,
+                                                preexec_fn=_pdeathsig, close_fds=True)
+        self.notify("info", "sender_started", flow=flow, pid=self.procs[flow].pid, argv=argv)
+
+    def _reap_senders(self) -> None:
+        for s in self.senders:
+            flow = str(s["flow"])
+            p = self.procs.get(flow)
+            if p is None or p.returncode is not None or p.poll() is None:
+                continue
+            report = self.dir / f"{flow}.json"
+            if s.get("command") and not report.exists():
+                data = (self.dir / f"{flow}.bin").read_bytes()
+                report.write_text(json.dumps({"bytes": len(data),
+                                              "sha256": hashlib.sha256(data).hexdigest(),
+                                              "command": True}) + "\n")
+            self.notify("info" if p.returncode == 0 else "error", "sender_exited",
+                        flow=flow, code=p.returncode)
+
+    # --- the sender side's view ------------------------------------------------------------
+
+    def _sample_ss(self, now: int) -> None:
+        try:
+            out = subprocess.run(["ss", "-tinH"], capture_output=True, text=True,
+                                 timeout=2).stdout
+        except (OSError, subprocess.SubprocessError):
+            return
+        self.c["ss_samples"] += 1
+        with open(self.ss_path, "a", encoding="utf-8") as f:
+            f.write(f"# t={(now - (self.t0_ns or now)) / 1e9:.3f} s\n{out}")
+        for sk in parse_ss(out):
+            if sk["peer"].rsplit(":", 1)[0] != self.remote:
+                continue
+            sport = int(sk["sport"])
+            self.ss_last[sport] = sk
+            peak = self.ss_max.setdefault(sport, {"zero_window_samples": 0})
+            for key in ("cwnd", "retrans", "backoff", "rwnd_limited_ms"):
+                if key in sk:
+                    peak[key] = max(peak.get(key, 0), sk[key])
+            # ss prints snd_wnd only when it is not 0: a connected socket with data
+            # queued and no snd_wnd in its line is looking at a zero window.
+            if sk.get("snd_wnd", 0) == 0 and "cwnd" in sk and sk.get("send_q", 0) > 0:
+                peak["zero_window_samples"] += 1
+
+    def on_stop(self, now: int) -> None:
+        self._sample_ss(now)
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=5)
+        self.mailbox.remove_wake_fd(self.fd)
+        os.close(self.fd)
+
+    def flow_views(self) -> dict[str, dict[str, Any]]:
+        """Per flow: the sender's final ``TCP_INFO`` (built-in senders), the last ``ss``
+        view while connected, and the peaks over the samples."""
+        out: dict[str, dict[str, Any]] = {}
+        for s in self.senders:
+            flow, sport = str(s["flow"]), int(s["sport"])
+            report: dict[str, Any] = {}
+            path = Path(self.dir / f"{flow}.json")
+            if path.exists():
+                try:
+                    report = json.loads(path.read_text())
+                except ValueError:
+                    report = {}
+            info = report.get("tcp_info") or {}
+            last = self.ss_last.get(sport, {})
+            peak = self.ss_max.get(sport, {})
+            p = self.procs.get(flow)
+            out[flow] = {
+                "kind": "command" if s.get("command") else "builtin",
+                "exit": None if p is None else p.poll(),
+                "bytes_sent": report.get("bytes"), "sha256": report.get("sha256"),
+                "segments_retransmitted": info.get("total_retrans", last.get("retrans")),
+                "bytes_retrans": info.get("bytes_retrans", last.get("bytes_retrans")),
+                "cwnd": info.get("snd_cwnd", last.get("cwnd")),
+                "ssthresh": info.get("snd_ssthresh", last.get("ssthresh")),
+                "snd_wnd": info.get("snd_wnd", last.get("snd_wnd")),
+                "rtt_ms": round(info["rtt"] / 1000, 3) if "rtt" in info else last.get("rtt_ms"),
+                "rwnd_limited_ms": (round(info["rwnd_limited_us"] / 1000, 1)
+                                    if "rwnd_limited_us" in info
+                                    else peak.get("rwnd_limited_ms")),
+                "max_cwnd": peak.get("cwnd"), "max_backoff": peak.get("backoff", 0),
+                "zero_window_samples": peak.get("zero_window_samples", 0),
+            }
+        return out
+
+    def counters(self) -> dict[str, Any]:
+        return {**self.c, "netns": self.netns, "device": self.device,
+                "flows": self.flow_views(), "time_ns": time.monotonic_ns()}

@@ -1,0 +1,325 @@
+"""A real Linux TCP sender through the emulated receive path: a real network namespace,
+a real TUN device, the host kernel's TCP (configs/linux-sender*.toml).
+
+Skipped, saying why, when namespaces or TUN devices cannot be created here (not root,
+no /dev/net/tun, no iproute2); otherwise every failure fails. After each run nothing may
+remain: no namespace, no device, no process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.tunwire.netns import (
+    TCP_INFO_LEN,
+    TUN_DEVICE,
+    delete_netns,
+    netns_exists,
+    parse_ss,
+    parse_tcp_info,
+    setup_commands,
+)
+from cli.config import load_scenario
+from cli.linux_sender import sweep_stale, tunwire_config
+from cli.run import run_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+LEFTOVER_TIMEOUT_S = 10.0
+
+
+def _why_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces and TUN devices"
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) is not installed (docker/install-host-deps.sh installs it)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun does not exist"
+    name = f"rxpath-probe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    try:
+        probe = subprocess.run(
+            ["ip", "netns", "exec", name, sys.executable, "-c",
+             "from actors.tunwire.netns import open_tun; open_tun('rxprobe0')"],
+            capture_output=True, text=True, cwd=ROOT, timeout=30)
+        if probe.returncode != 0:
+            return f"cannot create a TUN device: {probe.stderr.strip()[-200:]}"
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    return None
+
+
+_WHY = _why_unavailable()
+# Only the tests that need a real namespace skip; the pure ones run anywhere.
+REAL = pytest.mark.skipif(_WHY is not None, reason=f"real Linux sender: {_WHY}")
+
+
+def _processes_mentioning(*needles: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmd for n in needles):
+            found.append(f"{entry.name}: {cmd[:160]}")
+    return found
+
+
+def _leftovers(netns: str, run_dir: Path) -> list[str]:
+    left = [f"namespace {netns}"] if netns_exists(netns) else []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    left += [f"device {TUN_DEVICE} in the host namespace"] if TUN_DEVICE in links else []
+    return left + _processes_mentioning(str(run_dir), netns)
+
+
+def _wait_nothing_left(netns: str, run_dir: Path, timeout_s: float) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = _leftovers(netns, run_dir)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)  # polling the system's state against a deadline
+
+
+def _kill_leftovers(netns: str | None, run_dir: Path) -> None:
+    for line in _processes_mentioning(str(run_dir), *([netns] if netns else [])):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+    if netns:
+        delete_netns(netns)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    rd = tmp_path / "run"
+    yield rd
+    netns_file = rd / "netns.txt"
+    _kill_leftovers(netns_file.read_text().strip() if netns_file.exists() else None, rd)
+
+
+def _run(config: str, run_dir: Path) -> dict:
+    sc = load_scenario(CONFIGS / config)
+    summary = run_scenario(sc, run_dir, progress=False)
+    netns = summary["netns"]
+    assert netns.startswith("rxpath-")
+    left = _wait_nothing_left(netns, run_dir, LEFTOVER_TIMEOUT_S)
+    assert left == [], f"left behind after the run: {left}"
+    return summary
+
+
+def _sender(summary: dict) -> dict:
+    return summary["flows"][0]["sender"]
+
+
+# -- pure parts -----------------------------------------------------------------------
+
+
+def test_setup_routes_only_the_receiver_through_the_tun() -> None:
+    cmds = setup_commands("rxtun0", "10.0.0.1", "10.0.0.2")
+    assert ["ip", "route", "add", "10.0.0.2/32", "dev", "rxtun0", "src", "10.0.0.1"] in cmds
+    assert ["ip", "addr", "add", "10.0.0.1/32", "dev", "rxtun0"] in cmds
+
+
+def test_ss_lines_give_the_sender_side_view() -> None:
+    text = ("ESTAB 0      129048 10.0.0.1:40001 10.0.0.2:5001\n"
+            "\t cubic wscale:7,10 rto:232 rtt:29.377/0.017 mss:1448 cwnd:30 ssthresh:17 "
+            "backoff:2 rwnd_limited:992ms(80.1%) retrans:0/5 bytes_retrans:7240\n")
+    (sk,) = parse_ss(text)
+    assert sk["sport"] == 40001 and sk["peer"] == "10.0.0.2:5001" and sk["send_q"] == 129048
+    assert (sk["cwnd"], sk["ssthresh"], sk["retrans"], sk["backoff"]) == (30, 17, 5, 2)
+    assert (sk["rtt_ms"], sk["rwnd_limited_ms"], sk["bytes_retrans"]) == (29.377, 992, 7240)
+    assert "snd_wnd" not in sk  # ss leaves a zero snd_wnd out
+
+
+def test_tcp_info_fields_by_offset() -> None:
+    raw = bytearray(TCP_INFO_LEN)
+    raw[3] = 4                                        # tcpi_probes
+    struct.pack_into("<I", raw, 8 + 4 * 18, 42)       # tcpi_snd_cwnd
+    struct.pack_into("<I", raw, 8 + 4 * 23, 7)        # tcpi_total_retrans
+    struct.pack_into("<I", raw, 228, 0)               # tcpi_snd_wnd
+    info = parse_tcp_info(bytes(raw))
+    assert (info["probes"], info["snd_cwnd"], info["total_retrans"], info["snd_wnd"]) == (
+        4, 42, 7, 0)
+    assert "snd_wnd" not in parse_tcp_info(bytes(raw[:104]))  # an older kernel's struct
+
+
+def test_each_flow_gets_its_own_sender_with_its_source_port() -> None:
+    sc = load_scenario(CONFIGS / "linux-sender.toml")
+    cfg = tunwire_config(sc, "rxpath-x")
+    assert [(s["flow"], s["sport"], s["dport"]) for s in cfg["senders"]] == [
+        ("f1", 40001, 5001)]
+    assert (cfg["local"], cfg["remote"]) == (sc.peer.address, sc.stack.address)
+
+
+# -- real runs --------------------------------------------------------------------------
+
+
+@REAL
+def test_clean_transfer_is_intact_byte_for_byte(run_dir: Path) -> None:
+    s = _run("linux-sender.toml", run_dir)
+    assert s["integrity"] and s["checker"]["ok"], s["checker_text"]
+    f = s["flows"][0]
+    assert f["received"] == f["bytes"] == 4_000_000
+    assert _sender(s)["bytes_sent"] == 4_000_000
+    assert _sender(s)["cwnd"] > 0
+    assert (run_dir / "ss-sender.txt").read_text().count("10.0.0.2:5001") > 0
+    assert (run_dir / "wire.pcap").stat().st_size > 4_000_000
+
+
+@REAL
+def test_ring_overflow_is_recovered_by_real_retransmissions(run_dir: Path) -> None:
+    s = _run("linux-sender-ring-overflow.toml", run_dir)
+    assert s["integrity"] and s["checker"]["ok"], s["checker_text"]
+    assert s["nic"]["rx_missed_errors"] > 0
+    assert _sender(s)["segments_retransmitted"] > 0
+
+
+@REAL
+def test_slow_reader_makes_the_real_sender_see_a_zero_window(run_dir: Path) -> None:
+    s = _run("linux-sender-slow-reader.toml", run_dir)
+    assert s["integrity"] and s["checker"]["ok"], s["checker_text"]
+    assert s["nstat"].get("TcpExtTCPToZeroWindowAdv", 0) > 0
+    assert s["nstat"].get("TcpExtTCPFromZeroWindowAdv", 0) > 0
+    assert _sender(s)["rwnd_limited_ms"] > 0
+    assert _sender(s)["zero_window_samples"] > 0  # ss inside the namespace saw it too
+
+
+@REAL
+def test_several_flows_and_senders_at_once_one_a_command(run_dir: Path,
+                                                        tmp_path: Path) -> None:
+    # Two flows on two queues and cpus: f1 from the built-in sender, f2 from any program
+    # (here a Python one-liner that binds the flow's port and sends {file}, the flow's
+    # payload), each checked byte for byte.
+    prog = ("import socket,sys;s=socket.socket();s.bind((sys.argv[1],int(sys.argv[2])));"
+            "s.connect((sys.argv[3],int(sys.argv[4])));s.sendall(open(sys.argv[5],'rb')"
+            ".read());s.close()")
+    command = json.dumps([sys.executable, "-c", prog, "{src}", "{sport}", "{dst}", "{dport}",
+                          "{file}"])
+    cfg = tmp_path / "two.toml"
+    cfg.write_text(f"""
+description = "two real senders"
+duration = 30.0
+[nic]
+device = "tun"
+queues = 2
+ring_size = 4096
+[[flows]]
+name = "f1"
+bytes = 1_000_000
+[[flows]]
+name = "f2"
+bytes = 700_000
+[[linux_senders]]
+name = "builtin"
+flows = ["f1"]
+[[linux_senders]]
+name = "cmd"
+flows = ["f2"]
+command = {command}
+""")
+    s = run_scenario(load_scenario(cfg), run_dir, progress=False)
+    assert s["integrity"] and s["checker"]["ok"], s["checker_text"]
+    assert [(f["flow"], f["received"], f["sender"]["kind"]) for f in s["flows"]] == [
+        ("f1", 1_000_000, "builtin"), ("f2", 700_000, "command")]
+    assert _wait_nothing_left(s["netns"], run_dir, LEFTOVER_TIMEOUT_S) == []
+
+
+@REAL
+def test_legacy_and_modern_differ_with_the_same_real_sender(run_dir: Path,
+                                                            tmp_path: Path) -> None:
+    legacy = _run("linux-sender.toml", run_dir)
+    modern = _run("linux-sender-modern.toml", tmp_path / "modern")
+    assert legacy["integrity"] and modern["integrity"]
+    assert legacy["nstat"].get("TcpExtTCPPrequeued", 0) > 0
+    assert "TcpExtTCPPrequeued" not in modern["nstat"]
+
+
+@REAL
+def test_a_namespace_no_guard_watches_is_swept() -> None:
+    name = "rxpath-stale" + format(os.getpid(), "x")[-4:]
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        assert name not in sweep_stale()  # young: perhaps a run starting now
+        assert name in sweep_stale(min_age_s=0)
+        assert not netns_exists(name)
+    finally:
+        delete_netns(name)
+
+
+@REAL
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_killing_the_launcher_leaves_nothing_behind(run_dir: Path, sig: int) -> None:
+    run_dir.mkdir(parents=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "run", str(CONFIGS / "linux-sender-slow-reader.toml"),
+         "--run-dir", str(run_dir), "-q"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        # Wait for the namespace and a connected real sender (its ss sample).
+        while not ((run_dir / "ss-sender.txt").exists()
+                   and "ESTAB" in (run_dir / "ss-sender.txt").read_text()):
+            assert launcher.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the real sender never connected"
+            time.sleep(0.05)  # polling for the event against a deadline
+        netns = (run_dir / "netns.txt").read_text().strip()
+        assert netns_exists(netns)
+        os.kill(launcher.pid, sig)
+        launcher.wait(timeout=20)
+        left = _wait_nothing_left(netns, run_dir, 5.0)
+        assert left == [], f"left behind after {signal.Signals(sig).name}: {left}"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+_TWO_FLOWS = """
+[[flows]]
+name = "f1"
+[[flows]]
+name = "f2"
+"""
+
+
+@pytest.mark.parametrize(("senders", "error"), [
+    ('[[linux_senders]]\nflows = ["f3"]\n', "linux_senders[0].flows: expected a non-empty array"),
+    ('[[linux_senders]]\nflows = ["f1"]\n[[linux_senders]]\nflows = ["f1"]\n',
+     "linux_senders[1].flows: expected flows no other sender has"),
+    ('[[linux_senders]]\ncommand = ["nc"]\n',
+     "linux_senders[0].flows: expected exactly one flow for a command sender"),
+    ('[[linux_senders]]\nflows = ["f1"]\n', "linux_senders: expected a sender for every flow"),
+    ('[[linux_senders]]\ncommand = "nc"\nflows = ["f1"]\n[[linux_senders]]\n',
+     "linux_senders[0].command: expected an array of strings"),
+])
+def test_linux_senders_are_validated(senders: str, error: str) -> None:
+    from cli.config import ConfigError, parse_scenario
+
+    with pytest.raises(ConfigError) as err:
+        parse_scenario(_TWO_FLOWS + senders, "x.toml")
+    assert error in str(err.value)
+
+
+def test_a_sender_without_flows_takes_the_rest() -> None:
+    from cli.config import parse_scenario
+
+    sc = parse_scenario(_TWO_FLOWS + '[[linux_senders]]\nflows = ["f2"]\n[[linux_senders]]\n')
+    assert [s.flows for s in sc.linux_senders] == [("f2",), ("f1",)]
+    assert sc.real_senders
