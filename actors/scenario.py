@@ -213,6 +213,23 @@ class LinuxSenderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WireConfig:
+    """``[wire]``: where the NIC's inbound frames come from. ``source`` "peer" is the
+    emulated peer (or ``[[linux_senders]]``); ``"pcap:FILE"`` replays the inbound
+    direction of a capture at its recorded times (``FILE`` absolute once validated)."""
+
+    source: str = "peer"
+
+    @property
+    def pcap(self) -> str | None:
+        """The capture to replay, or None."""
+        return self.source[len(PCAP_PREFIX):] if self.source.startswith(PCAP_PREFIX) else None
+
+
+PCAP_PREFIX = "pcap:"
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
 
@@ -264,6 +281,7 @@ class Scenario:
     log: LogConfig = field(default_factory=LogConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
     linux_senders: tuple[LinuxSenderConfig, ...] = ()
+    wire: WireConfig = field(default_factory=WireConfig)
     source: str = field(default=DEFAULT_SOURCE, compare=False)
 
     @property
@@ -284,6 +302,11 @@ class Scenario:
     def real_senders(self) -> bool:
         """The flows come from real Linux sockets over a TUN device, not the peer actor."""
         return bool(self.linux_senders)
+
+    @property
+    def replay(self) -> str | None:
+        """The capture whose inbound direction the flows replay (``[wire] source``)."""
+        return self.wire.pcap
 
     def flow(self, name: str) -> FlowConfig:
         for flow in self.flows:
@@ -344,6 +367,8 @@ class Scenario:
         del out["source"]
         if not out["linux_senders"]:
             del out["linux_senders"]  # the emulated peer: files and topologies as before
+        if out["wire"] == {"source": "peer"}:
+            del out["wire"]
         return out
 
     @classmethod

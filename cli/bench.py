@@ -30,6 +30,7 @@ from actors.runtime.launcher import Launcher
 from actors.runtime.supervisor import Supervisor
 from actors.scenario import AckImpairmentsConfig, ImpairmentsConfig, Scenario
 from cli.app import app
+from cli.config import parse_scenario
 from cli.modelbench import run_model_benchmark
 from cli.options import ProfileOption, load_or_exit, make_overrides
 from cli.report import table
@@ -47,6 +48,69 @@ def bench_scenario(mbytes: float, profile: str | None) -> Scenario:
     return replace(sc, flows=flows, impairments=ImpairmentsConfig(),
                    ack_impairments=AckImpairmentsConfig(),
                    description=f"bench: {len(flows)} flows x {mbytes:g} MB, clean wire")
+
+
+def scale_scenario(flows: int, readers: int = 16, cpus: int = 4, nbytes: int = 20_000,
+                   profile: str = "legacy") -> Scenario:
+    """``flows`` connections on a clean wire, shared round-robin by ``readers`` epoll
+    servers, over ``cpus`` cpus, through a listener configured for that many clients
+    (listen(fd, 1024) and somaxconn to match: 4.13's 128 would overflow at once)."""
+    backlog = max(128, flows)
+    lines = [f'profile = "{profile}"', "seed = 1", "duration = 300.0",
+             f'description = "scale: {flows} flows to {readers} epoll servers over {cpus} cpus"',
+             f"[cpu]\ncount = {cpus}", f"[nic]\nqueues = {cpus}",
+             f"[stack]\nlisten_backlog = {backlog}",
+             f"[sysctl]\nsomaxconn = {backlog}\ntcp_max_syn_backlog = {backlog}",
+             "[impairments]"]
+    for i in range(flows):
+        lines.append(f'[[flows]]\nname = "f{i + 1}"\nbytes = {nbytes}\n'
+                     f'reader = "r{i % readers + 1}"')
+    return parse_scenario("\n".join(lines) + "\n", f"<scale: {flows} flows>")
+
+
+def scale_run(sc: Scenario, rd: Path, progress: bool) -> dict[str, Any]:
+    """One run of a scale scenario: did it complete intact, with no message lost between
+    the actors, and what did each role cost."""
+    e2e = end_to_end(sc, rd, trace=True, progress=progress)
+    counters = json.loads((rd / "counters.json").read_text())
+    summary = json.loads((rd / "summary.json").read_text())
+    lost = sum(int((c.get("transport") or {}).get("transport_lost", 0))
+               for c in counters.values())
+    rejected = sum(sum(((c.get("transport") or {}).get("rejected_messages") or {}).values())
+                   for c in counters.values())
+    by_role: dict[str, list[str]] = {}
+    for name in e2e["cpu_us_per_segment"]:
+        role = "reader" if name.startswith("r") else "cpu" if name.startswith("cpu") else name
+        by_role.setdefault(role, []).append(name)
+    return {
+        "flows": len(sc.flows), "readers": len(sc.readers), "cpus": sc.cpu.count,
+        "bytes_per_flow": sc.flows[0].bytes,
+        "complete": summary["reason"] == "complete",
+        "intact": bool(summary["integrity"] and summary["checker"]["ok"]),
+        "transport_lost": lost, "rejected_messages": rejected,
+        "seconds": round(e2e["seconds"], 2), "segments": e2e["segments"],
+        "segments_per_s": round(e2e["segments_per_s"]),
+        "startup_s": round(e2e["startup_s"], 2),
+        "listen_overflows": int(summary["nstat"].get("TcpExtListenOverflows", 0)),
+        # per role: CPU per segment summed over its processes, the largest RSS among them
+        "cpu_us_per_segment": {role: round(sum(e2e["cpu_us_per_segment"][n] for n in names), 1)
+                               for role, names in by_role.items()},
+        "max_rss_kb": {role: max(e2e["rss_kb"].get(n, 0) for n in names)
+                       for role, names in by_role.items()},
+    }
+
+
+def _print_scale(r: dict[str, Any]) -> None:
+    verdict = "intact" if r["intact"] else "BROKEN"
+    typer.echo(f"\n{r['flows']} flows x {r['bytes_per_flow']:,} B to {r['readers']} epoll "
+               f"servers over {r['cpus']} cpus: {'complete' if r['complete'] else 'INCOMPLETE'}"
+               f", {verdict}, transport lost {r['transport_lost']}, rejected "
+               f"{r['rejected_messages']}, ListenOverflows {r['listen_overflows']}")
+    typer.echo(f"{r['segments']:,} segments in {r['seconds']:.2f} s "
+               f"({r['segments_per_s']:,}/s), start-up {r['startup_s']:.2f} s\n")
+    typer.echo(table([(role, f"{us:.1f}", f"{r['max_rss_kb'][role] / 1024:.1f}")
+                      for role, us in r["cpu_us_per_segment"].items()],
+                     ("role", "cpu us/segment (all its processes)", "max RSS MB")))
 
 
 def hop_latencies(counters: dict[str, Any]) -> list[tuple[str, float, int]]:
@@ -199,17 +263,32 @@ def bench(
     profile_actors: Annotated[bool, typer.Option(
         "--profile-actors", help="Record every actor with py-spy during the first run "
         "(RUN_DIR/profiles/) and print each one's hottest functions.")] = False,
+    scale: Annotated[int, typer.Option(
+        "--scale", min=0, help="Instead: one run of this many flows (20 KB each) to 16 "
+        "epoll servers over 4 cpus; is it complete and intact, with no message lost, and "
+        "what each role costs.")] = 0,
     run_dir: Annotated[Path | None, typer.Option("--run-dir")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Segments/s end to end (trace on and off), the raw pyzmq chain and the in-process
     model beside them, CPU per segment of every actor; medians of --repeat runs.
 
-    Example: rxpath bench --mbytes 8 --repeat 5 --json
+    Example: rxpath bench --mbytes 8 --repeat 5 --json; rxpath bench --scale 1000
     """
-    sc = bench_scenario(mbytes, profile)
     rd = run_dir or default_run_dir()
     progress = not json_out and sys.stderr.isatty()
+    if scale:
+        res = scale_run(scale_scenario(scale, profile=profile or "legacy"), rd, progress)
+        rd.mkdir(parents=True, exist_ok=True)
+        (rd / "bench.json").write_text(json.dumps({"scale": res}, indent=2))
+        if json_out:
+            typer.echo(json.dumps({"scale": res}, indent=2))
+        else:
+            _print_scale(res)
+        if not (res["complete"] and res["intact"] and not res["transport_lost"]):
+            raise typer.Exit(1)
+        return
+    sc = bench_scenario(mbytes, profile)
     runs_on: list[dict[str, Any]] = []
     runs_off: list[dict[str, Any]] = []
     raw1: list[dict[str, Any]] = []

@@ -19,10 +19,17 @@ the stack = segments through ``tcp_v4_rcv`` + frames waiting. Counters of a kill
 process die with it, so after a restart of nic, cpu or stack it says so instead.
 
 Each failure comes with a minimal witness: the one or two records that prove it.
+
+A replay of a capture (``[wire] source = "pcap:FILE"``) carries the capture's bytes, not
+the peer's payload: there the reference of each flow is the client's stream rebuilt from
+the capture (``references``), and the verdict gives its length and SHA-256. Every
+delivered chunk's digest matching that stream at its offset, with no gap and no overlap,
+means the readers got exactly those bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,6 +71,8 @@ class FlowVerdict:
     reset: bool = False
     delivered_then_lost: int = 0
     problems: list[str] = field(default_factory=list)
+    reference: str = "payload"  # or "capture": a replay, checked against the capture's stream
+    sha256: str | None = None    # of the capture's stream (a replay)
 
     def fail(self, text: str) -> None:
         self.ok = False
@@ -105,17 +114,23 @@ def load_deliveries(run_dir: Path) -> tuple[list[Delivery], list[str]]:
 
 def check_flow(flow: str, flow_id: int, expected: int, records: Sequence[Delivery], *,
                reset: bool = False, reader_deaths: int = 0,
-               complete_expected: bool = True) -> FlowVerdict:
-    """The four stream properties of one flow (see the module docstring)."""
+               complete_expected: bool = True, reference: bytes | None = None) -> FlowVerdict:
+    """The four stream properties of one flow (see the module docstring); ``reference``
+    the bytes the flow carried, when they are not the peer's payload (a replay)."""
     v = FlowVerdict(flow, expected, reset=reset)
+    if reference is not None:
+        v.reference, v.sha256 = "capture", hashlib.sha256(reference).hexdigest()
     # Altered.
     for r in records:
         if r.off < 0 or r.length <= 0 or r.end > expected:
             v.fail(f"impossible range: {r.where()} (flow is {expected} bytes)")
             continue
-        want = delivery_digest(payload_bytes(flow_id, r.off, r.length))
+        sent = (payload_bytes(flow_id, r.off, r.length) if reference is None
+                else reference[r.off:r.end])
+        want = delivery_digest(sent)
         if want != r.digest:
-            v.fail(f"altered: {r.where()}; the peer sent digest {want} there")
+            who = "the peer sent" if reference is None else "the capture has"
+            v.fail(f"altered: {r.where()}; {who} digest {want} there")
     # Reordered, per reader process, in the order it delivered.
     by_proc: dict[tuple[str, int], list[Delivery]] = {}
     for r in records:
@@ -192,9 +207,10 @@ def check_conservation(counters: Mapping[str, Any], cpus: Iterable[str]) -> dict
 def check_run(run_dir: Path, flows: Sequence[tuple[str, int, int]], *,
               counters: Mapping[str, Any] | None = None, cpus: Sequence[str] = (),
               resets: Iterable[str] = (), reader_deaths: Mapping[str, int] | None = None,
-              restarted_roles: Iterable[str] = (), complete_expected: bool = True
-              ) -> Verdict:
-    """Check a finished run. ``flows``: (name, flow id, bytes) of each flow."""
+              restarted_roles: Iterable[str] = (), complete_expected: bool = True,
+              references: Mapping[str, bytes] | None = None) -> Verdict:
+    """Check a finished run. ``flows``: (name, flow id, bytes) of each flow;
+    ``references``: per flow, the bytes it carried when not the peer's payload."""
     records, bad = load_deliveries(run_dir)
     reset = set(resets)
     deaths = reader_deaths or {}
@@ -204,7 +220,8 @@ def check_run(run_dir: Path, flows: Sequence[tuple[str, int, int]], *,
         mine = [r for r in records if r.flow == name]
         verdicts.append(check_flow(name, flow_id, size, mine, reset=name in reset,
                                    reader_deaths=deaths.get(name, 0),
-                                   complete_expected=complete_expected))
+                                   complete_expected=complete_expected,
+                                   reference=(references or {}).get(name)))
     known = {n for n, _, _ in flows}
     strangers = sorted({r.flow for r in records} - known)
     if strangers:
@@ -233,6 +250,9 @@ def format_verdict(v: Verdict) -> str:
         if f.delivered_then_lost:
             extra.append(f"{f.delivered_then_lost} bytes delivered-then-lost "
                          "(reader died holding them)")
+        if f.reference == "capture":
+            extra.append(f"replay check: the capture's stream, {f.expected} bytes, "
+                         f"sha256 {(f.sha256 or '')[:16]}")
         state = "ok" if f.ok else "WRONG"
         lines.append(f"  {f.flow}: {state}, {f.delivered}/{f.expected} bytes delivered"
                      + (f" ({'; '.join(extra)})" if extra else ""))

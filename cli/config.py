@@ -55,6 +55,7 @@ from actors.scenario import (
     EVENT_ACTIONS,
     EVENT_MATCHES,
     LOG_LEVELS,
+    PCAP_PREFIX,
     PROBE_STYLES,
     AckImpairmentsConfig,
     ChaosConfig,
@@ -73,6 +74,7 @@ from actors.scenario import (
     Scenario,
     ScriptedEventConfig,
     StackConfig,
+    WireConfig,
     event_key_applies,
 )
 from actors.stack.skb import DEVICE_KINDS, DeviceKind
@@ -142,6 +144,7 @@ class Overrides:
     seed: int | None = None
     duration: float | None = None
     sysctl: tuple[str, ...] = ()
+    wire: str | None = None  # ``--wire``: [wire] source (a pcap path relative to the cwd)
 
 
 # Kernel sysctl names whose Sysctls field says its unit.
@@ -199,6 +202,12 @@ def _apply_overrides(raw: dict[str, Any], overrides: Overrides) -> None:
             _sysctl_value(sysctl, key)
             section[key] = sysctl.data[key]
         raw["sysctl"] = section
+    if overrides.wire is not None:
+        section = raw.get("wire")
+        section = dict(section) if isinstance(section, dict) else {}
+        section["source"] = _wire_source(_Table(OVERRIDE_SOURCE, {"source": overrides.wire},
+                                                "wire", ("source",)), Path.cwd())
+        raw["wire"] = section
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -289,7 +298,7 @@ def _parse_toml(text: str, source: str) -> dict[str, Any]:
 
 def _build(raw: dict[str, Any], source: str, defaulted: frozenset[str]) -> Scenario:
     try:
-        return _Builder(raw, source).scenario()
+        return _replay_flows(_Builder(raw, source).scenario())
     except ConfigError as err:
         section = (err.key or "").split(".", 1)[0].split("[", 1)[0]
         if section in defaulted:
@@ -475,7 +484,7 @@ def _sysctl_value(table: _Table, key: str) -> int | tuple[int, ...]:
 
 _TOP_KEYS = ("profile", "seed", "duration", "description", "sysctl", "nic", "cpu", "stack",
              "peer", "flows", "impairments", "ack_impairments", "readers", "log", "chaos",
-             "linux_senders")
+             "linux_senders", "wire")
 
 
 class _Builder:
@@ -509,7 +518,15 @@ class _Builder:
             sysctl=sysctl, nic=nic, cpu=cpu, stack=stack, peer=peer, flows=flows,
             impairments=impairments, ack_impairments=ack_impairments, readers=readers,
             log=log, chaos=self._chaos(), linux_senders=self._linux_senders(flows),
-            source=self.source)
+            wire=self._wire(), source=self.source)
+
+    def _wire(self) -> WireConfig:
+        """``[wire] source``: "peer", or "pcap:FILE" (relative to the scenario file)."""
+        t = self.top.sub("wire", _field_names(WireConfig))
+        if "source" not in t.data:
+            return WireConfig()
+        here = Path(self.source).parent if Path(self.source).is_file() else Path.cwd()
+        return WireConfig(source=_wire_source(t, here))
 
     def _linux_senders(self, flows: tuple[FlowConfig, ...]) -> tuple[LinuxSenderConfig, ...]:
         """``[[linux_senders]]``: real senders in the run's namespace. A sender without
@@ -835,3 +852,55 @@ class _Builder:
 def default_scenario() -> Scenario:
     """The embedded default topology, as ``rxpath run`` without a config uses it."""
     return load_scenario(None)
+
+
+# -- [wire]: replaying a capture ----------------------------------------------------------
+
+
+def _wire_source(t: _Table, here: Path) -> str:
+    """A checked ``wire.source``: "peer", or "pcap:" and the capture's absolute path."""
+    value = t.string("source", "peer")
+    if value == "peer":
+        return value
+    if not value.startswith(PCAP_PREFIX) or not value[len(PCAP_PREFIX):]:
+        raise t.error("source", '"peer" or "pcap:FILE" (a capture to replay)', value)
+    path = Path(value[len(PCAP_PREFIX):]).expanduser()
+    path = path if path.is_absolute() else here / path
+    if not path.is_file():
+        raise ConfigError(t.source, t.key("source"), f"no such capture file: {path}")
+    return PCAP_PREFIX + str(path.resolve())
+
+
+def _replay_flows(sc: Scenario) -> Scenario:
+    """A replay scenario's flows: one per connection of the capture (see
+    :mod:`actors.replay.model`), each as long as the client's captured stream; flows with
+    no connection are left out, and readers left with no flow too."""
+    if sc.replay is None:
+        return sc
+    from actors.replay import scenario_plan
+    from protocol.pcap import PcapError
+
+    key = "wire.source"
+    if sc.linux_senders:
+        raise ConfigError(sc.source, key, "expected one wire source: a capture replay and "
+                          "[[linux_senders]] both feed the NIC")
+    if sc.stack.listen_port == 0:
+        raise ConfigError(sc.source, "stack.listen_port", "expected a listening port for "
+                          "the replayed connections, got 0")
+    try:
+        p = scenario_plan(sc)
+    except PcapError as exc:
+        raise ConfigError(sc.source, key, f"cannot replay the capture: {exc}") from None
+    if not p.flows:
+        raise ConfigError(sc.source, key, f"the capture {sc.replay} holds no TCP connection "
+                          f"to replay (a SYN and data from the client); counted: "
+                          + ", ".join(f"{k} {v}" for k, v in p.counts.items() if v))
+    length = {fp.target.name: len(fp.stream) for fp in p.flows}
+    flows = tuple(replace(f, bytes=length[f.name], start_ms=0.0)
+                  for f in sc.flows if f.name in length)
+    readers = []
+    for r in sc.readers:
+        served = tuple(f for f in r.served_flows if f in length)
+        if served:
+            readers.append(replace(r, flow=served[0], flows=served if len(served) > 1 else ()))
+    return replace(sc, flows=flows, readers=tuple(readers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import sys
@@ -35,18 +36,22 @@ HEARTBEAT_MS = 250
 
 TUNWIRE = "tunwire"
 TUNWIRE_CLASS = "actors.tunwire.actor:TunWireActor"
+REPLAY = "replay"
+REPLAY_CLASS = "actors.replay.actor:ReplayActor"
 
 
 def wire_source(sc: Scenario) -> str:
-    """The actor on the far end of the NIC's wire: the emulated peer, or the TUN device
-    of real Linux senders."""
+    """The actor on the far end of the NIC's wire: the emulated peer, the TUN device
+    of real Linux senders, or the replay of a capture."""
+    if sc.replay:
+        return REPLAY
     return TUNWIRE if sc.real_senders else "peer"
 
 
 def build_topology(sc: Scenario, netns: str | None = None) -> dict[str, Any]:
     """Every actor of the scenario, who talks to whom, and the scenario they all read.
     With ``[[linux_senders]]`` the tunwire actor (in namespace ``netns``) replaces the
-    peer as the NIC's ``wire_peer``."""
+    peer as the NIC's ``wire_peer``; with ``[wire] source = "pcap:FILE"`` the replay actor."""
     scenario = sc.to_dict()
     cpus = [f"cpu{i}" for i in range(sc.cpu.count)]
     readers = [r.name for r in sc.readers]
@@ -69,6 +74,9 @@ def build_topology(sc: Scenario, netns: str | None = None) -> dict[str, Any]:
         actors[TUNWIRE]["class"] = TUNWIRE_CLASS
         actors[TUNWIRE]["config"]["tunwire"] = tunwire_config(sc, netns)
         actors["nic"]["config"] = {"scenario": scenario, "wire_peer": TUNWIRE}
+    if sc.replay:
+        actors[REPLAY]["class"] = REPLAY_CLASS
+        actors["nic"]["config"] = {"scenario": scenario, "wire_peer": REPLAY}
     return {"actors": actors, "runtime": {"heartbeat_ms": HEARTBEAT_MS},
             "log": {"level": sc.log.level}}
 
@@ -134,6 +142,8 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
     summary["transfer_s"] = round(transfer_s, 3)
     summary["startup_s"] = round(traffic_start - started, 3)  # spawn until every actor ready
     summary["supervision"] = state.supervision
+    if sc.replay:
+        summary["replay"] = _role(state.counters, REPLAY)
     verdict = run_checker(sc, run_dir, state, summary)
     summary["checker"] = verdict.to_dict()
     summary["checker_text"] = format_verdict(verdict)
@@ -209,7 +219,13 @@ def run_checker(sc: Scenario, run_dir: Path, state: RunState,
         if d["role"] == "reader":
             for flow in sc.reader(d["actor"]).served_flows:
                 reader_deaths[flow] = reader_deaths.get(flow, 0) + 1
-    return check_run(run_dir, flows, counters=state.counters,
+    references = None
+    if sc.replay:
+        # The readers got a capture's bytes, not the emulated peer's payload.
+        from actors.replay import scenario_plan
+
+        references = {fp.target.name: fp.stream for fp in scenario_plan(sc).flows}
+    return check_run(run_dir, flows, counters=state.counters, references=references,
                      cpus=[f"cpu{i}" for i in range(sc.cpu.count)], resets=state.resets,
                      reader_deaths=reader_deaths,
                      restarted_roles={d["role"] for d in deaths},
@@ -224,7 +240,7 @@ def _supervised_loop(sc: Scenario, launcher: Launcher, supervisor: Supervisor,
     while time.monotonic() < deadline:
         for env in launcher.poll(timeout_ms=50):
             supervisor.observe(env)
-            _absorb(state, env.sender, env.kind, env.body)
+            _absorb(state, env.sender, env.kind, env.body, replay=bool(sc.replay))
         if readers and readers <= set(state.eof) | {e["actor"] for e in state.errors}:
             return "complete"
         if chaos is not None:
@@ -236,9 +252,12 @@ def _supervised_loop(sc: Scenario, launcher: Launcher, supervisor: Supervisor,
     return "duration"
 
 
-def _absorb(state: RunState, sender: str, kind: str, body: dict[str, Any]) -> None:
+def _absorb(state: RunState, sender: str, kind: str, body: dict[str, Any], *,
+            replay: bool = False) -> None:
     if kind == "log_event":
         event, fields = body["event"], body["fields"]
+        if replay and event == "bad_bytes":
+            return  # the reader compares with the peer's payload; the checker with the capture
         if event == "reader_eof":
             state.eof[sender] = fields
         elif event == "peer_done":
@@ -301,6 +320,8 @@ def summarize(sc: Scenario, state: RunState, reason: str, elapsed: float) -> dic
         readers = [r.name for r in sc.readers_of(f.name)]
         got = sum(int(_of_flow(c, r, f.name).get("bytes", 0)) for r in readers)
         bad = sum(int(_of_flow(c, r, f.name).get("bad_bytes", 0)) for r in readers)
+        if sc.replay:
+            bad = 0  # not the peer's payload: the checker compares with the capture instead
         eof = all(r in state.eof for r in readers)
         ok = got == f.bytes and bad == 0 and eof
         flows.append({"flow": f.name, "bytes": f.bytes, "received": got, "bad_chunks": bad,
@@ -327,6 +348,16 @@ def summarize(sc: Scenario, state: RunState, reason: str, elapsed: float) -> dic
     }
 
 
+def replay_line(c: dict[str, Any]) -> str:
+    """What the replay did with the capture's frames, in one line."""
+    return (f"replay: {c.get('frames', 0)} frames in the capture, {c.get('sent', 0)} sent "
+            f"({c.get('rewritten', 0)} rewritten, {c.get('held', 0)} held for the SYN-ACK, "
+            f"{c.get('ack_clamped', 0)} ACKs clamped, {c.get('bad_checksum', 0)} with the "
+            f"capture's bad checksum); ignored: {c.get('outbound', 0)} "
+            f"outbound, {c.get('other_tuple', 0)} other 4-tuples, {c.get('not_tcp', 0)} "
+            f"not TCP, {c.get('not_ipv4', 0)} not IPv4, {c.get('truncated', 0)} truncated")
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Argument(
@@ -335,6 +366,9 @@ def run(
     seed: SeedOption = None,
     duration: DurationOption = None,
     sysctl: SysctlOption = None,
+    wire: Annotated[str | None, typer.Option(
+        "--wire", help="Where the inbound frames come from: pcap:FILE replays a capture's "
+        "inbound direction at its recorded times ([wire] source).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     run_dir: Annotated[Path | None, typer.Option(
         "--run-dir", help="Where to write configs, logs and counters (default runs/<time>).")]
@@ -345,7 +379,8 @@ def run(
         "--quiet", "-q", help="No live progress line.")] = False,
 ) -> None:
     """Run a topology: every actor its own process; exit 0 only if every flow is intact."""
-    sc = load_or_exit(config, make_overrides(profile, seed, duration, sysctl))
+    overrides = dataclasses.replace(make_overrides(profile, seed, duration, sysctl), wire=wire)
+    sc = load_or_exit(config, overrides)
     rd = run_dir or default_run_dir()
     if not json_out:
         typer.echo(f"rxpath run: {sc.description or sc.source} "
@@ -368,5 +403,7 @@ def run(
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
         print_summary(summary, all_counters=all_counters)
+        if sc.replay:
+            typer.echo(replay_line(summary["replay"]))
         typer.echo(summary["checker_text"])
     raise typer.Exit(0 if summary["integrity"] and summary["checker"]["ok"] else 1)

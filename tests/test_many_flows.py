@@ -15,7 +15,8 @@ import pytest
 from actors.profiles import LEGACY, MODERN
 from actors.scenario import Scenario
 from actors.stack.net import OpDone
-from cli.config import load_scenario, parse_scenario
+from cli.bench import scale_run, scale_scenario
+from cli.config import load_scenario
 from cli.run import run_scenario
 from protocol.sockops import Accepted, InetAcceptFlow
 from tests.test_stack_rules import handshake_ack, new_stack, syn, transmitted
@@ -89,25 +90,12 @@ def test_epoll_servers_read_every_flow_they_serve(tmp_path: Path) -> None:
     assert summary["nstat"].get("TcpExtTCPPrequeued", 0) == 0  # nobody blocks in read()
 
 
-def scale_scenario(flows: int, readers: int, cpus: int, nbytes: int) -> Scenario:
-    lines = ["seed = 1", "duration = 150.0",
-             f"[cpu]\ncount = {cpus}", f"[nic]\nqueues = {cpus}",
-             # listen(fd, 1024) with somaxconn raised to match, as a server for
-             # 1,000 clients is configured: 4.13's somaxconn of 128 would overflow.
-             "[stack]\nlisten_backlog = 1024",
-             "[sysctl]\nsomaxconn = 1024\ntcp_max_syn_backlog = 1024",
-             "[impairments]"]
-    for i in range(flows):
-        lines.append(f'[[flows]]\nname = "f{i + 1}"\nbytes = {nbytes}\n'
-                     f'reader = "r{i % readers + 1}"')
-    return parse_scenario("\n".join(lines) + "\n", "scale.toml")
-
-
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_a_thousand_flows_to_sixteen_readers_over_four_cpus(tmp_path: Path) -> None:
-    sc = scale_scenario(1000, 16, 4, 4000)
-    summary = run_scenario(sc, tmp_path, progress=False)
+    sc = scale_scenario(1000, 16, 4, nbytes=4000)
+    res = scale_run(sc, tmp_path, progress=False)  # what `rxpath bench --scale` reports
+    summary = json.loads((tmp_path / "summary.json").read_text())
     _intact(summary, sc)
     assert summary["nstat"]["TcpPassiveOpens"] == 1000
     counters = json.loads((tmp_path / "counters.json").read_text())
@@ -115,3 +103,6 @@ def test_a_thousand_flows_to_sixteen_readers_over_four_cpus(tmp_path: Path) -> N
     for name, c in counters.items():
         t = c["transport"]
         assert t["transport_lost"] == 0 and not t["rejected_messages"], (name, t)
+    assert res["complete"] and res["intact"] and res["transport_lost"] == 0
+    assert (res["flows"], res["readers"], res["cpus"]) == (1000, 16, 4)
+    assert set(res["cpu_us_per_segment"]) == {"peer", "nic", "cpu", "stack", "reader"}
