@@ -7,13 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import signal
 import struct
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +25,6 @@ from actors.replay.model import (
     plan,
     rewrite,
 )
-from actors.runtime import procutil
 from actors.scenario import Scenario, WireConfig
 from cli.config import ConfigError, Overrides, load_scenario, parse_scenario, scenario_from_data
 from cli.run import run_scenario
@@ -37,7 +32,6 @@ from protocol.pcap import PcapError, PcapRecord, link_ipv4, read_capture
 from protocol.segment import Segment, TcpFlags
 from protocol.tcp_options import TcpOptions
 from protocol.wire import decode, encode
-from tests.runtime_roles import processes_mentioning
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOW_BYTES = 300_000
@@ -95,24 +89,12 @@ def udp_frame() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def short_dir() -> Iterator[Path]:
-    """Run directories with short paths (ipc names are limited); no process may be left."""
-    d = Path(tempfile.mkdtemp(prefix="rxrp", dir="/tmp"))
-    yield d
-    leftovers = processes_mentioning(str(d))
-    for pid in leftovers:
-        procutil.signal_group(pid, signal.SIGKILL)
-    shutil.rmtree(d, ignore_errors=True)
-    assert not leftovers, f"processes left behind: {leftovers}"
-
-
-@pytest.fixture(scope="module")
-def capture(short_dir: Path) -> Path:
+def capture(module_run_dir: Path) -> Path:
     """A capture made by a normal run of one 300 KB flow."""
-    summary = run_scenario(parse_scenario(SCENARIO, "replay-test"), short_dir / "orig",
+    summary = run_scenario(parse_scenario(SCENARIO, "replay-test"), module_run_dir / "orig",
                            progress=False, ready_timeout_s=30)
     assert summary["integrity"] and summary["checker"]["ok"], summary["checker_text"]
-    return short_dir / "orig" / "wire.pcap"
+    return module_run_dir / "orig" / "wire.pcap"
 
 
 # --------------------------------------------------------------------------- the reader
@@ -285,7 +267,7 @@ def test_rewrite_keeps_unknown_options_and_sack_blocks() -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-def test_replaying_a_run_capture_delivers_exactly_its_bytes(short_dir: Path,
+def test_replaying_a_run_capture_delivers_exactly_its_bytes(module_run_dir: Path,
                                                            capture: Path) -> None:
     # Another seed: the stack picks another ISN, so every ACK has to be rewritten.
     sc = load_scenario(None, Overrides(seed=2, wire=f"pcap:{capture}",
@@ -295,7 +277,7 @@ def test_replaying_a_run_capture_delivers_exactly_its_bytes(short_dir: Path,
     assert sc.replay == str(capture.resolve())
     assert [(f.name, f.bytes) for f in sc.flows] == [("f1", FLOW_BYTES)]  # f2 left out
     assert [r.name for r in sc.readers] == ["r1"]
-    summary = run_scenario(sc, short_dir / "replay", progress=False, ready_timeout_s=30)
+    summary = run_scenario(sc, module_run_dir / "replay", progress=False, ready_timeout_s=30)
     assert summary["reason"] == "complete", why(summary)
     assert summary["integrity"] and summary["checker"]["ok"], why(summary)
     (flow,) = summary["checker"]["flows"]
@@ -314,7 +296,7 @@ def test_replaying_a_run_capture_delivers_exactly_its_bytes(short_dir: Path,
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-def test_other_tuples_and_non_tcp_are_counted_and_ignored(short_dir: Path,
+def test_other_tuples_and_non_tcp_are_counted_and_ignored(module_run_dir: Path,
                                                           capture: Path) -> None:
     # The capture taken "elsewhere": other addresses and ports, Ethernet framing, and a
     # UDP frame and a segment of another connection in the middle.
@@ -333,12 +315,12 @@ def test_other_tuples_and_non_tcp_are_counted_and_ignored(short_dir: Path,
     frames[5:5] = [ETH + b"\x08\x00" + udp_frame(), ETH + b"\x08\x00" + stranger,
                    ETH + b"\x08\x06" + b"\x00" * 28]
     stamps[5:5] = [stamps[5]] * 3
-    pcap = short_dir / "elsewhere.pcap"
+    pcap = module_run_dir / "elsewhere.pcap"
     write_pcap(pcap, 1, frames, stamps_us=stamps)
-    toml = short_dir / "elsewhere.toml"
+    toml = module_run_dir / "elsewhere.toml"
     toml.write_text(SCENARIO + ROOMY + '[wire]\nsource = "pcap:elsewhere.pcap"\n')
     sc = load_scenario(toml, Overrides(seed=3))
-    summary = run_scenario(sc, short_dir / "elsewhere", progress=False, ready_timeout_s=30)
+    summary = run_scenario(sc, module_run_dir / "elsewhere", progress=False, ready_timeout_s=30)
     assert summary["integrity"] and summary["checker"]["ok"], why(summary)
     r = summary["replay"]
     assert (r["not_tcp"], r["other_tuple"], r["not_ipv4"]) == (1, 1, 1)
