@@ -215,7 +215,10 @@ class TunWireActor(Actor):
                 "rwnd_limited_ms": (round(info["rwnd_limited_us"] / 1000, 1)
                                     if "rwnd_limited_us" in info
                                     else peak.get("rwnd_limited_ms")),
-                "max_cwnd": peak.get("cwnd"), "max_backoff": peak.get("backoff", 0),
+                # the ss samples' peak, or the final cwnd if it grew after the last one
+                "max_cwnd": max((c for c in (peak.get("cwnd"), info.get("snd_cwnd"))
+                                 if c is not None), default=None),
+                "max_backoff": peak.get("backoff", 0),
                 "zero_window_samples": peak.get("zero_window_samples", 0),
             }
         return out
