@@ -205,11 +205,13 @@ class LinuxSenderConfig:
     """A real Linux sender in the run's network namespace (``[[linux_senders]]``): the
     built-in program (``command`` empty), one connection per flow, or any command for one
     flow (``{src} {sport} {dst} {dport} {bytes} {file}`` are filled in; ``{file}`` holds
-    the flow's payload)."""
+    the flow's payload). With ``file`` (absolute once validated) every flow of the sender
+    carries that file's bytes instead of the generated payload, and is as long as it."""
 
     name: str = "s1"
     flows: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
+    file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +316,10 @@ class Scenario:
                 return flow
         raise KeyError(name)
 
+    def sender_file(self, flow: str) -> str | None:
+        """The file a real sender sends as ``flow``'s bytes, if it sends one."""
+        return next((s.file for s in self.linux_senders if s.file and flow in s.flows), None)
+
     def reader(self, name: str) -> ReaderConfig:
         for reader in self.readers:
             if reader.name == name:
@@ -367,6 +373,9 @@ class Scenario:
         del out["source"]
         if not out["linux_senders"]:
             del out["linux_senders"]  # the emulated peer: files and topologies as before
+        for sender in out.get("linux_senders", []):
+            if not sender.get("file"):
+                sender.pop("file", None)  # "" is "no file": a file must not say file = ""
         if out["wire"] == {"source": "peer"}:
             del out["wire"]
         return out

@@ -26,13 +26,14 @@ from typing import Annotated, Any
 import typer
 
 from actors.runtime.launcher import ActorStartError, Launcher
-from actors.runtime.supervisor import Supervisor
+from actors.runtime.supervisor import RestartPolicy, Supervisor
 from actors.scenario import CHAOS_ROLES, ChaosConfig, ChaosEventConfig, Scenario
 from cli.app import app
 from cli.options import (
     DurationOption,
     ProfileOption,
     SeedOption,
+    SetOption,
     SysctlOption,
     load_or_exit,
     make_overrides,
@@ -62,10 +63,11 @@ class ChaosRunner:
     def __call__(self, launcher: Launcher, supervisor: Supervisor, t: float) -> None:
         while self.plan and self.plan[0].at_s <= t:
             a = self.plan.pop(0)
-            self.done.append(self._perform(launcher, supervisor, a, t))
+            self.done.append(self.perform(launcher, supervisor, a, t))
 
-    def _perform(self, launcher: Launcher, supervisor: Supervisor, a: ChaosAction,
-                 t: float) -> dict[str, Any]:
+    def perform(self, launcher: Launcher, supervisor: Supervisor, a: ChaosAction,
+                t: float) -> dict[str, Any]:
+        """Do ``a`` now (``t``: seconds since traffic started) and say what was done."""
         entry: dict[str, Any] = {"at_s": round(t, 3), "action": a.action, "target": a.target}
         if a.action in ("cut_link", "delay_link", "heal_link"):
             src, _, dst = a.target.partition("->")
@@ -79,7 +81,12 @@ class ChaosRunner:
         elif a.target not in launcher.names:
             entry["result"] = "no such actor: skipped"
         elif not launcher.process(a.target).running:
-            entry["result"] = "not running (restart pending): skipped"
+            proc = launcher.process(a.target)
+            policy = supervisor.policy.policy(proc.role)
+            entry["result"] = ("dead, not restarted (policy never): skipped"
+                               if policy == "never" or not supervisor.policy.wants_restart(
+                                   proc.role, proc.returncode or 0)
+                               else "not running (restart pending): skipped")
         elif a.action == "kill":
             entry["pid"] = launcher.pid(a.target)
             launcher.kill(a.target, signal.SIGKILL, timeout_s=None)
@@ -154,14 +161,15 @@ def chaos_config(sc: Scenario, kill: str | None, every: str | None,
 
 
 def run_chaos(sc: Scenario, cfg: ChaosConfig, run_dir: Path, *, progress: bool = False,
-              horizon_s: float | None = None) -> dict[str, Any]:
+              horizon_s: float | None = None,
+              policy: RestartPolicy | None = None) -> dict[str, Any]:
     """Run ``sc`` with ``cfg``'s faults; the summary gains ``chaos`` (what was done)."""
     topo = build_topology(sc)
     names = list(topo["actors"])
     roles = {n: str(e["role"]) for n, e in topo["actors"].items()}
     plan = plan_chaos(sc, names, roles, cfg, horizon_s=horizon_s or sc.duration)
     runner = ChaosRunner(list(plan))
-    summary = run_scenario(sc, run_dir, progress=progress, chaos=runner)
+    summary = run_scenario(sc, run_dir, progress=progress, chaos=runner, policy=policy)
     summary["chaos"] = {"planned": [vars(a) for a in plan], "done": runner.done}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -181,20 +189,31 @@ def chaos(
     profile: ProfileOption = None,
     duration: DurationOption = None,
     sysctl: SysctlOption = None,
+    sets: SetOption = None,
     run_dir: Annotated[Path | None, typer.Option(
         "--run-dir", help="Where to write logs, deliveries and counters.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
         = False,
+    restart_hung: Annotated[str | None, typer.Option(
+        "--restart-hung-after", help="SIGKILL and restart (by its role's policy) an actor "
+        "silent this long, e.g. a SIGSTOPped one (3s, 500ms); default: only report it.")]
+        = None,
 ) -> None:
     """Run a scenario while killing/stopping actors; exit 0 only if the checker passes."""
-    sc = load_or_exit(config, make_overrides(profile, seed, duration, sysctl))
+    sc = load_or_exit(config, make_overrides(profile, seed, duration, sysctl, sets))
     cfg = chaos_config(sc, kill, every, seed)
+    policy = None
+    if restart_hung is not None:
+        watchdog_s = parse_every(restart_hung) / 1000
+        base = RestartPolicy()
+        policy = RestartPolicy(restart_hung_after_s=watchdog_s,
+                               hang_after_s=min(base.hang_after_s, watchdog_s))
     rd = run_dir or default_run_dir()
     # Kills only while data flows: a rough horizon of the transfer at ~2 MB/s.
     horizon = min(sc.duration, max(2.0, sum(f.bytes for f in sc.flows) / 2e6))
     try:
         summary = run_chaos(sc, cfg, rd, progress=not json_out and sys.stderr.isatty(),
-                            horizon_s=horizon)
+                            horizon_s=horizon, policy=policy)
     except ActorStartError as err:
         typer.echo(f"rxpath chaos: {err}", err=True)
         raise typer.Exit(1) from None

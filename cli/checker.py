@@ -15,8 +15,10 @@ After a run :func:`check_run` proves, per flow:
 It also checks frame conservation on the receive path, from the final counters:
 frames the nic DMA'd = frames the cpus received; each cpu's frames = DMA overruns +
 frames in its ring + ``ip_rcv`` drops + frames handed to the stack; frames handed to
-the stack = segments through ``tcp_v4_rcv`` + frames waiting. Counters of a killed
-process die with it, so after a restart of nic, cpu or stack it says so instead.
+the stack = segments through ``tcp_v4_rcv`` + frames waiting. After a nic, cpu or stack
+process was killed, the same holds with each killed process's last heartbeat standing in
+for it and what it lost since that report named (:func:`conservation_across_restarts`).
+A flow whose sender died for good is cut short, not failed, and the verdict says so.
 
 Each failure comes with a minimal witness: the one or two records that prove it.
 
@@ -71,8 +73,11 @@ class FlowVerdict:
     reset: bool = False
     delivered_then_lost: int = 0
     problems: list[str] = field(default_factory=list)
-    reference: str = "payload"  # or "capture": a replay, checked against the capture's stream
+    # or "capture" (a replay, checked against the capture's stream) or "file" (the file a
+    # real sender sent)
+    reference: str = "payload"
     sha256: str | None = None    # of the capture's stream (a replay)
+    cut_short_by: str = ""       # the dead sender's processes, if it died mid-stream
 
     def fail(self, text: str) -> None:
         self.ok = False
@@ -114,12 +119,13 @@ def load_deliveries(run_dir: Path) -> tuple[list[Delivery], list[str]]:
 
 def check_flow(flow: str, flow_id: int, expected: int, records: Sequence[Delivery], *,
                reset: bool = False, reader_deaths: int = 0,
-               complete_expected: bool = True, reference: bytes | None = None) -> FlowVerdict:
+               complete_expected: bool = True, reference: bytes | None = None,
+               reference_kind: str = "capture") -> FlowVerdict:
     """The four stream properties of one flow (see the module docstring); ``reference``
     the bytes the flow carried, when they are not the peer's payload (a replay)."""
     v = FlowVerdict(flow, expected, reset=reset)
     if reference is not None:
-        v.reference, v.sha256 = "capture", hashlib.sha256(reference).hexdigest()
+        v.reference, v.sha256 = reference_kind, hashlib.sha256(reference).hexdigest()
     # Altered.
     for r in records:
         if r.off < 0 or r.length <= 0 or r.end > expected:
@@ -129,7 +135,8 @@ def check_flow(flow: str, flow_id: int, expected: int, records: Sequence[Deliver
                 else reference[r.off:r.end])
         want = delivery_digest(sent)
         if want != r.digest:
-            who = "the peer sent" if reference is None else "the capture has"
+            who = ("the peer sent" if reference is None else "the capture has"
+                   if reference_kind == "capture" else "the sender's file has")
             v.fail(f"altered: {r.where()}; {who} digest {want} there")
     # Reordered, per reader process, in the order it delivered.
     by_proc: dict[tuple[str, int], list[Delivery]] = {}
@@ -204,24 +211,244 @@ def check_conservation(counters: Mapping[str, Any], cpus: Iterable[str]) -> dict
             "equations": {k: list(v) for k, v in equations.items()}}
 
 
+# --- conservation across restarts ------------------------------------------------------
+#
+# A killed process's counters survive as its last heartbeat (counters.json: an actor's
+# "incarnations", from the launcher). The receive path is a chain of boxes, wire ->
+# nic -> cpus -> stack; each report of a box balances on its own (in = dropped + held +
+# out). A box none of whose processes died is exact. For a box that lost a process, what
+# crossed its edges is read on the other side of each edge (a box that never died), and
+# what went in but neither came out nor was counted dropped or held by a living process
+# died with the killed process after its last report: ``lost_since_last_report``. That is
+# (held at the last report) + (entered after it) - (left after it), so it cannot be
+# negative, and neither can "entered after" or "left after". Neighbouring boxes that both
+# lost a process are taken as one (the edge between them is known on neither side).
+
+# How the equations name each box's edges and its drops + held frames.
+_INTO = {"nic": "wire frames to the nic", "cpu": "nic rx_packets",
+         "stack": "frames to stack"}
+_OUT = {"nic": "frames DMA'd", "cpu": "frames to stack", "stack": "tcp_v4_rcv segments"}
+_KEPT = {"nic": "rx_missed_errors", "cpu": "cpus' drops + rings", "stack": "waiting"}
+
+
+@dataclass
+class _Box:
+    name: str
+    members: list[str]
+    reported_in: int = 0
+    reported_out: int = 0
+    dropped: int = 0          # reported drops, every incarnation
+    held_living: int = 0      # held by a living process at its final report
+    held_dead: int = 0        # held by a killed process at its last report
+    killed: list[str] = field(default_factory=list)
+    unbalanced: list[str] = field(default_factory=list)
+
+
+def _box_figures(box: str, r: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(in, dropped, held, out) of one report of ``box``."""
+    if box == "nic":
+        eth = r.get("ethtool") or {}
+        dmad, missed = int(eth.get("rx_packets", 0)), int(eth.get("rx_missed_errors", 0))
+        return dmad + missed, missed, 0, dmad
+    if box == "cpu":
+        # frames_abandoned are inside frames_to_stack: they went to a stack that died.
+        dropped = (sum(int(n) for n in (r.get("ip_drops") or {}).values())
+                   + int(r.get("dma_overruns", 0)) + int(r.get("frames_lost_in_reset", 0)))
+        return (int(r.get("frames_in", 0)), dropped, int(r.get("ring_frames", 0)),
+                int(r.get("frames_to_stack", 0)))
+    # The stack: what it took from batches went through tcp_v4_rcv; the rest waits.
+    waiting, segs = int(r.get("frames_waiting", 0)), int(r.get("segments", 0))
+    return segs + waiting, 0, waiting, segs
+
+
+def incarnation_reports(counters: Mapping[str, Any], name: str
+                        ) -> list[tuple[int, bool, Mapping[str, Any]]]:
+    """(incarnation, alive, role counters) of every process ``name`` had: each killed
+    one's last report, then the living one's final counters."""
+    entry = counters.get(name) or {}
+    dead = entry.get("incarnations") or []
+    out = [(int(d.get("incarnation", 0)), False, d.get("role") or {}) for d in dead]
+    current = int((entry.get("runtime") or {}).get("incarnation", 0))
+    if entry.get("role") is not None and current not in {i for i, _, _ in out}:
+        out.append((current, True, entry["role"]))
+    return out
+
+
+def _gather(counters: Mapping[str, Any], box: str, members: Sequence[str]) -> _Box:
+    b = _Box(box, list(members))
+    for name in members:
+        for inc, alive, r in incarnation_reports(counters, name):
+            i, d, h, o = _box_figures(box, r)
+            b.reported_in += i
+            b.dropped += d
+            b.reported_out += o
+            if alive:
+                b.held_living += h
+            else:
+                b.held_dead += h
+                b.killed.append(f"{name}#{inc}")
+            if i != d + h + o:
+                b.unbalanced.append(f"{name}#{inc}: in {i} != dropped {d} + held {h} + "
+                                    f"out {o}")
+    return b
+
+
+def conservation_across_restarts(counters: Mapping[str, Any], cpus: Iterable[str], *,
+                                 wire_sender: str = "peer", complete: bool = True
+                                 ) -> dict[str, Any]:
+    """Frame conservation nic -> cpus -> stack when processes of the chain were killed
+    (see the comment above); ``wire_sender``: the actor whose ``frames_out`` counts what
+    the wire delivered to the nic."""
+    boxes = [_gather(counters, "nic", ["nic"]), _gather(counters, "cpu", list(cpus)),
+             _gather(counters, "stack", ["stack"])]
+    sender = [(alive, r) for _, alive, r in incarnation_reports(counters, wire_sender)]
+    sender_frames: int | None = None
+    if sender and all("frames_out" in (r.get("peer") or {}) for _, r in sender):
+        sender_frames = sum(int(r["peer"]["frames_out"]) for _, r in sender)
+    sender_exact = bool(sender) and all(alive for alive, _ in sender)
+    equations: dict[str, tuple[int, int]] = {}
+    witnesses: list[str] = []
+    notes: list[str] = []
+    lost: dict[str, int | None] = {}
+    detail: dict[str, dict[str, Any]] = {}
+    in_flight = 0
+    for b in boxes:
+        witnesses.extend(f"unbalanced report {u}" for u in b.unbalanced)
+    # Edges between two boxes that both kept every process: exact on both sides.
+    edge_names = ("nic rx_packets = cpus' frames in",
+                  "frames to stack = tcp_v4_rcv segments + waiting")
+    for k, name in enumerate(edge_names):
+        up, down = boxes[k], boxes[k + 1]
+        if up.killed or down.killed:
+            continue
+        if up.reported_out == down.reported_in or (
+                not complete and up.reported_out > down.reported_in):
+            in_flight += up.reported_out - down.reported_in
+            equations[name] = (up.reported_out, up.reported_out)
+        else:
+            equations[name] = (up.reported_out, down.reported_in)
+    # Groups of neighbouring boxes that lost a process.
+    k = 0
+    while k < len(boxes):
+        if not boxes[k].killed:
+            k += 1
+            continue
+        j = k
+        while j + 1 < len(boxes) and boxes[j + 1].killed:
+            j += 1
+        group = boxes[k:j + 1]
+        label = "+".join(b.name for b in group)
+        first, last = group[0], group[-1]
+        entered: int | None
+        if k == 0:
+            entered = sender_frames if sender_exact else None
+        else:
+            entered = boxes[k - 1].reported_out
+        sink = j == len(boxes) - 1
+        left = last.reported_out if sink else boxes[j + 1].reported_in
+        dropped = sum(b.dropped for b in group)
+        held = sum(b.held_living for b in group)
+        killed = [p for b in group for p in b.killed]
+        if entered is None:
+            lost[label] = None
+            why = ("the wire's sender died too" if sender else
+                   "nothing counts what the wire delivered")
+            notes.append(f"conservation: {', '.join(killed)} killed; frames lost with "
+                         f"the {label} since the last report not bounded ({why})")
+            detail[label] = {"killed": killed, "entered": None, "left": left}
+            k = j + 1
+            continue
+        after_in = entered - first.reported_in
+        after_out = 0 if sink else left - last.reported_out
+        n = entered - left - dropped - held
+        lost[label] = n
+        detail[label] = {"killed": killed, "entered": entered, "left": left,
+                         "dropped": dropped, "held": held,
+                         "held_at_last_report": sum(b.held_dead for b in group),
+                         "entered_after_last_report": after_in,
+                         "left_after_last_report": after_out, "lost": n}
+        kept = " + ".join(_KEPT[b.name] for b in group)
+        equations[f"{_INTO[first.name]} = {kept} + {_OUT[last.name]} + lost with killed "
+                  f"{', '.join(killed)}"] = (entered, dropped + held + left + n)
+        for what, value in (("entered after its last report", after_in),
+                            ("left after its last report", after_out),
+                            ("lost with the process", n)):
+            if value < 0:
+                witnesses.append(f"killed {label} ({', '.join(killed)}): {value} frames "
+                                 f"{what} (cannot be negative)")
+        then = detail[label]["held_at_last_report"]
+        if len(group) > 1:  # the edge inside the group is counted by neither side
+            how = f"what crossed from {first.name} to {last.name} is counted by neither"
+        elif sink:
+            how = f"{then} waiting then, {after_in} handed to it after it"
+        else:
+            how = f"{then} held then, {after_in} entered and {after_out} left after it"
+        reports = "its last report" if len(killed) == 1 else "their last reports"
+        notes.append(f"conservation: {', '.join(killed)} killed: {n} frames lost with "
+                     f"the {label} since {reports} ({how})")
+        k = j + 1
+    ok = not witnesses and all(a == b for a, b in equations.values())
+    nic, cpu, stack = boxes
+    out: dict[str, Any] = {
+        "ok": ok, "checked": True, "across_restarts": True,
+        "killed": {b.name: b.killed for b in boxes if b.killed},
+        "lost_since_last_report": lost, "detail": detail, "witnesses": witnesses,
+        "notes": notes, "wire_frames": nic.reported_in,
+        "rx_missed_errors": nic.dropped, "dropped_in_cpus": cpu.dropped,
+        "in_rings": cpu.held_living,
+        # Read on the side that kept its counters whole.
+        "to_stack": (stack.reported_in if cpu.killed and not stack.killed
+                     else cpu.reported_out),
+        "tcp_v4_rcv": stack.reported_out,
+        "equations": {k2: list(v) for k2, v in equations.items()}}
+    if in_flight:
+        out["in_flight"] = in_flight
+    return out
+
+
+def chain_lost_a_process(counters: Mapping[str, Any], cpus: Iterable[str]) -> bool:
+    """Did a nic, cpu or stack process die (its last report kept in counters.json)?"""
+    return any((counters.get(n) or {}).get("incarnations") for n in ("nic", *cpus, "stack"))
+
+
+def senders_that_died(counters: Mapping[str, Any], wire_sender: str = "peer") -> list[str]:
+    """The wire sender's processes that died and were not replaced (``peer#0``)."""
+    reports = incarnation_reports(counters, wire_sender)
+    if not reports or reports[-1][1]:
+        return []
+    return [f"{wire_sender}#{inc}" for inc, _, _ in reports]
+
+
 def check_run(run_dir: Path, flows: Sequence[tuple[str, int, int]], *,
               counters: Mapping[str, Any] | None = None, cpus: Sequence[str] = (),
               resets: Iterable[str] = (), reader_deaths: Mapping[str, int] | None = None,
               restarted_roles: Iterable[str] = (), complete_expected: bool = True,
-              references: Mapping[str, bytes] | None = None) -> Verdict:
+              references: Mapping[str, bytes] | None = None,
+              reference_kind: str = "capture") -> Verdict:
     """Check a finished run. ``flows``: (name, flow id, bytes) of each flow;
-    ``references``: per flow, the bytes it carried when not the peer's payload."""
+    ``references``: per flow, the bytes it carried when not the peer's payload (a
+    ``reference_kind``: "capture" replayed, or a "file" a real sender sent)."""
     records, bad = load_deliveries(run_dir)
     reset = set(resets)
     deaths = reader_deaths or {}
     verdicts = []
     notes = list(f"unreadable delivery record: {b}" for b in bad)
+    # A sender that died for good ends its streams where it stopped sending: as after a
+    # reset, the rest never comes (the receiver's sockets stay open, as Linux's do).
+    gone = senders_that_died(counters) if counters is not None else []
     for name, flow_id, size in flows:
         mine = [r for r in records if r.flow == name]
-        verdicts.append(check_flow(name, flow_id, size, mine, reset=name in reset,
-                                   reader_deaths=deaths.get(name, 0),
-                                   complete_expected=complete_expected,
-                                   reference=(references or {}).get(name)))
+        v = check_flow(name, flow_id, size, mine, reset=name in reset,
+                       reader_deaths=deaths.get(name, 0),
+                       complete_expected=complete_expected and not gone,
+                       reference=(references or {}).get(name),
+                       reference_kind=reference_kind)
+        short = size - max((r.end for r in mine), default=0)
+        if gone and short > 0 and not v.reset:
+            v.cut_short_by = ", ".join(gone)
+            notes.append(f"{name} cut short by the sender's death ({v.cut_short_by} "
+                         f"killed): {short} of its {size} bytes not delivered")
+        verdicts.append(v)
     known = {n for n, _, _ in flows}
     strangers = sorted({r.flow for r in records} - known)
     if strangers:
@@ -230,7 +457,13 @@ def check_run(run_dir: Path, flows: Sequence[tuple[str, int, int]], *,
     if counters is None:
         conservation: dict[str, Any] = {"ok": True, "checked": False,
                                         "why": "no counters"}
+    elif chain_lost_a_process(counters, cpus):
+        conservation = conservation_across_restarts(counters, cpus,
+                                                    complete=complete_expected)
+        notes.extend(conservation["notes"])
+        notes.extend(f"conservation witness: {w}" for w in conservation["witnesses"])
     elif restarted:
+        # Only without the launcher's record of each incarnation's last report.
         conservation = {"ok": True, "checked": False,
                         "why": "counters of killed " + ", ".join(sorted(restarted))
                                + " processes died with them"}
@@ -253,6 +486,9 @@ def format_verdict(v: Verdict) -> str:
         if f.reference == "capture":
             extra.append(f"replay check: the capture's stream, {f.expected} bytes, "
                          f"sha256 {(f.sha256 or '')[:16]}")
+        elif f.reference == "file":
+            extra.append(f"checked against the sender's file, {f.expected} bytes, "
+                         f"sha256 {f.sha256}")
         state = "ok" if f.ok else "WRONG"
         lines.append(f"  {f.flow}: {state}, {f.delivered}/{f.expected} bytes delivered"
                      + (f" ({'; '.join(extra)})" if extra else ""))

@@ -25,6 +25,7 @@ from cli.options import (
     DurationOption,
     ProfileOption,
     SeedOption,
+    SetOption,
     SysctlOption,
     load_or_exit,
     make_overrides,
@@ -180,8 +181,9 @@ def compose(
     seed: SeedOption = None,
     duration: DurationOption = None,
     sysctl: SysctlOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Write a docker-compose file: one container per actor plus a coordinator."""
-    sc = load_or_exit(config, make_overrides(profile, seed, duration, sysctl))
+    sc = load_or_exit(config, make_overrides(profile, seed, duration, sysctl, sets))
     out, topo = write_compose(sc, output, image)
     typer.echo(f"wrote {out} and {topo}", err=True)

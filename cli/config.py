@@ -145,6 +145,8 @@ class Overrides:
     duration: float | None = None
     sysctl: tuple[str, ...] = ()
     wire: str | None = None  # ``--wire``: [wire] source (a pcap path relative to the cwd)
+    # ``--set KEY.PATH=VALUE`` as typed: any scenario key, the value a TOML value.
+    sets: tuple[str, ...] = ()
 
 
 # Kernel sysctl names whose Sysctls field says its unit.
@@ -208,6 +210,123 @@ def _apply_overrides(raw: dict[str, Any], overrides: Overrides) -> None:
         section["source"] = _wire_source(_Table(OVERRIDE_SOURCE, {"source": overrides.wire},
                                                 "wire", ("source",)), Path.cwd())
         raw["wire"] = section
+    for text in overrides.sets:
+        path, value = parse_set_assignment(text)
+        _set_key(raw, path, value)
+
+
+# -- --set KEY.PATH=VALUE ----------------------------------------------------------------
+
+_KEY_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
+_SET_EXPECTED = "KEY.PATH=VALUE, e.g. nic.queues=4 or readers[0].think_us=50"
+
+
+def parse_key_path(key: str) -> list[str | int] | None:
+    """``readers[1].think_us`` -> ["readers", 1, "think_us"]; None if it is not one."""
+    tokens: list[str | int] = []
+    pos = 0
+    while pos < len(key):
+        dot = bool(tokens) and key[pos] == "."
+        pos += dot
+        m = _KEY_TOKEN.match(key, pos)
+        # A name follows a dot (or starts the path); an index follows a name or index.
+        if m is None or (m.group(1) is not None and bool(tokens) != dot) \
+                or (m.group(2) is not None and (not tokens or dot)):
+            return None
+        tokens.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    return tokens or None
+
+
+def parse_set_value(key: str, text: str) -> Any:
+    """A ``--set`` value as TOML reads it (``4``, ``1.5``, ``true``, ``"x"``, ``[1, 2]``);
+    a bare word without quotes is taken as a string, so ``log.level=debug`` works."""
+    text = text.strip()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if text and not re.search(r"[\s\"'\[\]{}=,#]", text):
+            return text
+    raise ConfigError(OVERRIDE_SOURCE, key, "expected a TOML value (4, 1.5, true, \"text\", "
+                      f"[1, 2]), got {json.dumps(text)}")
+
+
+def parse_set_assignment(text: str) -> tuple[str, Any]:
+    """``"KEY.PATH=VALUE"`` -> (key path, value); raises :class:`ConfigError`."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or parse_key_path(key) is None:
+        raise ConfigError(OVERRIDE_SOURCE, "--set", f"expected {_SET_EXPECTED}, "
+                          f"got {_show(text)}")
+    return key, parse_set_value(key, raw)
+
+
+def _set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Put ``value`` at ``key`` in the document, making the tables on the way; the
+    builder then checks it like a key of the file (and errors name the command line)."""
+    tokens = parse_key_path(key)
+    assert tokens is not None
+    cur: Any = raw
+    done = ""
+    for i, tok in enumerate(tokens):
+        last = i == len(tokens) - 1
+        if isinstance(tok, int):
+            if not isinstance(cur, list):
+                raise ConfigError(OVERRIDE_SOURCE, done, f"expected an array of tables to "
+                                  f"index, got {_show(cur)} (setting {key})")
+            if tok > len(cur):
+                n = len(cur)
+                raise ConfigError(OVERRIDE_SOURCE, f"{done}[{tok}]", f"expected an index <= "
+                                  f"{n} ({done} has {n} entr{'y' if n == 1 else 'ies'}; "
+                                  f"{done}[{n}] adds one)")
+            if tok == len(cur):
+                cur.append({})
+            here = f"{done}[{tok}]"
+        else:
+            if not isinstance(cur, dict):
+                raise ConfigError(OVERRIDE_SOURCE, done, f"expected a table to hold {tok}, "
+                                  f"got {_show(cur)} (setting {key})")
+            here = f"{done}.{tok}" if done else tok
+            if last:
+                cur[tok] = value
+                return
+            if tok not in cur:
+                cur[tok] = [] if isinstance(tokens[i + 1], int) else {}
+        if last:
+            cur[tok] = value
+            return
+        cur = cur[tok]
+        done = here
+
+
+def _delete_key(raw: dict[str, Any], key: str) -> bool:
+    """Remove ``key`` from the document; False if it is not there."""
+    tokens = parse_key_path(key)
+    if tokens is None:
+        return False
+    cur: Any = raw
+    for tok in tokens[:-1]:
+        if isinstance(tok, int):
+            if not isinstance(cur, list) or tok >= len(cur):
+                return False
+        elif not isinstance(cur, dict) or tok not in cur:
+            return False
+        cur = cur[tok]
+    tok = tokens[-1]
+    if isinstance(tok, int):
+        if not isinstance(cur, list) or tok >= len(cur):
+            return False
+        cur.pop(tok)
+        return True
+    if not isinstance(cur, dict) or tok not in cur:
+        return False
+    del cur[tok]
+    return True
+
+
+def _key_within(key: str, outer: str) -> bool:
+    """True if ``key`` is ``outer`` or inside it (``nic.queues`` is within ``nic``)."""
+    return key == outer or key.startswith((outer + ".", outer + "["))
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -233,16 +352,62 @@ def load_scenario(path: str | Path | None = None,
     if path is None:
         raw = _default_raw()
         return _from_raw(raw, DEFAULT_SOURCE, overrides, with_defaults=False)
+    return parse_scenario(_read_text(path), str(path), overrides)
+
+
+def _read_text(path: str | Path) -> str:
     source = str(path)
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        return Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(source, None, "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(source, None, "a directory, not a scenario file") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(source, None, f"not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise ConfigError(source, None, f"cannot read: {exc.strerror or exc}") from None
-    return parse_scenario(text, source, overrides)
+
+
+# An error at a key the file does not hold (or the same key again) ends the search.
+_MAX_ERRORS = 100
+
+
+def scenario_errors(path: str | Path | None,
+                    overrides: Overrides | None = None) -> tuple[Scenario | None,
+                                                                 list[ConfigError]]:
+    """Every error of a scenario file, not only the first: (the scenario or None, errors).
+
+    The validator stops at the first error; to find the next one, the key it named is
+    taken out of the document (so it falls back to its default) and the document is
+    checked again. An error that names no key of the file (bad TOML, a missing section,
+    a key of the default topology or the command line) ends the list, as does one that
+    names a key already reported: its default then fails too, so it is the same error.
+    """
+    if path is None:
+        try:
+            return load_scenario(None, overrides), []
+        except ConfigError as err:
+            return None, [err]
+    source = str(path)
+    try:
+        raw = _parse_toml(_read_text(path), source)
+    except ConfigError as err:
+        return None, [err]
+    errors: list[ConfigError] = []
+    reported: set[str] = set()
+    while len(errors) < _MAX_ERRORS:
+        try:
+            scenario = _from_raw(copy.deepcopy(raw), source, overrides)
+        except ConfigError as err:
+            errors.append(err)
+            key = err.key
+            if err.source != source or not key or key in reported or not _delete_key(raw, key):
+                break
+            reported.add(key)
+            continue
+        return (None if errors else scenario), errors
+    return None, errors
 
 
 def parse_scenario(text: str, source: str = "<string>",
@@ -272,7 +437,9 @@ def _from_raw(raw: dict[str, Any], source: str, overrides: Overrides | None,
         defaulted = frozenset(missing)
     if overrides is not None:
         _apply_overrides(raw, overrides)
-    return _build(raw, source, defaulted)
+    sets = tuple(key for key, _ in map(parse_set_assignment, overrides.sets)) \
+        if overrides is not None else ()
+    return _build(raw, source, defaulted, sets)
 
 
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
@@ -296,10 +463,16 @@ def _parse_toml(text: str, source: str) -> dict[str, Any]:
         raise ConfigError(source, None, detail, line=line, column=column) from None
 
 
-def _build(raw: dict[str, Any], source: str, defaulted: frozenset[str]) -> Scenario:
+def _build(raw: dict[str, Any], source: str, defaulted: frozenset[str],
+           sets: tuple[str, ...] = ()) -> Scenario:
     try:
         return _replay_flows(_Builder(raw, source).scenario())
     except ConfigError as err:
+        for key in sets:
+            if err.key and (_key_within(err.key, key) or _key_within(key, err.key)):
+                # The value came from --set: say so, not the file it was put in.
+                raise ConfigError(OVERRIDE_SOURCE, err.key,
+                                  f"{err.detail} (from --set {key})") from None
         section = (err.key or "").split(".", 1)[0].split("[", 1)[0]
         if section in defaulted:
             header = f"[[{section}]]" if section in ("flows", "readers") else f"[{section}]"
@@ -513,11 +686,13 @@ class _Builder:
         ack_impairments = self._ack_impairments(flow_names)
         log = LogConfig(level=cast(LogLevel, top.sub("log", _field_names(LogConfig)).choice(
             "level", "info", LOG_LEVELS)))
+        linux_senders = self._linux_senders(flows)
+        flows = self._file_lengths(flows, linux_senders)
         return Scenario(
             profile=profile, seed=seed, duration=duration, description=description,
             sysctl=sysctl, nic=nic, cpu=cpu, stack=stack, peer=peer, flows=flows,
             impairments=impairments, ack_impairments=ack_impairments, readers=readers,
-            log=log, chaos=self._chaos(), linux_senders=self._linux_senders(flows),
+            log=log, chaos=self._chaos(), linux_senders=linux_senders,
             wire=self._wire(), source=self.source)
 
     def _wire(self) -> WireConfig:
@@ -561,6 +736,7 @@ class _Builder:
             raw.append((t, name, chosen, tuple(command)))
         out: list[LinuxSenderConfig] = []
         rest = [f for f in flow_names if f not in owner]
+        here = Path(self.source).parent if Path(self.source).is_file() else Path.cwd()
         for t, name, chosen, command in raw:
             if chosen is None:
                 chosen, rest = rest, []
@@ -570,10 +746,32 @@ class _Builder:
             if command and len(chosen) != 1:
                 raise t.error("flows", "exactly one flow for a command sender (its 4-tuple "
                               "is {src}:{sport} -> {dst}:{dport})", chosen)
-            out.append(LinuxSenderConfig(name=name, flows=tuple(chosen), command=command))
+            out.append(LinuxSenderConfig(name=name, flows=tuple(chosen), command=command,
+                                         file=_sender_file(t, here)))
         if out and rest:
             raise ConfigError(self.source, "linux_senders", "expected a sender for every "
                               "flow; none sends " + ", ".join(rest))
+        return tuple(out)
+
+    def _file_lengths(self, flows: tuple[FlowConfig, ...],
+                      senders: tuple[LinuxSenderConfig, ...]) -> tuple[FlowConfig, ...]:
+        """A flow whose sender sends a file is as long as the file (``bytes`` may say so,
+        nothing else)."""
+        size = {f: Path(s.file).stat().st_size for s in senders if s.file for f in s.flows}
+        if not size:
+            return flows
+        items = {item.get("name", f"f{i + 1}"): (i, item)
+                 for i, item in enumerate(self.top.array_of_tables("flows"))}
+        out = []
+        for f in flows:
+            if f.name in size:
+                i, item = items.get(f.name, (0, {}))
+                if "bytes" in item and item["bytes"] != size[f.name]:
+                    raise ConfigError(self.source, f"flows[{i}].bytes", f"expected the size "
+                                      f"of the file its sender sends ({size[f.name]}), or no "
+                                      f"bytes key, got {_show(item['bytes'])}")
+                f = replace(f, bytes=size[f.name])
+            out.append(f)
         return tuple(out)
 
     def _chaos(self) -> ChaosConfig:
@@ -871,6 +1069,25 @@ def _wire_source(t: _Table, here: Path) -> str:
     return PCAP_PREFIX + str(path.resolve())
 
 
+def _sender_file(t: _Table, here: Path) -> str:
+    """A checked ``linux_senders[i].file``: a readable, non-empty file, made absolute."""
+    if "file" not in t.data:
+        return ""
+    value = t.string("file", "")
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else here / path
+    try:
+        size = path.stat().st_size if path.is_file() else -1
+        with open(path, "rb"):
+            pass
+    except OSError:
+        size = -1
+    if size <= 0:
+        raise t.error("file", "a readable, non-empty file for the sender to send (relative "
+                      "to the scenario file)", value)
+    return str(path.resolve())
+
+
 def _replay_flows(sc: Scenario) -> Scenario:
     """A replay scenario's flows: one per connection of the capture (see
     :mod:`actors.replay.model`), each as long as the client's captured stream; flows with
@@ -904,3 +1121,58 @@ def _replay_flows(sc: Scenario) -> Scenario:
         if served:
             readers.append(replace(r, flow=served[0], flows=served if len(served) > 1 else ()))
     return replace(sc, flows=flows, readers=tuple(readers))
+
+
+# -- TOML out ------------------------------------------------------------------------------
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """A document (a :meth:`Scenario.to_dict` result) as TOML that loads back to it."""
+    lines: list[str] = []
+    _toml_table(data, "", lines)
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping)
+                                                          for v in value)
+
+
+def _toml_table(data: Mapping[str, Any], path: str, lines: list[str]) -> None:
+    """Scalars first (they belong to the header above them), then sub-tables."""
+    nested = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) or _is_table_array(value):
+            nested.append((key, value))
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in nested:
+        full = f"{path}.{_toml_key(key)}" if path else _toml_key(key)
+        if isinstance(value, Mapping):
+            lines.extend(["", f"[{full}]"])
+            _toml_table(value, full, lines)
+        else:
+            for item in value:
+                lines.extend(["", f"[[{full}]]"])
+                _toml_table(item, full, lines)

@@ -126,6 +126,6 @@ def tunwire_config(sc: Scenario, netns: str) -> dict[str, Any]:
             senders.append({"sender": s.name, "flow": name, "flow_id": ids[name],
                             "sport": f.sport, "dport": sc.stack.listen_port,
                             "bytes": f.bytes, "start_ns": f.start_ns,
-                            "command": list(s.command)})
+                            "command": list(s.command), "file": s.file})
     return {"netns": netns, "device": TUN_DEVICE, "local": sc.peer.address,
             "remote": sc.stack.address, "senders": senders}

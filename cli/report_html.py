@@ -30,6 +30,7 @@ import typer
 from actors.mib import ALL_NAMES
 from actors.stack.net import DROP_REASONS
 from cli.app import app
+from cli.options import LATEST_RUN, RunDirArgument
 from cli.trace import ActorFile, TraceError, actor_order, read_run, split_counter
 
 REPORT_FILE = "report.html"
@@ -531,7 +532,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 
 @app.command("report")
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by rxpath run.")],
+    run_dir: RunDirArgument = LATEST_RUN,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Where to write the page (default RUN_DIR/report.html).")]
         = None,

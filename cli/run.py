@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,15 +18,18 @@ import typer
 from actors.runtime.launcher import ActorStartError, Launcher
 from actors.runtime.supervisor import RestartPolicy, Supervisor, SupervisorGaveUp
 from actors.scenario import Scenario
-from cli.app import app
+from cli.app import app, paint
 from cli.checker import check_run, format_verdict
 from cli.options import (
     DurationOption,
     ProfileOption,
     SeedOption,
+    SetOption,
     SysctlOption,
     load_or_exit,
     make_overrides,
+    mark_latest,
+    new_run_dir,
 )
 from cli.report import print_summary
 
@@ -98,11 +100,10 @@ ChaosHook = Callable[[Launcher, Supervisor, float], None]
 
 
 def default_run_dir() -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / stamp
+    return new_run_dir()  # runs/<time>; runs/latest follows it (cli.options)
 
 
-RUN_OUTPUTS = ("deliveries", "logs", "trace", "sock", "senders")
+RUN_OUTPUTS = ("deliveries", "logs", "trace", "sock", "senders", "stack-inputs")
 RUN_FILES = ("scenario.json", "topology.json", "counters.json", "summary.json", "trace.json",
              "report.html", "bench.json", "ss-sender.txt", "netns.txt")
 
@@ -124,6 +125,7 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
     checker's verdict."""
     run_dir.mkdir(parents=True, exist_ok=True)
     clear_run_dir(run_dir)
+    mark_latest(run_dir)
     (run_dir / "scenario.json").write_text(json.dumps(sc.to_dict(), indent=2, default=str))
     netns: str | None = None
     with contextlib.ExitStack() as namespace:
@@ -178,6 +180,9 @@ def _launch(sc: Scenario, run_dir: Path, topology: dict[str, Any], ready_timeout
         # twice (the checker's conservation equations).
         final = _final_stats(launcher, sc, readers)
         state.counters = {**launcher.last_counters, **final}
+        # What each killed process had reported by its last heartbeat (cli.checker).
+        for name, dead in launcher.incarnation_history().items():
+            state.counters.setdefault(name, {})["incarnations"] = dead
         launcher.stop()
     return state, reason, started, transfer_s, traffic_start
 
@@ -197,16 +202,20 @@ def _final_stats(launcher: Launcher, sc: Scenario, readers: set[str],
     equations); and again until two rounds agree and the NIC has sent all the stack did,
     because a reader's close() can still send a FIN just after the last byte arrived."""
     deadline = time.monotonic() + settle_s
-    last: tuple[int, int] | None = None
+    last: tuple[tuple[int, int], tuple[int, int]] | None = None
     while True:
         final: dict[str, dict[str, Any]] = {}
         for group in ([wire_source(sc), "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
                       ["stack", *sorted(readers)]):
             final.update(launcher.request_stats(group, timeout_s=5))
         tx = _tx_count(final)
-        if (tx == last and tx[0] == tx[1]) or time.monotonic() >= deadline:
+        # The receive path must be quiet too: after a stack was killed the peer may still
+        # be sending when the readers have seen their resets.
+        nic = (_role(final, "nic").get("ethtool") or {})
+        moved = (tx, (int(nic.get("rx_packets", 0)), int(_role(final, "stack").get("segments", 0))))
+        if (moved == last and tx[0] == tx[1]) or time.monotonic() >= deadline:
             return final
-        last = tx
+        last = moved
 
 
 def run_checker(sc: Scenario, run_dir: Path, state: RunState,
@@ -225,7 +234,11 @@ def run_checker(sc: Scenario, run_dir: Path, state: RunState,
         from actors.replay import scenario_plan
 
         references = {fp.target.name: fp.stream for fp in scenario_plan(sc).flows}
+    files = {f.name: path for f in sc.flows if (path := sc.sender_file(f.name))}
+    if files:
+        references = {name: Path(path).read_bytes() for name, path in files.items()}
     return check_run(run_dir, flows, counters=state.counters, references=references,
+                     reference_kind="file" if files else "capture",
                      cpus=[f"cpu{i}" for i in range(sc.cpu.count)], resets=state.resets,
                      reader_deaths=reader_deaths,
                      restarted_roles={d["role"] for d in deaths},
@@ -273,7 +286,9 @@ def _absorb(state: RunState, sender: str, kind: str, body: dict[str, Any], *,
 
 
 def _progress(sc: Scenario, counters: dict[str, Any], elapsed: float, end: bool = False) -> None:
-    """One status line: bytes per flow, the stack's queues, time (a terminal only)."""
+    """One status line: bytes per flow, the stack's queues, time (a terminal only). It is
+    cut to the terminal's width, so it never wraps (a wrapped line would not be redrawn
+    in place by the next "\\r")."""
     total = sum(f.bytes for f in sc.flows)
     per_flow = []
     got = 0
@@ -289,13 +304,28 @@ def _progress(sc: Scenario, counters: dict[str, Any], elapsed: float, end: bool 
               f"ofo {sum(s.get('ofo_segs', 0) for s in socks)}")
     if any(s.get("prequeue_segs") for s in socks):
         queues += f" prequeue {sum(s.get('prequeue_segs', 0) for s in socks)}"
-    width = 20
+    bar_width = 20
     frac = min(1.0, got / total) if total else 1.0
-    bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-    line = (f"\r[{bar}] {got / 1e6:6.2f}/{total / 1e6:.2f} MB  {' '.join(per_flow)}  "
-            f"{queues}  {int(stack.get('segments', 0))} segs  {elapsed:5.1f} s")
-    sys.stderr.write(line.ljust(120) + ("\n" if end else ""))
+    bar = "#" * int(frac * bar_width) + "-" * (bar_width - int(frac * bar_width))
+    columns = shutil.get_terminal_size((80, 24)).columns
+    line = progress_line([f"[{bar}] {got / 1e6:6.2f}/{total / 1e6:.2f} MB",
+                          " ".join(per_flow), queues,
+                          f"{int(stack.get('segments', 0))} segs"],
+                         f"{elapsed:5.1f} s", columns)
+    sys.stderr.write("\r" + line + ("\n" if end else ""))
     sys.stderr.flush()
+
+
+def progress_line(pieces: list[str], last: str, columns: int) -> str:
+    """``pieces`` (most important first) and ``last``, two spaces apart, in fewer than
+    ``columns`` characters (the last column would make some terminals wrap): pieces that
+    do not fit are left out, and the line is padded to erase the previous one."""
+    width = max(1, columns - 1)
+    kept: list[str] = []
+    for i, piece in enumerate(pieces):
+        if i == 0 or (piece and len("  ".join([*kept, piece, last])) <= width):
+            kept.append(piece)  # the first (the bar) always: cut short if it must be
+    return "  ".join([*kept, last])[:width].ljust(width)
 
 
 def _role(counters: dict[str, Any], name: str) -> dict[str, Any]:
@@ -366,6 +396,7 @@ def run(
     seed: SeedOption = None,
     duration: DurationOption = None,
     sysctl: SysctlOption = None,
+    sets: SetOption = None,
     wire: Annotated[str | None, typer.Option(
         "--wire", help="Where the inbound frames come from: pcap:FILE replays a capture's "
         "inbound direction at its recorded times ([wire] source).")] = None,
@@ -379,7 +410,8 @@ def run(
         "--quiet", "-q", help="No live progress line.")] = False,
 ) -> None:
     """Run a topology: every actor its own process; exit 0 only if every flow is intact."""
-    overrides = dataclasses.replace(make_overrides(profile, seed, duration, sysctl), wire=wire)
+    overrides = dataclasses.replace(make_overrides(profile, seed, duration, sysctl, sets),
+                                    wire=wire)
     sc = load_or_exit(config, overrides)
     rd = run_dir or default_run_dir()
     if not json_out:
@@ -405,5 +437,5 @@ def run(
         print_summary(summary, all_counters=all_counters)
         if sc.replay:
             typer.echo(replay_line(summary["replay"]))
-        typer.echo(summary["checker_text"])
+        typer.echo(paint(summary["checker_text"]))
     raise typer.Exit(0 if summary["integrity"] and summary["checker"]["ok"] else 1)

@@ -11,9 +11,10 @@ import typer
 from actors.mib import ALL_NAMES
 from actors.stack.net import DROP_REASONS
 from cli.app import app
+from cli.options import LATEST_RUN, RunDirArgument
 from cli.report import table
 
-RunDir = Annotated[Path, typer.Argument(help="A run directory written by rxpath run.")]
+RunDir = RunDirArgument  # default LATEST_RUN: the newest run, runs/latest
 
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def nstat_lines(nstat: dict[str, int], *, zeros: bool) -> list[tuple[str, str]]:
 
 @app.command()
 def stat(
-    run_dir: RunDir,
+    run_dir: RunDir = LATEST_RUN,
     all_: Annotated[bool, typer.Option("-a", "--all", help="Every counter group.")] = False,
     zeros: Annotated[bool, typer.Option("-z", "--zeros", help="Show zero counters.")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -77,9 +78,9 @@ def ss_line(sk: dict[str, Any]) -> str:
 
 
 @app.command()
-def ss(run_dir: RunDir,
+def ss(run_dir: RunDir = LATEST_RUN,
        json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every socket at the end of the run, as ``ss -tmi`` shows it."""
+    """Every socket at the end of the run, as ss -tmi shows it."""
     socks = load_summary(run_dir).get("sockets", [])
     if json_out:
         typer.echo(json.dumps(socks, indent=2))

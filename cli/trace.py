@@ -39,6 +39,7 @@ import typer
 
 from actors.runtime.trace import FLOW_ID_MIN, FLOW_ID_SHIFT, ORIGIN_STACK, TRACE_DIR
 from cli.app import app
+from cli.options import LATEST_RUN, RunDirArgument
 
 ROLE_ORDER = {"peer": 0, "nic": 1, "cpu": 2, "stack": 3, "reader": 4}
 FIRST_PID = 100
@@ -459,7 +460,7 @@ def write_trace_after_run(run_dir: Path) -> Path | None:
 
 @app.command()
 def trace(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by rxpath run.")],
+    run_dir: RunDirArgument = LATEST_RUN,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Where to write the trace (default RUN_DIR/trace.json).")]
         = None,

@@ -1,12 +1,14 @@
 #!/bin/sh
 # Debian packages rxpath uses on the host: tshark (reads the wire captures in the tests),
-# iproute2 (`ip netns`, `ss`: the namespace and TUN device of [[linux_senders]] runs).
+# iproute2 (`ip netns`, `ss`: the namespace and TUN device of [[linux_senders]] runs),
+# netcat-openbsd (`nc`: the command sender of configs/linux-sender-file.toml).
 # Idempotent: installs only what is missing. Needs root (or sudo) when something is missing.
 set -eu
 
 missing=""
 command -v tshark >/dev/null 2>&1 || missing="$missing tshark"
 { command -v ip && command -v ss; } >/dev/null 2>&1 || missing="$missing iproute2"
+command -v nc >/dev/null 2>&1 || missing="$missing netcat-openbsd"
 
 [ -z "$missing" ] && exit 0
 

@@ -421,6 +421,7 @@ def test_compressed_ack_deferred_while_owned_is_counted_once() -> None:
     sk.icsk_ack.pending |= AckPending.SCHED
     sk.compressed_ack = 3
     sk.sack_compress_deadline = c.now
+    c.stack.net.arm_timer(sk.sock_id, c.now)
     c.stack.net.outputs.clear()
     run_timers(c.stack.net, c.now)
     assert _sent(c) == 0  # owned: deferred

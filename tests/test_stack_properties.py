@@ -15,6 +15,7 @@ from actors.reader.tcp_recvmsg import ReaderCosts, RecvFlags
 from actors.stack.net import CONSUMED, DELIVERED, DROP_REASONS
 from actors.stack.skb import rx_truesize
 from actors.stack.tcp_input import PAGE_SIZE
+from actors.stack.tcp_timer import next_deadline, scan_deadline
 from protocol.seq import seq_sub
 from protocol.sockops import LockSock, ReleaseSock
 from tests.stack_harness import Conn, Reader, connect
@@ -94,6 +95,9 @@ class Harness:
         assert sk.rmem_alloc == sum(s.truesize for s in sk.receive_queue if s.charged) + \
             sum(s.truesize for s in sk.ofo if s.charged)
         assert seq_sub(sk.rcv_nxt, sk.copied_seq) >= 0
+        # the timer heap finds the same earliest deadline as visiting every socket
+        net = self.conn.stack.net
+        assert next_deadline(net) == scan_deadline(net)
 
     def finish(self) -> None:
         """Stop the chaos: the peer retransmits in order until the reader has everything."""

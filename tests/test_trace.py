@@ -340,7 +340,7 @@ def test_trace_command(tmp_path: Path) -> None:
     assert "1 flows (5 points)" in res.output
     assert json.loads(out.read_text())["traceEvents"]
     res = CliRunner().invoke(app, ["trace", str(tmp_path / "missing")])
-    assert res.exit_code == 1 and "no trace/" in res.output
+    assert res.exit_code == 2 and "no such run directory" in res.output
 
 
 def test_report_of_a_small_run_marks_empty_plots(tmp_path: Path) -> None:

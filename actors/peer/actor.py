@@ -36,8 +36,13 @@ class PeerActor(Actor):
             self.peer.add(sender, start_ns=flow.start_ns, name=flow.name)
         self.tracer = (PeerTrace(self.trace, self.clock, settings.incarnation)
                        if self.trace.on else None)
+        if self.tracer is not None:
+            self.peer.impairments.decisions = []
 
     def _send_wire(self, frames: list[bytes]) -> None:
+        decisions = self.peer.impairments.decisions
+        if decisions and self.tracer is not None:
+            self.tracer.wire_decisions(decisions)
         if not frames:
             return
         if self.tracer is None:

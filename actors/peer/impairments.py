@@ -108,6 +108,11 @@ class ScriptedEvent:
             raise ValueError(f"unknown match {self.match!r}")
 
 
+# The counters that say what the wire did to a frame (see WireImpairments.decisions).
+_DECISIONS = ("lost", "scripted_dropped", "duplicated", "scripted_duplicated", "corrupted",
+              "scripted_corrupted", "reordered", "scripted_delayed", "held")
+
+
 @dataclass(slots=True)
 class _Held:
     flow: FlowKey | None
@@ -152,6 +157,9 @@ class WireImpairments:
         self._seen: dict[tuple[FlowKey | None, str], int] = {}
         self._fired: set[tuple[int, FlowKey | None]] = set()
         self._held: list[_Held] = []
+        # (time, frame, what happened) of each frame not passed through untouched, for a
+        # trace to show; None (the default) records nothing.
+        self.decisions: list[tuple[int, bytes, tuple[str, ...]]] | None = None
 
     @classmethod
     def ack_path(cls, loss: float = 0.0, delay_ns: int = 0, jitter_ns: int = 0,
@@ -172,7 +180,9 @@ class WireImpairments:
         u_loss, u_dup, u_reorder, u_corrupt, u_corrupt_dup, u_jitter, u_pos = (
             rng.random() for _ in range(7))
         mask = rng.randrange(1, 256)
-        self._counts["frames_in"] += 1
+        counts = self._counts
+        counts["frames_in"] += 1
+        before = [counts[k] for k in _DECISIONS] if self.decisions is not None else None
 
         info = parse_frame(frame)
         if info.flow is None:
@@ -211,6 +221,10 @@ class WireImpairments:
                 out.extend((at, f) for f in held.frames)
                 self._counts["released"] += 1
         self._counts["frames_out"] += len(out)
+        if before is not None and self.decisions is not None:
+            what = tuple(k for k, n in zip(_DECISIONS, before, strict=True) if counts[k] > n)
+            if what:
+                self.decisions.append((now, frame, what))
         return out
 
     def next_deadline(self) -> int | None:

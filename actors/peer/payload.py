@@ -58,7 +58,13 @@ def verify(flow_id: int, offset: int, data: bytes | bytearray | memoryview) -> i
     Returns the absolute stream offset of the first wrong byte, or None when every byte
     matches.
     """
-    expected = payload_bytes(flow_id, offset, len(data))
+    return first_difference(payload_bytes(flow_id, offset, len(data)), offset, data)
+
+
+def first_difference(expected: bytes, offset: int, data: bytes | bytearray | memoryview
+                     ) -> int | None:
+    """The stream offset of the first byte of ``data`` (at ``offset``) that is not
+    ``expected``'s, or None; past the end of a shorter ``expected`` every byte is wrong."""
     if expected == data:
         return None
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
@@ -69,4 +75,4 @@ def verify(flow_id: int, offset: int, data: bytes | bytearray | memoryview) -> i
             for i in range(start, min(start + step, len(expected))):
                 if expected[i] != view[i]:
                     return offset + i
-    return offset + len(expected)  # not reached: equal lengths, some byte differs
+    return offset + len(expected)  # a prefix of data is all of expected

@@ -6,6 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from actors.runtime.trace import HOP_END, HOP_SOURCE, ORIGIN_PEER, FlowIds, TraceWriter
+from protocol.wire import MalformedPacket, decode_ipv4, decode_tcp
+
+# What the wire did, in words (the impairments' counter names are for counting).
+_WIRE_WORDS = {"scripted_dropped": "dropped (scripted)", "scripted_duplicated":
+               "duplicated (scripted)", "scripted_corrupted": "corrupted (scripted)",
+               "scripted_delayed": "delayed (scripted)"}
 
 
 class PeerTrace:
@@ -29,3 +35,18 @@ class PeerTrace:
         self.trace.complete("ACKs received", now, self.clock(), "wire",
                             args={"frames": frames},
                             flows=[[HOP_END, ids]] if ids else None)
+
+    def wire_decisions(self, decisions: list[tuple[int, bytes, tuple[str, ...]]]) -> None:
+        """A zero-length slice per frame the wire impaired (lost, duplicated, corrupted,
+        reordered, held), naming the segment, so a segment's story can say what the wire
+        did to it (``rxpath explain``). Impaired frames are few: this stays cheap."""
+        for t, frame, what in decisions:
+            words = [_WIRE_WORDS.get(w, w) for w in what]
+            args: dict[str, object] = {"wire": words}
+            try:
+                seg = decode_tcp(decode_ipv4(frame), verify_checksum=False)
+                args.update(sport=seg.sport, seq=seg.seq, len=len(seg.payload))
+            except MalformedPacket:
+                pass
+            self.trace.complete("wire: " + ", ".join(words), t, t, "wire", args=args)
+        decisions.clear()

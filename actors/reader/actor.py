@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 from actors.reader.program import Notice, ReaderProgram, delivery_digest
@@ -80,7 +81,8 @@ class ReaderActor(Actor):
         records = open(  # noqa: SIM115 -- open for the life of the process
             dl / f"{self.name}.{settings.incarnation}.jsonl", "a", encoding="utf-8")
         flow_ids = {f.name: i + 1 for i, f in enumerate(sc.flows)}
-        self.programs = [ReaderProgram(f.name, flow_ids[f.name], self.rc.think_ns, records)
+        self.programs = [ReaderProgram(f.name, flow_ids[f.name], self.rc.think_ns, records,
+                                       content=_file_bytes(sc.sender_file(f.name)))
                          for f in self.flows]
         self.program = self.programs[0]  # the program of the read in progress
         # The epoll server's sockets: which program each feeds, the wakeup counts epoll
@@ -256,3 +258,8 @@ class ReaderActor(Actor):
         return {**total, "flow": self.flow.name, "flows": per_flow,
                 "first_bad": next((p.first_bad for p in self.programs
                                    if p.first_bad is not None), None)}
+
+
+def _file_bytes(path: str | None) -> bytes | None:
+    """A flow's bytes when a real sender sends a file (validated with the scenario)."""
+    return None if path is None else Path(path).read_bytes()

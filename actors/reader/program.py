@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from actors.peer.payload import payload_bytes, verify
+from actors.peer.payload import first_difference, payload_bytes, verify
 from actors.reader.tcp_recvmsg import RecvResult
 from protocol.constants import EAGAIN, ECONNRESET
 
@@ -25,10 +25,11 @@ def delivery_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
-def locate(flow_id: int, near: int, chunk: bytes) -> int | None:
+def locate(flow_id: int, near: int, chunk: bytes, content: bytes | None = None) -> int | None:
     """Where in the flow ``chunk`` really belongs (searching around ``near``), for reports."""
     lo = max(0, near - 256 * 1024)
-    window = payload_bytes(flow_id, lo, 512 * 1024 + len(chunk))
+    window = (payload_bytes(flow_id, lo, 512 * 1024 + len(chunk)) if content is None
+              else content[lo:lo + 512 * 1024 + len(chunk)])
     i = window.find(chunk[:64])
     return None if i < 0 else lo + i
 
@@ -51,6 +52,8 @@ class ReaderProgram:
     c: dict[str, int] = field(default_factory=lambda: {
         "reads": 0, "bytes": 0, "eagain": 0, "direct_bytes": 0, "bad_bytes": 0, "eof": 0,
         "errors": 0, "steps": 0, "bad_results": 0})
+    # The flow's bytes when they are not the generated payload (a file a real sender sent).
+    content: bytes | None = None
     first_bad: int | None = None
     done: bool = False
 
@@ -62,14 +65,16 @@ class ReaderProgram:
         if res.ret > 0:
             self._record(res)
             for off, chunk in res.chunks:
-                bad = verify(self.flow_id, off, chunk)
+                bad = (verify(self.flow_id, off, chunk) if self.content is None else
+                       first_difference(self.content[off:off + len(chunk)], off, chunk))
                 if bad is not None:
                     c["bad_bytes"] += 1
                     if self.first_bad is None:
                         self.first_bad = bad
                         notices.append(Notice("error", "bad_bytes", {
                             "flow": self.flow, "offset": bad, "chunk_offset": off,
-                            "chunk_len": len(chunk), "found_at": locate(self.flow_id, off, chunk),
+                            "chunk_len": len(chunk),
+                            "found_at": locate(self.flow_id, off, chunk, self.content),
                             "steps": res.steps[-12:]}))
             c["bytes"] += res.ret
             c["direct_bytes"] += res.direct

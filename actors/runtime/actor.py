@@ -66,6 +66,8 @@ from protocol import messages as msg
 from protocol.envelope import BUNDLE, KINDS, Envelope, MalformedMessage
 
 EX_SOFTWARE = 70                      # sysexits.h: internal software error
+EX_TEMPFAIL = 75                      # sysexits.h: the launcher went away
+PARENT_FD_ENV = "RXPATH_PARENT_FD"    # read end of the launcher's liveness pipe
 DEFAULT_HEARTBEAT_MS = 1000
 DEFAULT_STOP_DRAIN_MS = 2000
 MAX_IDLE_POLL_MS = 1000               # wake at least this often even with nothing due
@@ -488,6 +490,7 @@ class Actor:
         code = 0
         try:
             self._install_signal_handlers()
+            self._watch_parent()
             self._bind_and_connect()
             self.send(LAUNCHER, msg.READY, {
                 "pid": os.getpid(), "role": self.settings.role, "instance": self.instance,
@@ -719,6 +722,36 @@ class Actor:
                 self.end_streams([LAUNCHER], 500_000_000)
         except Exception:  # reporting is best effort: the crash itself is already logged
             self.log.exception("crash_report_failed")
+
+    # --- the launcher's liveness --------------------------------------------------------------
+
+    def _watch_parent(self) -> None:
+        """Poll the launcher's liveness pipe (see :mod:`actors.runtime.launcher`): only
+        the launcher holds its write end, so end of file means the launcher is gone."""
+        text = os.environ.pop(PARENT_FD_ENV, "")
+        if not text.isdigit():
+            return
+        fd = int(text)
+        try:
+            os.set_blocking(fd, False)
+        except OSError:
+            return  # not ours after all (a stale variable): nothing to watch
+        self.mailbox.add_wake_fd(fd, functools.partial(self._on_parent_pipe, fd))
+
+    def _on_parent_pipe(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            return  # the launcher never writes; ignore rather than guess
+        # Nobody is left to take the final stats or restart anyone: leave now, as the
+        # parent-death SIGKILL would have made us.
+        self.log.warning("launcher_gone")
+        self.trace.close(self.clock())
+        os._exit(EX_TEMPFAIL)
 
     # --- signals ----------------------------------------------------------------------------
 

@@ -16,9 +16,18 @@ Each actor runs as ``sys.executable -m actors.runtime.main ...`` in its own sess
 a terminal's Ctrl-C reaches only the launcher, which then stops the actors in order.
 No process is left behind: actors ask the kernel for SIGKILL when the launcher dies
 (``PR_SET_PDEATHSIG``; spawn from the main thread, the signal follows the spawning
-thread), and the launcher kills and reaps every child on :meth:`Launcher.stop`, on
-leaving the ``with`` block for any reason, at interpreter exit, and on SIGTERM/SIGHUP
-(turned into ``SystemExit`` so the ``with`` block unwinds).
+thread), and each also watches the read end of a pipe whose only write end the
+launcher holds (``RXPATH_PARENT_FD``): end of file there means the launcher is gone,
+however it died and whatever became of the death signal, and the actor exits at once.
+The launcher kills and reaps every child on :meth:`Launcher.stop`, on leaving the
+``with`` block for any reason, at interpreter exit, and on SIGTERM/SIGHUP (turned into
+``SystemExit`` so the ``with`` block unwinds).
+
+Counters survive restarts: every heartbeat and stats message carries the sender's
+counters and its incarnation, and the launcher keeps the last report of each
+incarnation (:attr:`Launcher.reports`). :meth:`Launcher.incarnation_history` gives, per
+actor, the last report of each incarnation that died, so what a killed process
+counted up to its last heartbeat is not lost with it.
 
 An actor entry with ``"external": true`` is not spawned (a container started it): the
 launcher only waits for its ``ready``, starts and stops it.
@@ -37,7 +46,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,6 +58,7 @@ from protocol import messages as msg
 from protocol.envelope import Envelope
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PARENT_FD_ENV = "RXPATH_PARENT_FD"   # the actor's end of the launcher-liveness pipe
 _PUMP_MS = 100    # longest single wait while pumping (exits also wake us via pidfds)
 
 
@@ -75,6 +85,7 @@ class ActorProcess:
     returncode: int | None = None
     ended: bool = False           # its end_of_stream (after the final stats) was acked
     pidfd: int | None = None
+    exits: dict[int, int] = field(default_factory=dict)  # incarnation -> exit code
 
     @property
     def running(self) -> bool:
@@ -88,12 +99,14 @@ class Launcher:
     def __init__(self, topology: Mapping[str, Any], run_dir: str | Path, *,
                  ready_timeout_s: float = 30.0, term_grace_s: float = 3.0,
                  install_signal_handlers: bool = True, python: str = sys.executable,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 parent_death_signal: bool = True) -> None:
         self.names = actor_names(topology)
         self.run_dir = Path(run_dir).resolve()
         self.ready_timeout_s = ready_timeout_s
         self.term_grace_s = term_grace_s
         self.python = python
+        self.parent_death_signal = parent_death_signal
         self.topology_path = self.run_dir / "topology.json"
         self.endpoints = endpoints_from_topology(topology, self.run_dir)
         # A JSON round trip: a private deep copy, and proof that it serialises.
@@ -129,6 +142,10 @@ class Launcher:
         self._closed = False
         self.t0_ns: int | None = None
         self.last_counters: dict[str, dict[str, Any]] = {}   # latest heartbeat/stats
+        # name -> incarnation -> that incarnation's last heartbeat/stats counters
+        self.reports: dict[str, dict[int, dict[str, Any]]] = {}
+        # The liveness pipe: children get the read end; the write end stays here only.
+        self._parent_pipe: tuple[int, int] | None = None
         self.final_stats: dict[str, dict[str, Any]] = {}     # stats with final=True
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -238,6 +255,10 @@ class Launcher:
         if self._mailbox is not None:
             self._mailbox.close()
             self._mailbox = None
+        if self._parent_pipe is not None:
+            for fd in self._parent_pipe:
+                os.close(fd)
+            self._parent_pipe = None
         self._restore_signal_handlers()
         atexit.unregister(self._close)
         if self.log is not None:
@@ -325,6 +346,9 @@ class Launcher:
             raise ValueError(f"{name} is external: the launcher cannot restart it")
         if proc.running:
             self.kill(name, signal.SIGKILL)
+        if proc.popen is not None:  # a death is recorded even if its reaping timed out
+            proc.exits.setdefault(proc.incarnation, proc.returncode
+                                  if proc.returncode is not None else -signal.SIGKILL)
         # The old process's queue and numbering die with it.
         self._mailbox.reset_link(name)
         self._mailbox.tracker.forget(name)
@@ -352,6 +376,27 @@ class Launcher:
     def exit_codes(self) -> dict[str, int | None]:
         """Every spawned actor's exit code (None: still running)."""
         return {p.name: p.returncode for p in self._procs.values() if p.popen is not None}
+
+    def incarnation_history(self) -> dict[str, list[dict[str, Any]]]:
+        """Per actor that lost a process, each dead incarnation's last report: ``{
+        "incarnation", "exit", "reported": bool, "role", "runtime"}`` (``reported``
+        False and empty counters if it died before its first heartbeat). The current
+        incarnation is listed too when it is dead (killed and not restarted)."""
+        self._reap()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for proc in self._procs.values():
+            if proc.external:
+                continue
+            dead = [(inc, rc) for inc, rc in sorted(proc.exits.items())
+                    if inc < proc.incarnation or not proc.running]
+            for inc, rc in dead:
+                report = self.reports.get(proc.name, {}).get(inc)
+                out.setdefault(proc.name, []).append({
+                    "incarnation": inc, "exit": procutil.describe_exit(rc),
+                    "reported": report is not None,
+                    "role": (report or {}).get("role") or {},
+                    "runtime": (report or {}).get("runtime") or {}})
+        return out
 
     def pid(self, name: str) -> int | None:
         return self._proc(name).pid
@@ -388,12 +433,19 @@ class Launcher:
                "--instance", str(proc.instance), "--name", proc.name,
                "--topology", str(self.topology_path), "--run-dir", str(self.run_dir),
                "--incarnation", str(proc.incarnation), "--parent-pid", str(os.getpid())]
+        if not self.parent_death_signal:
+            cmd.append("--no-parent-death-signal")
+        if self._parent_pipe is None:
+            r, w = os.pipe()   # both non-inheritable: only pass_fds hands r over
+            self._parent_pipe = (r, w)
+        env = {**self._env, PARENT_FD_ENV: str(self._parent_pipe[0])}
         with open(self._out_path(proc.name), "ab") as out:
             out.write(f"=== {proc.name} incarnation {proc.incarnation}\n".encode())
             out.flush()
             proc.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, env=self._env,
-                                          start_new_session=True, close_fds=True)
+                                          stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True, close_fds=True,
+                                          pass_fds=(self._parent_pipe[0],))
         proc.pid = proc.popen.pid
         proc.ready = False
         proc.ended = False
@@ -424,6 +476,7 @@ class Launcher:
             if rc is None:
                 continue
             proc.returncode = rc
+            proc.exits[proc.incarnation] = rc
             proc.ready = False
             self._close_pidfd(proc)
             gone.append(proc.name)
@@ -466,10 +519,10 @@ class Launcher:
                 self.log.info("actor_ready", actor=sender, pid=body["pid"])
             return False
         if kind == msg.HEARTBEAT:
-            self.last_counters[sender] = body["counters"]
+            self._keep_report(sender, body["counters"])
             return True
         if kind == msg.STATS:
-            self.last_counters[sender] = body["counters"]
+            self._keep_report(sender, body["counters"])
             if body["final"]:
                 self.final_stats[sender] = body["counters"]
             wanted = self._stats_wanted.get(body.get("request_id", -1))
@@ -492,6 +545,16 @@ class Launcher:
             getattr(self.log, level)("actor_event", actor=sender, actor_event=body["event"],
                                      **{f"f_{k}": v for k, v in body["fields"].items()})
         return True
+
+    def _keep_report(self, sender: str, counters: dict[str, Any]) -> None:
+        runtime = counters.get("runtime")
+        inc = runtime.get("incarnation", 0) if isinstance(runtime, dict) else 0
+        inc = inc if isinstance(inc, int) else 0
+        self.reports.setdefault(sender, {})[inc] = counters
+        proc = self._procs.get(sender)
+        # A late report of an earlier incarnation must not hide the current one's.
+        if proc is None or proc.external or inc >= proc.incarnation:
+            self.last_counters[sender] = counters
 
     def _wait_ready(self, names: Iterable[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

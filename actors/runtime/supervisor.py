@@ -11,7 +11,9 @@ run loop hands it every message it polled (:meth:`Supervisor.observe`) and calls
   within ``window_s``: a crash loop is a failed run, not a slow one;
 * watches heartbeats: an actor silent for ``hang_after_s`` is reported hung (a
   SIGSTOPped process, or one blocked on a stopped neighbour), and resumed when it
-  beats again;
+  beats again; with ``restart_hung_after_s`` set (a watchdog, like systemd's
+  ``WatchdogSec``), one still silent that long is SIGKILLed and its death handled as
+  a failure, so ``on-failure`` and ``always`` restart it;
 * tells the actors concerned what happened, with a ``peer_event`` message, so each
   follows what Linux does: the stack runs ``task_exit`` for a dead reader, the nic
   gives a restarted cpu's queues their credits back, a cpu abandons a batch a dead
@@ -64,12 +66,18 @@ class RestartPolicy:
     max_restarts: int = 10           # restart intensity: at most this many ...
     window_s: float = 10.0           # ... within this many seconds
     hang_after_s: float = 1.5        # no heartbeat for this long: hung
+    # No heartbeat for this long: killed as a failure (None: hangs are only reported).
+    restart_hung_after_s: float | None = None
 
     def __post_init__(self) -> None:
         for role, policy in self.policies.items():
             if policy not in POLICIES:
                 raise ValueError(f"restart policy for {role!r}: {policy!r} is not one of "
                                  f"{', '.join(POLICIES)}")
+        watchdog = self.restart_hung_after_s
+        if watchdog is not None and watchdog < self.hang_after_s:
+            raise ValueError(f"restart_hung_after_s ({watchdog:g} s) is shorter than "
+                             f"hang_after_s ({self.hang_after_s:g} s)")
 
     def policy(self, role: str) -> str:
         return self.policies.get(role, "on-failure")
@@ -97,6 +105,7 @@ class _Watch:
     last_beat: float = 0.0
     hung: bool = False
     stopped_by_us: bool = False
+    watchdog_killed: bool = False    # we SIGKILLed it as hung: its exit is a failure
 
 
 class Supervisor:
@@ -114,6 +123,7 @@ class Supervisor:
         self.deaths: list[dict[str, Any]] = []     # (actor, role, incarnation, code)
         self.restarts = 0
         self.hangs = 0
+        self.watchdog_kills = 0
 
     # --- what the run loop calls -----------------------------------------------------
 
@@ -136,8 +146,11 @@ class Supervisor:
             if w.restart_at is not None or self._known_dead(name):
                 continue
             proc = self.launcher.process(name)
+            hung = w.watchdog_killed
+            w.watchdog_killed = False
             self.deaths.append({"actor": name, "role": proc.role,
-                                "incarnation": proc.incarnation, "code": code})
+                                "incarnation": proc.incarnation, "code": code,
+                                **({"hung": True} if hung else {})})
             self._record("actor_died", name, code=code, exit=procutil.describe_exit(code),
                          incarnation=proc.incarnation)
             self._tell(name, proc.role, "exited", proc.incarnation)
@@ -171,7 +184,8 @@ class Supervisor:
                 self.cont_actor(name)
 
     def summary(self) -> dict[str, Any]:
-        return {"restarts": self.restarts, "hangs": self.hangs, "deaths": self.deaths,
+        return {"restarts": self.restarts, "hangs": self.hangs,
+                "hung_killed": self.watchdog_kills, "deaths": self.deaths,
                 "events": self.events}
 
     # --- internals ---------------------------------------------------------------------
@@ -214,13 +228,25 @@ class Supervisor:
         now = self.clock()
         for name, w in self.watch.items():
             proc = self.launcher.process(name)
-            if w.hung or not proc.running or not proc.ready:
+            if not proc.running or not proc.ready:
                 continue
-            if now - w.last_beat > self.policy.hang_after_s:
+            silent = now - w.last_beat
+            if not w.hung and silent > self.policy.hang_after_s:
                 w.hung = True
                 self.hangs += 1
-                self._record("actor_hung", name, silent_s=round(now - w.last_beat, 3),
+                self._record("actor_hung", name, silent_s=round(silent, 3),
                              stopped=w.stopped_by_us)
+            watchdog = self.policy.restart_hung_after_s
+            if (w.hung and watchdog is not None and silent > watchdog
+                    and not w.watchdog_killed
+                    and self.policy.policy(proc.role) != "never"):
+                # SIGKILL reaches a stopped process too; the exit path restarts it.
+                w.watchdog_killed = True
+                w.stopped_by_us = False
+                self.watchdog_kills += 1
+                self._record("actor_hung_killed", name, silent_s=round(silent, 3),
+                             pid=proc.pid, incarnation=proc.incarnation)
+                self.launcher.kill(name, signal.SIGKILL, timeout_s=None)
 
     def _record(self, event: str, actor: str, **fields: Any) -> None:
         entry = {"t": round(self.clock(), 3), "event": event, "actor": actor, **fields}

@@ -7,6 +7,10 @@ whether a message (a reader's step, above all) is waiting, and if so goes back t
 loop to serve it first, so lock ownership can change mid-batch, as it can in Linux.
 The ACKs a run of segments causes leave in one TX message, as a driver's xmit_more
 batches them.
+
+Every input given to the model, with its ``now``, and every output taken from it go to
+the run's stack input record (:mod:`actors.stack.record`), which ``rxpath replay``
+runs through the same model; ``RXPATH_STACK_RECORD=0`` in the environment turns it off.
 """
 
 from __future__ import annotations
@@ -14,17 +18,26 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from actors.runtime.actor import Actor, ActorSettings, RejectMessage, handles
+from actors.runtime.actor import EX_SOFTWARE, Actor, ActorSettings, RejectMessage, handles
 from actors.runtime.costs import cost_ns, spend
 from actors.runtime.trace import is_flow_id
 from actors.scenario import Scenario
 from actors.stack.net import Event, OpDone, Transmit
-from actors.stack.sock import TcpState
-from actors.stack.tcp_ipv4 import Stack, sock_info
+from actors.stack.record import (
+    EXIT,
+    OP,
+    REPLY,
+    SEG,
+    SNAP,
+    TIMERS,
+    build_stack,
+    model_counters,
+    open_record,
+)
 from actors.stack.trace_observer import StackTrace, log_event
 from protocol import messages as msg
 from protocol.envelope import Envelope, MalformedMessage
-from protocol.sockops import Rejected, SockOpResult, encode_result
+from protocol.sockops import Rejected, encode_result
 from protocol.wire import encode
 
 NIC = "nic"
@@ -48,12 +61,17 @@ class StackActor(Actor):
     def __init__(self, settings: ActorSettings, **kw: Any) -> None:
         super().__init__(settings, **kw)
         sc = Scenario.from_dict(self.config["scenario"])
-        self.stack = Stack(sc.kernel_profile, sc.sysctl, seed=sc.seed_for("stack"),
-                           emit_events=True, device=sc.nic.device)
+        self.stack = build_stack(sc)
+        self.recorder = open_record(settings.run_dir, settings.name, settings.incarnation,
+                                    self.config["scenario"], self.log)
         st = sc.stack
         if st.listen_port:
-            self.stack.listen(st.address, st.listen_port, self.clock(),
-                              backlog=st.listen_backlog, rcvbuf=st.rcvbuf or None,
+            now, rcvbuf = self.clock(), st.rcvbuf or None
+            if self.recorder:
+                self.recorder.listen(now, st.address, st.listen_port, st.listen_backlog,
+                                     rcvbuf, st.rcvlowat)
+            self.stack.listen(st.address, st.listen_port, now,
+                              backlog=st.listen_backlog, rcvbuf=rcvbuf,
                               rcvlowat=st.rcvlowat)
         # Told how many frames went through tcp_v4_rcv after each run of them (the drill's
         # injector waits for its segment as a tun write would).
@@ -123,6 +141,8 @@ class StackActor(Actor):
         if deadline is not None and deadline <= now:
             obs = self.observer
             t, n0 = (self.clock(), len(obs.outputs())) if obs else (0, 0)
+            if self.recorder:
+                self.recorder.pack((TIMERS, now))
             self.stack.run_timers(now)
             if obs:
                 obs.timers(t, n0)
@@ -132,10 +152,15 @@ class StackActor(Actor):
         obs = self.observer
         n0 = len(obs.outputs()) if obs else 0
         traced = fid if obs and is_flow_id(fid) else None
+        rec = self.recorder
         if isinstance(frame, GsoFrame):
+            if rec:
+                rec.pack((SEG, now, bytes(frame), traced, frame.gso_size))
             seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced,
                                               gso_size=frame.gso_size)
         else:
+            if rec:
+                rec.pack((SEG, now, frame) if traced is None else (SEG, now, frame, traced, 0))
             seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced)
         if seg is None:
             return
@@ -151,22 +176,30 @@ class StackActor(Actor):
         obs = self.observer
         if obs:
             obs.op_begin(body["op"], body["sock"])
+        rec = self.recorder
+        if rec:
+            rec.pack((OP, now, task, body["op"], body["sock"], body["args"]))
         result = self.stack.sock_op_msg(task, body["op"], body["sock"], body["args"], now)
         if obs and not isinstance(result, Rejected):
             obs.op_end(task, body["op"], body["sock"], now)
         if result is None:
             self.pending[task] = rid
         else:
-            self._answer(task, rid, result)
+            encoded = encode_result(result)
+            if rec:
+                rec.pack((REPLY, encoded))
+            self._answer(task, rid, encoded)
         self._flush()
 
-    def _answer(self, task: str, rid: int, result: SockOpResult) -> None:
-        self.send(task, msg.SOCK_OP_DONE, {"request_id": rid, "result": encode_result(result)})
+    def _answer(self, task: str, rid: int, result: dict[str, Any]) -> None:
+        self.send(task, msg.SOCK_OP_DONE, {"request_id": rid, "result": result})
 
     # --- supervision ------------------------------------------------------------------
     def on_peer_event(self, actor: str, role: str, event: str, now: int) -> None:
         if role == "reader":
             self.pending.pop(actor, None)
+            if self.recorder:
+                self.recorder.pack((EXIT, now, actor))
             self.stack.task_exit(actor, now)
             self._flush()
         elif role == "cpu":
@@ -178,6 +211,7 @@ class StackActor(Actor):
     def _flush(self) -> None:
         frames = []
         tx_ids: list[int] = []
+        dones: list[OpDone] = []
         obs = self.observer
         for out in self.stack.take_outputs():
             if isinstance(out, Transmit):
@@ -185,11 +219,17 @@ class StackActor(Actor):
                 if obs:
                     tx_ids.append(obs.tx_id(out))
             elif isinstance(out, OpDone):
+                dones.append(out)
                 rid = self.pending.pop(out.task, None)
                 if rid is not None:
-                    self._answer(out.task, rid, out.result)
+                    self._answer(out.task, rid, encode_result(out.result))
             elif isinstance(out, Event):
                 log_event(self.log, out)
+        rec = self.recorder
+        if rec:
+            if frames or dones:
+                rec.outputs(frames, dones)
+            rec.maybe_flush(self.clock())
         if frames:
             body: dict[str, Any] = {"frames": frames}
             if obs:
@@ -197,20 +237,22 @@ class StackActor(Actor):
             self.send(NIC, msg.TX, body)
 
     def counters(self) -> dict[str, Any]:
-        net = self.stack.net
         now = self.clock()
-        return {
-            "mib": dict(net.mib.nonzero()),
-            "drops": dict(net.drop_counts),
-            "sockets": [sock_info(sk, now) for sk in net.socks.values()
-                        if sk.state != TcpState.LISTEN],
-            "segments": self.segments,
-            "malformed": net.malformed_segments,
-            "bad_sock_ops": net.bad_sock_ops,
-            "batches_waiting": len(self.work),
-            "frames_waiting": sum(len(w[2]) for w in self.work),
-            "task_exits": net.task_exits,
-            "locks_released_by_exit": net.locks_released_by_exit,
-            "backlog_enqueued": net.backlog_enqueued,
-            "lock_waits": net.lock_waits,
-        }
+        out = {**model_counters(self.stack, now), "segments": self.segments,
+               "batches_waiting": len(self.work),
+               "frames_waiting": sum(len(w[2]) for w in self.work)}
+        if self.recorder:
+            # A heartbeat's snapshot also writes the record out: an idle stack that is
+            # killed leaves it whole up to its last beat.
+            self.recorder.pack((SNAP, now, out))
+            self.recorder.flush()
+        return out
+
+    def run(self) -> int:
+        code = EX_SOFTWARE  # what the runtime returns for an exception escaping it
+        try:
+            code = super().run()
+        finally:
+            if self.recorder:
+                self.recorder.close(f"exit {code}")
+        return code

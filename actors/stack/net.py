@@ -10,6 +10,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappush
 from typing import TYPE_CHECKING
 
 from actors.mib import Mib
@@ -128,6 +129,9 @@ class Net:
     ehash: dict[tuple[str, int, str, int], int] = field(default_factory=dict)
     listeners: dict[int, int] = field(default_factory=dict)
     next_sock_id: int = 1
+    # (deadline, sock_id) of every timer armed, earliest first; entries a socket no
+    # longer holds (re-armed later, cancelled, socket gone) are dropped when they surface.
+    timer_heap: list[tuple[int, int]] = field(default_factory=list)
     # Segments the backlog took (appended or coalesced into its tail): Linux has no
     # MIB counter for a successful sk_add_backlog, only for its failure.
     backlog_enqueued: int = 0
@@ -143,6 +147,10 @@ class Net:
         if name in self.profile.absent_counters:
             raise KeyError(f"{name} does not exist in the {self.profile.name} profile")
         self.mib.add(name, n)
+
+    def arm_timer(self, sock_id: int, deadline: int) -> None:
+        """Note a deadline a socket now holds, so that no timer scan visits every socket."""
+        heappush(self.timer_heap, (deadline, sock_id))
 
     def transmit(self, seg: Segment, sock_id: int | None) -> None:
         self.mib.add("TcpOutSegs")

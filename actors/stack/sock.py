@@ -417,13 +417,20 @@ def _grant_next(sk: TcpSock, now: int) -> None:
     sk_wakeups(sk, now)
 
 
+def sleep_on(sk: TcpSock, w: Waiter) -> None:
+    """Put a task on the socket's wait queue, its timeout (if any) armed."""
+    sk.waiters.append(w)
+    if w.deadline is not None:
+        sk.net.arm_timer(sk.sock_id, w.deadline)
+
+
 def sk_wait_data(sk: TcpSock, task: str, timeo_ns: int | None, now: int) -> None:
     """Sleep until data arrives: release (draining the backlog) and wait; the woken
     task then sends its own ``lock_sock`` (the end of sk_wait_event)."""
     last = sk.tail()
     # On the wait queue before release_sock, so a wakeup raised by the backlog
     # replay is not missed (prepare_to_wait, then sk_wait_event).
-    sk.waiters.append(Waiter(task, None if timeo_ns is None else now + timeo_ns, last))
+    sleep_on(sk, Waiter(task, None if timeo_ns is None else now + timeo_ns, last))
     release_sock(sk, task, now)
     waiter = next((w for w in sk.waiters if w.task == task), None)
     if waiter is not None and (sk.tail() is not last or sk.sk_err):
@@ -536,7 +543,7 @@ def _accept_woken(lsk: TcpSock, w: Waiter) -> None:
         # Another task of the same flow took it first: the tasks share it.
         child = accepted_child(lsk, w.rports)
     if child is None:
-        lsk.waiters.append(w)  # not ours yet: sleep on
+        sleep_on(lsk, w)  # not ours yet: sleep on
         return
     lsk.net.outputs.append(OpDone(w.task, lsk.sock_id,
                                   Accepted(sock=child.sock_id, rport=child.rport)))
@@ -559,14 +566,14 @@ def inet_wait_for_connect(sk: TcpSock, task: str, now: int) -> SockOpResult | No
     """Sleep until the handshake ends (sk_state_change wakes us); None while asleep."""
     result = _connect_result(sk)
     if result is None:
-        sk.waiters.append(Waiter(task, None, None, kind="connect"))
+        sleep_on(sk, Waiter(task, None, None, kind="connect"))
     return result
 
 
 def _connect_woken(sk: TcpSock, w: Waiter) -> None:
     result = _connect_result(sk)
     if result is None:
-        sk.waiters.append(w)  # a wakeup, but still connecting: sleep on
+        sleep_on(sk, w)  # a wakeup, but still connecting: sleep on
         return
     sk.net.outputs.append(OpDone(w.task, sk.sock_id, with_direct(sk, w.task, result)))
 
@@ -590,7 +597,7 @@ def ep_poll(net: Net, task: str, socks: list[int], seen: list[int], timeo_ns: in
                socks=tuple(socks))
     for sk in targets:
         assert sk is not None
-        sk.waiters.append(w)
+        sleep_on(sk, w)
     return None
 
 

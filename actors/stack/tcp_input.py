@@ -348,6 +348,7 @@ def _sack_compress(sk: TcpSock, now: int) -> None:
                 net.sysctls.tcp_comp_sack_delay_ns)
     # hrtimer_start_range_ns: the timer fires at the end of its slack range
     sk.sack_compress_deadline = now + delay + TCP_COMP_SACK_SLACK_NS
+    net.arm_timer(sk.sock_id, sk.sack_compress_deadline)
 
 
 def tcp_sack_compress_send_ack(sk: TcpSock, now: int) -> None:

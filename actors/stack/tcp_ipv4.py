@@ -437,6 +437,7 @@ def tcp_prequeue(sk: TcpSock, skb: Skb, now: int) -> bool:
         if not inet_csk_ack_scheduled(sk):
             sk.icsk_ack.pending |= AckPending.TIMER
             sk.icsk_ack.timeout = now + 3 * TCP_RTO_MIN // 4
+            net.arm_timer(sk.sock_id, sk.icsk_ack.timeout)
     net.event("prequeue_add", sk.sock_id, seq=skb.seq, len=len(uc.prequeue))
     return True
 

@@ -20,6 +20,7 @@ from actors.stack.sock import (
     accepted_child,
     reqsk_queue_remove,
     sk_alloc,
+    sleep_on,
     sock_graft,
 )
 from actors.stack.tcp_output import (
@@ -168,6 +169,7 @@ def tcp_v4_send_synack(sk: TcpSock, now: int) -> None:
     sk.net.transmit(seg, sk.sock_id)
     _note_syn_sent(sk, now)
     sk.synack_deadline = now + sk.rto
+    sk.net.arm_timer(sk.sock_id, sk.synack_deadline)
 
 
 def _note_syn_sent(sk: TcpSock, now: int) -> None:
@@ -192,6 +194,7 @@ def tcp_send_syn(sk: TcpSock, now: int) -> None:
     sk.net.transmit(seg, sk.sock_id)
     _note_syn_sent(sk, now)
     sk.synack_deadline = now + sk.rto  # the same retransmission timer as a SYN-ACK's
+    sk.net.arm_timer(sk.sock_id, sk.synack_deadline)
 
 
 def inet_csk_reqsk_queue_add(parent: TcpSock, child: TcpSock) -> None:
@@ -211,8 +214,8 @@ def inet_csk_accept(lsk: TcpSock, task: str, nonblock: bool, timeo_ns: int | Non
         return Accepted(sock=sock_graft(child), rport=child.rport)
     if nonblock:
         return Failed(error=EAGAIN)
-    lsk.waiters.append(Waiter(task, None if timeo_ns is None else now + timeo_ns, None,
-                              kind="accept", rports=rports))
+    sleep_on(lsk, Waiter(task, None if timeo_ns is None else now + timeo_ns, None,
+                         kind="accept", rports=rports))
     return None
 
 

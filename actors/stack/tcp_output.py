@@ -241,9 +241,12 @@ def tcp_send_delayed_ack(sk: TcpSock, now: int) -> None:
         if (sk.net.profile.delack_blocked_flag and ack.blocked) or ack.timeout <= now + (ato >> 2):
             tcp_send_ack(sk, now)
             return
-        timeout = min(timeout, ack.timeout)
+        if ack.timeout <= timeout:
+            ack.pending |= AckPending.SCHED
+            return  # the timer stands (sk_reset_timer to the same expiry)
     ack.pending |= AckPending.SCHED | AckPending.TIMER
     ack.timeout = timeout
+    sk.net.arm_timer(sk.sock_id, timeout)
 
 
 def tcp_send_rst(net_sk: TcpSock | None, seg: Segment, net: object) -> Segment:

@@ -9,6 +9,7 @@ nanoseconds on the caller's clock; :func:`run_timers` fires every one that is du
 from __future__ import annotations
 
 from collections.abc import Iterable
+from heapq import heappop
 
 from actors.profiles import MS
 from actors.stack.net import Net, OpDone
@@ -44,41 +45,70 @@ def _deadlines(sk: TcpSock) -> Iterable[int]:
             yield w.deadline
 
 
+def _holds(sk: TcpSock, deadline: int) -> bool:
+    """Whether ``deadline`` is still one of the socket's timers (not re-armed or cancelled)."""
+    ack = sk.icsk_ack
+    if ack.timeout == deadline and ack.pending & AckPending.TIMER:
+        return True  # the usual one, checked once per loop turn
+    if sk.sack_compress_deadline == deadline or sk.synack_deadline == deadline:
+        return True
+    return any(w.deadline == deadline for w in sk.waiters)
+
+
 def next_deadline(net: Net) -> int | None:
-    best: int | None = None
-    for sk in net.socks.values():
-        for d in _deadlines(sk):
-            if best is None or d < best:
-                best = d
-    return best
+    """The earliest timer of any socket: the top of the timer heap, once the entries no
+    socket holds any more are dropped (every arming pushes one, see Net.arm_timer)."""
+    heap, socks = net.timer_heap, net.socks
+    while heap:
+        deadline, sock_id = heap[0]
+        sk = socks.get(sock_id)
+        if sk is not None and _holds(sk, deadline):
+            return deadline
+        heappop(heap)
+    return None
+
+
+def scan_deadline(net: Net) -> int | None:
+    """The earliest timer found by visiting every socket: what the heap must agree with."""
+    return min((d for sk in net.socks.values() for d in _deadlines(sk)), default=None)
 
 
 def run_timers(net: Net, now: int) -> None:
-    for sk in list(net.socks.values()):
-        ack = sk.icsk_ack
-        if ack.pending & AckPending.TIMER and ack.timeout and ack.timeout <= now:
-            tcp_delack_timer(sk, now)
-        if sk.sack_compress_deadline is not None and sk.sack_compress_deadline <= now:
-            sk.sack_compress_deadline = None
-            if sk.compressed_ack:
-                if sk.owned:
-                    # tcp_compressed_ack_kick: TCP_DELACK_TIMER_DEFERRED, so
-                    # tcp_release_cb's delack handler sends it (counted once)
-                    ack.deferred = True
-                else:
-                    tcp_sack_compress_send_ack(sk, now)
-        if sk.synack_deadline is not None and sk.synack_deadline <= now:
-            tcp_synack_timer(sk, now)
-        expired = [w for w in sk.waiters if w.deadline is not None and w.deadline <= now]
-        for w in expired:
-            sk.waiters.remove(w)
-            if w.kind == "accept":
-                net.outputs.append(OpDone(w.task, sk.sock_id, Failed(error=EAGAIN)))
-            elif w.kind == "epoll":
-                ep_poll_done(net, w, timed_out=True)
+    """Fire every timer due by ``now``, socket by socket in the order they were made."""
+    heap, due = net.timer_heap, set()
+    while heap and heap[0][0] <= now:
+        due.add(heappop(heap)[1])
+    for sock_id in sorted(due):
+        sk = net.socks.get(sock_id)
+        if sk is not None:
+            _run_sock_timers(net, sk, now)
+
+
+def _run_sock_timers(net: Net, sk: TcpSock, now: int) -> None:
+    ack = sk.icsk_ack
+    if ack.pending & AckPending.TIMER and ack.timeout and ack.timeout <= now:
+        tcp_delack_timer(sk, now)
+    if sk.sack_compress_deadline is not None and sk.sack_compress_deadline <= now:
+        sk.sack_compress_deadline = None
+        if sk.compressed_ack:
+            if sk.owned:
+                # tcp_compressed_ack_kick: TCP_DELACK_TIMER_DEFERRED, so
+                # tcp_release_cb's delack handler sends it (counted once)
+                ack.deferred = True
             else:
-                wake_to_relock(sk, w.task, timed_out=True)
-        sk_wakeups(sk, now)
+                tcp_sack_compress_send_ack(sk, now)
+    if sk.synack_deadline is not None and sk.synack_deadline <= now:
+        tcp_synack_timer(sk, now)
+    expired = [w for w in sk.waiters if w.deadline is not None and w.deadline <= now]
+    for w in expired:
+        sk.waiters.remove(w)
+        if w.kind == "accept":
+            net.outputs.append(OpDone(w.task, sk.sock_id, Failed(error=EAGAIN)))
+        elif w.kind == "epoll":
+            ep_poll_done(net, w, timed_out=True)
+        else:
+            wake_to_relock(sk, w.task, timed_out=True)
+    sk_wakeups(sk, now)
 
 
 def tcp_synack_timer(sk: TcpSock, now: int) -> None:

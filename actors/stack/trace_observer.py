@@ -14,6 +14,7 @@ time the work took in this process.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,15 @@ from actors.runtime.trace import (
     is_flow_id,
     json_str,
 )
-from actors.stack.net import DROP_REASONS, MERGED, Event, StackOutput, Transmit
+from actors.stack.net import (
+    CONSUMED,
+    DELIVERED,
+    DROP_REASONS,
+    MERGED,
+    Event,
+    StackOutput,
+    Transmit,
+)
 from actors.stack.sock import TcpSock, TcpState
 from actors.stack.tcp_ipv4 import Stack
 from protocol.segment import Segment, flags_text
@@ -90,6 +99,7 @@ class StackTrace:
         self.clock = clock
         self.stack = stack
         self.fresh_fates: list[tuple[int, str]] = []
+        self.fate_notes: dict[str, str] = {}
         stack.net.fates = _FateLog(self.fresh_fates)
         # Flow ids given to the segments the model queued for transmit, by output.
         self.tx_ids: dict[int, int] = {}
@@ -132,8 +142,20 @@ class StackTrace:
         if not fresh:
             return []
         ended = [i for i, fate in fresh if fate != MERGED and is_flow_id(i)]
+        # Drops and merges are few; the record names them so a segment's fate is known.
+        for i, fate in fresh:
+            if fate != DELIVERED and fate != CONSUMED and is_flow_id(i):
+                self.fate_notes[str(i)] = fate
         fresh.clear()
         return ended
+
+    def _fate_args(self) -> dict[str, str] | None:
+        """The drop reasons and merges noted since the last record (its "fates" arg)."""
+        notes = self.fate_notes
+        if not notes:
+            return None
+        self.fate_notes = {}
+        return notes
 
     def _task_json(self, task: str) -> str:
         text = self.task_json.get(task)
@@ -186,6 +208,11 @@ class StackTrace:
                 args += f',"offset":{(seg.seq - sk.irs - 1) & 0xFFFFFFFF}'
         if tx:
             args += f',"acks_sent":{len(tx)}'
+        if fid is not None:
+            args += f',"id":{fid}'
+        fates = self._fate_args()
+        if fates:
+            args += f',"fates":{json.dumps(fates, separators=(",", ":"))}'
         flows: list[str] = []
         if fid is not None and fid not in ended:
             flows.append(f"[{HOP_TCP_V4_RCV},[{fid}]]")
@@ -205,8 +232,11 @@ class StackTrace:
         flows = [[HOP_END, ended]] if ended else []
         if tx:
             flows.append([HOP_SOURCE, tx])
-        self.trace.complete("tcp timers", start, end, "softirq",
-                            args={"acks_sent": len(tx)}, flows=flows)
+        args: dict[str, Any] = {"acks_sent": len(tx)}
+        fates = self._fate_args()
+        if fates:
+            args["fates"] = fates
+        self.trace.complete("tcp timers", start, end, "softirq", args=args, flows=flows)
         for sk in self.stack.socks.values():
             if sk.state != TcpState.LISTEN:
                 self.sock_sample(sk, end)
@@ -256,7 +286,7 @@ class StackTrace:
         from_backlog = [i for i in backlog if i not in still]
         from_prequeue = [i for i in prequeue if i not in still]
         moved = [i for i in from_backlog + from_prequeue if i not in done and is_flow_id(i)]
-        if not (from_backlog or from_prequeue or ended or tx):
+        if not (from_backlog or from_prequeue or ended or tx or self.fate_notes):
             # Most steps move no segment: a plain slice, formatted by hand (the name is a
             # kernel name of protocol.sockops; the task is an actor name).
             self.trace.line(f'["X",{start},{end - start},"main","{name}",null,null,'
@@ -275,8 +305,11 @@ class StackTrace:
             name = "__release_sock (backlog)"
         elif prequeue:
             name = TcpPrequeueProcess.kernel_name
-        args = {"op": cls.kernel_name, "backlog_segments": backlog,
-                "prequeue_segments": prequeue, "segments_done": len(ended)}
+        args: dict[str, Any] = {"op": cls.kernel_name, "backlog_segments": backlog,
+                                "prequeue_segments": prequeue, "segments_done": len(ended)}
+        fates = self._fate_args()
+        if fates:
+            args["fates"] = fates
         flows: list[list[Any]] = []
         if tx:  # ACKs and window updates sent from the task's context
             flows.append([HOP_SOURCE, tx])

@@ -121,20 +121,30 @@ class TunWireActor(Actor):
                   "dport": str(s["dport"]), "bytes": str(s["bytes"]), "file": ""}
         report = self.dir / f"{flow}.json"
         if s.get("command"):
-            path = self.dir / f"{flow}.bin"
-            path.write_bytes(payload_bytes(int(s["flow_id"]), 0, int(s["bytes"])))
-            values["file"] = str(path)
+            values["file"] = str(self._payload_file(s))
             argv = expand(s["command"], values)
         else:
             argv = [sys.executable, "-m", "actors.tunwire.sender", "--src", self.local,
                     "--sport", values["sport"], "--dst", self.remote, "--dport",
                     values["dport"], "--flow-id", str(s["flow_id"]), "--bytes",
                     values["bytes"], "--report", str(report)]
+            if s.get("file"):
+                argv += ["--file", str(s["file"])]
         with open(self.dir / f"{flow}.out", "ab") as out:
             self.procs[flow] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                                 stderr=subprocess.STDOUT,
                                                 preexec_fn=_pdeathsig, close_fds=True)
         self.notify("info", "sender_started", flow=flow, pid=self.procs[flow].pid, argv=argv)
+
+    def _payload_file(self, s: dict[str, Any]) -> Path:
+        """What a command sender sends: the scenario's file, or the flow's generated
+        payload written out for it (the reference the checker compares with either way)."""
+        if s.get("file"):
+            return Path(s["file"])
+        path = self.dir / f"{s['flow']}.bin"
+        if not path.exists():
+            path.write_bytes(payload_bytes(int(s["flow_id"]), 0, int(s["bytes"])))
+        return path
 
     def _reap_senders(self) -> None:
         for s in self.senders:
@@ -144,7 +154,7 @@ class TunWireActor(Actor):
                 continue
             report = self.dir / f"{flow}.json"
             if s.get("command") and not report.exists():
-                data = (self.dir / f"{flow}.bin").read_bytes()
+                data = self._payload_file(s).read_bytes()
                 report.write_text(json.dumps({"bytes": len(data),
                                               "sha256": hashlib.sha256(data).hexdigest(),
                                               "command": True}) + "\n")

@@ -5,9 +5,10 @@
 
 It binds the flow's source address and port (so the 4-tuple is the topology's),
 connect()s, writes the flow's deterministic bytes (:mod:`actors.peer.payload`, the same
-the emulated peer sends), waits until the receiver has acknowledged them all, records
-the socket's ``TCP_INFO`` and closes: the reader sees EOF. Runs inside the run's network
-namespace; the host kernel's TCP does everything else (cwnd, RTO, SACK, probes).
+the emulated peer sends; or ``--file``'s bytes), waits until the receiver has
+acknowledged them all, records the socket's ``TCP_INFO`` and closes: the reader sees
+EOF. Runs inside the run's network namespace; the host kernel's TCP does everything
+else (cwnd, RTO, SACK, probes).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--flow-id", type=int, required=True)
     p.add_argument("--bytes", type=int, required=True)
     p.add_argument("--report", type=Path, required=True)
+    p.add_argument("--file", type=Path, help="send this file instead of the payload")
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)
     procutil.set_parent_death_signal(signal.SIGKILL)
@@ -58,8 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.connect((args.dst, args.dport))
     digest = hashlib.sha256()
     sent = 0
+    content = args.file.read_bytes() if args.file else None
     while sent < args.bytes:
-        data = payload_bytes(args.flow_id, sent, min(CHUNK, args.bytes - sent))
+        n = min(CHUNK, args.bytes - sent)
+        data = (payload_bytes(args.flow_id, sent, n) if content is None
+                else content[sent:sent + n])
         s.sendall(data)
         digest.update(data)
         sent += len(data)
