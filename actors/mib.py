@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
+# Within each group, the order net/ipv4/proc.c prints them (snmp4_ipstats_list,
+# snmp4_tcp_list, snmp4_net_list), which is the order nstat shows: 4.13's prequeue
+# counters sit where 4.13 had them, 6.x's additions where 6.x has them.
 IP_COUNTERS = (
     "InReceives", "InHdrErrors", "InAddrErrors", "InUnknownProtos", "InDiscards",
-    "InDelivers", "InCsumErrors", "InTruncatedPkts", "OutRequests",
-    # IP fragment reassembly (rxpath never reassembles; see actors/cpu/ip_rcv.py)
-    "ReasmReqds", "ReasmFails", "ReasmTimeout",
+    "InDelivers", "OutRequests", "ReasmTimeout", "ReasmReqds", "ReasmFails",
+    # IP fragment reassembly above: rxpath never reassembles (see actors/cpu/ip_rcv.py).
+    # Linux prints these two in /proc/net/netstat's IpExt line (nstat: IpExtIn...).
+    "InTruncatedPkts", "InCsumErrors",
 )
 
 TCP_COUNTERS = (
@@ -22,27 +26,18 @@ TCP_COUNTERS = (
 )
 
 TCPEXT_COUNTERS = (
-    # tcp_v4_rcv / backlog / prequeue
-    "TCPBacklogDrop", "TCPBacklogCoalesce", "PFMemallocDrop", "TCPMinTTLDrop",
+    "EmbryonicRsts", "PruneCalled", "RcvPruned", "OfoPruned", "OutOfWindowIcmps",
+    "PAWSEstab", "BeyondWindow", "PAWSOldAck", "DelayedACKs", "DelayedACKLocked",
+    "DelayedACKLost", "ListenOverflows", "ListenDrops",
     "TCPPrequeued", "TCPDirectCopyFromBacklog", "TCPDirectCopyFromPrequeue",
-    "TCPPrequeueDropped", "TCPSchedulerFailed",
-    # header prediction and ACK processing
-    "TCPHPHits", "TCPHPHitsToUser", "TCPHPAcks", "TCPPureAcks",
-    # tcp_data_queue
-    "TCPRcvCoalesce", "TCPZeroWindowDrop", "TCPRcvQDrop", "TCPOFOQueue", "TCPOFODrop",
-    "TCPOFOMerge", "DelayedACKLost", "TCPDSACKOldSent", "TCPDSACKOfoSent",
-    # memory
-    "PruneCalled", "RcvPruned", "OfoPruned", "TCPRcvCollapsed",
-    # validation
-    "PAWSEstab", "PAWSOldAck", "BeyondWindow", "TCPACKSkippedPAWS", "TCPACKSkippedSeq",
-    "TCPACKSkippedChallenge",
-    "TCPSYNChallenge", "TCPChallengeACK", "OutOfWindowIcmps",
-    # ACKs and windows
-    "DelayedACKs", "DelayedACKLocked", "TCPAckCompressed", "TCPWantZeroWindowAdv",
-    "TCPToZeroWindowAdv", "TCPFromZeroWindowAdv",
-    # connections
-    "ListenOverflows", "ListenDrops", "TCPAbortOnData", "TCPAbortOnClose",
-    "EmbryonicRsts", "TCPTimeouts",
+    "TCPPrequeueDropped", "TCPHPHits", "TCPHPHitsToUser", "TCPPureAcks", "TCPHPAcks",
+    "TCPTimeouts", "TCPSchedulerFailed", "TCPRcvCollapsed", "TCPBacklogCoalesce",
+    "TCPDSACKOldSent", "TCPDSACKOfoSent", "TCPAbortOnData", "TCPAbortOnClose",
+    "TCPBacklogDrop", "PFMemallocDrop", "TCPMinTTLDrop", "TCPRcvCoalesce", "TCPOFOQueue",
+    "TCPOFODrop", "TCPOFOMerge", "TCPChallengeACK", "TCPSYNChallenge",
+    "TCPFromZeroWindowAdv", "TCPToZeroWindowAdv", "TCPWantZeroWindowAdv",
+    "TCPACKSkippedPAWS", "TCPACKSkippedSeq", "TCPACKSkippedChallenge", "TCPAckCompressed",
+    "TCPZeroWindowDrop", "TCPRcvQDrop",
 )
 
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -8,8 +8,9 @@ Faults come from ``--kill``/``--every`` (one seeded random moment in each period
 seeded random actor of the named roles) and from the config's ``[chaos]`` table
 (``kill``, ``every_ms``, ``seed`` and a ``[[chaos.schedule]]`` of ``{at_ms, action,
 target}``). The supervisor restarts what dies (:mod:`actors.runtime.supervisor`); the
-run ends with what was done and the checker's verdict. Exit 0 only if the checker
-passes. A stopped actor is always continued before the run stops.
+run ends with what was done and the checker's verdict, the run's one verdict (as
+``rxpath run``: exit 0 PASS, 1 FAIL, 4 INCOMPLETE). A stopped actor is always continued
+before the run stops.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from cli.options import (
     load_or_exit,
     make_overrides,
 )
-from cli.run import build_topology, default_run_dir, run_scenario
+from cli.run import build_topology, default_run_dir, exit_status, run_scenario
 from protocol import messages as msg
 
 STOP_HOLD_S = 1.0      # a random `stop` is continued this long after
@@ -199,7 +200,11 @@ def chaos(
         "silent this long, e.g. a SIGSTOPped one (3s, 500ms); default: only report it.")]
         = None,
 ) -> None:
-    """Run a scenario while killing/stopping actors; exit 0 only if the checker passes."""
+    """Run a scenario while killing/stopping actors; the checker's verdict is the run's.
+
+    Exit status: 0 PASS; 1 FAIL (a byte or a frame went wrong); 4 INCOMPLETE (stopped,
+    e.g. by --duration, before every flow ended, with nothing wrong so far); 2 a bad
+    config."""
     sc = load_or_exit(config, make_overrides(profile, seed, duration, sysctl, sets))
     cfg = chaos_config(sc, kill, every, seed)
     policy = None
@@ -230,7 +235,7 @@ def chaos(
         typer.echo(f"stopped: {summary['reason']} after {summary['elapsed_s']} s; "
                    f"{sup['restarts']} restarts, {sup['hangs']} hangs noticed")
         typer.echo(summary["checker_text"])
-    raise typer.Exit(0 if summary["checker"]["ok"] else 1)
+    raise typer.Exit(exit_status(summary))
 
 
 __all__ = ["ChaosAction", "ChaosEventConfig", "ChaosRunner", "chaos_config", "plan_chaos",

@@ -20,6 +20,18 @@ process was killed, the same holds with each killed process's last heartbeat sta
 for it and what it lost since that report named (:func:`conservation_across_restarts`).
 A flow whose sender died for good is cut short, not failed, and the verdict says so.
 
+A run stopped (by its duration) before its flows ended is judged as it stands: what was
+delivered so far must be an exact prefix of each stream (no byte altered, reordered,
+duplicated, and no gap but the not-yet-delivered tail), and conservation counts what was
+still in flight at the stop (sent by one box, not yet counted by the next: the final
+snapshots are then taken downstream first, so that difference cannot be negative).
+
+The run's one verdict (:attr:`Verdict.state`, ``summary["verdict"]``, what every report
+shows and the exit status, :data:`EXIT_STATUS`): **PASS** nothing went wrong and every
+flow ended (delivered whole, reset, or cut short by its sender's death); **FAIL** a byte
+went wrong or a frame is unaccounted for; **INCOMPLETE** nothing went wrong so far, but
+the run stopped before some flow ended.
+
 Each failure comes with a minimal witness: the one or two records that prove it.
 
 A replay of a capture (``[wire] source = "pcap:FILE"``) carries the capture's bytes, not
@@ -64,6 +76,16 @@ class Delivery:
                 f"[{self.off}, {self.end}) digest {self.digest}")
 
 
+PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+# The exit status of `rxpath run`, `chaos` and `coordinate` for each verdict (2 is a bad
+# config; coordinate's 3 is "the actors never came up").
+EXIT_STATUS = {PASS: 0, FAIL: 1, INCOMPLETE: 4}
+
+# A flow's state, as every report shows it.
+INTACT, BROKEN, FLOW_INCOMPLETE, RESET, CUT_SHORT = (
+    "intact", "BROKEN", "incomplete", "reset", "cut short")
+
+
 @dataclass
 class FlowVerdict:
     flow: str
@@ -72,6 +94,8 @@ class FlowVerdict:
     ok: bool = True
     reset: bool = False
     delivered_then_lost: int = 0
+    incomplete: bool = False     # ok so far, its tail not delivered when the run stopped
+    state: str = INTACT          # intact | BROKEN | incomplete | reset | cut short
     problems: list[str] = field(default_factory=list)
     # or "capture" (a replay, checked against the capture's stream) or "file" (the file a
     # real sender sent)
@@ -83,6 +107,13 @@ class FlowVerdict:
         self.ok = False
         self.problems.append(text)
 
+    def judge(self) -> str:
+        """Set and return :attr:`state` from what was found."""
+        self.state = (BROKEN if not self.ok else RESET if self.reset
+                      else CUT_SHORT if self.cut_short_by
+                      else FLOW_INCOMPLETE if self.incomplete else INTACT)
+        return self.state
+
 
 @dataclass
 class Verdict:
@@ -90,10 +121,54 @@ class Verdict:
     flows: list[FlowVerdict]
     conservation: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    state: str = ""          # PASS | FAIL | INCOMPLETE (see the module docstring)
+    why: str = ""            # one line: the first witness, or what is still missing
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            self.state, self.why = judge(self.ok, self.flows, self.conservation,
+                                         self.notes)
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS[self.state]
+
+    def headline(self) -> dict[str, str]:
+        """``summary["verdict"]``: what every consumer of a run shows."""
+        return {"state": self.state, "why": self.why}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "conservation": self.conservation, "notes": self.notes,
+        return {"ok": self.ok, "state": self.state, "why": self.why,
+                "conservation": self.conservation, "notes": self.notes,
                 "flows": [vars(f) for f in self.flows]}
+
+
+def judge(ok: bool, flows: Sequence[FlowVerdict], conservation: Mapping[str, Any],
+          notes: Sequence[str]) -> tuple[str, str]:
+    """(state, why) of a run from its flows' verdicts and its conservation."""
+    for f in flows:
+        f.judge()
+    if not ok:
+        for f in flows:
+            if not f.ok:
+                return FAIL, f"{f.flow}: {f.problems[0]}"
+        for w in conservation.get("witnesses") or []:
+            return FAIL, f"conservation: {w}"
+        for name, (a, b) in (conservation.get("equations") or {}).items():
+            if a != b:
+                return FAIL, f"conservation: {name}: {a} != {b}"
+        return FAIL, (notes[0] if notes else "the checker found a fault")
+    short = [f for f in flows if f.state == FLOW_INCOMPLETE]
+    if short:
+        flight = conservation.get("in_flight")
+        return INCOMPLETE, (
+            "stopped before every flow ended: "
+            + ", ".join(f"{f.flow} {f.delivered}/{f.expected} bytes" for f in short)
+            + " delivered, an exact prefix so far"
+            + (f"; {flight} frames in flight at the stop" if flight else ""))
+    ended = [f"{f.flow} {f.state}" for f in flows if f.state != INTACT]
+    return PASS, ("every flow delivered exactly" if not ended else
+                  "every byte delivered exactly (" + ", ".join(ended) + ")")
 
 
 def load_deliveries(run_dir: Path) -> tuple[list[Delivery], list[str]]:
@@ -175,13 +250,19 @@ def check_flow(flow: str, flow_id: int, expected: int, records: Sequence[Deliver
             v.fail(f"gap: bytes [{tail[0]}, {tail[1]}) never delivered and no reset "
                    "was reported")
         else:
+            v.incomplete = True
             v.problems.append(f"incomplete: [{tail[0]}, {tail[1]}) not delivered when "
                               "the run ended")
+    v.judge()
     return v
 
 
-def check_conservation(counters: Mapping[str, Any], cpus: Iterable[str]) -> dict[str, Any]:
-    """Frame conservation nic -> cpus -> stack from final counters."""
+def check_conservation(counters: Mapping[str, Any], cpus: Iterable[str], *,
+                       complete: bool = True) -> dict[str, Any]:
+    """Frame conservation nic -> cpus -> stack from final counters. ``complete``: the
+    run ended with its flows (the path was quiet at the snapshots); if not, what one box
+    sent and the next had not yet counted is in flight (snapshots downstream first, so
+    it cannot be negative) and named as such."""
     def role(name: str) -> dict[str, Any]:
         return (counters.get(name) or {}).get("role") or {}
 
@@ -203,8 +284,20 @@ def check_conservation(counters: Mapping[str, Any], cpus: Iterable[str]) -> dict
             cpu_in, cpu_drops + in_rings + cpu_out),
         "frames to stack = tcp_v4_rcv segments + waiting": (cpu_out, stack_in),
     }
+    in_flight: dict[str, int] = {}
+    if not complete:
+        for name in ("nic rx_packets = cpus' frames in",
+                     "frames to stack = tcp_v4_rcv segments + waiting"):
+            sent, got = equations.pop(name)
+            # More arrived than left would be frames from nowhere: no flight explains it.
+            flight = in_flight[name.split(" = ")[0]] = max(0, sent - got)
+            equations[name + " + in flight"] = (sent, got + flight)
     ok = all(a == b for a, b in equations.values())
-    return {"ok": ok, "checked": True, "wire_frames": dmad + int(eth.get("rx_missed_errors", 0)),
+    extra: dict[str, Any] = {}
+    if not complete:
+        extra = {"in_flight": sum(in_flight.values()), "in_flight_by_edge": in_flight}
+    return {"ok": ok, "checked": True, **extra,
+            "wire_frames": dmad + int(eth.get("rx_missed_errors", 0)),
             "rx_missed_errors": int(eth.get("rx_missed_errors", 0)),
             "dropped_in_cpus": cpu_drops, "in_rings": in_rings, "to_stack": cpu_out,
             "tcp_v4_rcv": int(stack.get("segments", 0)),
@@ -468,14 +561,14 @@ def check_run(run_dir: Path, flows: Sequence[tuple[str, int, int]], *,
                         "why": "counters of killed " + ", ".join(sorted(restarted))
                                + " processes died with them"}
     else:
-        conservation = check_conservation(counters, cpus)
+        conservation = check_conservation(counters, cpus, complete=complete_expected)
     ok = all(v.ok for v in verdicts) and conservation["ok"] and not bad and not strangers
     return Verdict(ok, verdicts, conservation, notes)
 
 
 def format_verdict(v: Verdict) -> str:
     """A few lines for the end of a run: the verdict, then a witness per failure."""
-    lines = [f"checker: {'PASS' if v.ok else 'FAIL'}"]
+    lines = [f"checker: {v.state}: {v.why}"]
     for f in v.flows:
         extra = []
         if f.reset:
@@ -489,14 +582,15 @@ def format_verdict(v: Verdict) -> str:
         elif f.reference == "file":
             extra.append(f"checked against the sender's file, {f.expected} bytes, "
                          f"sha256 {f.sha256}")
-        state = "ok" if f.ok else "WRONG"
-        lines.append(f"  {f.flow}: {state}, {f.delivered}/{f.expected} bytes delivered"
+        lines.append(f"  {f.flow}: {f.state}, {f.delivered}/{f.expected} bytes delivered"
                      + (f" ({'; '.join(extra)})" if extra else ""))
         lines.extend(f"    witness: {p}" if not f.ok else f"    note: {p}"
                      for p in f.problems)
     c = v.conservation
     if c.get("checked"):
-        lines.append(f"  conservation: {'ok' if c['ok'] else 'BROKEN'}")
+        flight = (f" ({c['in_flight']} frames in flight at the stop)"
+                  if c.get("in_flight") else "")
+        lines.append(f"  conservation: {'ok' if c['ok'] else 'BROKEN'}{flight}")
         for name, (a, b) in c["equations"].items():
             if a != b:
                 lines.append(f"    witness: {name}: {a} != {b}")
@@ -504,3 +598,19 @@ def format_verdict(v: Verdict) -> str:
         lines.append(f"  conservation: not checked ({c.get('why')})")
     lines.extend(f"  note: {n}" for n in v.notes)
     return "\n".join(lines)
+
+
+def summary_verdict(summary: Mapping[str, Any]) -> dict[str, str]:
+    """A run's one verdict as summary.json holds it, for every consumer (reports, diff,
+    compose); a summary written before ``verdict`` existed falls back to its checker."""
+    v = summary.get("verdict")
+    if isinstance(v, Mapping) and v.get("state") in EXIT_STATUS:
+        return {"state": str(v["state"]), "why": str(v.get("why", ""))}
+    checker = summary.get("checker") or {}
+    ok = bool(checker.get("ok", summary.get("integrity")) and summary.get("integrity", True))
+    return {"state": PASS if ok else FAIL, "why": ""}
+
+
+def flow_state(flow: Mapping[str, Any]) -> str:
+    """A summary flow's state (intact, BROKEN, incomplete, reset, cut short)."""
+    return str(flow.get("verdict") or (INTACT if flow.get("intact") else BROKEN))

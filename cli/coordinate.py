@@ -3,7 +3,8 @@
 The coordinator of a docker-compose run: a :class:`Launcher` for which every actor is
 external. It waits for every ``ready``, starts the traffic, follows the run like
 ``rxpath run`` does, writes ``summary.json`` and ``counters.json`` to the run directory,
-prints the summary as JSON and exits 0 only if every flow arrived intact.
+prints the summary as JSON and exits with the checker's verdict, the run's one verdict
+(as ``rxpath run``: 0 PASS, 1 FAIL, 4 INCOMPLETE; 3 if the actors never came up).
 
 An actor whose container was restarted says ``ready`` again: the coordinator starts its
 link to it afresh and sends it ``start``, so it rejoins the running transfer.
@@ -18,13 +19,14 @@ from typing import Annotated, Any
 
 import typer
 
+from actors.runtime.addressing import LAUNCHER, endpoints_from_topology
+from actors.runtime.curve import keys_for
 from actors.runtime.launcher import ActorStartError, Launcher
 from actors.runtime.supervisor import tell_neighbours
 from actors.scenario import Scenario
 from cli.app import CONFIG_ERROR_EXIT, app
-from cli.checker import format_verdict
 from cli.config import ConfigError, scenario_from_data
-from cli.run import RunState, _absorb, run_checker, summarize
+from cli.run import RunState, _absorb, _final_stats, exit_status, judge_run, summarize
 from protocol import messages as msg
 from protocol.envelope import Envelope
 
@@ -96,7 +98,8 @@ def coordinate_run(topology: dict[str, Any], run_dir: Path, *,
                 reason = "actor_crashed: " + ", ".join(lost)
                 break
         transfer_s = time.monotonic() - traffic_start
-        final = launcher.request_stats(timeout_s=10)
+        # As `rxpath run` takes them: upstream first, downstream first if cut off.
+        final = _final_stats(launcher, sc, readers, downstream_first=reason != "complete")
         state.counters = {**launcher.last_counters, **final}
         rejoined = dict(launcher.rejoined)
         launcher.stop()
@@ -108,10 +111,7 @@ def coordinate_run(topology: dict[str, Any], run_dir: Path, *,
     roles = {n: e["role"] for n, e in topology["actors"].items()}
     state.supervision = {"deaths": [{"actor": n, "role": roles[n]}
                                     for n, times in rejoined.items() for _ in range(times)]}
-    verdict = run_checker(sc, run_dir, state, summary)
-    summary["checker"] = verdict.to_dict()
-    summary["checker_text"] = format_verdict(verdict)
-    summary["integrity"] = bool(summary["integrity"] and verdict.ok)
+    judge_run(sc, run_dir, state, summary)
     (run_dir / "counters.json").write_text(json.dumps(state.counters, indent=2, default=str))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -127,10 +127,14 @@ def coordinate(
         "--ready-timeout", help="Seconds to wait for every actor's ready.")] = 120.0,
 ) -> None:
     """Coordinate actors started elsewhere (containers); exit 0 only if every flow is
-    intact, 1 if not, 3 if the actors never all came up."""
+    intact (PASS), 1 FAIL, 4 INCOMPLETE (stopped before every flow ended, nothing wrong
+    so far), 3 if the actors never all came up, 2 a bad config."""
     try:
         topology = json.loads(config.read_text())
         scenario_of(topology)
+        # Missing or bad keys are a config error, named, before any wait.
+        endpoints = endpoints_from_topology(topology, run_dir)
+        keys_for(topology, LAUNCHER, endpoints, endpoints)
     except (OSError, ValueError, ConfigError) as exc:
         typer.echo(f"rxpath coordinate: {exc}", err=True)
         raise typer.Exit(CONFIG_ERROR_EXIT) from None
@@ -141,6 +145,7 @@ def coordinate(
         raise typer.Exit(NOT_READY_EXIT) from None
     typer.echo(summary["checker_text"], err=True)
     typer.echo(json.dumps({k: summary[k] for k in
-                           ("integrity", "reason", "transfer_s", "rejoined", "flows")},
+                           ("verdict", "integrity", "reason", "transfer_s", "rejoined",
+                            "flows")},
                           default=str))
-    raise typer.Exit(0 if summary["integrity"] else 1)
+    raise typer.Exit(exit_status(summary))

@@ -15,14 +15,18 @@ from typing import Annotated, Any
 import typer
 
 from actors.mib import ALL_NAMES
+from cli import formats
 from cli.app import app, paint
 from cli.options import LATEST_RUN, RunDirArgument
 from cli.stat import load_summary
 
-# The socket fields worth comparing, as ss -tmi names them.
-SOCKET_FIELDS = ("state", "recv_q", "rcv_wnd", "rcv_space", "rcv_ssthresh", "rcv_mss",
-                 "segs_in", "data_segs_in")
-SKMEM_FIELDS = ("r", "rb", "f", "bl", "d")
+# The socket fields worth comparing, under the names ss -tmi prints (label, summary key).
+SOCKET_FIELDS = (("State", "state"), ("Recv-Q", "recv_q"), ("Send-Q", "send_q"),
+                 ("rcvmss", "rcv_mss"), ("bytes_received", "bytes_received"),
+                 ("segs_in", "segs_in"), ("data_segs_in", "data_segs_in"),
+                 ("rcv_space", "rcv_space"), ("rcv_ssthresh", "rcv_ssthresh"),
+                 ("rcv_wnd", "rcv_wnd"))
+SKMEM_FIELDS = ("r", "rb", "t", "tb", "f", "w", "o", "bl", "d")  # all nine, as ss prints
 
 
 def _num(value: Any) -> int | float | None:
@@ -67,7 +71,8 @@ def columns(rows: Iterable[tuple[str, Any, Any]], header: tuple[str, str, str, s
 
 def _ordered(names: Iterable[str]) -> list[str]:
     known = {n: i for i, n in enumerate(ALL_NAMES)}
-    return sorted(set(names), key=lambda n: (known.get(n, len(known)), n))
+    return sorted(set(names) - formats.NSTAT_HIDDEN,
+                  key=lambda n: (known.get(n, len(known)), n))
 
 
 def counter_rows(a: Mapping[str, Any], b: Mapping[str, Any], *, zeros: bool = False,
@@ -96,9 +101,10 @@ def socket_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]
     out = []
     for key in dict.fromkeys([*by_a, *by_b]):
         sa, sb = by_a.get(key, {}), by_b.get(key, {})
-        rows: list[tuple[str, Any, Any]] = [(f, sa.get(f), sb.get(f)) for f in SOCKET_FIELDS]
+        rows: list[tuple[str, Any, Any]] = [(label, sa.get(k), sb.get(k))
+                                            for label, k in SOCKET_FIELDS]
         ma, mb = sa.get("skmem") or {}, sb.get("skmem") or {}
-        rows += [(f"skmem.{f}", ma.get(f), mb.get(f)) for f in SKMEM_FIELDS]
+        rows += [(f"skmem:{f}", ma.get(f), mb.get(f)) for f in SKMEM_FIELDS]
         out.append((key, rows))
     return out
 
@@ -154,8 +160,9 @@ def render_diff(run_a: Path, a: dict[str, Any], run_b: Path, b: dict[str, Any], 
     drops = counter_rows(a.get("drops", {}), b.get("drops", {}), changed_only=changed_only,
                          order=False)
     if drops:
-        lines += ["", "#drops by reason (SKB_DROP_REASON_*)"]
-        lines += columns(sorted(drops), ("reason", "A", "B", "delta"))
+        lines += ["", "#drops (SKB_DROP_REASON_*)"]
+        lines += columns([(f"SKB_DROP_REASON_{r}", x, y) for r, x, y in sorted(drops)],
+                         ("reason", "A", "B", "delta"))
     nic = counter_rows(a.get("nic", {}), b.get("nic", {}), zeros=all_counters,
                        changed_only=changed_only, order=False)
     if nic:
@@ -163,10 +170,10 @@ def render_diff(run_a: Path, a: dict[str, Any], run_b: Path, b: dict[str, Any], 
         lines += columns(nic, ("statistic", "A", "B", "delta"))
     soft_a, soft_b = a.get("softnet_stat", {}), b.get("softnet_stat", {})
     soft: list[tuple[str, Any, Any]] = []
-    # softnet_stat columns: processed, dropped, time_squeeze (the kernel's first three).
+    # softnet_stat's first three columns, under the kernel's names.
     for cpu in dict.fromkeys([*soft_a, *soft_b]):
         ca, cb = list(soft_a.get(cpu) or []), list(soft_b.get(cpu) or [])
-        for i, name in enumerate(("processed", "dropped", "time_squeeze")):
+        for i, name in enumerate(formats.SOFTNET_COLUMNS[:3]):
             x = int(ca[i]) if i < len(ca) else None
             y = int(cb[i]) if i < len(cb) else None
             if (all_counters or x or y) and not (changed_only and x == y):
@@ -190,7 +197,8 @@ def diff(
     run_a: Annotated[Path, typer.Argument(metavar="RUN_A", help="The first run directory.")],
     run_b: RunDirArgument = LATEST_RUN,
     all_counters: Annotated[bool, typer.Option(
-        "-a", "--all", help="Counters that are zero in both runs too.")] = False,
+        "-z", "--zeros", "-a", "--all", help="Counters that are zero in both runs too "
+        "(nstat's -z; -a/--all is kept as another name).")] = False,
     changed: Annotated[bool, typer.Option(
         "--changed", help="Only what differs between the two runs.")] = False,
     json_out: Annotated[bool, typer.Option(

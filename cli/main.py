@@ -52,14 +52,15 @@ COMMANDS: dict[str, CommandHelp] = {
         "rxpath chaos configs/backlog-drop.toml --kill stack --set duration=30")),
     "stat": CommandHelp("Counters of a run as nstat prints them.", (
         "rxpath stat",
-        "rxpath stat runs/latest -a",
-        "rxpath stat --drops")),
+        "rxpath stat runs/latest -z --json",
+        "rxpath stat --drops --stack",
+        "rxpath stat --all-groups")),
     "ss": CommandHelp("Sockets of a run as ss -tmi shows them.", (
         "rxpath ss",
         "rxpath ss runs/20250101-120000 --json")),
     "diff": CommandHelp("Two runs side by side: counters with deltas, sockets, verdicts.", (
         "rxpath diff runs/ll0 runs/ll1",
-        "rxpath diff runs/legacy runs/modern --all")),
+        "rxpath diff runs/legacy runs/modern --zeros")),
     "explain": CommandHelp("One segment's path through a run, from the wire to its fate.", (
         "rxpath explain --flow f1 --seq 1",
         "rxpath explain runs/latest --flow f1 --offset 65536",

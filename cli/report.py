@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from actors.mib import ALL_NAMES
+from cli import formats
+from cli.checker import flow_state, summary_verdict
 
 # The sender's stats shown per flow: segments it retransmitted, ACKs it got carrying SACK
 # blocks and DSACK blocks, and zero-window probes it sent.
@@ -16,44 +17,34 @@ _SENDER_COLUMNS = ("segments_retransmitted", "sacks", "dsacks", "probes")
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
     """Left-aligned text columns, numbers right-aligned."""
-    allrows: list[Sequence[str]] = ([header] if header else []) + list(rows)
-    if not allrows:
-        return ""
-    widths = [max(len(r[i]) for r in allrows) for i in range(len(allrows[0]))]
-    out = []
-    for r in allrows:
-        cells = [c.rjust(w) if c.replace(".", "").replace("-", "").isdigit() else c.ljust(w)
-                 for c, w in zip(r, widths, strict=True)]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
+    return "\n".join(formats.columns(rows, header))
 
 
-def print_summary(s: dict[str, Any], *, all_counters: bool = False) -> None:
+def print_summary(s: dict[str, Any], *, zeros: bool = False) -> None:
+    """The end-of-run summary: each group in its real tool's format (cli/formats.py),
+    then rxpath's own tables (sender, readers, flows) and the verdict."""
     echo = typer.echo
-    nstat = s["nstat"]
-    names = [n for n in ALL_NAMES if all_counters or nstat.get(n)]
-    echo("\n#kernel counters (nstat)")
-    echo(table([(n, str(nstat.get(n, 0))) for n in names]))
+    echo("")
+    echo("\n".join(formats.nstat_lines(s["nstat"], zeros=zeros)))
     if s.get("drops"):
-        echo("\n#drops by reason (SKB_DROP_REASON_*)")
-        echo(table([(k, str(v)) for k, v in sorted(s["drops"].items())]))
-    nic = {k: v for k, v in s.get("nic", {}).items() if all_counters or v}
-    if nic:
+        echo("\n#drops (SKB_DROP_REASON_*, segments, the counter that drop site moves)")
+        echo("\n".join(formats.drop_lines(s["drops"], s.get("profile"))))
+    if s.get("nic"):
         echo("\n#NIC statistics (ethtool -S)")
-        echo(table([(k, str(v)) for k, v in nic.items()]))
-    echo("\n#/proc/net/softnet_stat (hex columns as the kernel prints them)")
-    for cpu, cols in s.get("softnet_stat", {}).items():
-        echo(f"{cpu}: " + " ".join(f"{int(v):08x}" for v in cols))
+        echo("\n".join(formats.ethtool_lines(s["nic"])))
+    softnet = s.get("softnet_stat") or {}
+    if softnet:
+        echo("\n#/proc/net/softnet_stat")
+        echo("\n".join(formats.softnet_lines(softnet)))
+        echo("\n#softnet_stat decoded")
+        echo("\n".join(formats.softnet_decoded(softnet)))
+    if s.get("stack"):
+        # Figures the scenario comments point to that Linux has no counter for.
+        echo("\n#stack (rxpath's own counters: Linux has no MIB for these)")
+        echo("\n".join(formats.counter_lines(s["stack"])))
     if s.get("sockets"):
         echo("\n#sockets (ss -tmi)")
-        rows = []
-        for sk in s["sockets"]:
-            m = sk["skmem"]
-            rows.append((sk["state"], sk["peer"], str(sk["recv_q"]),
-                         f"skmem:(r{m['r']},rb{m['rb']},f{m['f']},bl{m['bl']},d{m['d']})",
-                         f"rcv_wnd:{sk['rcv_wnd']}", f"rcv_space:{sk['rcv_space']}",
-                         f"rcv_mss:{sk['rcv_mss']}"))
-        echo(table(rows, ("State", "Peer", "Recv-Q", "skmem", "window", "space", "mss")))
+        echo("\n".join(formats.ss_lines(s["sockets"])))
     senders = [(f["flow"], f["sender"]) for f in s["flows"]
                 if (f.get("sender") or {}).get("kind")]
     if senders:
@@ -79,7 +70,7 @@ def print_summary(s: dict[str, Any], *, all_counters: bool = False) -> None:
     echo("\n#flows (retrans, sacks, dsacks, probes: as the sender counted them)")
     rows = []
     for f in s["flows"]:
-        verdict = "intact" if f["intact"] else "BROKEN"
+        verdict = flow_state(f)  # the checker's, as summary.json holds it
         snd = f.get("sender") or {}
         rows.append((f["flow"], str(f["bytes"]), str(f["received"]), str(f["bad_chunks"]),
                      "yes" if f["eof"] else "no",
@@ -87,8 +78,9 @@ def print_summary(s: dict[str, Any], *, all_counters: bool = False) -> None:
                      ",".join(f["readers"]), verdict))
     echo(table(rows, ("flow", "sent", "received", "bad", "eof", "retrans", "sacks", "dsacks",
                       "probes", "readers", "verdict")))
-    echo(f"\nstopped: {s['reason']} after {s['elapsed_s']} s; "
-         f"integrity {'holds' if s['integrity'] else 'BROKEN'}")
+    v = summary_verdict(s)
+    echo(f"\nstopped: {s['reason']} after {s['elapsed_s']} s; verdict {v['state']}"
+         + (f": {v['why']}" if v["why"] else ""))
     for e in s.get("errors", []):
         echo(f"error: {e}")
 

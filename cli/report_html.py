@@ -3,6 +3,12 @@
 Everything is inline (SVG drawn here, CSS in a ``<style>``, no script, nothing fetched):
 the page opens from a file anywhere.  Plots come from the run's own records:
 
+- per flow, a time-sequence graph (tcptrace's / Wireshark's Stevens graph) of what reached
+  the stack: data segments as bars (in order, out of order, retransmitted), the ACK line
+  and the advertised window's right edge, SACK and D-SACK blocks, drops by reason, and the
+  zero-window periods shaded; with a zoom on the first retransmission or drop;
+- per flow, the peer's sender state (cwnd, ssthresh, packets in flight, srtt), one panel
+  each;
 - socket queues (backlog, prequeue, out-of-order) and the receive queue against the
   advertised window, per flow, from the stack's trace counters;
 - RX ring occupancy per queue (nic descriptors in use, frames waiting for NAPI);
@@ -11,16 +17,20 @@ the page opens from a file anywhere.  Plots come from the run's own records:
 - busy time per actor (from the final counters) and utilisation over time;
 
 then the tables ``rxpath run`` prints (nstat, drops, ethtool -S, softnet_stat, ss, flows),
-from the same summary data.
+from the same summary data.  Series that could hide each other get panels of their own
+(small multiples on one time axis), and every time plot marks on its axis the drops (from
+the actors' drop instants) and the kills and restarts (the supervisor's events in
+``summary.json``).
 """
 
 from __future__ import annotations
 
+import bisect
 import html
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,8 +40,16 @@ import typer
 from actors.mib import ALL_NAMES
 from actors.stack.net import DROP_REASONS
 from cli.app import app
+from cli.checker import PASS, flow_state, summary_verdict
 from cli.options import LATEST_RUN, RunDirArgument
-from cli.trace import ActorFile, TraceError, actor_order, read_run, split_counter
+from cli.trace import (
+    ActorFile,
+    TraceError,
+    actor_order,
+    read_run,
+    split_counter,
+    supervision_marks,
+)
 
 REPORT_FILE = "report.html"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -60,6 +78,8 @@ class RunData:
     actors: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     trace_note: str = ""
+    pictures: dict[str, FlowPicture] = field(default_factory=dict)  # flow -> its seq graph
+    marks: list[TimeMark] = field(default_factory=list)  # drops, kills, restarts
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -84,6 +104,7 @@ def load_run(run_dir: Path) -> RunData:
         files = []
     data.actors = actor_order(files) if files else sorted(data.counters)
     data.samples, data.duration_s = counter_samples(files)
+    data.pictures, data.marks = picture_data(files, summary, data.scenario, data.duration_s)
     return data
 
 
@@ -291,8 +312,10 @@ def _esc(text: object) -> str:
 
 
 def line_chart(title: str, series: list[Series], *, y_label: str, x_end: float | None = None,
-               width: int = 900, height: int = 260, step: bool = True) -> str:
-    """An SVG line chart of sample-and-hold series over time (seconds)."""
+               width: int = 900, height: int = 260, step: bool = True,
+               marks: Sequence[TimeMark] = ()) -> str:
+    """An SVG line chart of sample-and-hold series over time (seconds); ``marks`` (drops,
+    kills, restarts) go on its time axis."""
     series = [s for s in series if s.points]
     npoints = sum(len(s.points) for s in series)
     if not series:
@@ -359,6 +382,8 @@ def line_chart(title: str, series: list[Series], *, y_label: str, x_end: float |
         ly = 38 + (i // 3) * 15
         parts.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
                      f'<text x="{lx + 14}" y="{ly}" class="legend">{_esc(s.label)}</text>')
+    if marks:
+        parts.append(_marks_svg(marks, sx, x1, mt + ph, mt)[0])
     parts.append("</svg>")
     return "".join(parts)
 
@@ -398,6 +423,445 @@ def _empty_plot(title: str, why: str) -> str:
             f'</text><text x="10" y="38" class="tick">{_esc(why)}</text></svg>')
 
 
+# --- time-sequence graphs: what each flow's segments and ACKs did ----------------------------
+
+SEQ_MASK = 0xFFFFFFFF
+# Data segment classes of the time-sequence graph: (key, legend, colour).
+SEGMENT_KINDS = (("new", "data segment, in order", "#1f77b4"),
+                 ("ofo", "data segment, out of order (to the ofo queue)", "#17becf"),
+                 ("retrans", "retransmission (bytes received or lost before)", "#d62728"))
+DROP_COLORS = ("#000000", "#8c564b", "#ff7f0e", "#7f7f7f", "#6a3d9a", "#b15928")
+MARK_COLORS = {"drop": "#d62728", "died": "#000000", "restart": "#2ca02c", "hung": "#8c564b"}
+
+
+@dataclass
+class TimeMark:
+    """A moment on the run's time axis: a drop (with its reason), a kill or a restart."""
+
+    t: float
+    kind: str  # "drop", "died", "restart", "hung"
+    label: str
+    flow: str | None = None  # the flow a drop belongs to, when known
+
+
+@dataclass
+class FlowPicture:
+    """One flow's time-sequence data, in seconds since the run start and stream offsets
+    (bytes after the SYN), as the stack saw it."""
+
+    flow: str
+    segments: list[tuple[float, int, int, str]] = field(default_factory=list)  # t, off, len, kind
+    drops: list[tuple[float, int, int, str]] = field(default_factory=list)  # t, off, len, reason
+    acks: list[tuple[float, float]] = field(default_factory=list)  # t, ACK number
+    edges: list[tuple[float, float]] = field(default_factory=list)  # t, ack + window
+    sacks: list[tuple[float, int, int, bool]] = field(default_factory=list)  # t, l, r, D-SACK
+    zero_windows: list[tuple[float, float]] = field(default_factory=list)  # from, to
+
+
+def run_t0(files: Sequence[ActorFile]) -> int | None:
+    """The run start in ns (the launcher's start; else the earliest record)."""
+    starts = [af.t0_ns for af in files if af.t0_ns is not None]
+    firsts = [rec[1] for af in files for rec in af.records[:1]]
+    return min(starts + firsts) if starts or firsts else None
+
+
+def picture_data(files: Sequence[ActorFile], summary: dict[str, Any], scenario: dict[str, Any],
+                 duration_s: float) -> tuple[dict[str, FlowPicture], list[TimeMark]]:
+    """Every flow's time-sequence data and the run's time marks, from the trace records
+    (the stack's tcp_v4_rcv slices, ACK samples, SACK and drop instants; the other
+    actors' drop instants) and the supervisor's events in the summary."""
+    t0 = run_t0(files)
+    pics: dict[str, FlowPicture] = {}
+    marks: list[TimeMark] = []
+    if t0 is None:
+        return pics, marks
+
+    def pic(flow: str) -> FlowPicture:
+        p = pics.get(flow)
+        if p is None:
+            p = pics[flow] = FlowPicture(flow)
+        return p
+
+    base: dict[str, int] = {}  # flow -> sequence number of stream offset 0
+    sport_flow = {f.get("sport"): f.get("name") for f in scenario.get("flows") or []}
+    wire_drops: list[tuple[float, dict[str, Any], str]] = []
+    for af in sorted(files, key=lambda f: f.role != "stack"):  # the stack first: bases
+        stack = af.role == "stack"
+        for rec in af.records:
+            kind = rec[0]
+            if stack and kind == "X" and len(rec) > 5 and rec[4] == "tcp_v4_rcv":
+                args = rec[5]
+                if not isinstance(args, dict) or "offset" not in args or "flow" not in args:
+                    continue
+                flow, off, n = args["flow"], int(args["offset"]), int(args.get("len") or 0)
+                base.setdefault(flow, (int(args["seq"]) - off) & SEQ_MASK)
+                t = (rec[1] + rec[2] - t0) / 1e9
+                p = pic(flow)
+                to = str(args.get("to", ""))
+                if to.startswith("drop:"):
+                    continue  # its drop instant marks it (drops in process context too)
+                p.segments.append((t, off, n, "ofo" if to == "ofo_queue" else "new"))
+            elif stack and kind == "C" and len(rec) > 3 and isinstance(rec[3], dict):
+                values = rec[3]
+                if "ACK/byte offset" in values:
+                    t = (rec[1] - t0) / 1e9
+                    p = pic(str(rec[2]))
+                    ack, edge = values["ACK/byte offset"], values["window edge/byte offset"]
+                    p.acks.append((t, float(ack)))
+                    p.edges.append((t, float(edge)))
+            elif kind == "i" and len(rec) > 4:
+                name, args = str(rec[3]), rec[4] if isinstance(rec[4], dict) else {}
+                t = (rec[1] - t0) / 1e9
+                if name == "SACK" and stack:
+                    ack = int(args.get("ack", 0))
+                    blocks = args.get("blocks") or []
+                    for i, (left, right) in enumerate(blocks):
+                        # RFC 2883: a first block below the ACK, or inside the second, is a D-SACK.
+                        dsack = i == 0 and (right <= ack or (
+                            len(blocks) > 1 and blocks[1][0] <= left and right <= blocks[1][1]))
+                        pic(str(args.get("flow"))).sacks.append((t, left, right, dsack))
+                elif name.startswith("drop: "):
+                    flow = args.get("flow") or sport_flow.get(args.get("sport"))
+                    marks.append(TimeMark(t, "drop", f"{af.name}: {name[6:]}",
+                                          str(flow) if flow else None))
+                    if af.role == "peer" and "seq" in args:
+                        wire_drops.append((t, args, name[6:]))
+                    elif stack and flow and "offset" in args:
+                        pic(str(flow)).drops.append(
+                            (t, int(args["offset"]), int(args.get("len") or 0), name[6:]))
+    for t, args, reason in wire_drops:  # lost on the wire: placed by the stack's ISN
+        flow = sport_flow.get(args.get("sport"))
+        if flow in base:
+            off = (int(args["seq"]) - base[flow]) & SEQ_MASK
+            pic(flow).drops.append((t, off, int(args.get("len") or 0), reason))
+    for p in pics.values():
+        p.drops.sort()
+        p.segments = mark_retransmissions(p.segments, p.drops)
+        p.zero_windows = zero_window_periods(p.acks, p.edges, duration_s)
+    for ts_ns, name, _args in supervision_marks(summary):
+        kind = ("restart" if name.endswith("restarted") else
+                "hung" if name.endswith("hung") else "died")
+        marks.append(TimeMark((ts_ns - t0) / 1e9, kind, name))
+    marks.sort(key=lambda m: m.t)
+    return pics, marks
+
+
+class ByteRanges:
+    """Disjoint half-open byte ranges, merged as they are added."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        i = bisect.bisect_right(self.starts, lo) - 1
+        if i >= 0 and self.ends[i] > lo:
+            return True
+        return i + 1 < len(self.starts) and self.starts[i + 1] < hi
+
+    def add(self, lo: int, hi: int) -> None:
+        i = bisect.bisect_left(self.ends, lo)  # the first range that ends at or after lo
+        j = bisect.bisect_right(self.starts, hi)  # past the last that starts at or before hi
+        if i < j:
+            lo, hi = min(lo, self.starts[i]), max(hi, self.ends[j - 1])
+        self.starts[i:j] = [lo]
+        self.ends[i:j] = [hi]
+
+
+def mark_retransmissions(segments: list[tuple[float, int, int, str]],
+                         drops: list[tuple[float, int, int, str]]
+                         ) -> list[tuple[float, int, int, str]]:
+    """Segments whose bytes had reached the stack, or been lost on the wire, before:
+    sent again (without the drops the receiver could not tell a retransmission filling
+    a hole from a reordered original)."""
+    sent = ByteRanges()
+    events = sorted([(t, 0, o, n, "") for t, o, n, _ in drops]
+                    + [(t, 1, o, n, k) for t, o, n, k in segments])
+    out = []
+    for t, is_seg, o, n, kind in events:
+        if is_seg:
+            out.append((t, o, n, "retrans" if n and sent.overlaps(o, o + n) else kind))
+        if n:
+            sent.add(o, o + n)
+    return out
+
+
+def zero_window_periods(acks: list[tuple[float, float]], edges: list[tuple[float, float]],
+                        end: float) -> list[tuple[float, float]]:
+    """When the advertised window was zero: from an ACK whose window edge is its ACK
+    number to the next ACK that opens it (or the end of the run)."""
+    out: list[tuple[float, float]] = []
+    since: float | None = None
+    for (t, ack), (_, edge) in zip(acks, edges, strict=True):
+        closed = edge <= ack
+        if closed and since is None:
+            since = t
+        elif not closed and since is not None:
+            out.append((since, t))
+            since = None
+    if since is not None:
+        out.append((since, max(end, since)))
+    return out
+
+
+def sender_series(data: RunData, flow: str) -> list[tuple[str, Series, str]]:
+    """The peer's sender state of one flow: (title, series, unit) per panel."""
+    want = (("cwnd", "segments", "congestion window (cwnd)", "segments", 1.0),
+            ("ssthresh", "segments", "slow-start threshold (ssthresh)", "segments", 1.0),
+            ("in flight", "segments", "packets in flight", "segments", 1.0),
+            ("srtt", "us", "smoothed RTT (srtt)", "ms", 1e-3))
+    out = []
+    for track, unit, label, shown, scale in want:
+        pts = data.samples.get(("peer", f"{flow} {track}", unit))
+        if pts:
+            out.append((label, Series(label, [(t, v * scale) for t, v in pts]), shown))
+    return out
+
+
+def _marks_svg(marks: Sequence[TimeMark], sx: Callable[[float], float], x_hi: float,
+               y_axis: float, y_top: float) -> tuple[str, int]:
+    """Drops, kills and restarts on a plot's time axis: a short tick per drop (one per
+    pixel column, the count in its tooltip), a dashed line across the plot per death or
+    restart. Returns the SVG and the number of marks drawn."""
+    parts: list[str] = []
+    drops: dict[int, list[str]] = defaultdict(list)
+    n = 0
+    for m in marks:
+        if m.t < 0 or m.t > x_hi:
+            continue
+        x = sx(m.t)
+        if m.kind == "drop":
+            drops[round(x)].append(m.label)
+            continue
+        color = MARK_COLORS.get(m.kind, "#000")
+        parts.append(f'<g class="mark {m.kind}"><line x1="{x:.1f}" x2="{x:.1f}" y1="{y_top}" '
+                     f'y2="{y_axis}" stroke="{color}" stroke-dasharray="4 3"/>'
+                     f'<path d="M{x:.1f} {y_axis}l-4 7h8z" fill="{color}"/>'
+                     f'<title>{_esc(m.label)} at {m.t:.3f} s</title></g>')
+        n += 1
+    for col, labels in sorted(drops.items()):
+        reasons: dict[str, int] = defaultdict(int)
+        for label in labels:
+            reasons[label] += 1
+        tip = "; ".join(f"{r} x{c}" for r, c in sorted(reasons.items()))
+        parts.append(f'<line class="mark drop" x1="{col}" x2="{col}" y1="{y_axis - 7:.1f}" '
+                     f'y2="{y_axis:.1f}" stroke="{MARK_COLORS["drop"]}" stroke-width="1.5">'
+                     f'<title>{len(labels)} dropped: {_esc(tip)}</title></line>')
+        n += 1
+    return "".join(parts), n
+
+
+def marks_legend(marks: Sequence[TimeMark]) -> str:
+    """What the time-axis marks mean (under the plots that carry them)."""
+    kinds = {m.kind for m in marks}
+    if not kinds:
+        return ""
+    words = {"drop": "red tick on the time axis: frames or segments dropped there (tooltip: "
+                     "where and why)",
+             "died": "black dashed line: an actor died (killed)",
+             "restart": "green dashed line: an actor restarted",
+             "hung": "brown dashed line: an actor went silent (hung)"}
+    return ('<p class="note">' + "; ".join(words[k] for k in ("drop", "died", "restart", "hung")
+                                         if k in kinds) + ".</p>")
+
+
+def clip_picture(p: FlowPicture, a: float, b: float) -> FlowPicture:
+    """The part of a flow's picture between times ``a`` and ``b`` (the ACK and window
+    lines start with the value they held at ``a``)."""
+    def steps(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        before = [q for q in pts if q[0] < a]
+        inside = [q for q in pts if a <= q[0] <= b]
+        return ([(a, before[-1][1])] if before else []) + inside
+    return FlowPicture(
+        p.flow, [q for q in p.segments if a <= q[0] <= b], [q for q in p.drops if a <= q[0] <= b],
+        steps(p.acks), steps(p.edges), [q for q in p.sacks if a <= q[0] <= b],
+        [(max(a, u), min(b, v)) for u, v in p.zero_windows if v >= a and u <= b])
+
+
+def detail_window(p: FlowPicture, around: int = 60) -> tuple[float, float] | None:
+    """A time window of about ``2 * around`` segments around the flow's first
+    retransmission or drop at the stack (where a time-sequence graph is worth a zoom)."""
+    firsts = [t for t, *_ in p.drops[:1]] + [t for t, _, _, k in p.segments if k == "retrans"][:1]
+    if not firsts or len(p.segments) < 2:
+        return None
+    t = min(firsts)
+    times = [q[0] for q in p.segments]
+    i = min(range(len(times)), key=lambda j: abs(times[j] - t))
+    a, b = times[max(0, i - around)], times[min(len(times) - 1, i + around)]
+    return (a, b) if b > a else None
+
+
+def seq_chart(title: str, p: FlowPicture, *, x_end: float | None = None,
+              marks: Sequence[TimeMark] = (), width: int = 900, height: int = 380,
+              window: tuple[float, float] | None = None) -> str:
+    """A time-sequence (Stevens) graph of one flow, as tcptrace draws it: stream offset
+    against time; each data segment a vertical bar from its first to its last byte; the
+    ACK line and the advertised window's right edge as steps; SACK blocks as bars at
+    their ACK's time; drops as crosses; zero-window periods shaded. ``window`` (a, b)
+    zooms on that time span, the offsets on what it shows."""
+    x0 = 0.0
+    if window is not None:
+        x0, x_end = window
+        p = clip_picture(p, x0, x_end)
+        marks = [m for m in marks if x0 <= m.t <= x_end]
+    if not (p.segments or p.acks or p.drops):
+        return _empty_plot(title, "no segments of this flow were traced")
+    counts: dict[str, int] = defaultdict(int)
+    for _, _, _, k in p.segments:
+        counts[k] += 1
+    drop_reasons: dict[str, int] = defaultdict(int)
+    for _, _, _, r in p.drops:
+        drop_reasons[r] += 1
+    legend: list[tuple[str, str]] = [(c, f"{label} ({counts[k]})")
+                                     for k, label, c in SEGMENT_KINDS if counts[k]]
+    if p.acks:
+        legend.append(("#2ca02c", "ACK line (ACK number sent)"))
+        legend.append(("#bcbd22", "window edge (ACK + advertised window)"))
+    nsack = sum(1 for s in p.sacks if not s[3])
+    ndsack = len(p.sacks) - nsack
+    if nsack:
+        legend.append(("#9467bd", f"SACK block ({nsack})"))
+    if ndsack:
+        legend.append(("#e377c2", f"D-SACK block ({ndsack})"))
+    if p.zero_windows:
+        legend.append(("#fdae6b", f"zero window advertised ({len(p.zero_windows)} periods)"))
+    reason_color = {r: DROP_COLORS[i % len(DROP_COLORS)]
+                    for i, r in enumerate(sorted(drop_reasons))}
+    legend += [(reason_color[r], f"dropped: {r} ({n})") for r, n in sorted(drop_reasons.items())]
+    legend_rows = (len(legend) + 1) // 2
+    ml, mr, mb = 70, 16, 40
+    mt = 28 + 15 * legend_rows
+    height += 15 * legend_rows
+    pw, ph = width - ml - mr, height - mt - mb
+    times = [s[0] for s in p.segments] + [a[0] for a in p.acks] + [d[0] for d in p.drops]
+    x1 = max(max(times), x_end or 0.0) or 1.0
+    if x1 <= x0:
+        x1 = x0 + 1e-6
+    y_hi = float(max([s[1] + s[2] for s in p.segments] + [e[1] for e in p.edges]
+                     + [d[1] + d[2] for d in p.drops] + [1]))
+    y_lo = 0.0
+    if window is not None:  # the offsets the data shows; the window edge may leave the top
+        y_lo = float(min([s[1] for s in p.segments] + [a[1] for a in p.acks]
+                         + [d[1] for d in p.drops]))
+        y_hi = float(max([s[1] + s[2] for s in p.segments] + [a[1] for a in p.acks]
+                         + [d[1] + d[2] for d in p.drops] + [r for _, _, r, _ in p.sacks]))
+        y_hi += (y_hi - y_lo) * 0.1
+        p = FlowPicture(p.flow, p.segments, p.drops, p.acks,
+                        [(t, min(e, y_hi)) for t, e in p.edges], p.sacks, p.zero_windows)
+    yt = [v for v in nice_ticks(y_lo, y_hi) if v >= y_lo]
+    y_hi = max(y_hi, yt[-1]) if yt else y_hi
+    if y_hi <= y_lo:
+        y_hi = y_lo + 1
+
+    def sx(x: float) -> float:
+        return ml + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return mt + ph - (y - y_lo) / (y_hi - y_lo) * ph
+
+    nmarks = len(p.segments) + len(p.acks) + len(p.sacks) + len(p.drops) + len(p.zero_windows)
+    parts = [f'<svg class="plot seq" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" data-series="{len(legend)}" '
+             f'data-points="{nmarks}" data-segments="{len(p.segments)}" '
+             f'data-acks="{len(p.acks)}" data-sacks="{len(p.sacks)}" '
+             f'data-drops="{len(p.drops)}" data-zero-windows="{len(p.zero_windows)}" '
+             f'role="img" aria-label="{_esc(title)}">',
+             f'<text x="{ml}" y="18" class="title">{_esc(title)}</text>',
+             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>']
+    for v in yt:
+        y = sy(v)
+        parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                     f'<text x="{ml - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
+                     f'{fmt_value(v)}</text>')
+    for v in nice_ticks(x0, x1, 8):
+        if x0 <= v <= x1:
+            x = sx(v)
+            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" '
+                         f'class="grid"/><text x="{x:.1f}" y="{mt + ph + 16}" class="tick" '
+                         f'text-anchor="middle">{v:g}</text>')
+    parts.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" class="axis" '
+                 f'text-anchor="middle">time since start (s)</text>'
+                 f'<text x="14" y="{mt + ph / 2:.0f}" class="axis" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {mt + ph / 2:.0f})">stream offset (bytes)</text>')
+    for a, b in p.zero_windows:  # shaded first: everything else draws over it
+        xa = sx(a)
+        parts.append(f'<rect class="zero-window" x="{xa:.1f}" y="{mt}" '
+                     f'width="{max(1.5, sx(b) - xa):.1f}" height="{ph}" fill="#fdae6b" '
+                     f'fill-opacity="0.45"><title>zero window from {a:.3f} s to {b:.3f} s'
+                     f'</title></rect>')
+
+    def bars(items: Iterable[tuple[float, float, float]], color: str, cls: str,
+             dx: float = 0.0, w: float = 1.2) -> None:
+        d = []
+        for t, lo, hi in items:
+            y_lo, y_top = sy(lo), sy(hi)
+            if y_lo - y_top < 1.5:  # a segment is often thinner than a pixel
+                y_top = y_lo - 1.5
+            d.append(f"M{sx(t) + dx:.1f} {y_lo:.1f}V{y_top:.1f}")
+        if d:
+            parts.append(f'<path class="{cls}" d="{"".join(d)}" stroke="{color}" '
+                         f'stroke-width="{w}" fill="none"/>')
+
+    for k, _label, color in SEGMENT_KINDS:
+        bars(((t, o, o + n) for t, o, n, kind in p.segments if kind == k), color, f"seg {k}")
+    for color, dsack in (("#9467bd", False), ("#e377c2", True)):
+        bars(((t, lo, hi) for t, lo, hi, d in p.sacks if d == dsack), color,
+             "dsack" if dsack else "sack", dx=2.0, w=2.0)
+    for pts, color, cls in ((p.edges, "#bcbd22", "window-edge"), (p.acks, "#2ca02c", "ack")):
+        if not pts:
+            continue
+        coords: list[str] = []
+        prev: float | None = None
+        for x, y in reduce_points(pts, x0, x1, pw):
+            if prev is not None:
+                coords.append(f"{sx(x):.1f},{sy(prev):.1f}")
+            coords.append(f"{sx(x):.1f},{sy(y):.1f}")
+            prev = y
+        parts.append(f'<polyline class="{cls}" fill="none" stroke="{color}" stroke-width="1.2" '
+                     f'points="{" ".join(coords)}"/>')
+    for reason, color in reason_color.items():
+        d = []
+        for t, o, n, r in p.drops:
+            if r == reason:
+                x, y = sx(t), sy(o + n / 2)
+                d.append(f"M{x - 3:.1f} {y - 3:.1f}l6 6m0 -6l-6 6")
+        parts.append(f'<path class="drop" d="{"".join(d)}" stroke="{color}" stroke-width="1.5"'
+                     f' fill="none"><title>dropped: {_esc(reason)}</title></path>')
+    strip, _ = _marks_svg(marks, sx, x1, mt + ph, mt)
+    parts.append(strip)
+    for i, (color, label) in enumerate(legend):
+        lx = ml + (i % 2) * 420
+        ly = 38 + (i // 2) * 15
+        parts.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{lx + 14}" y="{ly}" class="legend">{_esc(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def small_multiples(heading: str, series: list[Series], *, y_label: str,
+                    x_end: float | None, marks: Sequence[TimeMark] = (),
+                    prefix: str = "", step: bool = True) -> str:
+    """One small panel per series under a heading, on the same time axis, so that no
+    series hides another; one empty plot saying so when there is none."""
+    series = [s for s in series if s.points]
+    if not series:
+        return line_chart(heading, [], y_label=y_label)
+    return (f'<h3>{_esc(heading)}</h3>' + "".join(
+        line_chart(f"{prefix}{s.label}", [s], y_label=y_label, x_end=x_end, height=140,
+                   step=step, marks=marks) for s in series))
+
+
+def sender_panels(data: RunData, flow: str, *, x_end: float | None,
+                  marks: Sequence[TimeMark]) -> list[str]:
+    """Small multiples of the peer's sender state of one flow: one panel per track, so
+    that none hides another."""
+    panels = sender_series(data, flow)
+    if not panels:
+        return [_empty_plot(f"{flow}: sender state", "the peer recorded no sender samples")]
+    return [line_chart(f"{flow}: {label}", [series], y_label=unit, x_end=x_end, height=150,
+                       marks=marks) for label, series, unit in panels]
+
+
 # --- tables ----------------------------------------------------------------------------------
 
 
@@ -424,7 +888,7 @@ def tables(data: RunData) -> list[tuple[str, str]]:
         snd = f.get("sender") or {}
         rows.append((f["flow"], f["bytes"], f["received"], f["bad_chunks"],
                      "yes" if f["eof"] else "no", snd.get("segments_retransmitted", ""),
-                     ",".join(f["readers"]), "intact" if f["intact"] else "BROKEN"))
+                     ",".join(f["readers"]), flow_state(f)))
     out.append(("Flows", html_table(rows, ("flow", "sent", "received", "bad", "eof",
                                            "retransmitted", "readers", "verdict"))))
     nstat = s.get("nstat") or {}
@@ -469,6 +933,7 @@ def tables(data: RunData) -> list[tuple[str, str]]:
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:960px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+h3{font-size:14px;margin:14px 0 0}
 svg.plot{display:block;margin:10px 0;background:#fff}
 .title{font-size:13px;font-weight:600}.tick{font-size:11px;fill:#444}
 .axis{font-size:11px;fill:#444}.legend{font-size:11px}
@@ -483,25 +948,41 @@ def render(data: RunData) -> str:
     s = data.summary
     end = data.duration_s or None
     sections: list[tuple[str, list[str]]] = []
+    marks = data.marks
     for flow in flow_names(data):
+        pic = data.pictures.get(flow) or FlowPicture(flow)
+        own = [m for m in marks if m.flow in (None, flow)]  # this flow's drops, every kill
+        zoom = detail_window(pic)
+        detail = [] if zoom is None else [seq_chart(
+            f"{flow}: detail, {zoom[0]:.3f} s to {zoom[1]:.3f} s (around the first "
+            f"retransmission or drop)", pic, marks=own, window=zoom)]
+        sections.append((f"Flow {flow}: time-sequence graph and sender state", [
+            seq_chart(f"{flow}: time-sequence graph (stream offset against time)", pic,
+                      x_end=end, marks=own), *detail,
+            *sender_panels(data, flow, x_end=end, marks=own), marks_legend(own)]))
         sections.append((f"Flow {flow}: socket queues and window", [
-            line_chart(f"{flow}: backlog, prequeue and out-of-order queue", queue_series(
-                data, flow), y_label="segments", x_end=end),
-            line_chart(f"{flow}: receive queue and advertised window", window_series(
-                data, flow), y_label="bytes", x_end=end)]))
-    sections.append(("RX rings", [line_chart("RX ring occupancy per queue", ring_series(data),
-                                             y_label="frames", x_end=end)]))
-    sections.append(("Delivered", [line_chart("Bytes delivered to the readers, per flow",
-                                              delivered_series(data), y_label="bytes",
-                                              x_end=end)]))
+            small_multiples(f"{flow}: backlog, prequeue and out-of-order queue",
+                            queue_series(data, flow), y_label="segments", x_end=end,
+                            marks=own, prefix=f"{flow}: "),
+            small_multiples(f"{flow}: receive queue and advertised window",
+                            window_series(data, flow), y_label="bytes", x_end=end,
+                            marks=own, prefix=f"{flow}: ")]))
+    sections.append(("RX rings", [small_multiples(
+        "RX ring occupancy per queue", ring_series(data), y_label="frames", x_end=end,
+        marks=marks)]))
+    sections.append(("Delivered", [small_multiples(
+        "Bytes delivered to the readers, per flow", delivered_series(data), y_label="bytes",
+        x_end=end, marks=marks, prefix="bytes delivered: ")]))
     sections.append(("Drops", [bar_chart("Drops by reason", drops_by_reason(data))]))
     sections.append(("Where the time went", [
         bar_chart("Busy time per actor (time in handlers)",
                   [(a, round(ms, 1)) for a, ms, _ in busy_by_actor(data)], unit=" ms"),
-        line_chart("Utilisation over time (share of each heartbeat spent in handlers)",
-                   utilisation_series(data), y_label="% busy", x_end=end, step=True)]))
-    verdict = ('<span class="ok">integrity holds</span>' if s.get("integrity")
-               else '<span class="bad">integrity BROKEN</span>')
+        small_multiples("Utilisation over time (share of each heartbeat spent in handlers)",
+                        utilisation_series(data), y_label="% busy", x_end=end, marks=marks,
+                        prefix="utilisation: ")]))
+    v = summary_verdict(s)  # the run's one verdict (cli.checker), as summary.json holds it
+    verdict = (f'<span class="{"ok" if v["state"] == PASS else "bad"}" id="verdict">verdict '
+               f'{_esc(v["state"])}</span>' + (f": {_esc(v['why'])}" if v["why"] else ""))
     desc = data.scenario.get("description") or ""
     head = (f"<h1>rxpath run {_esc(data.run_dir.name)}</h1>"
             f"<p>{_esc(desc)}</p><p>profile <b>{_esc(s.get('profile'))}</b>, seed "

@@ -19,7 +19,8 @@ from actors.runtime.launcher import ActorStartError, Launcher
 from actors.runtime.supervisor import RestartPolicy, Supervisor, SupervisorGaveUp
 from actors.scenario import Scenario
 from cli.app import app, paint
-from cli.checker import check_run, format_verdict
+from cli.checker import EXIT_STATUS, Verdict, check_run, format_verdict
+from cli.formats import plain_counters
 from cli.options import (
     DurationOption,
     ProfileOption,
@@ -146,9 +147,7 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
     summary["supervision"] = state.supervision
     if sc.replay:
         summary["replay"] = _role(state.counters, REPLAY)
-    verdict = run_checker(sc, run_dir, state, summary)
-    summary["checker"] = verdict.to_dict()
-    summary["checker_text"] = format_verdict(verdict)
+    judge_run(sc, run_dir, state, summary)
     (run_dir / "counters.json").write_text(json.dumps(state.counters, indent=2, default=str))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     from cli.trace import write_trace_after_run  # the merged trace: RUN_DIR/trace.json
@@ -177,8 +176,9 @@ def _launch(sc: Scenario, run_dir: Path, topology: dict[str, Any], ready_timeout
         state.supervision = supervisor.summary()
         transfer_s = time.monotonic() - traffic_start
         # Upstream first, so a frame moving down between two snapshots is not counted
-        # twice (the checker's conservation equations).
-        final = _final_stats(launcher, sc, readers)
+        # twice (the checker's conservation equations); downstream first when the run
+        # was cut off mid-transfer, so what is in flight shows as such, never negative.
+        final = _final_stats(launcher, sc, readers, downstream_first=reason != "complete")
         state.counters = {**launcher.last_counters, **final}
         # What each killed process had reported by its last heartbeat (cli.checker).
         for name, dead in launcher.incarnation_history().items():
@@ -196,7 +196,8 @@ def _tx_count(counters: dict[str, dict[str, Any]]) -> tuple[int, int]:
 
 
 def _final_stats(launcher: Launcher, sc: Scenario, readers: set[str],
-                 settle_s: float = 3.0) -> dict[str, dict[str, Any]]:
+                 settle_s: float = 3.0, downstream_first: bool = False
+                 ) -> dict[str, dict[str, Any]]:
     """Every actor's counters once the transmit path is quiet. Upstream first, so a frame
     moving down between two snapshots is not counted twice (the checker's conservation
     equations); and again until two rounds agree and the NIC has sent all the stack did,
@@ -205,8 +206,9 @@ def _final_stats(launcher: Launcher, sc: Scenario, readers: set[str],
     last: tuple[tuple[int, int], tuple[int, int]] | None = None
     while True:
         final: dict[str, dict[str, Any]] = {}
-        for group in ([wire_source(sc), "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
-                      ["stack", *sorted(readers)]):
+        groups = [[wire_source(sc), "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
+                  ["stack", *sorted(readers)]]
+        for group in reversed(groups) if downstream_first else groups:
             final.update(launcher.request_stats(group, timeout_s=5))
         tx = _tx_count(final)
         # The receive path must be quiet too: after a stack was killed the peer may still
@@ -219,7 +221,7 @@ def _final_stats(launcher: Launcher, sc: Scenario, readers: set[str],
 
 
 def run_checker(sc: Scenario, run_dir: Path, state: RunState,
-                summary: dict[str, Any]) -> Any:
+                summary: dict[str, Any]) -> Verdict:
     """The checker's verdict on this run (see :mod:`cli.checker`)."""
     flows = [(f.name, i + 1, f.bytes) for i, f in enumerate(sc.flows)]
     deaths = state.supervision.get("deaths", [])
@@ -243,6 +245,41 @@ def run_checker(sc: Scenario, run_dir: Path, state: RunState,
                      reader_deaths=reader_deaths,
                      restarted_roles={d["role"] for d in deaths},
                      complete_expected=summary["reason"] == "complete")
+
+
+def judge_run(sc: Scenario, run_dir: Path, state: RunState,
+              summary: dict[str, Any]) -> Verdict:
+    """The run's one verdict, computed once (the checker's), written into ``summary``:
+    ``verdict`` {state, why}, ``integrity`` (the verdict is PASS), each flow's ``intact``
+    and ``verdict``, and ``received`` from the delivery records of every incarnation of
+    its readers. `rxpath run`, `chaos`, `report`, `coordinate` and the printed summary
+    read these, never a judgement of their own."""
+    verdict = run_checker(sc, run_dir, state, summary)
+    apply_verdict(summary, verdict)
+    return verdict
+
+
+def apply_verdict(summary: dict[str, Any], verdict: Verdict) -> None:
+    """Write ``verdict`` into ``summary`` (see :func:`judge_run`)."""
+    summary["verdict"] = verdict.headline()
+    summary["integrity"] = verdict.state == "PASS"
+    summary["checker"] = verdict.to_dict()
+    summary["checker_text"] = format_verdict(verdict)
+    by_flow = {f.flow: f for f in verdict.flows}
+    for f in summary["flows"]:
+        v = by_flow.get(f["flow"])
+        if v is None:
+            continue
+        f["verdict"] = v.state
+        # Every byte it delivered right, and it ended (whole, reset, or sender dead).
+        f["intact"] = v.ok and v.state != "incomplete"
+        f["received"] = v.delivered
+        f["delivered_then_lost"] = v.delivered_then_lost
+
+
+def exit_status(summary: dict[str, Any]) -> int:
+    """The exit status of a run from its verdict (:data:`cli.checker.EXIT_STATUS`)."""
+    return EXIT_STATUS[summary["verdict"]["state"]]
 
 
 def _supervised_loop(sc: Scenario, launcher: Launcher, supervisor: Supervisor,
@@ -353,9 +390,10 @@ def summarize(sc: Scenario, state: RunState, reason: str, elapsed: float) -> dic
         if sc.replay:
             bad = 0  # not the peer's payload: the checker compares with the capture instead
         eof = all(r in state.eof for r in readers)
-        ok = got == f.bytes and bad == 0 and eof
+        # "received" counts the living readers; judge_run replaces it with what every
+        # incarnation delivered, and adds the verdict ("intact", "verdict").
         flows.append({"flow": f.name, "bytes": f.bytes, "received": got, "bad_chunks": bad,
-                      "eof": eof, "readers": readers, "intact": ok,
+                      "eof": eof, "readers": readers,
                       "sender": (_role(c, wire_source(sc)).get("flows") or {}).get(f.name, {})})
     stack = _role(c, "stack")
     return {
@@ -363,12 +401,12 @@ def summarize(sc: Scenario, state: RunState, reason: str, elapsed: float) -> dic
         "seed": sc.seed,
         "reason": reason,
         "elapsed_s": round(elapsed, 3),
-        "integrity": all(f["intact"] for f in flows),
         "flows": flows,
         "nstat": dict(sorted(mib.items())),
         "drops": stack.get("drops", {}),
         "sockets": stack.get("sockets", []),
         "segments": stack.get("segments", 0),
+        "stack": plain_counters(stack),  # backlog_enqueued, lock_waits, ...: no MIB name
         "nic": _role(c, "nic").get("ethtool", {}),
         "softnet_stat": {f"cpu{i}": _role(c, f"cpu{i}").get("softnet_stat", [])
                          for i in range(sc.cpu.count)},
@@ -404,12 +442,16 @@ def run(
     run_dir: Annotated[Path | None, typer.Option(
         "--run-dir", help="Where to write configs, logs and counters (default runs/<time>).")]
         = None,
-    all_counters: Annotated[bool, typer.Option(
-        "--all", help="Show zero counters too.")] = False,
+    zeros: Annotated[bool, typer.Option(
+        "-z", "--zeros", help="Show zero counters too (nstat -z).")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No live progress line.")] = False,
 ) -> None:
-    """Run a topology: every actor its own process; exit 0 only if every flow is intact."""
+    """Run a topology: every actor its own process; exit 0 only if every flow is intact.
+
+    The checker's verdict is the run's one verdict (summary.json "verdict"). Exit status:
+    0 PASS; 1 FAIL (a byte or a frame went wrong); 4 INCOMPLETE (stopped, e.g. by
+    --duration, before every flow ended, with nothing wrong so far); 2 a bad config."""
     overrides = dataclasses.replace(make_overrides(profile, seed, duration, sysctl, sets),
                                     wire=wire)
     sc = load_or_exit(config, overrides)
@@ -434,8 +476,8 @@ def run(
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
-        print_summary(summary, all_counters=all_counters)
+        print_summary(summary, zeros=zeros)
         if sc.replay:
             typer.echo(replay_line(summary["replay"]))
         typer.echo(paint(summary["checker_text"]))
-    raise typer.Exit(0 if summary["integrity"] and summary["checker"]["ok"] else 1)
+    raise typer.Exit(exit_status(summary))

@@ -1,4 +1,4 @@
-"""``rxpath stat`` and ``rxpath ss``: a run's figures in the shapes nstat, ss, ethtool print."""
+"""``rxpath stat`` and ``rxpath ss``: a run's figures as nstat, ss, ethtool print them."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from actors.mib import ALL_NAMES
-from actors.stack.net import DROP_REASONS
+from cli import formats
 from cli.app import app
 from cli.options import LATEST_RUN, RunDirArgument
-from cli.report import table
 
 RunDir = RunDirArgument  # default LATEST_RUN: the newest run, runs/latest
 
@@ -25,56 +23,85 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def nstat_lines(nstat: dict[str, int], *, zeros: bool) -> list[tuple[str, str]]:
-    return [(n, str(nstat.get(n, 0))) for n in ALL_NAMES if zeros or nstat.get(n)]
+def stack_counters(run_dir: Path, s: dict[str, Any]) -> dict[str, int]:
+    """The stack's plain counters (backlog_enqueued, lock_waits, ...): from the summary,
+    or for a run written before it carried them, from counters.json's stack.role."""
+    if isinstance(s.get("stack"), dict):
+        return {k: int(v) for k, v in s["stack"].items()}
+    try:
+        counters = json.loads((run_dir / "counters.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return formats.plain_counters(((counters.get("stack") or {}).get("role")) or {})
 
 
 @app.command()
 def stat(
     run_dir: RunDir = LATEST_RUN,
-    all_: Annotated[bool, typer.Option("-a", "--all", help="Every counter group.")] = False,
-    zeros: Annotated[bool, typer.Option("-z", "--zeros", help="Show zero counters.")] = False,
-    json_out: Annotated[bool, typer.Option("--json")] = False,
-    drops: Annotated[bool, typer.Option("--drops", help="Drops by reason.")] = False,
+    absolute: Annotated[bool, typer.Option(
+        "-a", "--ignore", help="Absolute values (nstat -a). A run has no nstat history, "
+        "so its counters are always absolute; accepted for nstat's sake.")] = False,
+    zeros: Annotated[bool, typer.Option(
+        "-z", "--zeros", help="Show counters that are zero too (nstat -z).")] = False,
+    noupdate: Annotated[bool, typer.Option(
+        "-s", "--noupdate", help="Accepted for nstat's sake: there is no history to "
+        "update.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "-j", "--json", help='JSON as nstat -j prints it: {"kernel": {...}}, in the '
+        "kernel's order.")] = False,
+    pretty: Annotated[bool, typer.Option(
+        "-p", "--pretty", help="Indented JSON (nstat -p).")] = False,
+    softnet: Annotated[bool, typer.Option(
+        "--softnet", help="/proc/net/softnet_stat as the kernel prints it.")] = False,
+    nic: Annotated[bool, typer.Option("--nic", help="ethtool -S of the NIC.")] = False,
+    drops: Annotated[bool, typer.Option(
+        "--drops", help="Drops by SKB_DROP_REASON_* and the counter each one moves.")]
+        = False,
+    stack: Annotated[bool, typer.Option(
+        "--stack", help="The stack's own figures that have no Linux counter "
+        "(backlog_enqueued, lock_waits, ...).")] = False,
+    all_groups: Annotated[bool, typer.Option(
+        "--all-groups", help="The kernel counters and every group above.")] = False,
 ) -> None:
-    """MIB counters as nstat prints them (plus softnet_stat and ethtool -S with -a)."""
+    """MIB counters as nstat prints them; other groups with --softnet, --nic, --drops,
+    --stack or --all-groups."""
+    del absolute, noupdate  # nstat's flags for history, which a run does not have
     s = load_summary(run_dir)
-    nstat = s["nstat"]
-    if drops:
-        rows = [(f"SKB_DROP_REASON_{r}", str(n), DROP_REASONS.get(r) or "-")
-                for r, n in sorted(s.get("drops", {}).items(), key=lambda kv: -kv[1])]
-        if json_out:
-            typer.echo(json.dumps(s.get("drops", {}), indent=2))
-        else:
-            typer.echo(table(rows, ("reason", "segments", "counter")))
-        return
+    groups = {"softnet": softnet, "nic": nic, "drops": drops, "stack": stack}
+    if all_groups:
+        groups = dict.fromkeys(groups, True)
+    kernel = all_groups or not any(groups.values())
     if json_out:
-        out: dict[str, Any] = {n: v for n, v in nstat.items() if zeros or v}
-        if all_:
-            out = {"nstat": out, "softnet_stat": s.get("softnet_stat"), "ethtool": s.get("nic")}
-        typer.echo(json.dumps(out, indent=2))
+        extra: dict[str, Any] = {}
+        if groups["softnet"]:
+            extra["softnet_stat"] = s.get("softnet_stat", {})
+        if groups["nic"]:
+            extra["nic"] = s.get("nic", {})
+        if groups["drops"]:
+            extra["drops"] = {r: {"segments": n, "counter": None if c == "-" else c}
+                              for r, n, c in formats.drop_rows(s.get("drops", {}),
+                                                               s.get("profile"))}
+        if groups["stack"]:
+            extra["stack"] = stack_counters(run_dir, s)
+        if kernel:
+            typer.echo(formats.nstat_json(s["nstat"], zeros=zeros, pretty=pretty,
+                                          extra=extra))
+        else:
+            typer.echo(json.dumps(extra, indent=4 if pretty else None,
+                                  separators=None if pretty else (",", ":")))
         return
-    typer.echo("#kernel")
-    typer.echo(table([(n, v, "0.0") for n, v in nstat_lines(nstat, zeros=zeros)]))
-    if all_:
-        typer.echo("\n#/proc/net/softnet_stat")
-        for cols in s.get("softnet_stat", {}).values():
-            typer.echo(" ".join(f"{int(v):08x}" for v in cols))
-        typer.echo("\n#ethtool -S nic")
-        typer.echo(table([(f"     {k}:", str(v)) for k, v in s.get("nic", {}).items()
-                          if zeros or v]))
-
-
-def ss_line(sk: dict[str, Any]) -> str:
-    m = sk["skmem"]
-    skmem = (f"skmem:(r{m['r']},rb{m['rb']},t{m['t']},tb{m['tb']},f{m['f']},w{m['w']},"
-             f"o{m['o']},bl{m['bl']},d{m['d']})")
-    info = [f"wscale:{sk['snd_wscale']},{sk['rcv_wscale']}", f"rcv_mss:{sk['rcv_mss']}",
-            f"advmss:{sk['advmss']}", f"ato:{sk['ato_ms']:g}",
-            f"rcv_rtt:{sk['rcv_rtt_ms']:g}", f"rcv_space:{sk['rcv_space']}",
-            f"rcv_ssthresh:{sk['rcv_ssthresh']}", f"rcv_wnd:{sk['rcv_wnd']}",
-            f"segs_in:{sk['segs_in']}", f"data_segs_in:{sk['data_segs_in']}"]
-    return "\t " + skmem + " " + " ".join(info)
+    blocks: list[list[str]] = []
+    if kernel:
+        blocks.append(formats.nstat_lines(s["nstat"], zeros=zeros))
+    if groups["drops"]:
+        blocks.append(formats.drop_lines(s.get("drops", {}), s.get("profile")))
+    if groups["nic"]:
+        blocks.append(formats.ethtool_lines(s.get("nic", {})))
+    if groups["softnet"]:
+        blocks.append(formats.softnet_lines(s.get("softnet_stat", {})))
+    if groups["stack"]:
+        blocks.append(formats.counter_lines(stack_counters(run_dir, s)))
+    typer.echo("\n\n".join("\n".join(b) for b in blocks if b))
 
 
 @app.command()
@@ -85,14 +112,4 @@ def ss(run_dir: RunDir = LATEST_RUN,
     if json_out:
         typer.echo(json.dumps(socks, indent=2))
         return
-    rows = [(sk["state"], str(sk["recv_q"]), str(sk.get("send_q", 0)), sk["local"], sk["peer"])
-            for sk in socks]
-    lines = table(rows, ("State", "Recv-Q", "Send-Q", "Local Address:Port",
-                         "Peer Address:Port")).split("\n")
-    typer.echo(lines[0])
-    for line, sk in zip(lines[1:], socks, strict=True):
-        typer.echo(line)
-        typer.echo(ss_line(sk))
-
-
-
+    typer.echo("\n".join(formats.ss_lines(socks)))

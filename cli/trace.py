@@ -9,7 +9,11 @@ object that https://ui.perfetto.dev and chrome://tracing open:
 - ``X`` slices (hardirq, net_rx_action / napi_poll, tcp_v4_rcv, tcp_recvmsg and its
   steps, sk_lock ownership, backlog and prequeue processing on the reader's track);
 - ``C`` counters (ring occupancy, backlog, prequeue, receive and out-of-order queues,
-  advertised window, bytes read, actor utilisation);
+  advertised window, bytes read, actor utilisation; per flow the ACK line and window
+  edge the stack sent, and the peer's cwnd, ssthresh, in flight and srtt);
+- ``i`` instants: every drop, named after its reason, on the dropping actor's ``drops``
+  track; every SACK the stack sent; and (global, from ``summary.json``) every death,
+  kill and restart the supervisor recorded;
 - ``s``/``t``/``f`` flow events, one flow per wire frame (id unique in the run), each
   point placed a few nanoseconds inside the slice it belongs to so that the arrow binds
   to that slice (``"bp": "e"`` on the last).
@@ -74,6 +78,7 @@ class MergeStats:
     actors: int = 0
     slices: int = 0
     counters: int = 0
+    instants: int = 0
     flows: int = 0
     flow_points: int = 0
     single_point_flows: int = 0  # a frame seen at one hop only (e.g. still in flight)
@@ -228,8 +233,11 @@ def _us(ns: int) -> float:
     return round(ns / 1000, 3)
 
 
-def merge(files: list[ActorFile]) -> tuple[dict[str, Any], MergeStats]:
-    """The trace-event JSON object for these actor files, and what went into it."""
+def merge(files: list[ActorFile], marks: Iterable[tuple[int, str, dict[str, Any]]] = ()
+          ) -> tuple[dict[str, Any], MergeStats]:
+    """The trace-event JSON object for these actor files, and what went into it;
+    ``marks`` are run-wide moments (ns on the actors' clock, name, args): see
+    :func:`supervision_marks`."""
     stats = MergeStats(actors=len({af.name for af in files}),
                        bad_lines=sum(af.bad_lines for af in files))
     order = actor_order(files)
@@ -287,6 +295,21 @@ def merge(files: list[ActorFile]) -> tuple[dict[str, Any], MergeStats]:
                     events.append({"ph": "C", "name": track, "ts": ts, "pid": pid, "tid": tid,
                                    "args": {unit: values[key] for unit, key in units}})
                 stats.counters += 1
+            elif kind == "i" and len(rec) >= 4:
+                target = rec[5] if len(rec) > 5 and rec[5] else None
+                pid = pids.get(target, own_pid) if target else own_pid
+                inst: dict[str, Any] = {"ph": "i", "s": "t", "name": rec[3],
+                                        "ts": _us(rec[1] + off), "pid": pid,
+                                        "tid": tid_of(pid, str(rec[2]))}
+                if len(rec) > 4 and rec[4]:
+                    inst["args"] = rec[4]
+                events.append(inst)
+                stats.instants += 1
+    for ts_ns, name, args in marks:
+        # The supervisor's kills and restarts: global instants (a line across every track).
+        events.append({"ph": "i", "s": "g", "name": name, "ts": _us(ts_ns - t0),
+                       "pid": FIRST_PID, "tid": FIRST_PID * 100, "args": args})
+        stats.instants += 1
 
     points: dict[int, list[FlowPoint]] = defaultdict(list)
     for (pid, tname), spans in sorted(slices.items()):
@@ -428,8 +451,32 @@ def check_trace(trace: dict[str, Any]) -> list[str]:
 # --- files and the command -----------------------------------------------------------------
 
 
+# Supervisor events that mark the time axis, and how they are named there.
+MARK_EVENTS = {"actor_died": "died", "actor_restarted": "restarted", "actor_hung": "hung",
+               "actor_hung_killed": "killed (hung)"}
+
+
+def supervision_marks(summary: dict[str, Any]) -> list[tuple[int, str, dict[str, Any]]]:
+    """Kills, deaths and restarts from ``summary.json``'s supervision events, as (ns on
+    CLOCK_MONOTONIC, name, args). The supervisor stamps an event when it notices it (a
+    death within one poll of the kill)."""
+    out = []
+    for e in (summary.get("supervision") or {}).get("events") or []:
+        what = MARK_EVENTS.get(e.get("event"))
+        if what is None or not isinstance(e.get("t"), int | float):
+            continue
+        args = {k: v for k, v in e.items() if k != "t"}
+        out.append((round(e["t"] * 1e9), f"{e.get('actor')} {what}", args))
+    return out
+
+
 def build_trace(run_dir: Path) -> tuple[dict[str, Any], MergeStats]:
-    return merge(read_run(Path(run_dir)))
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    marks = supervision_marks(summary) if isinstance(summary, dict) else []
+    return merge(read_run(Path(run_dir)), marks)
 
 
 def write_trace(run_dir: Path, out: Path | None = None) -> tuple[Path, MergeStats]:

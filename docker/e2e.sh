@@ -162,8 +162,13 @@ PY
 
 # --- 3. the default topology ----------------------------------------------------------------
 P1="rxpath-e2e-default-$$"
-cp "$HERE/compose.default.yml" "$WORK/$P1.yml"
-cp "$HERE/compose.default.topology.json" "$WORK/"
+# The checked-in file, written afresh so that its CurveZMQ keys exist (never committed):
+# tests/test_compose.py checks that `rxpath compose` writes exactly docker/compose.default.yml.
+(cd "$ROOT" && python3 -m cli.main compose -o "$WORK/compose.default.yml") 2>/dev/null \
+    || fail "rxpath compose failed"
+cmp -s "$WORK/compose.default.yml" "$HERE/compose.default.yml" \
+    || fail "docker/compose.default.yml is stale"
+mv "$WORK/compose.default.yml" "$WORK/$P1.yml"
 t=$SECONDS
 up "$P1" "$WORK/$P1.yml"
 code="$(verdict "$P1" 300)"

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Debian packages rxpath uses on the host: tshark (reads the wire captures in the tests),
 # iproute2 (`ip netns`, `ss`: the namespace and TUN device of [[linux_senders]] runs),
-# netcat-openbsd (`nc`: the command sender of configs/linux-sender-file.toml).
+# netcat-openbsd (`nc`: the command sender of configs/linux-sender-file.toml),
+# chromium (renders `rxpath report`'s page headless in tests/test_report_pictures.py).
 # Idempotent: installs only what is missing. Needs root (or sudo) when something is missing.
 set -eu
 
@@ -9,6 +10,7 @@ missing=""
 command -v tshark >/dev/null 2>&1 || missing="$missing tshark"
 { command -v ip && command -v ss; } >/dev/null 2>&1 || missing="$missing iproute2"
 command -v nc >/dev/null 2>&1 || missing="$missing netcat-openbsd"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 
 [ -z "$missing" ] && exit 0
 

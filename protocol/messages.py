@@ -96,6 +96,14 @@ def check_gso(gso: Sequence[int] | None, frames: int) -> None:
             "bad_gso", f"gso: {len(gso)} sizes (min {min(gso, default=0)}) for {frames} frames")
 
 
+def check_ids(ids: Sequence[int] | None, frames: int) -> None:
+    """An ``ids`` list (wire, dma, rcv_batch, tx) gives one trace id per frame, in order;
+    the schema has checked its type. Raises MalformedMessage: one of another length
+    cannot be matched to its frames."""
+    if ids is not None and len(ids) != frames:
+        raise MalformedMessage("bad_ids", f"ids: {len(ids)} trace ids for {frames} frames")
+
+
 RCV_DONE = register_kind(
     "rcv_done", {"batch": int},
     doc="stack -> cpu: every frame of the batch went through tcp_v4_rcv")

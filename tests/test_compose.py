@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from actors.runtime.addressing import endpoints_from_topology, free_tcp_ports
+from actors.runtime.curve import generate_keys
 from cli.actor_cmd import next_incarnation, resolve_actor
 from cli.compose import (
     COORDINATOR,
@@ -114,9 +115,11 @@ def test_actor_command_rejects_bad_topology(tmp_path: Path) -> None:
 
 # --- a real run: every actor a separate `rxpath actor` process, coordinated over tcp ------
 
-def _loopback_topology(sc_path: Path | None) -> dict[str, Any]:
+def _loopback_topology(sc_path: Path | None, keys_dir: Path) -> dict[str, Any]:
     topo = compose_topology(load_scenario(sc_path))
     names = ["launcher", *topo["actors"]]
+    generate_keys(keys_dir, names)
+    topo["curve"] = {"keys_dir": str(keys_dir)}
     ports = dict(zip(names, free_tcp_ports(len(names)), strict=True))
     topo["bind_host"] = "127.0.0.1"
     topo["launcher"] = {"host": "127.0.0.1", "port": ports["launcher"]}
@@ -136,7 +139,7 @@ def _spawn_actor(topo_path: Path, name: str, role: str, run_dir: Path,
 
 @pytest.mark.timeout(120)
 def test_coordinator_runs_external_actors_and_a_killed_cpu_rejoins(tmp_path: Path) -> None:
-    topo = _loopback_topology(DOCKER / "chaos.toml")
+    topo = _loopback_topology(DOCKER / "chaos.toml", tmp_path / "keys")
     topo_path = tmp_path / "topology.json"
     topo_path.write_text(json.dumps(topo))
     run_dir = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""`rxpath stat` / `rxpath ss` print a run's figures in nstat / ss shapes, exactly."""
+"""`rxpath stat` / `rxpath ss` print a run's figures as nstat / ss / ethtool print them."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def run_dir(tmp_path: Path) -> Path:
         "softnet_stat": {"cpu0": [10, 0, 2] + [0] * 8},
         "nic": {"rx_packets": 10, "rx_missed_errors": 0},
         "sockets": [SOCK],
+        "stack": {"backlog_enqueued": 7, "lock_waits": 2},
+        "profile": "legacy",
     }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     return tmp_path
@@ -42,31 +44,64 @@ def test_stat_prints_nonzero_counters_in_kernel_order(tmp_path: Path) -> None:
     assert out[0] == "#kernel"
     names = [line.split()[0] for line in out[1:]]
     assert names == ["IpInReceives", "TcpInSegs", "TcpExtTCPBacklogDrop"]
-    assert out[2].split()[1] == "10" and out[3].split()[1] == "3"
+    # nstat's "%-32s%-16llu%6.1f"
+    assert out[2] == "TcpInSegs" + " " * 23 + "10" + " " * 14 + "   0.0"
 
 
-def test_stat_zeros_json_and_all(tmp_path: Path) -> None:
+def test_stat_flags_are_nstats(tmp_path: Path) -> None:
     rd = str(run_dir(tmp_path))
     assert "TcpOutSegs" in invoke("stat", rd, "-z")
-    assert json.loads(invoke("stat", rd, "--json")) == {
-        "TcpInSegs": 10, "IpInReceives": 10, "TcpExtTCPBacklogDrop": 3}
-    full = invoke("stat", rd, "-a")
-    assert "0000000a 00000000 00000002" in full
-    assert "rx_packets:" in full and "rx_missed_errors" not in full
+    assert invoke("stat", rd, "-a", "-s") == invoke("stat", rd)  # accepted, no history
+    assert invoke("stat", rd, "--json") == (
+        '{"kernel":{"IpInReceives":10,"TcpInSegs":10,"TcpExtTCPBacklogDrop":3}}\n')
+    assert json.loads(invoke("stat", rd, "-j", "-p"))["kernel"]["TcpInSegs"] == 10
+    # -a no longer means "other groups": those have their own flags
+    assert "rx_packets" not in invoke("stat", rd, "-a")
+
+
+def test_stat_groups_under_their_own_flags(tmp_path: Path) -> None:
+    rd = str(run_dir(tmp_path))
+    softnet = invoke("stat", rd, "--softnet").splitlines()
+    assert softnet == ["0000000a 00000000 00000002" + " 00000000" * 8]
+    nic = invoke("stat", rd, "--nic").splitlines()
+    assert nic == ["NIC statistics:", "     rx_packets: 10", "     rx_missed_errors: 0"]
+    stack = invoke("stat", rd, "--stack").splitlines()
+    assert [line.split() for line in stack] == [["backlog_enqueued", "7"],
+                                                ["lock_waits", "2"]]
+    full = invoke("stat", rd, "--all-groups")
+    for piece in ("#kernel", "SKB_DROP_REASON_TCP_BACKLOG", "NIC statistics:",
+                  "0000000a", "lock_waits"):
+        assert piece in full
+    data = json.loads(invoke("stat", rd, "--all-groups", "--json"))
+    assert set(data) == {"kernel", "softnet_stat", "nic", "drops", "stack"}
+    assert data["drops"]["SKB_DROP_REASON_TCP_BACKLOG"] == {
+        "segments": 3, "counter": "TcpExtTCPBacklogDrop"}
+
+
+def test_stack_counters_from_counters_json_for_older_runs(tmp_path: Path) -> None:
+    rd = run_dir(tmp_path)
+    summary = json.loads((rd / "summary.json").read_text())
+    del summary["stack"]
+    (rd / "summary.json").write_text(json.dumps(summary))
+    (rd / "counters.json").write_text(json.dumps(
+        {"stack": {"role": {"backlog_enqueued": 5, "lock_waits": 1, "drops": {}}}}))
+    assert [line.split() for line in invoke("stat", str(rd), "--stack").splitlines()] == [
+        ["backlog_enqueued", "5"], ["lock_waits", "1"]]
 
 
 def test_stat_drops_names_reason_and_counter(tmp_path: Path) -> None:
     out = invoke("stat", str(run_dir(tmp_path)), "--drops").splitlines()
-    assert out[1].split() == ["SKB_DROP_REASON_TCP_BACKLOG", "3", "TcpExtTCPBacklogDrop"]
-    assert out[2].split() == ["SKB_DROP_REASON_TCP_OLD_DATA", "1", "TcpExtDelayedACKLost"]
+    assert out[0].split() == ["SKB_DROP_REASON_TCP_BACKLOG", "3", "TcpExtTCPBacklogDrop"]
+    assert out[1].split() == ["SKB_DROP_REASON_TCP_OLD_DATA", "1", "TcpExtDelayedACKLost"]
 
 
-def test_ss_shows_skmem_and_receive_side_info(tmp_path: Path) -> None:
+def test_ss_prints_ss_tmi(tmp_path: Path) -> None:
     out = invoke("ss", str(run_dir(tmp_path))).splitlines()
-    assert out[0].split()[:3] == ["State", "Recv-Q", "Send-Q"]
-    assert out[1].split() == ["ESTAB", "1448", "0", "10.0.0.2:5001", "10.0.0.1:40001"]
-    assert "skmem:(r2304,rb378880,t0,tb16384,f1792,w0,o0,bl0,d7)" in out[2]
-    assert "rcv_space:14480" in out[2] and "rcv_wnd:64128" in out[2]
+    assert out[0] == "State Recv-Q Send-Q Local Address:Port Peer Address:Port Process"
+    assert out[1] == "ESTAB 1448   0           10.0.0.2:5001     10.0.0.1:40001"
+    assert out[2].startswith("\t skmem:(r2304,rb378880,t0,tb16384,f1792,w0,o0,bl0,d7) ")
+    assert "rcvmss:1448" in out[2] and "rcv_space:14480" in out[2]
+    assert "rcv_wnd:64128" in out[2] and "rcv_mss:" not in out[2]
 
 
 def test_not_a_run_dir_exits_2(tmp_path: Path) -> None:

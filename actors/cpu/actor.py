@@ -53,6 +53,7 @@ class CpuActor(Actor):
     def on_dma(self, env: Envelope, now: int) -> None:
         body = env.body
         try:
+            msg.check_ids(body.get("ids"), len(body["frames"]))
             self.softirq.rx_dma(body["queue"], body["frames"], now, body.get("ids"),
                                 body.get("gso"))
         except MalformedMessage as exc:

@@ -30,6 +30,9 @@ class SoftirqTrace:
             self.trace.complete("dma overrun", now, self.clock(), TID,
                                 args={"queue": queue, "frames": len(overrun_ids)},
                                 flows=[[HOP_END, overrun_ids]])
+            for fid in overrun_ids:
+                self.trace.instant("drop: dma overrun", now, "drops",
+                                   args={"reason": "ring overrun", "queue": queue, "id": fid})
         self.trace.counter(f"ring q{queue}", now, {"frames to poll": ring_len})
 
     def hardirq(self, queue: int, now: int) -> None:
@@ -46,6 +49,10 @@ class SoftirqTrace:
         trace.counter(f"ring q{poll.queue}", t, {"frames to poll": ring_len})
         trace.add_flows(_POLL, HOP_NAPI, poll.delivered_ids())
         trace.add_flows(_POLL, HOP_END, poll.dropped_ids())
+        for i, reason in poll.drops:  # ip_rcv's drops, one instant each
+            trace.instant("drop: " + reason, t, "drops", args={
+                "reason": "SKB_DROP_REASON_" + reason,
+                "id": poll.ids[i] if poll.ids is not None else None})
 
     def poll_finished(self, poll: Poll, completed: bool, run_ended: bool, squeezed: bool,
                       now: int) -> None:

@@ -73,6 +73,7 @@ class NicActor(Actor):
     def on_wire(self, env: Envelope, now: int) -> None:
         frames = env.body["frames"]
         try:
+            msg.check_ids(env.body.get("ids"), len(frames))
             actions = self.nic.rx_burst(frames, now, env.body.get("ids"), env.body.get("gso"))
         except MalformedMessage as exc:
             raise RejectMessage(str(exc)) from None
@@ -82,6 +83,10 @@ class NicActor(Actor):
     @handles(msg.TX)
     def on_tx(self, env: Envelope, now: int) -> None:
         frames = env.body["frames"]
+        try:
+            msg.check_ids(env.body.get("ids"), len(frames))
+        except MalformedMessage as exc:
+            raise RejectMessage(str(exc)) from None
         self._record(frames)
         self._send(self.nic.tx_burst(frames, now, env.body.get("ids"), env.ts_ns))
 
@@ -100,7 +105,11 @@ class NicActor(Actor):
             raise RejectMessage(str(exc)) from None
 
     def on_peer_event(self, actor: str, role: str, event: str, now: int) -> None:
-        if role == "cpu" and event == "restarted" and actor.startswith("cpu"):
+        if role == "cpu" and event == "restarted":
+            # A cpu is named cpu<N> and owns some of this nic's queues.
+            if not (actor.startswith("cpu") and actor[3:].isdecimal()
+                    and self.nic.queues_of_cpu(int(actor[3:]))):
+                raise RejectMessage(f"no cpu {actor!r:.40} behind this nic")
             self.nic.reset_cpu(int(actor[3:]))
 
     def next_deadline(self) -> int | None:

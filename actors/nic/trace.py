@@ -23,6 +23,9 @@ class NicTrace:
         self.trace.complete("rx: DMA to ring", now, self.clock(), "rx",
                             args={"frames": frames, "rx_missed": len(missed_ids),
                                   "irqs": irqs}, flows=flows)
+        for fid in missed_ids:  # no descriptor free: each lost frame is its own moment
+            self.trace.instant("drop: rx_missed_errors", now, "drops",
+                               args={"reason": "rx_missed_errors (ring full)", "id": fid})
 
     def rings(self, queues: Sequence[RxQueue], now: int) -> None:
         self.trace.counter("rx ring", now, {f"q{q.index}/descriptors in use":

@@ -10,10 +10,10 @@ from typing import Any
 from actors.peer.host import Peer
 from actors.peer.sender import SenderConfig, TcpSender
 from actors.peer.trace import PeerTrace
-from actors.runtime.actor import Actor, ActorSettings, handles
+from actors.runtime.actor import Actor, ActorSettings, RejectMessage, handles
 from actors.scenario import Scenario
 from protocol import messages as msg
-from protocol.envelope import Envelope
+from protocol.envelope import Envelope, MalformedMessage
 
 NIC = "nic"
 
@@ -52,6 +52,7 @@ class PeerActor(Actor):
         start = self.clock()
         self.send(NIC, msg.WIRE, {"frames": frames, "ids": ids})
         self.tracer.wire_xmit(ids, start)
+        self.tracer.sender_samples(self.peer, start)
 
     def _report_done(self) -> None:
         if self.peer.newly_done():
@@ -63,9 +64,14 @@ class PeerActor(Actor):
     @handles(msg.WIRE)
     def on_wire(self, env: Envelope, now: int) -> None:
         frames = env.body["frames"]
+        try:
+            msg.check_ids(env.body.get("ids"), len(frames))
+        except MalformedMessage as exc:
+            raise RejectMessage(str(exc)) from None
         out = self.peer.on_frames(frames, now)
         if self.tracer is not None:
             self.tracer.acks_received(len(frames), env.body.get("ids"), now)
+            self.tracer.sender_samples(self.peer, now)
         self._send_wire(out)
         self._report_done()
 

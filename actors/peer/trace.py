@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from actors.peer.congestion import TCP_INFINITE_SSTHRESH
+from actors.peer.host import Peer
 from actors.runtime.trace import HOP_END, HOP_SOURCE, ORIGIN_PEER, FlowIds, TraceWriter
 from protocol.wire import MalformedPacket, decode_ipv4, decode_tcp
 
@@ -49,4 +51,20 @@ class PeerTrace:
             except MalformedPacket:
                 pass
             self.trace.complete("wire: " + ", ".join(words), t, t, "wire", args=args)
+            if "lost" in what or "scripted_dropped" in what:
+                self.trace.instant("drop: wire " + words[0], t, "drops", args=args)
         decisions.clear()
+
+    def sender_samples(self, peer: Peer, now: int) -> None:
+        """Each flow's sender state as counter tracks (``<flow> cwnd``, ``ssthresh``, ``in
+        flight``, ``srtt``), sampled when it changed: the sender panel of ``rxpath report``.
+        ssthresh is left out while it is still "infinite" (before the first loss)."""
+        for key, sender in peer.flows.items():
+            if not sender.opened:
+                continue
+            values: dict[str, int] = {"cwnd/segments": sender.cc.cwnd,
+                                      "in flight/segments": sender.sb.in_flight,
+                                      "srtt/us": sender.rtt.srtt // 1000}
+            if sender.cc.ssthresh < TCP_INFINITE_SSTHRESH:
+                values["ssthresh/segments"] = sender.cc.ssthresh
+            self.trace.counter(peer.names[key], now, values)

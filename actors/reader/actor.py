@@ -29,7 +29,7 @@ from actors.reader.tcp_recvmsg import (
     Step,
     tcp_recvmsg,
 )
-from actors.runtime.actor import Actor, ActorSettings, handles
+from actors.runtime.actor import Actor, ActorSettings, RejectMessage, handles
 from actors.scenario import Scenario
 from protocol import messages as msg
 from protocol.constants import EAGAIN
@@ -115,7 +115,8 @@ class ReaderActor(Actor):
     @handles(msg.SOCK_OP_DONE)
     def on_done(self, env: Envelope, now: int) -> None:
         if env.body["request_id"] != self.waiting_rid:
-            return
+            raise RejectMessage(f"sock_op_done {env.body['request_id']}: waiting for "
+                                f"{self.waiting_rid}")
         self.waiting_rid = None
         if self.trace.on:
             self.trace.end("step", now)

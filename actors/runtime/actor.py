@@ -57,7 +57,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from actors.runtime.addressing import LAUNCHER, Endpoint, endpoints_from_topology, validate_name
+from actors.runtime.addressing import (
+    LAUNCHER,
+    Endpoint,
+    endpoints_from_topology,
+    ensure_private_dir,
+    ipc_path,
+    validate_name,
+)
+from actors.runtime.curve import CurveKeys, curve_context, keys_for
 from actors.runtime.logging import LogSettings, make_logger
 from actors.runtime.mailbox import DEFAULT_HWM, Mailbox
 from actors.runtime.supervisor import PEER_EVENT
@@ -194,7 +202,8 @@ class ActorSettings:
     Topology entry keys: ``role``, ``instance``, ``config`` (the role's own settings),
     ``peers`` (destinations to connect before ``ready``), ``runtime`` and ``log``
     (override the topology-wide ``runtime`` / ``log`` sections).  ``runtime`` keys:
-    ``heartbeat_ms``, ``hwm``, ``stop_drain_ms``.
+    ``heartbeat_ms``, ``hwm``, ``stop_drain_ms``.  The topology's ``curve`` section
+    gives the keys tcp:// endpoints need (:mod:`actors.runtime.curve`).
     """
 
     name: str
@@ -210,6 +219,7 @@ class ActorSettings:
     log: LogSettings = field(default_factory=LogSettings)
     incarnation: int = 0
     trace: bool = True            # record DIR/trace/<name>.jsonl (runtime key `trace`)
+    curve: CurveKeys | None = None  # keys for tcp:// endpoints
 
     @classmethod
     def from_topology(cls, topology: Mapping[str, Any], name: str, run_dir: str | Path, *,
@@ -228,6 +238,7 @@ class ActorSettings:
         for peer in peers:
             if peer not in endpoints:
                 raise ValueError(f"actor {name!r}: peer {peer!r} is not in the topology")
+        curve = keys_for(topology, name, endpoints, (name, LAUNCHER, *peers))
         heartbeat_ms = int(runtime.get("heartbeat_ms", DEFAULT_HEARTBEAT_MS))
         if heartbeat_ms <= 0:
             raise ValueError(f"actor {name!r}: heartbeat_ms must be positive")
@@ -239,7 +250,7 @@ class ActorSettings:
             hwm=int(runtime.get("hwm", DEFAULT_HWM)),
             stop_drain_ms=int(runtime.get("stop_drain_ms", DEFAULT_STOP_DRAIN_MS)),
             log=LogSettings.from_dict(log), incarnation=incarnation,
-            trace=tracing_enabled(runtime.get("trace", True)))
+            trace=tracing_enabled(runtime.get("trace", True)), curve=curve)
 
 
 @dataclass
@@ -289,8 +300,11 @@ class Actor:
         self.log = log if log is not None else make_logger(
             settings.name, role=settings.role, instance=settings.instance,
             run_dir=settings.run_dir, settings=settings.log)
+        # With keys, the sockets on tcp:// are CURVE (the context makes them so).
+        self._curve_ctx = curve_context(settings.curve, log=self.log)
         self.mailbox = Mailbox(settings.name, settings.endpoints, hwm=settings.hwm,
-                               log=self.log, adopt_first_seq=settings.incarnation > 0)
+                               log=self.log, adopt_first_seq=settings.incarnation > 0,
+                               ctx=self._curve_ctx)
         self.mailbox.on_arrival = self._on_arrival
         self.timers = TimerQueue()
         self.runtime_counters = RuntimeCounters()
@@ -405,6 +419,12 @@ class Actor:
         if not self._from_launcher(env):
             return
         dest, mode = env.body["dest"], env.body["mode"]
+        if (dest not in self.settings.endpoints or mode not in ("heal", "cut", "delay")
+                or env.body["delay_ns"] < 0):
+            self.mailbox.reject("rejected_by_handler",
+                                f"link_fault: {dest!r:.40} {mode!r:.20} "
+                                f"{env.body['delay_ns']}", env.sender)
+            return
         self.log.warning("link_fault", dest=dest, mode=mode, delay_ns=env.body["delay_ns"])
         if mode == "heal":
             self._link_faults.pop(dest, None)
@@ -480,8 +500,10 @@ class Actor:
         runtime["link_latency_us"] = {
             sender: {"messages": n, "mean": round(total / n / 1000, 1), "max": round(mx / 1000, 1)}
             for sender, (n, total, mx) in self.link_latency.items() if n}
-        return {"role": self.counters(), "transport": self.mailbox.counters.snapshot(),
-                "runtime": runtime}
+        transport = self.mailbox.counters.snapshot()
+        if self._curve_ctx is not None:  # auth_allowed, auth_denied, handshake_failed
+            transport.update(self._curve_ctx.guard.snapshot())
+        return {"role": self.counters(), "transport": transport, "runtime": runtime}
 
     # --- the process ----------------------------------------------------------------------
 
@@ -504,14 +526,16 @@ class Actor:
         finally:
             self._restore_signal_handlers()
             self.mailbox.close()
+            if self._curve_ctx is not None:
+                self._curve_ctx.close()
             self.trace.close(self.clock())
         self.log.info("exit", code=code, reason=self.stop_reason)
         return code
 
     def _bind_and_connect(self) -> None:
-        own = self.settings.endpoints[self.name].bind
-        if own.startswith("ipc://"):
-            Path(own[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+        own = ipc_path(self.settings.endpoints[self.name].bind)
+        if own is not None:
+            ensure_private_dir(own.parent)
         self.mailbox.bind()
         self.mailbox.outbox(LAUNCHER)
         for peer in self.settings.peers:
@@ -612,7 +636,10 @@ class Actor:
         return False
 
     def _on_start_msg(self, env: Envelope, now: int) -> None:
-        if not self._from_launcher(env) or self.started:
+        if not self._from_launcher(env):
+            return
+        if self.started:
+            self.mailbox.reject("rejected_by_handler", "start: already started", env.sender)
             return
         self.started = True
         self.t0_ns = env.body["t0_ns"]
@@ -644,15 +671,27 @@ class Actor:
         if not self._from_launcher(env):
             return
         body = env.body
+        if body["actor"] not in self.settings.endpoints or body["incarnation"] < 0:
+            self.mailbox.reject("rejected_by_handler",
+                                f"peer_event: {body['actor']!r:.40} incarnation "
+                                f"{body['incarnation']}", env.sender)
+            return
         # No seq bookkeeping here: the new incarnation's messages may already have come,
         # and the link tracker counts a seq that starts over as a restart, not a loss.
         self.log.info("peer_event", actor=body["actor"], what=body["event"],
                       incarnation=body["incarnation"])
-        self.on_peer_event(body["actor"], body["role"], body["event"], now)
+        try:
+            self.on_peer_event(body["actor"], body["role"], body["event"], now)
+        except RejectMessage as exc:
+            self.mailbox.reject("rejected_by_handler", f"peer_event: {exc}", env.sender)
 
     def _on_end_of_stream_ack(self, env: Envelope, now: int) -> None:
         if self._eos_waiting.get(env.sender) == env.body["request_id"]:
             del self._eos_waiting[env.sender]
+        else:  # nobody waits for it (or it came after the wait gave up): counted
+            self.mailbox.reject("rejected_by_handler",
+                                f"end_of_stream_ack {env.body['request_id']} not awaited",
+                                env.sender)
 
     def _send_heartbeat(self, now: int) -> None:
         self.send(LAUNCHER, msg.HEARTBEAT, {"counters": self.snapshot(now)})

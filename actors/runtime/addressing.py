@@ -14,18 +14,24 @@ Every actor binds one inbox; peers connect to it.  The topology is a plain dict
       },
     }
 
-- ``ipc``: ``ipc://<run_dir>/sock/<name>`` for bind and connect alike.
+- ``ipc``: ``ipc://<run_dir>/sock/<name>`` for bind and connect alike; the directory of
+  an ipc socket is made private (mode 0700, :func:`ensure_private_dir`): connecting to a
+  unix socket needs search permission on its directory, so no other user can reach it.
 - ``tcp``: bind ``tcp://<bind_host>:<port>``, connect ``tcp://<host>:<port>`` where an
   entry's ``host`` defaults to the bind host (or 127.0.0.1 when binding 0.0.0.0).
   A per-entry ``transport``, ``bind_host`` or ``port`` overrides the topology default.
+  tcp endpoints use CurveZMQ with the keys the topology's ``curve`` section names
+  (:mod:`actors.runtime.curve`).
 
 The launcher is addressed like an actor under the reserved name :data:`LAUNCHER`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +77,27 @@ def ipc_endpoint(run_dir: str | Path, name: str) -> str:
             f"ipc socket path {path} is longer than {IPC_PATH_MAX} bytes; "
             "use a shorter run directory")
     return f"ipc://{path}"
+
+
+def ensure_private_dir(path: str | Path) -> Path:
+    """Create ``path`` (mode 0700) or make an existing one ours alone; refuse a directory
+    owned by another user, since its owner could reach (or replace) the sockets in it."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"ipc socket directory {path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise ValueError(f"ipc socket directory {path} belongs to uid {st.st_uid}, "
+                         f"not to this user ({os.getuid()}): choose a run directory of your own")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    """The file of an ``ipc://`` endpoint, None for any other transport."""
+    return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
 
 
 def tcp_endpoint(bind_host: str, connect_host: str, port: int) -> Endpoint:

@@ -29,6 +29,10 @@ incarnation (:attr:`Launcher.reports`). :meth:`Launcher.incarnation_history` giv
 actor, the last report of each incarnation that died, so what a killed process
 counted up to its last heartbeat is not lost with it.
 
+tcp:// endpoints use CurveZMQ (:mod:`actors.runtime.curve`): with the topology's
+``curve.keys_dir`` when it has one, else with a key pair per actor that the launcher
+generates in ``keys/`` of the run directory. ipc sockets live in ``sock/``, mode 0700.
+
 An actor entry with ``"external": true`` is not spawned (a container started it): the
 launcher only waits for its ``ready``, starts and stops it.
 """
@@ -51,7 +55,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actors.runtime import procutil
-from actors.runtime.addressing import LAUNCHER, actor_names, endpoints_from_topology
+from actors.runtime.addressing import (
+    LAUNCHER,
+    actor_names,
+    endpoints_from_topology,
+    ensure_private_dir,
+)
+from actors.runtime.curve import (
+    CurveContext,
+    curve_context,
+    generate_keys,
+    keys_dir_of,
+    load_keys,
+    uses_tcp,
+)
 from actors.runtime.logging import LogSettings, log_path, make_logger, open_log_stream
 from actors.runtime.mailbox import DEFAULT_HWM, Mailbox
 from protocol import messages as msg
@@ -122,6 +139,18 @@ class Launcher:
             self._procs[name] = ActorProcess(name, str(entry["role"]),
                                              int(entry.get("instance", 0)),
                                              external=bool(entry.get("external", False)))
+        # tcp:// needs keys: a topology of actors we spawn gets a fresh pair per actor in
+        # the run directory; external actors must have been given theirs (rxpath compose).
+        self._keys_dir = keys_dir_of(self.topology)
+        self._make_keys = False
+        if self._keys_dir is None and uses_tcp(self.endpoints.values()):
+            if any(p.external for p in self._procs.values()):
+                raise ValueError("tcp:// endpoints of external actors need CURVE keys: the "
+                                 "topology has no curve section (rxpath compose writes one)")
+            self._keys_dir = self.run_dir / "keys"
+            self.topology["curve"] = {"keys_dir": str(self._keys_dir)}
+            self._make_keys = True
+        self._curve_ctx: CurveContext | None = None
         runtime = self.topology.get("runtime") or {}
         self._hwm = int(runtime.get("hwm", DEFAULT_HWM))
         base_env = dict(os.environ if env is None else env)
@@ -168,15 +197,22 @@ class Launcher:
             raise RuntimeError("launcher already started")
         self._started = True
         try:
-            for sub in ("logs", "sock"):
-                (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(self.run_dir / "sock")
+            if self._make_keys:
+                assert self._keys_dir is not None
+                generate_keys(self._keys_dir, [LAUNCHER, *self.names])
             self.topology_path.write_text(json.dumps(self.topology, indent=2) + "\n")
             settings = LogSettings.from_dict(self.topology.get("log"))
             self._log_stream = open_log_stream(self.run_dir, LAUNCHER, settings)
             self.log = make_logger(LAUNCHER, role=LAUNCHER, instance=0,
                                    run_dir=self.run_dir, settings=settings,
                                    stream=self._log_stream)
-            self._mailbox = Mailbox(LAUNCHER, self.endpoints, hwm=self._hwm, log=self.log)
+            if self._keys_dir is not None:
+                self._curve_ctx = curve_context(
+                    load_keys(self._keys_dir, LAUNCHER, self.endpoints), log=self.log)
+            self._mailbox = Mailbox(LAUNCHER, self.endpoints, hwm=self._hwm, log=self.log,
+                                    ctx=self._curve_ctx)
             self._mailbox.bind()
             self._install_signal_handlers()
             atexit.register(self._close)
@@ -255,6 +291,9 @@ class Launcher:
         if self._mailbox is not None:
             self._mailbox.close()
             self._mailbox = None
+        if self._curve_ctx is not None:
+            self._curve_ctx.close()
+            self._curve_ctx = None
         if self._parent_pipe is not None:
             for fd in self._parent_pipe:
                 os.close(fd)

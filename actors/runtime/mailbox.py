@@ -13,9 +13,10 @@
 - LINGER is set to 0 only when closing, which callers do after an explicit
   end-of-stream handshake, never relying on LINGER to flush.
 
-Received frames are decoded, checked (frame count, sender == routing id, envelope and
-schema) and sequence-tracked per link; a bad one is counted under
-``rejected_messages[reason]``, logged (rate-limited), and dropped; nothing raises.
+Received frames are decoded, checked (frame count, sender == routing id, a sender in
+the address book, envelope and schema) and sequence-tracked per link; a bad one is
+counted under ``rejected_messages[reason]``, logged (rate-limited), and dropped; nothing
+raises.
 """
 
 from __future__ import annotations
@@ -350,6 +351,11 @@ class Mailbox:
         if self._ids.get(ident) != sender:
             if ident != sender.encode():
                 self.reject("sender_mismatch", f"envelope says {sender!r}", ident)
+                return None
+            # Checked once per connection: every actor of the topology is in the book, and
+            # a reply to anyone else (stats, end_of_stream_ack, sock_op_done) could not go.
+            if sender not in self.endpoints:
+                self.reject("unknown_sender", f"{sender!r} has no endpoint", ident)
                 return None
             self._ids[ident] = sender
         expected = self._expected

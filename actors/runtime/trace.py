@@ -13,6 +13,7 @@ One JSON array per line; times are integer nanoseconds of ``time.monotonic_ns()`
     ["M", {"t0_ns": 123456789}]                      # the run start (launcher's start)
     ["X", start, dur, tid, name, args, flows, pid]   # a complete slice
     ["C", ts, name, {series: value}, pid]            # a counter sample
+    ["i", ts, tid, name, args, pid]                  # an instant event (a drop, a SACK)
 
 A counter series named ``"<track>/<unit>"`` becomes its own counter track
 ``"<name> <track>"`` with values in ``<unit>``; a plain series name stays on ``<name>``.
@@ -189,6 +190,12 @@ class TraceWriter:
         """A slice from ``start`` to ``end`` (ns) on thread ``tid``."""
         if self.on:
             self._add(["X", start, max(0, end - start), tid, name, args, flows or None, pid])
+
+    def instant(self, name: str, ts: int, tid: str = "main", *,
+                args: dict[str, Any] | None = None, pid: str | None = None) -> None:
+        """Something that happened at one moment (a drop and its reason, a SACK sent)."""
+        if self.on:
+            self._add(["i", ts, tid, name, args, pid])
 
     def counter(self, name: str, ts: int, values: Mapping[str, int | float], *,
                 pid: str | None = None, dedupe: bool = True) -> None:

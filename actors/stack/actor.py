@@ -96,19 +96,23 @@ class StackActor(Actor):
     @handles(msg.RCV_BATCH)
     def on_rcv_batch(self, env: Envelope, now: int) -> None:
         ids, gso, frames = env.body.get("ids"), env.body.get("gso"), env.body["frames"]
-        bad_gso: MalformedMessage | None = None
+        bad: MalformedMessage | None = None
         if gso is not None:
             try:
                 msg.check_gso(gso, len(frames))
                 frames = [GsoFrame(f, g) if g else f for f, g in zip(frames, gso, strict=True)]
             except MalformedMessage as exc:
-                bad_gso = exc
+                bad = exc
+        try:
+            msg.check_ids(ids, len(frames))
+        except MalformedMessage as exc:
+            bad, ids = bad or exc, None
         self.work.append((env.sender, env.body["batch"], deque(frames),
                           deque(ids) if ids is not None and self.observer else None))
-        if bad_gso is not None:
+        if bad is not None:
             # The frames are sound and their cpu waits for the batch's rcv_done: they go
-            # up without GSO sizes, and the list is rejected (counted and logged).
-            raise RejectMessage(f"{bad_gso}; frames taken without it")
+            # up without GSO sizes / trace ids, and the list is rejected (counted, logged).
+            raise RejectMessage(f"{bad}; frames taken without it")
 
     def next_deadline(self) -> int | None:
         if self.work:

@@ -53,35 +53,42 @@ StackOutput = Transmit | OpDone | Event
 
 
 # Every way an arriving segment can end, named after Linux's SKB_DROP_REASON_*.
-# The value says which counter Linux increments for it (None: only sk_drops).
+# The value is the MIB counter the kernel increments at that drop site (6.18:
+# include/net/dropreason-core.h's "corresponds to"/"see" notes and tcp_input.c), None
+# when it increments none besides sk_drops. A profile without the counter (4.13 has no
+# TCPZeroWindowDrop, TCPRcvQDrop or BeyondWindow) increments nothing there.
 DROP_REASONS: dict[str, str | None] = {
-    "NO_SOCKET": "TcpOutRsts",
-    "TCP_CSUM": "TcpInCsumErrors",
+    "NO_SOCKET": "TcpOutRsts",  # tcp_v4_send_reset answers it (not for a RST)
+    "TCP_CSUM": "TcpInCsumErrors",  # and TcpInErrs
     "PKT_TOO_SMALL": "TcpInErrs",
-    "TCP_BACKLOG": "TcpExtTCPBacklogDrop",
+    "TCP_BACKLOG": "TcpExtTCPBacklogDrop",  # 6.x: SKB_DROP_REASON_SOCKET_BACKLOG
     "PFMEMALLOC": "TcpExtPFMemallocDrop",
     "TCP_FLAGS": None,
-    "TCP_ZEROWINDOW": None,  # modern also counts TcpExtTCPZeroWindowDrop
+    "TCP_ZEROWINDOW": "TcpExtTCPZeroWindowDrop",
+    # tcp_data_queue: reason = TCP_OLD_DATA; NET_INC_STATS(LINUX_MIB_DELAYEDACKLOST).
+    # DelayedACKLost also counts TCP_OLD_SEQUENCE drops that carried data (below), so
+    # nstat's DelayedACKLost is OLD_DATA plus those, not OLD_DATA alone.
     "TCP_OLD_DATA": "TcpExtDelayedACKLost",
     "TCP_OVERWINDOW": None,
     "TCP_OFOMERGE": "TcpExtTCPOFOMerge",
-    "TCP_OFO_DROP": "TcpExtTCPOFODrop",
+    "TCP_OFO_DROP": "TcpExtTCPOFODrop",  # 6.x: PROTO_MEM in tcp_data_queue_ofo
     "TCP_OFO_QUEUE_PRUNE": "TcpExtOfoPruned",
     "PROTO_MEM": "TcpExtTCPRcvQDrop",
-    "TCP_INVALID_SEQUENCE": None,
-    "TCP_RFC7323_PAWS": None,  # TcpExtPAWSEstab (modern: PAWSOldAck for old pure ACKs)
+    "TCP_INVALID_SEQUENCE": "TcpExtBeyondWindow",  # not for a RST or a SYN
+    "TCP_RFC7323_PAWS": "TcpExtPAWSEstab",  # modern's old pure ACK: PAWSOldAck instead
     "TCP_RESET": None,
     "TCP_INVALID_ACK_SEQUENCE": None,
     "TCP_CLOSE": None,
     "SOCKET_CLOSE": None,
     "TCP_OLD_ACK": None,
-    "TCP_OLD_SEQUENCE": None,  # answered by a dupack (DelayedACKLost if it had data)
+    # No counter of its own: tcp_send_dupack counts DelayedACKLost if it carried data.
+    "TCP_OLD_SEQUENCE": None,
     "TCP_INVALID_END_SEQUENCE": "TcpExtBeyondWindow",
     "TCP_ACK_UNSENT_DATA": None,
-    "TCP_OFO_DUP": None,  # an ofo skb that in-order data overtook entirely
+    "TCP_OFO_DUP": None,  # 6.x: TCP_OFO_DROP in tcp_ofo_queue (in-order data overtook it)
     "TCP_DATA_AFTER_FIN": None,
     "TCP_ABORT_ON_DATA": "TcpExtTCPAbortOnData",
-    "LISTEN_OVERFLOW": "TcpExtListenDrops",
+    "LISTEN_OVERFLOW": "TcpExtListenOverflows",  # and ListenDrops (tcp_listendrop)
 }
 
 # Fates that are not drops: the bytes reached a reader, or the segment carried no

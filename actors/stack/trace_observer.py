@@ -4,9 +4,10 @@
 segments) into trace records: the ``tcp_v4_rcv`` slice of each segment with where it
 went, the timer runs, each task's step on the task's own track (named after the
 kernel function it stands for, with the backlog or prequeue work done on its
-behalf), the socket lock's owners and waiters, and counter samples of each socket's
-queues. :func:`log_event` writes the events worth a log line. Neither decides
-anything: the model has done its work when they look.
+behalf), the socket lock's owners and waiters, counter samples of each socket's
+queues, each ACK's number and window edge, and instants for the SACK blocks sent and
+every segment dropped (with its reason). :func:`log_event` writes the events worth a
+log line. Neither decides anything: the model has done its work when they look.
 
 Slices end at the process clock when the record is made, so a slice shows the real
 time the work took in this process.
@@ -40,7 +41,7 @@ from actors.stack.net import (
 )
 from actors.stack.sock import TcpSock, TcpState
 from actors.stack.tcp_ipv4 import Stack
-from protocol.segment import Segment, flags_text
+from protocol.segment import Segment, TcpFlags, flags_text
 from protocol.sockops import (
     OPS,
     DoExit,
@@ -99,6 +100,7 @@ class StackTrace:
         self.clock = clock
         self.stack = stack
         self.fresh_fates: list[tuple[int, str]] = []
+        self.fresh_drops: list[tuple[int, str]] = []  # (flow id, reason) not yet marked
         self.fate_notes: dict[str, str] = {}
         stack.net.fates = _FateLog(self.fresh_fates)
         # Flow ids given to the segments the model queued for transmit, by output.
@@ -119,7 +121,63 @@ class StackTrace:
     def _new_tx_id(self, out: Transmit) -> int:
         fid = self.flow_ids.next_id()
         self.tx_ids[id(out)] = fid
+        self._ack_sample(out)
         return fid
+
+    def _ack_sample(self, out: Transmit) -> None:
+        """What an ACK tells the sender, as stream offsets (bytes after the SYN): the ACK
+        number and the window's right edge (ack + scaled window) as a counter sample of
+        the flow, and its SACK blocks, if any, as an instant. The time-sequence graph of
+        ``rxpath report`` draws these lines."""
+        seg = out.segment
+        flags = seg.flags
+        sk = self.stack.socks.get(out.sock_id) if out.sock_id is not None else None
+        if sk is None or not flags & TcpFlags.ACK or flags & (TcpFlags.SYN | TcpFlags.RST):
+            return
+        t = self.clock()
+        irs = sk.irs + 1
+        ack = (seg.ack - irs) & 0xFFFFFFFF
+        edge = ack + (seg.window << sk.rx_opt.rcv_wscale)
+        name = self.flow_json.get(sk.rport) or f'"sock{sk.sock_id}"'
+        self.trace.line(f'["C",{t},{name},{{"ACK/byte offset":{ack},'
+                        f'"window edge/byte offset":{edge}}},null]')
+        blocks = seg.options.sack_blocks
+        if blocks:
+            rel = [[(a - irs) & 0xFFFFFFFF, (b - irs) & 0xFFFFFFFF] for a, b in blocks]
+            self.trace.line(f'["i",{t},"ACKs sent","SACK",{{"flow":{name},"ack":{ack},'
+                            f'"blocks":{json.dumps(rel, separators=(",", ":"))}}},null]')
+
+    def _drop_marks(self, n0: int, t: int) -> None:
+        """An instant per segment dropped since output ``n0``, named after its reason:
+        from the model's drop events (flow, offset, length), and from the fates for a drop
+        no socket owned (no event says where it was)."""
+        pending = self.fresh_drops
+        evs = [out for out in self.outputs()[n0:] if isinstance(out, Event)
+               and out.name == "drop"]
+        if not pending and not evs:
+            return
+        covered: dict[str, int] = {}
+        for out in evs:
+            f = out.fields
+            reason = str(f.get("reason"))
+            covered[reason] = covered.get(reason, 0) + 1
+            args: dict[str, Any] = {"reason": "SKB_DROP_REASON_" + reason,
+                                    "counter": DROP_REASONS.get(reason),
+                                    "flow": self._sock_name(out.sock_id)}
+            sk = self.stack.socks.get(out.sock_id) if out.sock_id is not None else None
+            seq, end_seq = f.get("seq"), f.get("end_seq")
+            if sk is not None and isinstance(seq, int) and isinstance(end_seq, int):
+                args["offset"] = (seq - sk.irs - 1) & 0xFFFFFFFF
+                args["len"] = (end_seq - seq) & 0xFFFFFFFF
+            self.trace.instant("drop: " + reason, t, "drops", args=args)
+        for fid, reason in pending:
+            if covered.get(reason):
+                covered[reason] -= 1
+                continue
+            self.trace.instant("drop: " + reason, t, "drops",
+                               args={"reason": "SKB_DROP_REASON_" + reason,
+                                     "counter": DROP_REASONS.get(reason), "id": fid})
+        pending.clear()
 
     def _tx_sources(self, n0: int) -> list[int]:
         """A flow id for every segment the model queued for transmit since output ``n0``."""
@@ -146,6 +204,8 @@ class StackTrace:
         for i, fate in fresh:
             if fate != DELIVERED and fate != CONSUMED and is_flow_id(i):
                 self.fate_notes[str(i)] = fate
+                if fate.startswith("drop:"):
+                    self.fresh_drops.append((i, fate[5:]))
         fresh.clear()
         return ended
 
@@ -222,6 +282,8 @@ class StackTrace:
             flows.append(f"[{HOP_SOURCE},[{','.join(map(str, tx))}]]")
         fl = f"[{','.join(flows)}]" if flows else "null"
         self.trace.line(f'["X",{start},{end - start},"softirq","tcp_v4_rcv",{args}}},{fl},null]')
+        if self.fresh_drops or where.startswith("drop:"):
+            self._drop_marks(n0, end)
         if sk is not None:
             self.sock_sample(sk, end)
 
@@ -237,6 +299,7 @@ class StackTrace:
         if fates:
             args["fates"] = fates
         self.trace.complete("tcp timers", start, end, "softirq", args=args, flows=flows)
+        self._drop_marks(n0, end)
         for sk in self.stack.socks.values():
             if sk.state != TcpState.LISTEN:
                 self.sock_sample(sk, end)
@@ -295,6 +358,7 @@ class StackTrace:
             self._op_flows(task, cls, name, start, end, tx, moved, ended,
                            len(from_backlog), len(from_prequeue))
         self._lock_events(n0, start, end)
+        self._drop_marks(n0, end)
         if sk is not None:
             self.sock_sample(sk, end)
 
