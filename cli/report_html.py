@@ -311,6 +311,31 @@ def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+
+def _axes(title: str, y_label: str, height: int, box: tuple[int, int, int, int],
+          yt: list[float], xt: list[float], sx: Callable[[float], float],
+          sy: Callable[[float], float]) -> list[str]:
+    """A plot's title, frame, grid with tick labels and axis labels, for the plot area
+    ``box`` (left, top, width, height); ``xt``: time ticks (s) inside the plotted span."""
+    ml, mt, pw, ph = box
+    parts = [f'<text x="{ml}" y="18" class="title">{_esc(title)}</text>',
+             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>']
+    for v in yt:
+        y = sy(v)
+        parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                     f'<text x="{ml - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
+                     f'{fmt_value(v)}</text>')
+    for v in xt:
+        x = sx(v)
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" class="grid"/>'
+                     f'<text x="{x:.1f}" y="{mt + ph + 16}" class="tick" text-anchor="middle">'
+                     f'{v:g}</text>')
+    parts.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" class="axis" '
+                 f'text-anchor="middle">time since start (s)</text>')
+    parts.append(f'<text x="14" y="{mt + ph / 2:.0f}" class="axis" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {mt + ph / 2:.0f})">{_esc(y_label)}</text>')
+    return parts
+
 def line_chart(title: str, series: list[Series], *, y_label: str, x_end: float | None = None,
                width: int = 900, height: int = 260, step: bool = True,
                marks: Sequence[TimeMark] = ()) -> str:
@@ -345,25 +370,9 @@ def line_chart(title: str, series: list[Series], *, y_label: str, x_end: float |
 
     parts = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" data-series="{len(series)}" '
-             f'data-points="{npoints}" role="img" aria-label="{_esc(title)}">',
-             f'<text x="{ml}" y="18" class="title">{_esc(title)}</text>',
-             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>']
-    for v in yt:
-        y = sy(v)
-        parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                     f'<text x="{ml - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
-                     f'{fmt_value(v)}</text>')
-    for v in xt:
-        if v > x1:
-            continue
-        x = sx(v)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" class="grid"/>'
-                     f'<text x="{x:.1f}" y="{mt + ph + 16}" class="tick" text-anchor="middle">'
-                     f'{v:g}</text>')
-    parts.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" class="axis" '
-                 f'text-anchor="middle">time since start (s)</text>')
-    parts.append(f'<text x="14" y="{mt + ph / 2:.0f}" class="axis" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {mt + ph / 2:.0f})">{_esc(y_label)}</text>')
+             f'data-points="{npoints}" role="img" aria-label="{_esc(title)}">']
+    parts += _axes(title, y_label, height, (ml, mt, pw, ph), yt, [v for v in xt if v <= x1],
+                   sx, sy)
     for i, s in enumerate(series):
         color = s.color or PALETTE[i % len(PALETTE)]
         pts = reduce_points(s.points, x0, x1, pw)
@@ -765,24 +774,9 @@ def seq_chart(title: str, p: FlowPicture, *, x_end: float | None = None,
              f'data-points="{nmarks}" data-segments="{len(p.segments)}" '
              f'data-acks="{len(p.acks)}" data-sacks="{len(p.sacks)}" '
              f'data-drops="{len(p.drops)}" data-zero-windows="{len(p.zero_windows)}" '
-             f'role="img" aria-label="{_esc(title)}">',
-             f'<text x="{ml}" y="18" class="title">{_esc(title)}</text>',
-             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>']
-    for v in yt:
-        y = sy(v)
-        parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                     f'<text x="{ml - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
-                     f'{fmt_value(v)}</text>')
-    for v in nice_ticks(x0, x1, 8):
-        if x0 <= v <= x1:
-            x = sx(v)
-            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" '
-                         f'class="grid"/><text x="{x:.1f}" y="{mt + ph + 16}" class="tick" '
-                         f'text-anchor="middle">{v:g}</text>')
-    parts.append(f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" class="axis" '
-                 f'text-anchor="middle">time since start (s)</text>'
-                 f'<text x="14" y="{mt + ph / 2:.0f}" class="axis" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {mt + ph / 2:.0f})">stream offset (bytes)</text>')
+             f'role="img" aria-label="{_esc(title)}">']
+    parts += _axes(title, "stream offset (bytes)", height, (ml, mt, pw, ph), yt,
+                   [v for v in nice_ticks(x0, x1, 8) if x0 <= v <= x1], sx, sy)
     for a, b in p.zero_windows:  # shaded first: everything else draws over it
         xa = sx(a)
         parts.append(f'<rect class="zero-window" x="{xa:.1f}" y="{mt}" '

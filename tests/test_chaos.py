@@ -17,6 +17,7 @@ from cli.chaos import ChaosAction, ChaosRunner, plan_chaos
 from cli.checker import check_flow, check_run
 from cli.config import load_scenario
 from cli.run import run_scenario
+from tests.chaos_helpers import alive, assert_reader_death_accounted, died
 
 FLOW_ID, SIZE = 1, 10_000
 
@@ -109,18 +110,6 @@ def small_scenario(mb: float = 2.0, seed: int = 1) -> Scenario:
     return Scenario.from_dict(raw)
 
 
-def alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
-
-
 def chaos_run(tmp_path: Path, plan: list[ChaosAction], *, mb: float = 2.0,
               seed: int = 1) -> dict[str, Any]:
     runner = ChaosRunner(list(plan))
@@ -135,10 +124,6 @@ def chaos_run(tmp_path: Path, plan: list[ChaosAction], *, mb: float = 2.0,
     summary["chaos_done"] = runner.done
     assert alive(pids) == [], "actor processes outlived the run"
     return summary
-
-
-def died(summary: dict[str, Any], actor: str) -> bool:
-    return any(d["actor"] == actor for d in summary["supervision"]["deaths"])
 
 
 
@@ -199,10 +184,7 @@ def test_reader_killed_while_owning_the_lock(tmp_path: Path) -> None:
     assert runner.done and runner.done[0]["result"] == "SIGKILL", f"never owned: {tries}"
     stack = json.loads((tmp_path / "run" / "counters.json").read_text())["stack"]["role"]
     assert stack["locks_released_by_exit"] == 1, "r1 did not die owning the lock"
-    assert died(s, "r1") and s["reason"] == "complete", s["checker_text"]
-    f1 = next(f for f in s["checker"]["flows"] if f["flow"] == "f1")
-    assert f1["delivered"] + f1["delivered_then_lost"] == f1["expected"]
-    assert s["checker"]["ok"], s["checker_text"]
+    assert_reader_death_accounted(s, "r1", "f1")
 
 
 @pytest.mark.chaos

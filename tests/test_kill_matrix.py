@@ -26,6 +26,7 @@ from cli.chaos import ChaosAction, ChaosRunner
 from cli.checker import conservation_across_restarts, senders_that_died
 from cli.config import load_scenario
 from cli.run import run_scenario
+from tests.chaos_helpers import alive, assert_reader_death_accounted, died
 
 # --- conservation across restarts, on counters (no processes) --------------------------
 
@@ -197,10 +198,6 @@ def scenario(*, duration: float = 40.0, clean_wire: bool = False) -> Scenario:
     return Scenario.from_dict(raw)
 
 
-def alive(pids: list[int]) -> list[int]:
-    return [p for p in pids if procutil.pid_alive(p)]
-
-
 @dataclass
 class WhenFlowing:
     """Chaos on an observed event, not a moment: once the stack has reported
@@ -232,10 +229,6 @@ def run(tmp_path: Path, hook: WhenFlowing, sc: Scenario,
     assert hook.runner.done, "the trigger never fired"
     assert alive(hook.pids) == [], "actor processes outlived the run"
     return s, json.loads((rd / "counters.json").read_text())
-
-
-def died(s: dict[str, Any], name: str) -> bool:
-    return any(d["actor"] == name for d in s["supervision"]["deaths"])
 
 
 @pytest.mark.chaos
@@ -279,12 +272,9 @@ def test_a_killed_reader_loses_only_what_it_held_and_conservation_is_exact(
         tmp_path: Path) -> None:
     hook = WhenFlowing("r1")
     s, _ = run(tmp_path, hook, scenario())
-    assert died(s, "r1") and s["reason"] == "complete", s["checker_text"]
     c = s["checker"]["conservation"]
     assert c["checked"] and c["ok"] and not c.get("across_restarts"), s["checker_text"]
-    f1 = next(f for f in s["checker"]["flows"] if f["flow"] == "f1")
-    assert f1["delivered"] + f1["delivered_then_lost"] == f1["expected"]
-    assert s["checker"]["ok"], s["checker_text"]
+    assert_reader_death_accounted(s, "r1", "f1")
 
 
 @pytest.mark.chaos

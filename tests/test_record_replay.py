@@ -20,6 +20,7 @@ from cli.chaos import ChaosAction, ChaosRunner
 from cli.config import load_scenario
 from cli.main import app
 from cli.run import run_scenario
+from tests.chaos_helpers import alive
 from tests.conftest import _short_run_dir
 
 runner = CliRunner()
@@ -283,16 +284,8 @@ def chaos_run(rd: Path, action: ChaosAction, kb: int = 1500) -> dict[str, Any]:
     summary = run_scenario(small_scenario(kb), rd, progress=False, chaos=hook,
                            policy=RestartPolicy(hang_after_s=2.0))
     assert chaos.done and chaos.done[0]["result"] == "SIGKILL", chaos.done
-    for pid in pids:
-        assert not _alive(pid), f"actor {pid} outlived the run"
+    assert alive(pids) == [], "actor processes outlived the run"
     return summary
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
