@@ -463,8 +463,13 @@ def conservation_across_restarts(counters: Mapping[str, Any], cpus: Iterable[str
         kept = " + ".join(_KEPT[b.name] for b in group)
         equations[f"{_INTO[first.name]} = {kept} + {_OUT[last.name]} + lost with killed "
                   f"{', '.join(killed)}"] = (entered, dropped + held + left + n)
+        # Fewer frames reaching the next box than the killed process had counted as sent:
+        # its last report was out before those messages left it, and SIGKILL discarded
+        # its send queue. They are among the ``n`` lost; only a negative ``n`` (or more
+        # entering after the report than before) would be impossible.
+        unsent = max(0, -after_out)
+        detail[label]["lost_in_send_queue"] = unsent
         for what, value in (("entered after its last report", after_in),
-                            ("left after its last report", after_out),
                             ("lost with the process", n)):
             if value < 0:
                 witnesses.append(f"killed {label} ({', '.join(killed)}): {value} frames "
@@ -474,6 +479,9 @@ def conservation_across_restarts(counters: Mapping[str, Any], cpus: Iterable[str
             how = f"what crossed from {first.name} to {last.name} is counted by neither"
         elif sink:
             how = f"{then} waiting then, {after_in} handed to it after it"
+        elif unsent:
+            how = (f"{then} held then, {after_in} entered after it, and {unsent} it had "
+                   f"counted as sent never reached the {boxes[j + 1].name}: its send queue")
         else:
             how = f"{then} held then, {after_in} entered and {after_out} left after it"
         reports = "its last report" if len(killed) == 1 else "their last reports"

@@ -88,6 +88,23 @@ def test_a_killed_process_cannot_have_reported_more_than_reached_it() -> None:
     assert any("-5 frames entered after its last report" in w for w in c["witnesses"])
 
 
+def test_frames_a_killed_process_counted_as_sent_but_never_sent_are_lost_with_it() -> None:
+    # cpu0#0's last heartbeat counted 30 frames handed to the stack, but SIGKILL took the
+    # last 2 still in its send queue: the stack got 28 from it and 10 from cpu0#1.
+    counters = {
+        "peer": actor({"peer": {"frames_out": 40}}),
+        "nic": actor(nic_r(40)),
+        "cpu0": actor(cpu_r(10, 10), inc=1, dead=[(0, cpu_r(30, 30))]),
+        "stack": actor(stack_r(38)),
+    }
+    c = conservation_across_restarts(counters, ["cpu0"])
+    assert c["ok"], c
+    assert c["lost_since_last_report"] == {"cpu": 2}
+    d = c["detail"]["cpu"]
+    assert (d["left_after_last_report"], d["lost_in_send_queue"]) == (-2, 2)
+    assert any("2 it had counted as sent never reached the stack" in n for n in c["notes"])
+
+
 def test_an_unbalanced_last_report_is_a_witness() -> None:
     counters = {
         "nic": actor(nic_r(50)),
