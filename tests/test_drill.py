@@ -338,6 +338,25 @@ def test_blocking_read_return_time_is_checked(tmp_path: Path) -> None:
     assert never.outcome is Outcome.FAIL and "never returned" in never.mismatch.message
 
 
+def test_next_call_waits_for_a_blocked_call_like_packetdrill(tmp_path: Path) -> None:
+    """packetdrill's await_idle_thread: a call due while another blocks waits up to 1 s
+    for the syscall thread; the blocked call's own return time is still checked."""
+    waited = run_text(tmp_path, """\
+       +0 fcntl(4, F_SETFL, O_RDWR|O_NONBLOCK) = 0
+       +0 epoll_create(1) = 5
+       +0 epoll_ctl(5, EPOLL_CTL_ADD, 4, {events=EPOLLIN, fd=4}) = 0
+       +0...0.030 epoll_wait(5, {events=0, ptr=0}, 1, 30) = 0
+    +.025 read(4, ..., 1000) = -1 EAGAIN (Resource temporarily unavailable)
+    """)
+    assert waited.outcome is Outcome.PASS, waited.mismatch
+    stuck = run_text(tmp_path, """\
+       +0...2 read(4, ..., 1000) = 1000
+     +.05 getsockopt(4, SOL_SOCKET, SO_RCVBUF, [131072], [4]) = 0
+    """)
+    assert stuck.outcome is Outcome.FAIL
+    assert "still blocked" in stuck.mismatch.message
+
+
 def test_nonblocking_call_that_blocks_fails(tmp_path: Path) -> None:
     res = run_text(tmp_path, """\
        +0 read(4, ..., 1000) = 1000

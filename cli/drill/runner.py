@@ -76,6 +76,7 @@ REMOTE_IP = "192.0.2.1"
 BIND_PORT = 8080
 FIRST_REMOTE_PORT = 48_000  # packetdrill takes an ephemeral port per passive connection
 ANY_TIME_LIMIT_US = 60_000_000  # how long a ``*`` outbound packet may take to appear
+AWAIT_IDLE_NS = 1_000_000_000  # packetdrill: MAX_WAIT_SECS for a blocked syscall thread
 
 # What ./defaults.sh (linux selftests, google gtests) sets that a receiver model reads.
 DEFAULTS_SH = {
@@ -390,14 +391,19 @@ class DrillRunner:
             return
         self._run_until(t_us * US)
 
-    def _run_until(self, until_ns: int) -> None:
-        """Advance the receiver, noticing completions of a blocking call on the way."""
+    def _run_until(self, until_ns: int, *, until_idle: bool = False) -> None:
+        """Advance the receiver, noticing completions of a blocking call on the way
+        (and, with ``until_idle``, stopping at the first)."""
         while True:
+            if until_idle and self.blocking is None:
+                return
             nxt = self.rx.next_event_time()
             if nxt is None or nxt > until_ns:
                 break
             self.rx.advance(nxt)
             self._poll_blocking()
+        if until_idle and self.blocking is None:
+            return
         self.rx.advance(until_ns)
         self._poll_blocking()
 
@@ -656,6 +662,10 @@ class DrillRunner:
     # ------------------------------------------------------------------ syscalls
 
     def _syscall(self, ev: Event, spec: SyscallSpec, start_us: int) -> None:
+        if self.blocking is not None:
+            # packetdrill's await_idle_thread: the next call waits up to a second for the
+            # syscall thread; a call that returns meanwhile is still checked for its time.
+            self._run_until(self.rx.now() + AWAIT_IDLE_NS, until_idle=True)
         if self.blocking is not None:
             raise _Failed(Mismatch(ev.line, "a system call is still blocked in "
                                    f"line {self.blocking.event.line} (one syscall thread)"))
