@@ -164,6 +164,13 @@ class Profile:
     # tcp_grow_window raises rcv_ssthresh by at most the room below
     # min(window_clamp, tcp_space) (6.18); 4.13 caps it at window_clamp only
     grow_window_room_capped: bool
+    # tcp_ack: an ACK above snd_nxt gets a challenge ACK (6.18; 4.13 drops it silently),
+    # and "too old" means below snd_una - min(max_window, bytes_acked) (4.13: max_window)
+    ack_unsent_challenge: bool
+    too_old_ack_uses_bytes_acked: bool
+    # tcp_rcv_state_process takes an old ACK in the closing states ("accept old ack
+    # during closing", 6.8); 4.13 answers it with a challenge ACK and drops it
+    closing_accepts_old_ack: bool
     # softirq
     net_rx_action_rescan: bool  # net_rx_action takes NAPIs scheduled meanwhile into the run
     softnet_columns: int  # /proc/net/softnet_stat
@@ -248,6 +255,9 @@ LEGACY = Profile(
     rcv_space_subtracts_inq=False,
     tcp_rcvbuf_grow=False,
     window_clamp_follows_ratio=False,
+    ack_unsent_challenge=False,
+    too_old_ack_uses_bytes_acked=False,
+    closing_accepts_old_ack=False,
     grow_window_room_capped=False,
     net_rx_action_rescan=False,
     softnet_columns=11,
@@ -321,6 +331,9 @@ MODERN = replace(
     tcp_rcvbuf_grow=True,
     # window_clamp follows scaling_ratio; tcp_grow_window capped by tcp_space too
     window_clamp_follows_ratio=True,
+    ack_unsent_challenge=True,
+    too_old_ack_uses_bytes_acked=True,
+    closing_accepts_old_ack=True,
     grow_window_room_capped=True,
     ofo_grows_rcvbuf=True,
     # net_rx_action: NAPIs scheduled during a run join it (same budget)

@@ -19,7 +19,7 @@ from actors.stack.net import OpDone, Transmit
 from actors.stack.sock import TcpSock
 from actors.stack.tcp_ipv4 import Stack
 from protocol.segment import Segment, TcpFlags, TcpOptions
-from protocol.seq import seq_add
+from protocol.seq import seq_add, seq_sub
 from protocol.sockops import Accepted, InetAccept, SockOpResult
 
 LOCAL = "10.0.0.2"
@@ -56,6 +56,10 @@ class Conn:
     def seq(self, offset: int) -> int:
         """Sequence number of stream byte ``offset`` (byte 0 follows the SYN)."""
         return seq_add(self.isn, 1 + offset)
+
+    def seq_offset_of(self, seq: int) -> int:
+        """Stream offset of sequence number ``seq`` (the inverse of :meth:`seq`)."""
+        return seq_sub(seq, seq_add(self.isn, 1))
 
     def segment(self, offset: int, data: bytes, *, fin: bool = False, psh: bool = False,
                 flags: int | None = None, window: int = 1000) -> Segment:

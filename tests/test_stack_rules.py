@@ -1758,6 +1758,56 @@ def test_syn_on_established_gets_challenge_ack(profile: str) -> None:
     assert mib(c, "TcpExtTCPSYNChallenge") == 2
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_ack_of_unsent_data_is_dropped_and_challenged_in_modern(profile: str) -> None:
+    """tcp_ack: SEG.ACK > SND.NXT drops the segment (TCP_ACK_UNSENT_DATA) before its
+    timestamp can become ts_recent; 6.18 answers with a challenge ACK, 4.13 does not."""
+    c = connect(profile, ts=True)
+    off = fill(c, 0, 2, 1000)
+    acks = ack_count(c)
+    ts_recent = c.sk.rx_opt.ts_recent
+    bad = c.segment(off, payload(1000, off)).with_(
+        ack=seq_add(c.sk.snd_nxt, 9999), options=TcpOptions(timestamp=(200_000, 0)))
+    c.deliver(bad)
+    assert c.sk.rcv_nxt == c.seq(off) and c.sk.rx_opt.ts_recent == ts_recent
+    assert c.stack.net.drop_counts["TCP_ACK_UNSENT_DATA"] == 1
+    challenged = profile == "modern"
+    assert mib(c, "TcpExtTCPChallengeACK") == int(challenged)
+    assert ack_count(c) == acks + int(challenged)
+    if challenged:
+        assert last_ack(c).ack == c.seq(off)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_too_old_ack_is_challenged(profile: str) -> None:
+    """tcp_ack, RFC 5961 5.2: an ACK below snd_una - max_window is challenged and
+    dropped. 6.18 bounds the window by bytes_acked, so a receiver that never sent
+    data treats any ACK below snd_una as too old; 4.13 takes it as an old ACK."""
+    c = connect(profile)
+    off = fill(c, 0, 1, 1000)
+    acks = ack_count(c)
+    old = c.segment(off, payload(1000, off)).with_(ack=seq_sub(c.sk.snd_una, 1))
+    c.deliver(old)
+    if profile == "modern":
+        assert c.stack.net.drop_counts["TCP_TOO_OLD_ACK"] == 1
+        assert mib(c, "TcpExtTCPChallengeACK") == 1 and c.sk.rcv_nxt == c.seq(off)
+        assert ack_count(c) == acks + 1
+    else:
+        assert c.sk.rcv_nxt == c.seq(off + 1000)  # old ACK: the data is queued
+        assert mib(c, "TcpExtTCPChallengeACK") == 0
+    # Below every window the peer ever offered: too old for both kernels (a new
+    # window keeps it off header prediction, which ignores tcp_ack's verdict).
+    c.now += 600 * MS
+    at = c.seq_offset_of(c.sk.rcv_nxt)
+    ancient = c.segment(at, payload(10, at), window=999).with_(
+        ack=seq_sub(c.sk.snd_una, c.sk.max_window + 1))
+    drops = c.stack.net.drop_counts["TCP_TOO_OLD_ACK"]
+    challenges = mib(c, "TcpExtTCPChallengeACK")
+    c.deliver(ancient)
+    assert c.stack.net.drop_counts["TCP_TOO_OLD_ACK"] == drops + 1
+    assert mib(c, "TcpExtTCPChallengeACK") == challenges + 1
+
+
 # ---------------------------------------------------------------------------------------
 # Properties
 

@@ -85,6 +85,7 @@ DROP_REASONS: dict[str, str | None] = {
     "TCP_OLD_SEQUENCE": None,
     "TCP_INVALID_END_SEQUENCE": "TcpExtBeyondWindow",
     "TCP_ACK_UNSENT_DATA": None,
+    "TCP_TOO_OLD_ACK": None,  # RFC 5961 5.2: answered with a challenge ACK
     "TCP_OFO_DUP": None,  # 6.x: TCP_OFO_DROP in tcp_ofo_queue (in-order data overtook it)
     "TCP_DATA_AFTER_FIN": None,
     "TCP_ABORT_ON_DATA": "TcpExtTCPAbortOnData",

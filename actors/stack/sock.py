@@ -238,6 +238,7 @@ class TcpSock:
     snd_wnd: int = 0
     snd_wl1: int = 0
     max_window: int = 0
+    bytes_acked: int = 0  # RFC 4898 tcpEStatsAppHCThruOctetsAcked
     advmss: int = 1460
     mss_cache: int = 536
     pred_flags: int = 0

@@ -1347,23 +1347,42 @@ def _syn_challenge(sk: TcpSock, skb: Skb, now: int) -> bool:
     return False
 
 
-def tcp_ack(sk: TcpSock, skb: Skb, slowpath: bool) -> int:
+ACK_UNSENT_DATA = -1  # tcp_ack's -SKB_DROP_REASON_TCP_ACK_UNSENT_DATA
+ACK_TOO_OLD = -2  # tcp_ack's -SKB_DROP_REASON_TCP_TOO_OLD_ACK
+_ACK_DROP_REASON = {ACK_UNSENT_DATA: "TCP_ACK_UNSENT_DATA", ACK_TOO_OLD: "TCP_TOO_OLD_ACK"}
+
+
+def tcp_ack(sk: TcpSock, skb: Skb, slowpath: bool, now: int,
+            no_challenge: bool = False) -> int:
     """The receiver's share of tcp_ack: validate the ACK field and take the peer's window.
 
-    Returns -1 if the segment must be dropped (it acknowledges data never sent).
+    Returns ACK_UNSENT_DATA or ACK_TOO_OLD if the segment must be dropped, 0 for an
+    old ACK (the data is still processed), 1 otherwise. Without ``no_challenge``
+    (FLAG_NO_CHALLENGE_ACK) an invalid ACK is answered as the profile's kernel does.
     """
     net = sk.net
+    profile = net.profile
     ack = skb.ack_seq
-    if after(ack, sk.snd_nxt):
-        return -1
     prior_snd_una = sk.snd_una
     if before(ack, prior_snd_una):
+        # RFC 5961 5.2 blind data injection: an ACK older than any window sent.
+        max_window = min(sk.max_window, sk.bytes_acked) \
+            if profile.too_old_ack_uses_bytes_acked else sk.max_window
+        if before(ack, seq_sub(prior_snd_una, max_window)):
+            if not no_challenge:
+                tcp_send_challenge_ack(sk, skb, now)
+            return ACK_TOO_OLD
         return 0  # old ACK: nothing to learn, keep processing the data
+    if after(ack, sk.snd_nxt):
+        if profile.ack_unsent_challenge and not no_challenge:
+            tcp_send_challenge_ack(sk, skb, now)
+        return ACK_UNSENT_DATA
     if not slowpath and after(ack, prior_snd_una):
         net.inc("TcpExtTCPHPAcks")
     elif slowpath and skb.end_seq == skb.seq:
         net.inc("TcpExtTCPPureAcks")
     tcp_ack_update_window(sk, skb, ack)
+    sk.bytes_acked += seq_sub(ack, prior_snd_una)  # tcp_snd_una_update
     sk.snd_una = ack
     return 1
 
@@ -1399,7 +1418,7 @@ def tcp_rcv_established(sk: TcpSock, skb: Skb, now: int) -> None:
         if not skb.data:
             if sk.rx_opt.saw_tstamp and sk.rcv_nxt == sk.rcv_wup:
                 tcp_replace_ts_recent(sk, skb.seq, now)
-            tcp_ack(sk, skb, slowpath=False)
+            tcp_ack(sk, skb, slowpath=False, now=now)
             kfree_skb_consumed(sk, skb)
             return
         if _hp_direct_copy(sk, skb, now):
@@ -1419,7 +1438,7 @@ def tcp_rcv_established(sk: TcpSock, skb: Skb, now: int) -> None:
         tcp_queue_rcv(sk, skb)
         tcp_event_data_recv(sk, skb, now)
         if skb.ack_seq != sk.snd_una:
-            tcp_ack(sk, skb, slowpath=False)
+            tcp_ack(sk, skb, slowpath=False, now=now)
         __tcp_ack_snd_check(sk, False, now)
         tcp_data_ready(sk, now)
         return
@@ -1449,7 +1468,7 @@ def _hp_direct_copy(sk: TcpSock, skb: Skb, now: int) -> bool:
     net.event("direct_copy", sk.sock_id, task=uc.task, bytes=skb.len)
     tcp_event_data_recv(sk, skb, now)
     if skb.ack_seq != sk.snd_una:
-        tcp_ack(sk, skb, slowpath=False)
+        tcp_ack(sk, skb, slowpath=False, now=now)
     __tcp_ack_snd_check(sk, False, now)
     kfree_skb_consumed(sk, skb, DELIVERED)
     # 4.13 calls sk_data_ready even for an eaten skb: it ends the reader's
@@ -1474,11 +1493,11 @@ def _slow_path(sk: TcpSock, skb: Skb, now: int) -> None:
 
 
 def tcp_step5(sk: TcpSock, skb: Skb, now: int) -> None:
-    acked = tcp_ack(sk, skb, slowpath=True)
+    acked = tcp_ack(sk, skb, slowpath=True, now=now)
     if acked < 0:
-        # An ACK of data never sent: discarded without a reply (RFC 793 3.9), and
-        # its timestamp must not become ts_recent.
-        tcp_drop(sk, skb, "TCP_ACK_UNSENT_DATA")
+        # An ACK of data never sent (RFC 793 3.9) or older than any window: its
+        # timestamp must not become ts_recent.
+        tcp_drop(sk, skb, _ACK_DROP_REASON[acked])
         return
     if acked > 0:
         # tcp_ack updates ts_recent once the ACK is known to be valid (old ACKs
@@ -1671,11 +1690,12 @@ def tcp_rcv_state_process(sk: TcpSock, skb: Skb, now: int) -> None:
             return
         tcp_child_established(sk, skb, now)
     else:
-        if tcp_ack(sk, skb, slowpath=True) < 0:
+        acked = tcp_ack(sk, skb, slowpath=True, now=now, no_challenge=True)
+        if acked < 0 or (acked == 0 and not net.profile.closing_accepts_old_ack):
             # tcp_rcv_state_process answers an unacceptable ACK with a
             # (rate-limited) challenge ACK.
             tcp_send_challenge_ack(sk, skb, now)
-            tcp_drop(sk, skb, "TCP_ACK_UNSENT_DATA")
+            tcp_drop(sk, skb, _ACK_DROP_REASON.get(acked, "TCP_OLD_ACK"))
             return
         fin_acked = sk.fin_sent and skb.ack_seq == sk.snd_nxt
         if sk.state == TcpState.FIN_WAIT1 and fin_acked:
