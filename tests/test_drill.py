@@ -357,6 +357,18 @@ def test_next_call_waits_for_a_blocked_call_like_packetdrill(tmp_path: Path) -> 
     assert "still blocked" in stuck.mismatch.message
 
 
+def test_code_after_closing_the_socket_fails_like_packetdrill(tmp_path: Path) -> None:
+    """packetdrill reads tcp_info with getsockopt on the socket's descriptor: once the
+    script closed it, a %{ }% block cannot run."""
+    res = run_text(tmp_path, """\
+       +0 close(4) = 0
+       +0 > F. 1:1(0) ack 1
+       +0 %{ assert tcpi_state == 4, tcpi_state }%
+    """)
+    assert res.outcome is Outcome.FAIL
+    assert "can't find getsockopt" in res.mismatch.message
+
+
 def test_nonblocking_call_that_blocks_fails(tmp_path: Path) -> None:
     res = run_text(tmp_path, """\
        +0 read(4, ..., 1000) = 1000

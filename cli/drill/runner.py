@@ -261,6 +261,8 @@ class _Conn:
     first_ts: tuple[int, int] | None = None  # (script, live)
     synack_pending: bool = False
     active: bool = False
+    fd: int | None = None  # the script's descriptor for it (accept's result, connect's fd)
+    fd_closed: bool = False
 
     def ack_offset(self) -> int:
         if self.local_isn_live is None:
@@ -793,7 +795,13 @@ class DrillRunner:
         return call, check
 
     def _sys_accept(self, ev: Event, spec: SyscallSpec) -> tuple[Call, Callable[[Call], None]]:
-        return self._simple(ev, spec, "accept", fd=self._fd(ev, spec))
+        call, check = self._simple(ev, spec, "accept", fd=self._fd(ev, spec))
+
+        def check_and_adopt(c: Call) -> None:
+            check(c)
+            if c.ret >= 0 and self.conn is not None and self.conn.fd is None:
+                self.conn.fd = c.ret
+        return call, check_and_adopt
 
     def _sys_connect(self, ev: Event, spec: SyscallSpec) -> tuple[Call, Callable[[Call], None]]:
         port = int(self.script.option("connect_port") or BIND_PORT)
@@ -801,7 +809,7 @@ class DrillRunner:
         if fd not in self.connecting:
             # The local port is the kernel's choice: learnt from our SYN. A second
             # connect() on the socket (EALREADY, EISCONN) keeps its connection.
-            self.connecting[fd] = self.conn = _Conn(rport=port, lport=0, active=True)
+            self.connecting[fd] = self.conn = _Conn(rport=port, lport=0, active=True, fd=fd)
             self.listening = False
         return self._simple(ev, spec, "connect", fd=fd, addr=self.remote_ip, port=port)
 
@@ -892,7 +900,14 @@ class DrillRunner:
         return self._simple(ev, spec, "shutdown", fd=self._fd(ev, spec), how=how)
 
     def _sys_close(self, ev: Event, spec: SyscallSpec) -> tuple[Call, Callable[[Call], None]]:
-        return self._simple(ev, spec, "close", fd=self._fd(ev, spec))
+        fd = self._fd(ev, spec)
+        call, check = self._simple(ev, spec, "close", fd=fd)
+
+        def check_and_forget(c: Call) -> None:
+            check(c)
+            if c.ret == 0 and self.conn is not None and self.conn.fd == fd:
+                self.conn.fd_closed = True
+        return call, check_and_forget
 
     def _sys_fcntl(self, ev: Event, spec: SyscallSpec) -> tuple[Call, Callable[[Call], None]]:
         cmd = self._int(ev, self._arg(ev, spec, 1))
@@ -1055,6 +1070,10 @@ class DrillRunner:
             info = self.rx.tcp_info((self.remote_ip, conn.rport, self.local_ip, conn.lport))
         if info is None:
             raise _Failed(Mismatch(ev.line, "no socket for tcp_info"))
+        if conn is not None and conn.fd_closed:
+            # packetdrill's getsockopt(TCP_INFO) on the closed descriptor fails.
+            raise _Failed(Mismatch(ev.line, "can't find getsockopt to get TCP info "
+                                   f"(fd {conn.fd} is closed)"))
         code = textwrap.dedent(spec.text).strip()
         namespace: dict[str, Any] = dict(info)
         safe = {"__builtins__": {"abs": abs, "min": min, "max": max, "len": len, "int": int,
