@@ -397,15 +397,13 @@ class DrillRunner:
         """Advance the receiver, noticing completions of a blocking call on the way
         (and, with ``until_idle``, stopping at the first)."""
         while True:
-            if until_idle and self.blocking is None:
-                return
             nxt = self.rx.next_event_time()
             if nxt is None or nxt > until_ns:
                 break
             self.rx.advance(nxt)
             self._poll_blocking()
-        if until_idle and self.blocking is None:
-            return
+            if until_idle and self.blocking is None:
+                return
         self.rx.advance(until_ns)
         self._poll_blocking()
 
