@@ -12,6 +12,40 @@ from typing import Any, Literal
 
 MS = 1_000_000  # nanoseconds per millisecond: the model's clock is in ns
 US = 1_000
+NS_PER_S = 1_000_000_000
+
+# CONFIG_HZ values whose jiffy is a whole number of ns (HZ_300's is not)
+HZ_CHOICES = (100, 250, 1000)
+# Timer wheel (kernel/time/timer.c, 4.8+): 64 buckets a level, each level 8 times coarser
+_LVL_BITS, _LVL_CLK_SHIFT, _LVL_DEPTH = 6, 3, 9
+
+
+def jiffy_ns(hz: int) -> int:
+    """The length of one jiffy (one tick) in ns."""
+    return NS_PER_S // hz
+
+
+def usecs_to_jiffies(usecs: int, hz: int) -> int:
+    """usecs_to_jiffies: rounds up, so no timeout is shorter than asked."""
+    return -(-usecs * hz // 1_000_000)
+
+
+def timer_fires_at(now: int, expires: int, jiffy: int) -> int:
+    """When a wheel timer armed at ``now`` for ``expires`` (the start of its expiry jiffy,
+    in ns) runs: calc_wheel_index puts it in the bucket after ``expires`` at the coarsest
+    level whose granularity the delay allows (LVL_START), so a timer never fires early,
+    at least one tick late (a delayed ACK armed for 10 jiffies at HZ=250 runs 40-44 ms
+    later), and later still for long delays (1 s at HZ=1000: up to 64 ms)."""
+    clk = now // jiffy
+    exp = expires // jiffy
+    delta = exp - clk
+    if delta < 0:
+        return (clk + 1) * jiffy  # already due: the next tick runs it
+    lvl = 0
+    while lvl < _LVL_DEPTH - 1 and delta >= ((1 << _LVL_BITS) - 1) << (lvl * _LVL_CLK_SHIFT):
+        lvl += 1
+    shift = lvl * _LVL_CLK_SHIFT
+    return (((exp >> shift) + 1) << shift) * jiffy
 
 ProfileName = Literal["legacy", "modern"]
 
@@ -42,6 +76,10 @@ class Sysctls:
     # net.core.rmem_max: SO_RCVBUF is clamped to it, and tcp_select_initial_window
     # sizes the window scale for at least this much space
     rmem_max: int = 212992
+    # CONFIG_HZ, a build option rather than a sysctl: set per run like one, never by a
+    # running script. 250 is Kconfig's default (and Debian's). Every jiffy-based rule
+    # follows it: ato, RTO and delayed-ACK rounding, timer expiry, net_rx_action's limit.
+    hz: int = 250
 
 
 # Read by the softirq (the cpu processes), not the TCP stack.
@@ -53,6 +91,8 @@ def sysctl_write(sysctls: Sysctls, name: str, values: list[int] | tuple[int, ...
     value, or three for tcp_rmem / tcp_wmem); ValueError for anything else."""
     if name not in Sysctls.__dataclass_fields__:
         raise ValueError(f"no sysctl {name!r}")
+    if name == "hz":
+        raise ValueError("hz is CONFIG_HZ, fixed when the kernel was built, not a sysctl")
     current = getattr(sysctls, name)
     new: int | tuple[int, ...]
     if isinstance(current, tuple):
@@ -125,9 +165,9 @@ class Profile:
     quick_dec_per_ack: bool  # tcp_event_ack_sent: -1 per scheduled ACK (legacy: -pcount)
     ack_deferred_while_owned: bool  # tcp_backlog_ack_defer
     delack_blocked_flag: bool  # icsk_ack.blocked (tcp_cleanup_rbuf, tcp_send_delayed_ack)
-    # tcp_send_delayed_ack caps ato at tcp_delack_max (ns, 0 for no cap): 6.9+ takes
-    # min(icsk_delack_max, rto_min - 1 jiffy), 199 ms by default
-    delack_max_ns: int
+    # tcp_send_delayed_ack caps ato at tcp_delack_max: 6.9+ takes min(icsk_delack_max,
+    # rto_min - 1 jiffy), 196 ms at HZ=250
+    delack_max_from_rto_min: bool
     # tcp_measure_rcv_mss: PSH on a full-sized segment sets ICSK_ACK_PUSHED, so the
     # delayed ACK for the end of a write is not held up to 500 ms
     rcv_mss_push_sets_pushed: bool
@@ -174,6 +214,9 @@ class Profile:
     # softirq
     net_rx_action_rescan: bool  # net_rx_action takes NAPIs scheduled meanwhile into the run
     softnet_columns: int  # /proc/net/softnet_stat
+    # netdev_budget_usecs' boot default in jiffies (6.x: 2 * USEC_PER_SEC / HZ), or 0
+    # where it is a fixed 2000 us (4.13)
+    budget_usecs_jiffies: int = 0
     # MIB counters that do not exist in this kernel
     absent_counters: frozenset[str] = field(default_factory=frozenset)
     default_sysctls: Sysctls = field(default_factory=Sysctls)
@@ -242,7 +285,7 @@ LEGACY = Profile(
     quick_dec_per_ack=False,
     ack_deferred_while_owned=False,
     delack_blocked_flag=True,
-    delack_max_ns=0,
+    delack_max_from_rto_min=False,
     rcv_mss_push_sets_pushed=False,
     data_ready_honours_rcvlowat=False,
     recvmsg_flush_backlog=False,
@@ -310,7 +353,7 @@ MODERN = replace(
     # delayed ACK: no blocked flag, ato capped at tcp_delack_max, PSH on full segments
     # counts, quickack credit spent per scheduled ACK
     delack_blocked_flag=False,
-    delack_max_ns=199 * MS,
+    delack_max_from_rto_min=True,
     rcv_mss_push_sets_pushed=True,
     quick_dec_per_ack=True,
     # reader wakeups: only once SO_RCVLOWAT bytes are queued
@@ -338,12 +381,14 @@ MODERN = replace(
     ofo_grows_rcvbuf=True,
     # net_rx_action: NAPIs scheduled during a run join it (same budget)
     net_rx_action_rescan=True,
-    # tcp_rmem default / max: 128 KB / 32 MB (netdev_budget_usecs, now 2 jiffies, is still
-    # 2000 us at HZ=1000)
+    # tcp_rmem default / max: 128 KB / 32 MB; netdev_budget_usecs is 2 jiffies (8000 us
+    # at HZ=250)
     # rmem_max: 4 MB since "net: set net.core.rmem_max and net.core.wmem_max to 4 MB"
     # (v6.18); 4.13 has SK_RMEM_MAX, 212992
     default_sysctls=replace(LEGACY.default_sysctls, tcp_rmem=(4096, 131072, 33554432),
-                            rmem_max=4 << 20, somaxconn=4096),
+                            rmem_max=4 << 20, somaxconn=4096,
+                            netdev_budget_usecs=2 * jiffy_ns(Sysctls().hz) // US),
+    budget_usecs_jiffies=2,
     # counters
     absent_counters=_LEGACY_ONLY_COUNTERS,
     # softnet_stat: 15 columns
@@ -360,5 +405,11 @@ def get_profile(name: str) -> Profile:
         raise ValueError(f"unknown profile {name!r}: expected one of {sorted(PROFILES)}") from None
 
 
-def sysctls_for(profile: Profile, **overrides: int | tuple[int, int, int]) -> Sysctls:
-    return replace(profile.default_sysctls, **overrides)  # type: ignore[arg-type]
+def sysctls_for(profile: Profile, **overrides: int | tuple[int, ...]) -> Sysctls:
+    """The profile's boot-time sysctls with ``overrides``; a kernel built with another HZ
+    also boots with that HZ's netdev_budget_usecs default (2 jiffies in 6.x)."""
+    sysctls = replace(profile.default_sysctls, **overrides)  # type: ignore[arg-type]
+    if "netdev_budget_usecs" not in overrides and profile.budget_usecs_jiffies:
+        sysctls = replace(sysctls, netdev_budget_usecs=profile.budget_usecs_jiffies
+                          * jiffy_ns(sysctls.hz) // US)
+    return sysctls

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from actors.peer.impairments import EventAction
-from actors.profiles import PROFILES, Profile, Sysctls, get_profile
+from actors.profiles import HZ_CHOICES, PROFILES, Profile, Sysctls, get_profile, sysctls_for
 from actors.scenario import (
     CHAOS_ACTIONS,
     CHAOS_ROLES,
@@ -651,6 +651,12 @@ def _sysctl_value(table: _Table, key: str) -> int | tuple[int, ...]:
         if not ok:
             raise table.error(key, _sysctl_expected(key), value)
         return tuple(value)
+    if key == "hz":
+        value = table.integer(key, 0, lo=1)
+        if value not in HZ_CHOICES:
+            raise table.error(key, "CONFIG_HZ: one of " + ", ".join(map(str, HZ_CHOICES)),
+                              value)
+        return value
     lo, hi = _SYSCTL_RANGES.get(key, (0, None))
     return table.integer(key, 0, lo=lo, hi=hi)
 
@@ -796,7 +802,7 @@ class _Builder:
     def _sysctl(self, profile: Profile) -> Sysctls:
         t = self.top.sub("sysctl", tuple(_SYSCTL_TYPES))
         values: dict[str, Any] = {key: _sysctl_value(t, key) for key in t.data}
-        return replace(profile.default_sysctls, **values)
+        return sysctls_for(profile, **values)
 
     def _nic(self) -> NicConfig:
         t = self.top.sub("nic", _field_names(NicConfig))

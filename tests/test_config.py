@@ -518,7 +518,8 @@ def test_full_scenario(tmp_path: Path) -> None:
     assert (s.profile, s.seed, s.duration) == ("modern", 7, 12.5)
     assert s.sysctl == Sysctls(tcp_low_latency=1, tcp_rmem=(4096, 65536, 1048576),
                                tcp_wmem=MODERN.default_sysctls.tcp_wmem, netdev_budget=600,
-                               dev_weight=16, rmem_max=MODERN.default_sysctls.rmem_max)
+                               dev_weight=16, rmem_max=MODERN.default_sysctls.rmem_max,
+                               netdev_budget_usecs=8000)
     assert s.nic.rss_key == bytes(range(40)) and s.nic.rx_frames == 8
     assert s.queue_to_cpu == (0, 1, 0, 1)
     assert s.stack.sk_rcvbuf(s.sysctl) == 131072 and s.stack.rcvbuf_locked

@@ -311,17 +311,20 @@ def test_release_cb_keeps_a_future_delayed_ack_armed(profile: str) -> None:
     assert _sent(c) == before
     assert sk.icsk_ack.pending & AckPending.TIMER and sk.icsk_ack.timeout == deadline
     c.stack.net.outputs.clear()
-    c.advance(deadline - c.now)
+    c.advance(sk.icsk_ack.fire_at - 1 - c.now)
+    assert mib(c, "TcpExtDelayedACKs") == 0
+    c.advance(1)  # the wheel's bucket after the expiry jiffy
     assert mib(c, "TcpExtDelayedACKs") == 1
 
 
 # ---------------------------------------------------------------- smaller rules
 
 
-@pytest.mark.parametrize(("profile", "cap"), [("legacy", 300 * MS), ("modern", 199 * MS)])
+@pytest.mark.parametrize(("profile", "cap"), [("legacy", 300 * MS), ("modern", 196 * MS)])
 def test_delayed_ack_capped_at_tcp_delack_max(profile: str, cap: int) -> None:
     """6.9+ tcp_send_delayed_ack caps ato at tcp_delack_max(): min(icsk_delack_max,
-    rto_min - 1 jiffy) = 199 ms by default; 4.13 has no such cap (500 ms max_ato)."""
+    rto_min - 1 jiffy) = 49 jiffies, 196 ms at HZ=250; 4.13 has no such cap (500 ms
+    max_ato)."""
     c = connect(profile)
     sk = c.sk
     ack = sk.icsk_ack
@@ -329,7 +332,7 @@ def test_delayed_ack_capped_at_tcp_delack_max(profile: str, cap: int) -> None:
     ack.pending = AckPending.SCHED
     sk.srtt_us = 0  # no srtt cap (max(srtt, 40 ms)): only the ato caps are under test
     tcp_send_delayed_ack(sk, c.now)
-    assert ack.timeout == c.now + cap
+    assert ack.timeout == c.now - c.now % (4 * MS) + cap
 
 
 def test_tcp_collapse_copies_into_one_page_skbs() -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from actors.profiles import MS, US, get_profile, sysctls_for
+from actors.profiles import MS, US, get_profile, sysctls_for, usecs_to_jiffies
 from actors.stack.net import Transmit
 from actors.stack.skb import Skb
 from actors.stack.sock import TcpSock, TcpState
 from actors.stack.tcp import tcp_get_info
 from actors.stack.tcp_input import tcp_event_data_recv, tcp_rcv_rtt_measure_ts
 from actors.stack.tcp_ipv4 import Stack
-from actors.stack.tcp_output import TCP_ATO_MIN, tcp_time_stamp
+from actors.stack.tcp_output import tcp_time_stamp
 from cli.drill import run_script
 from cli.drill.runner import Outcome, virtio_net_hdr_gso_size
 from protocol.segment import Segment, TcpFlags, TcpOptions
@@ -71,14 +71,14 @@ def passive_open(profile: str, *, rtt: int, ts: bool = False, synack_timeouts: i
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-@pytest.mark.parametrize(("rtt", "rto"), [(3 * MS, 203 * MS), (150 * MS, 450 * MS),
-                                          (1234 * US, 202 * MS)])
+@pytest.mark.parametrize(("rtt", "rto"), [(3 * MS, 204 * MS), (150 * MS, 452 * MS),
+                                          (1234 * US, 204 * MS)])
 def test_passive_open_takes_an_rtt_sample_from_the_synack(profile: str, rtt: int,
                                                           rto: int) -> None:
     """tcp_check_req -> tcp_synack_rtt_meas: the time since the SYN-ACK left (sent once,
     req->num_retrans == 0) goes through tcp_ack_update_rtt -> tcp_rtt_estimator (first
     sample: srtt = m, mdev = 2m, rttvar = max(mdev, tcp_rto_min)) and tcp_set_rto
-    (usecs_to_jiffies(srtt + rttvar), rounded up to a jiffy)."""
+    (usecs_to_jiffies(srtt + rttvar), rounded up to a jiffy: 4 ms at HZ=250)."""
     c = passive_open(profile, rtt=rtt)
     sk = c.sk
     assert sk.srtt_us == (rtt // US) << 3
@@ -103,7 +103,7 @@ def test_resent_synack_rtt_comes_from_the_timestamp_echo(profile: str, echo_back
                       echo_ms=tcp_time_stamp(sk, c.now) - echo_back_ms)
     sk2 = c2.sk
     assert sk2.srtt_us == max(1, (srtt_ms * 1000) << 3)
-    assert sk2.rto == -(-((sk2.srtt_us >> 3) + sk2.rttvar_us) // 1000) * MS
+    assert sk2.rto == usecs_to_jiffies((sk2.srtt_us >> 3) + sk2.rttvar_us, 250) * 4 * MS
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -133,7 +133,7 @@ def test_active_open_takes_an_rtt_sample_from_the_syn(profile: str) -> None:
 
 
 def _quick_acked_after_gap(profile: str, gap: int) -> bool:
-    """After a 3 ms handshake (rto 203 ms) and a first segment, with the quick-ACK
+    """After a 3 ms handshake (rto 204 ms) and a first segment, with the quick-ACK
     credit spent: is a small segment arriving ``gap`` later ACKed at once?"""
     c = passive_open(profile, rtt=3 * MS)
     c.deliver(c.segment(0, bytes(100)))
@@ -156,17 +156,25 @@ def test_gap_longer_than_rto_reenters_quickack(profile: str) -> None:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_tcp_event_data_recv_counts_in_jiffies(profile: str) -> None:
-    """tcp_event_data_recv compares tcp_jiffies32 - lrcvtime: 20.05 ms between a
-    segment at 0.9 ms and one at 20.95 ms is 20 jiffies, the fastest case
-    (m <= TCP_ATO_MIN / 2): ato = ato / 2 + 20 ms."""
+@pytest.mark.parametrize(("last_us", "now_us", "ato"), [
+    # 20.05 ms from jiffy 0 to jiffy 5 (HZ=250): m = 5 <= TCP_ATO_MIN / 2, the fastest
+    # case: ato = 15 / 2 + 5 = 12 jiffies
+    (900, 20_950, 48 * MS),
+    # 20.2 ms, but from the end of jiffy 0 to the start of jiffy 6: m = 6, so
+    # ato = 15 / 2 + m = 13 jiffies
+    (3_900, 24_100, 52 * MS),
+])
+def test_tcp_event_data_recv_counts_in_jiffies(profile: str, last_us: int, now_us: int,
+                                               ato: int) -> None:
+    """tcp_event_data_recv compares tcp_jiffies32 - lrcvtime, in whole jiffies, so
+    where each segment falls in its jiffy decides which rule applies."""
     c = passive_open(profile, rtt=3 * MS)
     sk = c.sk
     sk.icsk_ack.ato = 60 * MS
-    sk.icsk_ack.lrcvtime = 900 * US
-    skb = Skb.from_segment(c.segment(0, bytes(100)), 0, 20_950 * US, header_len=20)
-    tcp_event_data_recv(sk, skb, 20_950 * US)
-    assert sk.icsk_ack.ato == 30 * MS + TCP_ATO_MIN // 2
+    sk.icsk_ack.lrcvtime = last_us * US
+    skb = Skb.from_segment(c.segment(0, bytes(100)), 0, now_us * US, header_len=20)
+    tcp_event_data_recv(sk, skb, now_us * US)
+    assert sk.icsk_ack.ato == ato
 
 
 # ---------------------------------------------------------------- tcp_rcv_rtt_measure_ts

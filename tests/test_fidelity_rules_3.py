@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from actors.cpu.napi import net_rx_action_time_limit
-from actors.profiles import MS, US, Sysctls
+from actors.profiles import LEGACY, MODERN, MS, US, sysctls_for
 from actors.stack import tcp
 from actors.stack.sock import TcpState
 from actors.stack.tcp import sock_setsockopt, tcp_diag_wqueue, tcp_get_info, tcp_poll
@@ -106,20 +106,32 @@ def test_tcp_epollin_ready_needs_bytes_and_uses_tcp_rmem_pressure() -> None:
 # ------------------------------------------------------- net_rx_action time limit
 
 
-@pytest.mark.parametrize(("start_us", "usecs", "limit_us"), [
-    (0, 2000, 2000), (5, 2000, 2000), (999, 2000, 2000), (1000, 2000, 3000),
-    (0, 100, 1000), (1500, 1001, 3000), (700, 0, 0),
+@pytest.mark.parametrize(("hz", "start_us", "usecs", "limit_us"), [
+    (1000, 0, 2000, 2000), (1000, 5, 2000, 2000), (1000, 999, 2000, 2000),
+    (1000, 1000, 2000, 3000), (1000, 0, 100, 1000), (1000, 1500, 1001, 3000),
+    (1000, 700, 0, 0),
+    # HZ=250: 4 ms jiffies; 2000 us rounds up to one of them, 8000 us is two
+    (250, 0, 2000, 4000), (250, 3999, 2000, 4000), (250, 4000, 2000, 8000),
+    (250, 5000, 8000, 12000), (100, 9000, 2000, 10000),
 ])
-def test_net_rx_action_time_limit_in_jiffies(start_us: int, usecs: int, limit_us: int) -> None:
+def test_net_rx_action_time_limit_in_jiffies(hz: int, start_us: int, usecs: int,
+                                             limit_us: int) -> None:
     """net_rx_action (4.13 and 6.18): time_limit = jiffies + usecs_to_jiffies(
-    netdev_budget_usecs), HZ = 1000: the start's whole ms plus the usecs rounded up."""
-    assert net_rx_action_time_limit(start_us * US, usecs) == limit_us * US
+    netdev_budget_usecs): the start's jiffy plus the usecs rounded up to jiffies."""
+    assert net_rx_action_time_limit(start_us * US, usecs, hz) == limit_us * US
 
 
-def test_default_budget_usecs_is_two_jiffies_in_both_profiles() -> None:
-    """netdev_budget_usecs: 2000 in 4.13, 2 * USEC_PER_SEC / HZ in 6.18 (both 2 ms)."""
-    assert Sysctls().netdev_budget_usecs == 2000
-    assert net_rx_action_time_limit(0, Sysctls().netdev_budget_usecs) == 2 * MS
+def test_default_budget_usecs_follows_the_profile_and_hz() -> None:
+    """netdev_budget_usecs: 2000 in 4.13 whatever HZ; 2 * USEC_PER_SEC / HZ in 6.18
+    (8000 at Kconfig's default HZ=250, 2000 at HZ=1000)."""
+    assert LEGACY.default_sysctls.hz == MODERN.default_sysctls.hz == 250
+    assert LEGACY.default_sysctls.netdev_budget_usecs == 2000
+    assert MODERN.default_sysctls.netdev_budget_usecs == 8000
+    assert sysctls_for(MODERN, hz=1000).netdev_budget_usecs == 2000
+    assert sysctls_for(MODERN, hz=100).netdev_budget_usecs == 20000
+    assert sysctls_for(LEGACY, hz=1000).netdev_budget_usecs == 2000
+    assert sysctls_for(MODERN, hz=1000, netdev_budget_usecs=500).netdev_budget_usecs == 500
+    assert net_rx_action_time_limit(0, MODERN.default_sysctls.netdev_budget_usecs, 250) == 8 * MS
 
 
 # ------------------------------------------------------- ss Send-Q: tcp_diag_get_info

@@ -163,14 +163,14 @@ def test_budget_exhausted_by_last_poll_still_counts_a_squeeze() -> None:
 
 def test_time_limit_cuts_a_run() -> None:
     """net_rx_action: time_limit = jiffies + usecs_to_jiffies(netdev_budget_usecs),
-    squeeze on time_after_eq(jiffies, time_limit); HZ = 1000, so a run begun 5 us
-    into jiffy 0 ends at the start of jiffy 2."""
+    squeeze on time_after_eq(jiffies, time_limit); at HZ=250 4.13's 2000 us is one
+    4 ms jiffy, so a run begun 5 us into jiffy 0 ends at the start of jiffy 1."""
     sirq = Softirq(cpu=0, queues=[0, 1, 2], ring_size=256, sysctls=SYSCTLS)
     for q in range(3):
         fill(sirq, q, 10)
         sirq.hardirq(q, 0)
     t0 = 5 * US
-    limit = 2000 * US
+    limit = 4000 * US
     poll = sirq.start_poll(t0)
     assert poll is not None and poll.time_limit == limit
     # The stack took a while: the poll ends 1 ns before the limit, the run goes on.
@@ -183,20 +183,24 @@ def test_time_limit_cuts_a_run() -> None:
     assert out == [Refill(1, 10), Unmask(1)]  # the poll itself still completes normally
     assert not sirq.in_run and sirq.softnet.time_squeeze == 1
     assert list(sirq.poll_list) == [2]
-    poll = sirq.start_poll(t0 + 3000 * US)
+    poll = sirq.start_poll(t0 + 6000 * US)
     assert poll is not None and (poll.queue, poll.run, poll.budget_left) == (2, 2, 300)
-    assert poll.time_limit == 5000 * US
+    assert poll.time_limit == 8000 * US
 
 
 def test_budget_usecs_from_sysctls() -> None:
-    """usecs_to_jiffies(100) is one jiffy: a run begun at 0 is squeezed at 1 ms."""
-    sirq = Softirq(cpu=0, queues=[0, 1], ring_size=64,
-                   sysctls=Sysctls(netdev_budget_usecs=100))
-    for q in range(2):
-        fill(sirq, q, 1)
-        sirq.hardirq(q, 0)
-    run_poll(sirq, 0, finish_at=1000 * US)
-    assert sirq.softnet.time_squeeze == 1 and list(sirq.poll_list) == [1]
+    """usecs_to_jiffies(100) is one jiffy: a run begun at 0 is squeezed at 1 ms with
+    HZ=1000, at 4 ms with HZ=250."""
+    for hz, jiffy_us in ((1000, 1000), (250, 4000)):
+        sirq = Softirq(cpu=0, queues=[0, 1], ring_size=64,
+                       sysctls=Sysctls(netdev_budget_usecs=100, hz=hz))
+        for q in range(2):
+            fill(sirq, q, 1)
+            sirq.hardirq(q, 0)
+        run_poll(sirq, 0, finish_at=jiffy_us * US - 1)
+        assert sirq.softnet.time_squeeze == 0
+        run_poll(sirq, jiffy_us * US - 1, finish_at=jiffy_us * US)
+        assert sirq.softnet.time_squeeze == 1
 
 
 def test_round_robin_repoll_order() -> None:

@@ -47,6 +47,7 @@ from tests.stack_harness import (
 
 PROFILES = ("legacy", "modern")
 MSS = 1460
+JIFFY = 4 * MS  # HZ=250, the default
 
 
 def mib(c: Conn, name: str) -> int:
@@ -653,11 +654,14 @@ def test_prequeue_first_packet_wakes_reader_and_arms_150ms_delack() -> None:
     assert c.done["r"].relock is True  # woken; it takes the lock when it runs
     ack = c.sk.icsk_ack
     assert ack.pending & AckPending.TIMER
-    assert ack.timeout == c.now + 150 * MS  # 3 * TCP_RTO_MIN / 4
+    # 3 * tcp_rto_min / 4 in jiffies (HZ=250): 3 * 50 / 4 = 37 of them, 148 ms, from
+    # the start of the jiffy at 7 ms (4 ms); the wheel runs it a tick after that.
+    assert ack.timeout == 4 * MS + 148 * MS
+    assert ack.fire_at == 4 * MS + 152 * MS
     c.done.clear()
     fill(c, 500, 1, 500)
     assert c.done == {}  # only the first queued packet wakes
-    assert ack.timeout == 7 * MS + 150 * MS
+    assert ack.timeout == 4 * MS + 148 * MS
 
 
 def test_prequeue_first_packet_keeps_a_scheduled_ack() -> None:
@@ -665,15 +669,16 @@ def test_prequeue_first_packet_keeps_a_scheduled_ack() -> None:
     c = connect("legacy", rcvbuf=32768)
     off = steady(c)
     t0 = c.now
-    off = fill(c, off, 1, MSS)  # delayed ACK due at t0 + 40 ms
-    assert c.sk.icsk_ack.timeout == t0 + 40 * MS
+    off = fill(c, off, 1, MSS)  # delayed ACK due 40 ms after t0's jiffy began
+    jiffies = t0 - t0 % JIFFY
+    assert c.sk.icsk_ack.timeout == jiffies + 40 * MS
     r = Reader(c, "r", 100_000, RecvFlags(waitall=True))
     r.run()  # reads it, installs itself and sleeps; the ACK is still pending
     assert r.waiting and c.sk.icsk_ack.pending & AckPending.SCHED
     c.now += 5 * MS
     fill(c, off, 1, MSS)
     assert len(c.sk.ucopy.prequeue) == 1
-    assert c.sk.icsk_ack.timeout == t0 + 40 * MS
+    assert c.sk.icsk_ack.timeout == jiffies + 40 * MS
 
 
 def test_prequeue_overflow_at_32_segments() -> None:
@@ -703,13 +708,16 @@ def test_prequeue_overflow_on_memory() -> None:
 
 
 def test_delack_timer_drains_the_prequeue() -> None:
-    """The reader did not run within 150 ms: TCPSchedulerFailed, replay in softirq."""
+    """The reader did not run within 3/4 of rto_min (37 jiffies, then the tick the wheel
+    adds): TCPSchedulerFailed, replay in softirq."""
     c = connect("legacy")
     r = sleeping_reader(c)
+    t = c.now
     fill(c, 0, 3, 1000)
-    c.advance(149 * MS)
+    fires = t - t % JIFFY + 38 * JIFFY
+    c.advance(fires - 1 - c.now)
     assert len(c.sk.ucopy.prequeue) == 3
-    c.advance(1 * MS)
+    c.advance(1)
     assert mib(c, "TcpExtTCPSchedulerFailed") == 1
     assert not c.sk.ucopy.prequeue and c.sk.rcv_nxt == c.seq(3000)
     assert last_ack(c).ack == c.seq(3000)
@@ -1267,8 +1275,11 @@ def test_delayed_ack_fires_after_ato_40ms(profile: str) -> None:
     t0 = c.now
     off = fill(c, off, 1, MSS)
     assert ack_count(c) == acks
-    assert c.sk.icsk_ack.timeout == t0 + 40 * MS
-    c.advance(40 * MS - 1)
+    # jiffies + ato (10 jiffies at HZ=250); the wheel's level-0 bucket is the next one
+    jiffies = t0 - t0 % JIFFY
+    assert c.sk.icsk_ack.timeout == jiffies + 40 * MS
+    assert c.sk.icsk_ack.fire_at == jiffies + 44 * MS
+    c.advance(jiffies + 44 * MS - 1 - c.now)
     assert ack_count(c) == acks and mib(c, "TcpExtDelayedACKs") == 0
     c.advance(1)
     assert ack_count(c) == acks + 1

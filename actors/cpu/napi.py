@@ -47,21 +47,21 @@ from typing import Protocol
 from actors.cpu.ip_rcv import ip_rcv
 from actors.cpu.softnet import SoftnetData, format_softnet_line
 from actors.mib import Mib
-from actors.profiles import MS, US, Profile, Sysctls
+from actors.profiles import Profile, Sysctls, jiffy_ns, usecs_to_jiffies
 from protocol.envelope import MalformedMessage
 from protocol.messages import check_gso
 
 NO_TRACE_ID = -1  # a frame whose sender gave it no trace id
 
 
-def net_rx_action_time_limit(now: int, budget_usecs: int) -> int:
+def net_rx_action_time_limit(now: int, budget_usecs: int, hz: int) -> int:
     """net_rx_action's ``time_limit = jiffies + usecs_to_jiffies(netdev_budget_usecs)``
     (4.12+, so 4.13 and 6.18 alike), as the ns at which that jiffy begins: the run is
-    squeezed once ``time_after_eq(jiffies, time_limit)``. With HZ = 1000 a jiffy is
-    1 ms, jiffies is now's whole ms and usecs_to_jiffies rounds up, so the default
-    2000 us lasts from just over 1 ms to 2 ms depending on where in its jiffy the
-    run began."""
-    return (now // MS + -(-budget_usecs * US // MS)) * MS
+    squeezed once ``time_after_eq(jiffies, time_limit)``. usecs_to_jiffies rounds up, so
+    at HZ=250 4.13's 2000 us is one jiffy, which lasts from a moment to 4 ms depending on
+    where in its jiffy the run began; 6.18's 2 jiffies, 4 to 8 ms."""
+    j = jiffy_ns(hz)
+    return (now // j + usecs_to_jiffies(budget_usecs, hz)) * j
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -217,6 +217,7 @@ class Softirq:
         self.weight = sysctls.dev_weight if weight is None else weight
         self.netdev_budget = sysctls.netdev_budget
         self.netdev_budget_usecs = sysctls.netdev_budget_usecs
+        self.hz = sysctls.hz
         self.rescan_poll_list = rescan_poll_list
         if ring_size < 1 or self.weight < 1 or self.netdev_budget < 1:
             raise ValueError("ring_size, weight and netdev_budget must be >= 1")
@@ -501,7 +502,7 @@ class Softirq:
         self.in_run = True
         self.net_rx_action_runs += 1
         self._budget = self.netdev_budget
-        self._time_limit = net_rx_action_time_limit(now, self.netdev_budget_usecs)
+        self._time_limit = net_rx_action_time_limit(now, self.netdev_budget_usecs, self.hz)
         self._run_list = self.poll_list
         self.poll_list = deque()
         self._repoll = []

@@ -14,7 +14,7 @@ from heapq import heappush
 from typing import TYPE_CHECKING
 
 from actors.mib import Mib
-from actors.profiles import Profile, Sysctls
+from actors.profiles import Profile, Sysctls, jiffy_ns
 from protocol.segment import Segment
 from protocol.sockops import SockOpResult
 
@@ -149,6 +149,11 @@ class Net:
     locks_released_by_exit: int = 0  # a task died owning a socket lock
     bad_sock_ops: int = 0  # requests that did not decode or could not be done
     malformed_segments: int = 0  # frames that did not decode as TCP/IPv4
+    # ns per jiffy (CONFIG_HZ is fixed at boot: no sysctl write changes it)
+    jiffy: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.jiffy = jiffy_ns(self.sysctls.hz)
 
     def inc(self, name: str, n: int = 1) -> None:
         """Count under a Linux MIB name, unless this kernel profile lacks that counter."""

@@ -150,7 +150,8 @@ class IcskAck:
     lrcvtime: int = 0
     last_seg_size: int = 0
     rcv_mss: int = 536
-    timeout: int = 0  # delayed-ACK deadline (ns) while TIMER is set
+    timeout: int = 0  # delayed-ACK expiry while TIMER is set: the ns its expiry jiffy starts
+    fire_at: int = 0  # when the timer wheel runs it (profiles.timer_fires_at)
     deferred: bool = False  # a timer fired while owned (TCP_DELACK_TIMER_DEFERRED)
     ack_deferred: bool = False  # modern TCP_ACK_DEFERRED
 

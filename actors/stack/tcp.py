@@ -265,8 +265,9 @@ def tcp_sendmsg(sk: TcpSock, data: bytes, now: int) -> SockOpResult:
         sk.snd_nxt = seq_add(sk.snd_nxt, len(chunk))
         tcp_event_ack_sent(sk)
         # tcp_event_data_sent: a reply within ato of the last receive means
-        # the connection is interactive (pingpong).
-        if now - sk.icsk_ack.lrcvtime < sk.icsk_ack.ato:
+        # the connection is interactive (pingpong); counted in jiffies.
+        j = sk.net.jiffy
+        if (now // j - sk.icsk_ack.lrcvtime // j) * j < sk.icsk_ack.ato:
             sk.icsk_ack.pingpong += 1
         sk.net.transmit(seg, sk.sock_id)
     if not sent and data:
@@ -392,7 +393,9 @@ def tcp_get_info(sk: TcpSock, now: int) -> dict[str, Any]:
         "ato_us": sk.icsk_ack.ato // 1000,
         "snd_mss": sk.mss_cache,
         "snd_wnd": sk.snd_wnd,
-        "last_data_recv_ms": (now - sk.icsk_ack.lrcvtime) // MS,
+        # jiffies_to_msecs(now - lrcvtime): counted in whole jiffies
+        "last_data_recv_ms": (now // sk.net.jiffy - sk.icsk_ack.lrcvtime // sk.net.jiffy)
+        * sk.net.jiffy // MS,
         # tcp_rcv_nxt_update: every byte (and the FIN) that advanced rcv_nxt
         "bytes_received": seq_sub(sk.rcv_nxt, sk.irs) - 1 if sk.irs or sk.rcv_nxt else 0,
     }

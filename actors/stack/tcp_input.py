@@ -14,7 +14,7 @@ few sockets), so ``sk_rmem_schedule`` always succeeds and only the per-socket
 
 from __future__ import annotations
 
-from actors.profiles import MS, US
+from actors.profiles import MS, US, usecs_to_jiffies
 from actors.stack.net import CONSUMED, DELIVERED
 from actors.stack.skb import (
     MAX_TCP_HEADER,
@@ -283,15 +283,19 @@ def tcp_event_data_recv(sk: TcpSock, skb: Skb, now: int) -> None:
         tcp_incr_quickack(sk, sk.net.profile.quickack_cap)
         ack.ato = TCP_ATO_MIN
     else:
-        # In jiffies (HZ = 1000), as the kernel counts ato, rto and lrcvtime: a gap
-        # longer than the RTO means the sender had to restart, so ACK quickly again.
-        m = now // MS - ack.lrcvtime // MS
-        ato = ack.ato // MS
-        if m <= TCP_ATO_MIN // MS // 2:
-            ack.ato = ((ato >> 1) + TCP_ATO_MIN // MS // 2) * MS
+        # In jiffies, as the kernel counts ato, rto and lrcvtime (so the edges move
+        # with HZ): a gap longer than the RTO means the sender had to restart, so ACK
+        # quickly again.
+        j = sk.net.jiffy
+        m = now // j - ack.lrcvtime // j
+        ato = ack.ato // j
+        ato_min = TCP_ATO_MIN // j
+        rto = sk.rto // j
+        if m <= ato_min // 2:
+            ack.ato = ((ato >> 1) + ato_min // 2) * j
         elif m < ato:
-            ack.ato = min((ato >> 1) + m, sk.rto // MS) * MS
-        elif m > sk.rto // MS:
+            ack.ato = min((ato >> 1) + m, rto) * j
+        elif m > rto:
             tcp_incr_quickack(sk, sk.net.profile.quickack_cap)
     ack.lrcvtime = now
     if len(skb.data) >= 128:
@@ -380,8 +384,10 @@ def tcp_oow_rate_limited(sk: TcpSock, skb: Skb, mib: str, now: int) -> bool:
     """At most one out-of-window ACK per tcp_invalid_ratelimit, for empty segments/SYNs."""
     if skb.seq != skb.end_seq and not skb.syn:
         return False
-    limit = sk.net.sysctls.tcp_invalid_ratelimit_ms * MS
-    if sk.last_oow_ack_time is not None and 0 <= now - sk.last_oow_ack_time < limit:
+    # __tcp_oow_rate_limited compares tcp_jiffies32 stamps with the sysctl in jiffies
+    j = sk.net.jiffy
+    limit = -(-sk.net.sysctls.tcp_invalid_ratelimit_ms * MS // j)  # msecs_to_jiffies
+    if sk.last_oow_ack_time is not None and 0 <= now // j - sk.last_oow_ack_time // j < limit:
         sk.net.inc(mib)
         return True
     sk.last_oow_ack_time = now
@@ -562,9 +568,10 @@ def tcp_rtt_estimator(sk: TcpSock, mrtt_us: int) -> None:
 
 
 def tcp_set_rto(sk: TcpSock) -> None:
-    # __tcp_set_rto: usecs_to_jiffies rounds up (HZ = 1000); tcp_bound_rto
+    # __tcp_set_rto: usecs_to_jiffies rounds up; tcp_bound_rto
     rto_us = (sk.srtt_us >> 3) + sk.rttvar_us
-    sk.rto = min(-(-rto_us // 1000) * MS, TCP_RTO_MAX)
+    hz = sk.net.sysctls.hz
+    sk.rto = min(usecs_to_jiffies(rto_us, hz) * sk.net.jiffy, TCP_RTO_MAX)
 
 
 def tcp_ack_update_rtt(sk: TcpSock, seq_rtt_us: int, now: int) -> bool:
@@ -1243,7 +1250,7 @@ def tcp_done(sk: TcpSock) -> None:
     sk.rcv_shutdown = True
     sk.snd_shutdown = True
     sk.icsk_ack.pending = 0
-    sk.icsk_ack.timeout = 0
+    sk.icsk_ack.timeout = sk.icsk_ack.fire_at = 0
     sk.data_ready = True
 
 

@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from actors.profiles import Profile, Sysctls, sysctl_write
+from actors.profiles import Profile, Sysctls, sysctl_write, timer_fires_at
 from actors.stack import tcp, tcp_minisocks, tcp_timer
 from actors.stack.net import Net, Proto, StackOutput
 from actors.stack.skb import DeviceKind, Skb, device_skb, device_skb_room, skb_try_coalesce
@@ -435,9 +435,13 @@ def tcp_prequeue(sk: TcpSock, skb: Skb, now: int) -> bool:
     elif len(uc.prequeue) == 1:
         sk.data_ready = True
         if not inet_csk_ack_scheduled(sk):
-            sk.icsk_ack.pending |= AckPending.TIMER
-            sk.icsk_ack.timeout = now + 3 * TCP_RTO_MIN // 4
-            net.arm_timer(sk.sock_id, sk.icsk_ack.timeout)
+            # inet_csk_reset_xmit_timer(ICSK_TIME_DACK, 3 * tcp_rto_min / 4): in jiffies
+            ack = sk.icsk_ack
+            j = net.jiffy
+            ack.pending |= AckPending.TIMER
+            ack.timeout = now - now % j + 3 * (TCP_RTO_MIN // j) // 4 * j
+            ack.fire_at = timer_fires_at(now, ack.timeout, j)
+            net.arm_timer(sk.sock_id, ack.fire_at)
     net.event("prequeue_add", sk.sock_id, seq=skb.seq, len=len(uc.prequeue))
     return True
 

@@ -10,6 +10,7 @@ listener's accept queue until a task accepts it.
 
 from __future__ import annotations
 
+from actors.profiles import timer_fires_at
 from actors.stack.net import CONSUMED, Net
 from actors.stack.skb import Skb, so_rcvbuf
 from actors.stack.sock import (
@@ -168,7 +169,14 @@ def tcp_v4_send_synack(sk: TcpSock, now: int) -> None:
                        window=min(sk.rcv_wnd, 65535), options=opts)
     sk.net.transmit(seg, sk.sock_id)
     _note_syn_sent(sk, now)
-    sk.synack_deadline = now + sk.rto
+    _arm_retransmit_timer(sk, now)
+
+
+def _arm_retransmit_timer(sk: TcpSock, now: int) -> None:
+    """reqsk_queue_hash_req / inet_csk_reset_xmit_timer: jiffies + rto on the timer
+    wheel, which runs a 1 s timer up to a level-1 bucket late (32 ms at HZ=250)."""
+    j = sk.net.jiffy
+    sk.synack_deadline = timer_fires_at(now, now - now % j + sk.rto, j)
     sk.net.arm_timer(sk.sock_id, sk.synack_deadline)
 
 
@@ -193,8 +201,7 @@ def tcp_send_syn(sk: TcpSock, now: int) -> None:
                        window=min(sk.rcv_wnd, 65535), options=opts)
     sk.net.transmit(seg, sk.sock_id)
     _note_syn_sent(sk, now)
-    sk.synack_deadline = now + sk.rto  # the same retransmission timer as a SYN-ACK's
-    sk.net.arm_timer(sk.sock_id, sk.synack_deadline)
+    _arm_retransmit_timer(sk, now)  # the same retransmission timer as a SYN-ACK's
 
 
 def inet_csk_reqsk_queue_add(parent: TcpSock, child: TcpSock) -> None:

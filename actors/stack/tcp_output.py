@@ -7,9 +7,9 @@ Mirrors net/ipv4/tcp_output.c (``tcp_select_window``, ``__tcp_select_window``,
 
 from __future__ import annotations
 
-from actors.profiles import MS
+from actors.profiles import MS, timer_fires_at, usecs_to_jiffies
 from actors.stack.sock import AckPending, TcpSock, TcpState
-from protocol.constants import TCP_MAX_WSCALE
+from protocol.constants import TCP_MAX_WSCALE, TCP_RTO_MIN
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import SEQ_HALF, SEQ_MASK, SEQ_MOD
 
@@ -17,6 +17,7 @@ U16_MAX = 65535
 TCP_ATO_MIN = 40 * MS
 TCP_DELACK_MIN = 40 * MS
 TCP_DELACK_MAX = 200 * MS
+HZ_HALF_SECOND = 500 * MS  # tcp_send_delayed_ack's max_ato, HZ / 2
 TCPOLEN_TSTAMP_ALIGNED = 12
 
 
@@ -204,7 +205,7 @@ def tcp_event_ack_sent(sk: TcpSock) -> None:
     sk.sack_compress_deadline = None
     ack.pending = 0
     ack.blocked = False
-    ack.timeout = 0
+    ack.timeout = ack.fire_at = 0
 
 
 def tcp_send_ack(sk: TcpSock, now: int) -> None:
@@ -222,23 +223,28 @@ def tcp_send_ack(sk: TcpSock, now: int) -> None:
 
 
 def tcp_send_delayed_ack(sk: TcpSock, now: int) -> None:
+    # All in jiffies, as the kernel has it: ato is a whole number of them (kept in ns),
+    # the expiry is jiffies + ato, and the wheel runs the timer a tick or more after it.
+    net = sk.net
+    j = net.jiffy
     ack = sk.icsk_ack
     ato = ack.ato
     if ato > TCP_DELACK_MIN:
-        max_ato = 500 * MS
+        max_ato = HZ_HALF_SECOND
         if ack.pingpong or ack.pending & AckPending.PUSHED:
             max_ato = TCP_DELACK_MAX
         if sk.srtt_us:
-            # usecs_to_jiffies rounds up (HZ = 1000)
-            rtt = max(-(-(sk.srtt_us >> 3) // 1000) * MS, TCP_DELACK_MIN)
+            rtt = max(usecs_to_jiffies(sk.srtt_us >> 3, net.sysctls.hz) * j, TCP_DELACK_MIN)
             max_ato = min(max_ato, rtt)
         ato = min(ato, max_ato)
-    delack_max = sk.net.profile.delack_max_ns
-    if delack_max:
-        ato = min(ato, delack_max)  # tcp_delack_max
-    timeout = now + ato
+    if net.profile.delack_max_from_rto_min:
+        # tcp_delack_max: min(icsk_delack_max, max(tcp_rto_min, 2 jiffies) - 1 jiffy)
+        ato = min(ato, TCP_DELACK_MAX, max(TCP_RTO_MIN, 2 * j) - j)
+    jiffies = now - now % j
+    timeout = jiffies + ato
     if ack.pending & AckPending.TIMER:
-        if (sk.net.profile.delack_blocked_flag and ack.blocked) or ack.timeout <= now + (ato >> 2):
+        if (net.profile.delack_blocked_flag and ack.blocked) \
+                or ack.timeout <= jiffies + (ato // j >> 2) * j:
             tcp_send_ack(sk, now)
             return
         if ack.timeout <= timeout:
@@ -246,7 +252,8 @@ def tcp_send_delayed_ack(sk: TcpSock, now: int) -> None:
             return  # the timer stands (sk_reset_timer to the same expiry)
     ack.pending |= AckPending.SCHED | AckPending.TIMER
     ack.timeout = timeout
-    sk.net.arm_timer(sk.sock_id, timeout)
+    ack.fire_at = timer_fires_at(now, timeout, j)
+    net.arm_timer(sk.sock_id, ack.fire_at)
 
 
 def tcp_send_rst(net_sk: TcpSock | None, seg: Segment, net: object) -> Segment:

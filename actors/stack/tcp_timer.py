@@ -34,8 +34,8 @@ SYNACK_RETRIES = 5
 
 def _deadlines(sk: TcpSock) -> Iterable[int]:
     ack = sk.icsk_ack
-    if ack.pending & AckPending.TIMER and ack.timeout:
-        yield ack.timeout
+    if ack.pending & AckPending.TIMER and ack.fire_at:
+        yield ack.fire_at
     if sk.sack_compress_deadline is not None:
         yield sk.sack_compress_deadline
     if sk.synack_deadline is not None:
@@ -48,7 +48,7 @@ def _deadlines(sk: TcpSock) -> Iterable[int]:
 def _holds(sk: TcpSock, deadline: int) -> bool:
     """Whether ``deadline`` is still one of the socket's timers (not re-armed or cancelled)."""
     ack = sk.icsk_ack
-    if ack.timeout == deadline and ack.pending & AckPending.TIMER:
+    if ack.fire_at == deadline and ack.pending & AckPending.TIMER:
         return True  # the usual one, checked once per loop turn
     if sk.sack_compress_deadline == deadline or sk.synack_deadline == deadline:
         return True
@@ -86,7 +86,7 @@ def run_timers(net: Net, now: int) -> None:
 
 def _run_sock_timers(net: Net, sk: TcpSock, now: int) -> None:
     ack = sk.icsk_ack
-    if ack.pending & AckPending.TIMER and ack.timeout and ack.timeout <= now:
+    if ack.pending & AckPending.TIMER and ack.fire_at and ack.fire_at <= now:
         tcp_delack_timer(sk, now)
     if sk.sack_compress_deadline is not None and sk.sack_compress_deadline <= now:
         sk.sack_compress_deadline = None
@@ -140,7 +140,7 @@ def tcp_delack_timer(sk: TcpSock, now: int) -> None:
         if sk.net.profile.delack_blocked_flag:
             ack.blocked = True
         ack.deferred = True
-        ack.timeout = 0
+        ack.timeout = ack.fire_at = 0
         return
     tcp_delack_timer_handler(sk, now)
 
@@ -156,8 +156,8 @@ def tcp_delack_timer_handler(sk: TcpSock, now: int) -> None:
         return
     if not ack.pending & AckPending.TIMER:
         return
-    if ack.timeout > now:
-        return
+    if ack.timeout > now - now % net.jiffy:
+        return  # time_after(icsk_ack.timeout, jiffies): its own timer is still armed
     ack.pending &= ~AckPending.TIMER
     uc = sk.ucopy
     if uc.prequeue:

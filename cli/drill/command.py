@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from actors.profiles import PROFILES, Sysctls, get_profile, sysctl_write
+from actors.profiles import HZ_CHOICES, PROFILES, Sysctls, get_profile, sysctl_write
 from cli.app import app
 from cli.config import ConfigError, parse_sysctl_assignment
 from cli.drill.model import ModelReceiver
@@ -52,14 +52,15 @@ def declared_profile(script: Script) -> str | None:
 
 def run_script(path: str | Path, profile: str | None = None, *, verbose: bool = False,
                seed: int = 1, sysctls: dict[str, str] | None = None,
-               pipeline: bool = False) -> ScriptResult:
+               pipeline: bool = False, hz: int | None = None) -> ScriptResult:
     """Parse and run one script against the kernel model (or, with ``pipeline``, the
     actor processes); a parse error is a failure.
 
     ``profile``: the kernel to run it against. None takes the one the script declares
     (``// rxpath: profile=legacy``), else :data:`DEFAULT_PROFILE`; a profile given that
     differs from the script's declaration skips the script. ``sysctls`` are the host's
-    settings before the script starts (its own commands may change them further).
+    settings before the script starts (its own commands may change them further);
+    ``hz`` the kernel's CONFIG_HZ (None: the profile's, 250).
     """
     try:
         script = parse_file(path)
@@ -75,13 +76,13 @@ def run_script(path: str | Path, profile: str | None = None, *, verbose: bool = 
         return ScriptResult(str(path), Outcome.SKIP,
                             skip_reason=f"the script declares profile={declared}")
     if pipeline:
-        with PipelineReceiver(get_profile(profile), seed=seed) as rx:
+        with PipelineReceiver(get_profile(profile), seed=seed, hz=hz) as rx:
             _apply_sysctls(rx, sysctls)
             res = DrillRunner(script, rx, verbose=verbose).run()
             if verbose:
                 res.log += [f"pipeline: {e}" for e in rx.errors]
             return res
-    receiver = ModelReceiver(get_profile(profile), seed=seed)
+    receiver = ModelReceiver(get_profile(profile), seed=seed, hz=hz)
     _apply_sysctls(receiver, sysctls)
     return DrillRunner(script, receiver, verbose=verbose).run()
 
@@ -132,6 +133,11 @@ def drill(
     pipeline: Annotated[bool, typer.Option(
         "--pipeline", help="Run through the real actor processes (nic, cpu0, stack) in "
         "real time instead of the kernel model on a virtual clock.")] = False,
+    hz: Annotated[int | None, typer.Option(
+        "--hz", help="The kernel's CONFIG_HZ: " + ", ".join(map(str, HZ_CHOICES))
+        + " (default 250, Kconfig's). Delayed-ACK and RTO timing rounds to its jiffies; "
+        "match the kernel a script was recorded on (grep CONFIG_HZ= /boot/config-*).",
+        show_default=False)] = None,
 ) -> None:
     """Run packetdrill scripts against the emulated receiver (kernel model in virtual
     time, or the actor processes in real time with --pipeline)."""
@@ -139,13 +145,16 @@ def drill(
         get_profile(profile or DEFAULT_PROFILE)
         # Reject an unknown name or a malformed value before any script runs.
         settings = dict(_sysctl_setting(s) for s in sysctl or ())
+        if hz is not None and hz not in HZ_CHOICES:
+            raise ValueError(f"--hz {hz}: expected one of "
+                             + ", ".join(map(str, HZ_CHOICES)))
     except ValueError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     results = []
     for path in scripts:
         res = run_script(path, profile, verbose=verbose, seed=seed, sysctls=settings,
-                         pipeline=pipeline)
+                         pipeline=pipeline, hz=hz)
         results.append(res)
         typer.echo(format_result(res, verbose=verbose))
     typer.echo(summary(results))

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.profiles import Profile, Sysctls
+from actors.profiles import Profile, Sysctls, sysctls_for
 from actors.stack.net import OpDone, Transmit
 from actors.stack.tcp import tcp_get_info
 from actors.stack.tcp_ipv4 import Stack
@@ -42,10 +42,11 @@ class ModelReceiver(Syscalls):
     """rxpath's kernel model on a virtual nanosecond clock."""
 
 
-    def __init__(self, profile: Profile, *, seed: int = 1) -> None:
+    def __init__(self, profile: Profile, *, seed: int = 1, hz: int | None = None) -> None:
         super().__init__()
         self.profile = profile
-        self.stack = Stack(profile, profile.default_sysctls, seed=seed, device="tun")
+        sysctls = profile.default_sysctls if hz is None else sysctls_for(profile, hz=hz)
+        self.stack = Stack(profile, sysctls, seed=seed, device="tun")
         self._now = 0
         self._out: list[tuple[int, Segment]] = []
         self._opdone: dict[str, SockOpResult] = {}

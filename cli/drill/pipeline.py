@@ -61,7 +61,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from actors.profiles import MS, SOFTIRQ_SYSCTLS, Profile, Sysctls, sysctl_write
+from actors.profiles import MS, SOFTIRQ_SYSCTLS, Profile, Sysctls, sysctl_write, sysctls_for
 from actors.runtime.launcher import Launcher
 from actors.scenario import CpuConfig, FlowConfig, NicConfig, ReaderConfig, Scenario, StackConfig
 from cli.drill.runner import LOCAL_IP, Unsupported
@@ -176,11 +176,11 @@ class PipelineReceiver(Syscalls):
     """
 
     def __init__(self, profile: Profile, *, seed: int = 1,
-                 run_dir: str | Path | None = None) -> None:
+                 run_dir: str | Path | None = None, hz: int | None = None) -> None:
         super().__init__()
         self.profile = profile
         self.seed = seed
-        self._sysctls = profile.default_sysctls
+        self._sysctls = profile.default_sysctls if hz is None else sysctls_for(profile, hz=hz)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if run_dir is None:
             # Short: ipc socket paths live under it (sun_path is 108 bytes).
