@@ -5,16 +5,28 @@ time limit in jiffies, ``ss``'s Send-Q (tcp_diag_get_info) and the one parser of
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from actors.cpu.napi import net_rx_action_time_limit
-from actors.profiles import LEGACY, MODERN, MS, US, sysctls_for
+from actors.profiles import (
+    LEGACY,
+    MODERN,
+    MS,
+    US,
+    Sysctls,
+    jiffy_ns,
+    sysctl_write,
+    sysctls_for,
+    timer_fires_at,
+)
 from actors.stack import tcp
 from actors.stack.sock import TcpState
 from actors.stack.tcp import sock_setsockopt, tcp_diag_wqueue, tcp_get_info, tcp_poll
 from actors.stack.tcp_input import tcp_epollin_ready, tcp_rmem_pressure
 from actors.stack.tcp_output import tcp_win_from_space
-from cli.config import ConfigError, parse_sysctl_assignment
+from cli.config import ConfigError, load_scenario, parse_sysctl_assignment
 from cli.drill.command import _sysctl_setting
 from protocol.constants import EPOLLIN
 from protocol.seq import seq_add
@@ -201,3 +213,42 @@ def test_so_rcvlowat_before_listen_grows_the_buffer_the_child_inherits() -> None
     legacy = connect("legacy", rcvlowat=400_000)
     assert legacy.sk.rcvlowat == 400_000
     assert legacy.sk.rcvbuf == connect("legacy").sk.rcvbuf
+
+
+# ------------------------------------------------------- the timer wheel (kernel/time/timer.c)
+
+
+@pytest.mark.parametrize(("hz", "now_us", "delay_jiffies", "fires_us"), [
+    # level 0 (delay < 63 jiffies): the bucket after the expiry jiffy
+    (250, 0, 10, 44_000), (250, 3_999, 10, 44_000), (250, 4_000, 10, 48_000),
+    (1000, 500, 40, 41_000),
+    # level 1 (63..503): 8-jiffy buckets, rounded up past the expiry
+    (250, 0, 250, 1_024_000), (1000, 0, 200, 208_000),
+    # level 2 (504..4031): 64-jiffy buckets: a 1 s timer at HZ=1000 runs up to 64 ms late
+    (1000, 0, 1000, 1_024_000), (1000, 0, 1023, 1_024_000), (1000, 0, 1024, 1_088_000),
+])
+def test_timer_fires_in_the_wheel_bucket_after_its_expiry(hz: int, now_us: int,
+                                                          delay_jiffies: int,
+                                                          fires_us: int) -> None:
+    """calc_wheel_index / calc_index: a timer for jiffies + delay goes in the bucket
+    ((expires >> LVL_SHIFT(lvl)) + 1) << LVL_SHIFT(lvl) of the first level whose range
+    holds the delay, so it never fires early and runs at least a tick late."""
+    j = jiffy_ns(hz)
+    now = now_us * US
+    assert timer_fires_at(now, now - now % j + delay_jiffies * j, j) == fires_us * US
+
+
+def test_hz_is_not_a_sysctl_and_config_checks_it(tmp_path: Path) -> None:
+    """CONFIG_HZ is fixed when the kernel is built: no sysctl write changes it, and a
+    scenario may only ask for a value whose jiffy is a whole number of ns."""
+    with pytest.raises(ValueError, match="CONFIG_HZ"):
+        sysctl_write(Sysctls(), "hz", [1000])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sysctl]\nhz = 300\n")
+    with pytest.raises(ConfigError) as err:
+        load_scenario(bad)
+    assert err.value.key == "sysctl.hz" and "100, 250, 1000" in err.value.detail
+    good = tmp_path / "good.toml"
+    good.write_text('profile = "modern"\n[sysctl]\nhz = 1000\n')
+    sc = load_scenario(good)
+    assert sc.sysctl.hz == 1000 and sc.sysctl.netdev_budget_usecs == 2000
