@@ -61,6 +61,7 @@ REJECT_REASONS = (
     # Raised by the transport / actor layers rather than by the codec:
     "bad_frames",         # not exactly [routing id, payload]
     "sender_mismatch",    # envelope sender differs from the connection's routing id
+    "sender_key_mismatch",  # CURVE: envelope sender is not the name of the client's key
     "unknown_sender",     # a sender outside the receiver's address book (nobody can answer it)
     "unhandled_kind",     # a valid kind this actor has no handler for
     "rejected_by_handler",  # a handler refused the message (RejectMessage)

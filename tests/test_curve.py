@@ -405,3 +405,117 @@ def test_an_actor_never_sends_to_an_impostor(tmp_path: Path, impostor: str,
         ctx_a.close()
         fake.close()
         mon.close()
+
+
+# --- a key is bound to its actor's name ------------------------------------------------------
+
+
+def test_two_names_on_one_public_key_are_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    generate_keys(keys, [LAUNCHER, "nic", "cpu0"])
+    public_key_path(keys, "cpu0").write_text(public_key_path(keys, "nic").read_text())
+    with pytest.raises(KeyFileError, match="the same public-key") as err:
+        load_keys(keys, LAUNCHER, _tcp_endpoints([LAUNCHER, "nic", "cpu0"]))
+    assert err.value.path == public_key_path(keys, "cpu0")
+
+
+def _accepted_until(mb: Mailbox, done: Callable[[Mailbox], bool],
+                    timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done(mb):
+        assert time.monotonic() < deadline, (mb.counters.snapshot(), list(mb.inbound))
+        mb.poll(50)
+
+
+@pytest.mark.timeout(60)
+def test_an_envelope_must_come_from_the_key_of_its_sender(tmp_path: Path) -> None:
+    """In one process: nic's key pair, with a DEALER whose routing id and envelopes say
+    cpu0, gets past the handshake but not past the inbox; with its own name it does."""
+    keys = tmp_path / "keys"
+    names = ["stack", "nic", "cpu0"]
+    generate_keys(keys, names)
+    eps = _tcp_endpoints(names)
+    contexts = [CurveContext(load_keys(keys, n, eps)) for n in ("stack", "nic", "nic")]
+    stack = Mailbox("stack", eps, ctx=contexts[0])
+    impostor = Mailbox("cpu0", eps, ctx=contexts[1])   # nic's key, cpu0's name
+    nic = Mailbox("nic", eps, ctx=contexts[2])
+    try:
+        stack.bind()
+        assert stack.authenticated
+        assert impostor.send("stack", TEST_PING, {"request_id": 1})
+        assert impostor.send_many("stack", TEST_PING, [{"request_id": 2},
+                                                      {"request_id": 3}])
+        _accepted_until(stack, lambda mb: mb.counters.rejected_messages.get(
+            "sender_key_mismatch", 0) == 2)
+        assert not stack.inbound and stack.counters.messages_in == 0
+        # The handshake itself succeeded: the key is a known one.
+        assert contexts[0].guard.snapshot()["auth_allowed"] == 1
+        assert nic.send("stack", TEST_PING, {"request_id": 4})
+        _accepted_until(stack, lambda mb: len(mb.inbound) == 1)
+        env = stack.inbound.popleft()
+        assert (env.sender, env.body["request_id"]) == ("nic", 4)
+        assert stack.counters.rejected_messages == {"sender_key_mismatch": 2}
+    finally:
+        for mb in (stack, impostor, nic):
+            mb.close()
+        for ctx in contexts:
+            ctx.close()
+
+
+def test_an_ipc_inbox_has_no_key_to_check(run_dir: Path) -> None:
+    eps = {n: Endpoint(f"ipc://{run_dir}/{n}", f"ipc://{run_dir}/{n}") for n in ("a", "b")}
+    a, b = Mailbox("a", eps), Mailbox("b", eps)
+    try:
+        a.bind()
+        assert not a.authenticated
+        assert b.send("a", TEST_PING, {"request_id": 1})
+        _accepted_until(a, lambda mb: len(mb.inbound) == 1)
+        assert a.counters.rejected_messages == {}
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_an_actor_with_nics_key_cannot_speak_as_cpu0(run_dir: Path) -> None:
+    """A real actor process over tcp: an envelope claiming cpu0 from a connection that
+    authenticated with nic's key is rejected, counted and logged, and the actor keeps
+    serving; the same key claiming nic is served."""
+    ports = free_tcp_ports(4)
+    topo = make_topology({name: {"role": "echo", "port": port}
+                          for name, port in zip(("echo1", "nic", "cpu0"), ports[1:],
+                                                strict=True)})
+    topo.update(transport="tcp", launcher={"port": ports[0]})
+    with Launcher(topo, run_dir) as launcher:
+        keys = run_dir / "keys"                 # the pairs the launcher made
+        with_nic_key = [CurveContext(load_keys(keys, "nic", launcher.endpoints))
+                        for _ in range(2)]
+        impostor = Mailbox("cpu0", launcher.endpoints, ctx=with_nic_key[0])
+        honest = Mailbox("nic", launcher.endpoints, ctx=with_nic_key[1])
+        try:
+            for rid in range(1, 4):
+                assert impostor.send("echo1", TEST_PING, {"request_id": rid})
+            after = _stats_until(launcher, "echo1", lambda t: t["rejected_messages"].get(
+                "sender_key_mismatch", 0) == 3)
+            assert after["role"] == {"pings": 0}
+            assert launcher.process("echo1").running
+            assert honest.send("echo1", TEST_PING, {"request_id": 4})
+            # Wait for the answer: echo1 sends its pong to the real nic, which counts it.
+            _stats_until(launcher, "nic", lambda t: t["rejected_messages"].get(
+                "unhandled_kind", 0) == 1)
+            served = launcher.request_stats(["echo1"])["echo1"]
+        finally:
+            impostor.close()
+            honest.close()
+            for ctx in with_nic_key:
+                ctx.close()
+        assert served["role"] == {"pings": 1}
+        assert served["transport"]["rejected_messages"] == {"sender_key_mismatch": 3}
+        # The launcher's own key still speaks for it.
+        launcher.send("echo1", TEST_PING, {"request_id": 5})
+        assert launcher.wait_for(lambda e: e.kind == TEST_PONG and e.body["request_id"]
+                                 == 5, 10) is not None
+    assert launcher.exit_codes()["echo1"] == 0
+    log = (run_dir / "logs" / "echo1.jsonl").read_text()
+    assert "sender_key_mismatch" in log and "the key is 'nic''s" in log

@@ -12,7 +12,11 @@ as an inbox and read what an actor sends. On tcp:// endpoints, therefore:
 - a client without CURVE (a plain DEALER), with the wrong server key or with a key the
   topology does not know is refused and counted in the actor's transport counters:
   ``auth_denied`` (ZAP said no: unknown key), ``handshake_failed`` (no key, or a
-  handshake that did not decrypt), beside ``auth_allowed``.
+  handshake that did not decrypt), beside ``auth_allowed``;
+- a key is bound to its actor's name: the ZAP handler returns the name as the
+  connection's user id, libzmq gives it to every message as ``User-Id``, and the inbox
+  rejects an envelope whose sender is another name (``sender_key_mismatch``, see
+  :mod:`actors.runtime.mailbox`), so an actor cannot pose as another with its own key.
 
 ipc:// endpoints stay plain: their sockets live in a directory only the user can open
 (:func:`actors.runtime.addressing.ensure_private_dir`).
@@ -183,6 +187,15 @@ def load_keys(keys_dir: Path, name: str, endpoints: Mapping[str, Endpoint]) -> C
     includes the launcher); raises :class:`KeyFileError` naming the first bad file."""
     require_curve()
     known = {n: _load(public_key_path(keys_dir, n), secret=False)[0] for n in endpoints}
+    # The key is what names a client (its ZAP user id): two names on one key would let
+    # either speak as the other.
+    owner: dict[bytes, str] = {}
+    for n, key in known.items():
+        if key in owner:
+            raise KeyFileError(public_key_path(keys_dir, n), f"the same public-key as "
+                               f"{public_key_path(keys_dir, owner[key])}: each actor needs "
+                               "its own pair")
+        owner[key] = n
     sec_path = secret_key_path(keys_dir, name)
     public, secret = _load(sec_path, secret=True)
     assert secret is not None
@@ -271,6 +284,7 @@ class CurveGuard:
                  log: Any = None) -> None:
         self.ctx = ctx
         self.log = log
+        # Raw public key -> the one name it authenticates (the connection's user id).
         self.allowed = {z85.decode(key): name for name, key in known.items()}
         self.counters = {"auth_allowed": 0, "auth_denied": 0, "handshake_failed": 0}
         self._monitors = itertools.count()
@@ -364,6 +378,8 @@ class CurveGuard:
                        mechanism=mechanism.decode(errors="replace"))
             return [version, request_id, b"400", b"unknown key", b"", b""]
         self._note("auth_allowed")
+        # The user id becomes every message's User-Id, which the inbox checks the
+        # envelope's sender against.
         return [version, request_id, b"200", b"OK", name.encode(), b""]
 
 

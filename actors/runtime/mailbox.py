@@ -17,6 +17,14 @@ Received frames are decoded, checked (frame count, sender == routing id, a sende
 the address book, envelope and schema) and sequence-tracked per link; a bad one is
 counted under ``rejected_messages[reason]``, logged (rate-limited), and dropped; nothing
 raises.
+
+A routing id is whatever the client set, so on a CURVE inbox (tcp://, see
+:mod:`actors.runtime.curve`) the sender must also be the name of the key its connection
+authenticated with: the ZAP handler returns that name as the connection's user id, which
+libzmq attaches to every message as its ``User-Id`` property. Each envelope is checked
+(a restarted or handed-over connection can carry the same routing id under another key),
+and a mismatch is ``sender_key_mismatch``. ipc:// inboxes have no user id; their
+directory is private instead.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ _raw_recv = zmq.backend.Socket.recv
 _raw_get = zmq.backend.Socket.get
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+_USER_ID = b"User-Id"     # the property ZAP's user id becomes (bytes: no encode per call)
 _monotonic_ns = time.monotonic_ns
 
 
@@ -118,6 +127,8 @@ class Mailbox:
         self.ctx = ctx or zmq.Context()
         self.log = log
         self.inbox: zmq.Socket | None = None
+        # True once the inbox is a CURVE server: each sender is checked against its key.
+        self.authenticated = False
         self.outboxes: dict[str, zmq.Socket] = {}
         self.inbound: deque[Envelope] = deque()
         self.counters = TransportCounters()
@@ -139,6 +150,7 @@ class Mailbox:
 
     def bind(self) -> None:
         self.inbox = make_inbox(self.ctx, self.endpoints[self.name], hwm=self.hwm)
+        self.authenticated = bool(self.inbox.getsockopt(zmq.CURVE_SERVER))
         self.poller.register(self.inbox, zmq.POLLIN)
 
     def input_waiting(self) -> bool:
@@ -310,6 +322,8 @@ class Mailbox:
         inbox = self.inbox
         if inbox is None:
             return 0
+        if self.authenticated:
+            return self._receive_authenticated(inbox, limit)
         taken = 0
         while taken < limit:
             try:
@@ -321,14 +335,40 @@ class Mailbox:
             # before at least one frame the peer sent.
             payload = _raw_recv(inbox, _NOBLOCK)
             if _raw_get(inbox, _RCVMORE):
-                n = 2
-                while _raw_get(inbox, _RCVMORE):
-                    _raw_recv(inbox, _NOBLOCK)
-                    n += 1
-                self.reject("bad_frames", f"{n} frames", ident)
+                self._reject_extra_frames(inbox, ident)
                 continue
             self._accept(ident, payload)
         return taken
+
+    def _receive_authenticated(self, inbox: zmq.Socket, limit: int) -> int:
+        """:meth:`receive_available` on a CURVE inbox: the routing id frame is taken as a
+        Frame (copy=False) to read its ``User-Id``, the name of the connection's key; the
+        payload is copied as usual."""
+        taken = 0
+        while taken < limit:
+            try:
+                frame = _raw_recv(inbox, _NOBLOCK, False)
+            except zmq.Again:
+                break
+            taken += 1
+            try:
+                user_id = frame.get(_USER_ID)
+            except zmq.ZMQError:  # no user id (a ZAP handler that gave none): no match
+                user_id = ""
+            ident = frame.bytes
+            payload = _raw_recv(inbox, _NOBLOCK)
+            if _raw_get(inbox, _RCVMORE):
+                self._reject_extra_frames(inbox, ident)
+                continue
+            self._accept(ident, payload, user_id)
+        return taken
+
+    def _reject_extra_frames(self, inbox: zmq.Socket, ident: bytes) -> None:
+        n = 2
+        while _raw_get(inbox, _RCVMORE):
+            _raw_recv(inbox, _NOBLOCK)
+            n += 1
+        self.reject("bad_frames", f"{n} frames", ident)
 
     def accept(self, frames: list[bytes]) -> Envelope | None:
         """Check one received ``[routing id, payload]``; queue and return it (a bundle:
@@ -339,7 +379,10 @@ class Mailbox:
             return None
         return self._accept(frames[0], frames[1])
 
-    def _accept(self, ident: bytes, payload: bytes) -> Envelope | None:
+    def _accept(self, ident: bytes, payload: bytes,
+                user_id: str | None = None) -> Envelope | None:
+        """``user_id``: the name of the key the connection authenticated with (CURVE
+        inboxes), which the envelope's sender must be."""
         c = self.counters
         c.bytes_in += len(payload)
         try:
@@ -348,6 +391,10 @@ class Mailbox:
             self.reject(exc.reason, exc.detail, ident)
             return None
         sender = env.sender
+        if user_id is not None and user_id != sender:
+            self.reject("sender_key_mismatch",
+                        f"envelope says {sender!r}, the key is {user_id!r}'s", ident)
+            return None
         if self._ids.get(ident) != sender:
             if ident != sender.encode():
                 self.reject("sender_mismatch", f"envelope says {sender!r}", ident)
