@@ -11,12 +11,25 @@ envelopes whose fields are out of range (queues, counts, batch and request ids, 
 ids, trace-id and GSO lists of the wrong length, unknown actors and modes), frames that do
 not decode or belong to no flow.  Each message is meant to be counted exactly once: in
 ``transport.rejected_messages`` or in the one role counter that takes such input.
+
+The tunwire actor (a real Linux sender's wire: a TUN device in a network namespace of the
+test's own) takes its 10,000 on its inbox like the others, and 10,000 more hostile frames
+on the TUN device itself, injected from inside the namespace; its frame checks, under
+hypothesis, never raise and never refuse a frame the stack builds. Those tests skip, saying
+why, where namespaces or TUN devices cannot be made.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import random
+import select
+import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,8 +46,11 @@ from hypothesis import strategies as st
 from actors.runtime.addressing import LAUNCHER
 from actors.runtime.launcher import Launcher
 from actors.runtime.supervisor import PEER_EVENT
-from actors.scenario import FlowConfig, ReaderConfig, Scenario
-from cli.run import build_topology
+from actors.scenario import FlowConfig, LinuxSenderConfig, ReaderConfig, Scenario
+from actors.tunwire.frames import frame_for_nic, frame_problem
+from actors.tunwire.netns import TUN_DEVICE, TUN_MTU
+from cli.linux_sender import run_netns
+from cli.run import TUNWIRE, build_topology
 from protocol import messages as msg
 from protocol.envelope import BUNDLE, DEFAULT_MAX_MESSAGE_BYTES, KINDS
 from protocol.pcap import LINKTYPES, PcapError, link_ipv4, read_capture
@@ -42,6 +58,7 @@ from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.tcp_options import parse_options
 from protocol.wire import MalformedPacket, decode, decode_ipv4, decode_tcp, encode
 from tests.shell_roles import RELAY_CLASS
+from tests.test_wire import default_options, explicit_options, segments
 
 MESSAGES = 10_000        # per endpoint
 OVERSIZED = 3            # of them just over the codec's limit (each 8 MiB on the socket)
@@ -51,7 +68,8 @@ INTRUDER = "intruder"
 I64 = (1 << 63) - 1
 
 # role -> the actor that plays it (its neighbours are relays that take anything).
-ROLES = {"peer": "peer", "nic": "nic", "cpu": "cpu0", "stack": "stack", "reader": "r1"}
+ROLES = {"peer": "peer", "nic": "nic", "cpu": "cpu0", "stack": "stack", "reader": "r1",
+         "tunwire": TUNWIRE}
 # Role counters that count, one per message, what a handler takes but cannot use.
 ROLE_COUNTERS: dict[str, list[tuple[str, ...]]] = {
     "peer": [("peer", "bad_frames"), ("peer", "unknown_flow")],
@@ -59,6 +77,8 @@ ROLE_COUNTERS: dict[str, list[tuple[str, ...]]] = {
     "cpu": [("stale_rcv_done",)],
     "stack": [("bad_sock_ops",), ("malformed",)],
     "reader": [],
+    # Per frame (each such message has one): not an IPv4 packet, or written to the device.
+    "tunwire": [("bad_frames",), ("frames_out",), ("tun_write_errors",)],
 }
 
 
@@ -69,10 +89,16 @@ def scenario() -> Scenario:
                              ReaderConfig(name="r2", flow="f2")))
 
 
-def topology(sc: Scenario, real: str) -> dict[str, Any]:
+def topology(sc: Scenario, real: str, netns: str | None = None) -> dict[str, Any]:
     """Only ``real`` runs its role; every actor it talks to is a relay that relays
-    nothing (so what ``real`` sends is absorbed, and counted there, not here)."""
-    topo = build_topology(sc)
+    nothing (so what ``real`` sends is absorbed, and counted there, not here). The
+    tunwire plays a real sender's wire in ``netns``, with no sender: its device carries
+    only what the test puts on it."""
+    if real == TUNWIRE:
+        sc = replace(sc, linux_senders=(LinuxSenderConfig(flows=("f1", "f2")),))
+    topo = build_topology(sc, netns)
+    if real == TUNWIRE:
+        topo["actors"][TUNWIRE]["config"]["tunwire"]["senders"] = []
     entry = topo["actors"][real]
     actors = {real: entry}
     for peer in entry.get("peers", []):
@@ -293,6 +319,8 @@ def _for_role(rng: random.Random, role: str, sc: Scenario) -> Hostile:
                 "batch": rng.randrange(I64), "frames": [], "ids": _ids(rng, 0)})
         return Hostile("bad_gso", kind=msg.RCV_BATCH, body={
             "batch": rng.randrange(I64), "frames": [], "gso": [1] * rng.randrange(1, 4)})
+    if role == "tunwire":
+        return _for_tunwire(rng, pick, sc)
     if role == "reader":
         # Request ids the reader never used (it numbers from 0 up).
         return Hostile("unknown_request", kind=msg.SOCK_OP_DONE, body={
@@ -308,6 +336,65 @@ def _for_role(rng: random.Random, role: str, sc: Scenario) -> Hostile:
     frames = [rng.randbytes(10)] * rng.randrange(1, 4)
     return Hostile("bad_ids", kind=msg.WIRE, body={"frames": frames,
                                                     "ids": _ids(rng, len(frames))})
+
+
+def _to_sender(sc: Scenario, **changes: Any) -> bytes:
+    """A sound segment as the stack sends it, to the real sender's address."""
+    src, sport, dst, dport = sc.four_tuple("f1")
+    seg = Segment(dst, dport, src, sport, seq=1, ack=1, flags=TcpFlags.ACK, payload=b"y")
+    return encode(replace(seg, **changes))
+
+
+def _unfit_for_tun(rng: random.Random, sc: Scenario) -> bytes:
+    """A frame that is not an IPv4 packet whose header holds together."""
+    good = _to_sender(sc)
+    pick = rng.randrange(8)
+    if pick == 0:
+        return rng.randbytes(rng.randrange(20))                       # short, or empty
+    if pick == 1:
+        return good[:rng.randrange(20, len(good))]                    # truncated
+    if pick == 2:
+        return good + rng.randbytes(rng.randrange(1, 30))             # bytes past tot_len
+    if pick == 3:
+        return bytes([rng.choice([0x05, 0x65, 0x00, 0xF5]), *good[1:]])  # IP version
+    if pick == 4:
+        return bytes([0x40 | rng.randrange(5), *good[1:]])            # IHL below 5
+    if pick == 5:
+        return bytes([0x4F, *good[1:]])                               # IHL past the frame
+    if pick == 6:                                                     # beyond any IPv4
+        return good + bytes(rng.randrange(65536, 70000) - len(good))
+    return bytes([0x45]) + rng.randbytes(rng.randrange(19, 80))       # noise after 0x45
+
+
+def _fit_for_tun(rng: random.Random, sc: Scenario) -> tuple[str, bytes]:
+    """A frame of sound shape that is still wrong: the namespace's kernel judges it."""
+    pick = rng.randrange(3)
+    if pick == 0:  # a flow the sender does not have: its kernel answers with a RST
+        return "unknown_flow", _to_sender(sc, sport=rng.randrange(1, 40000),
+                                          dport=rng.randrange(1, 40000))
+    frame = bytearray(_to_sender(sc, payload=rng.randbytes(rng.randrange(1, 100))))
+    if pick == 1:  # TcpInCsumErrors there
+        frame[-1] ^= 1 + rng.randrange(255)
+        return "bad_checksum", bytes(frame)
+    frame[9] = rng.choice([1, 17, 47, 253])  # not TCP (and its checksums off)
+    return "not_tcp", bytes(frame)
+
+
+def _for_tunwire(rng: random.Random, pick: int, sc: Scenario) -> Hostile:
+    """What a hostile nic could hand the wire: one frame per message, or lists that do
+    not match the frames (refused whole, before any frame is written)."""
+    if pick <= 1:
+        return Hostile("unfit_frame", kind=msg.WIRE,
+                       body={"frames": [_unfit_for_tun(rng, sc)]})
+    if pick == 2:
+        what, frame = _fit_for_tun(rng, sc)
+        return Hostile(what, kind=msg.WIRE, body={"frames": [frame]})
+    frames = [_to_sender(sc)] * rng.randrange(1, 4)
+    if rng.random() < 0.5:
+        return Hostile("bad_ids", kind=msg.WIRE,
+                       body={"frames": frames, "ids": _ids(rng, len(frames))})
+    gso = rng.choice([[1] * (len(frames) + 1), [-1] * len(frames)])
+    return Hostile("bad_gso", kind=msg.WIRE, body={"frames": frames, "gso": gso})
 
 
 def hostile_messages(role: str, real: str, sc: Scenario, forged: list[str],
@@ -364,21 +451,48 @@ def intruder(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
+@functools.cache
+def _why_no_tun() -> str | None:
+    """Why the tunwire cannot run here (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root to create a network namespace and a TUN device"
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) is not installed"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun does not exist"
+    return None
+
+
+@contextlib.contextmanager
+def tunwire_netns() -> Iterator[str]:
+    """A namespace of the test's own (its guard removes it, and what runs in it, however
+    the test ends), with IPv6 off: the device carries no neighbour discovery, only what
+    the test and the namespace's answers to it put there."""
+    why = _why_no_tun()
+    if why is not None:
+        pytest.skip(f"tunwire: {why}")
+    with run_netns() as netns:
+        subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1"],
+                       check=True, capture_output=True, timeout=10)
+        yield netns
+
+
 @pytest.fixture
 def launched(run_dir: Path) -> Iterator[Callable[[str], Launcher]]:
-    """Starts one role's topology; stops it (every child) whatever happens."""
-    started: list[Launcher] = []
+    """Starts one role's topology; stops it (every child, and the tunwire's namespace)
+    whatever happens."""
+    with contextlib.ExitStack() as cleanup:
 
-    def start(real: str) -> Launcher:
-        launcher = Launcher(topology(scenario(), real), run_dir / real, ready_timeout_s=60)
-        started.append(launcher)
-        return launcher.__enter__()
+        def start(real: str) -> Launcher:
+            netns = cleanup.enter_context(tunwire_netns()) if real == TUNWIRE else None
+            launcher = Launcher(topology(scenario(), real, netns), run_dir / real,
+                                ready_timeout_s=60)
+            cleanup.callback(launcher.__exit__, None, None, None)
+            return launcher.__enter__()
 
-    try:
         yield start
-    finally:
-        for launcher in started:
-            launcher.__exit__(None, None, None)
 
 
 @pytest.mark.integration
@@ -433,10 +547,146 @@ def test_role_counts_every_hostile_message_and_keeps_serving(
     for reason in ("oversized", "not_msgpack", "truncated", "unknown_kind", "bad_frames",
                    "sender_mismatch", "unknown_sender", "rejected_by_handler"):
         assert reasons.get(reason), (reason, reasons)
+    if role == "tunwire":  # both ways a frame is counted were taken
+        assert _dig(stats["role"], ("bad_frames",)) > _dig(before["role"], ("bad_frames",))
+        assert _dig(stats["role"], ("frames_out",)) > _dig(before["role"], ("frames_out",))
     # And it still answers: a stats request, with the same counts.
     again = stats_of(launcher, real)
     assert counted(role, again) - base == len(batch)
     assert launcher.exit_codes().get(real) is None
+
+
+# --- the tunwire's TUN device ------------------------------------------------------------------
+
+# Frames injected at a time: below the device's queue (txqueuelen 500), which drops what
+# the tunwire has not read yet.
+TUN_CHUNK = 200
+
+# Runs in the namespace: sends each frame it is given onto the TUN device through a packet
+# socket (as if the namespace's kernel transmitted it: the tunwire reads it from its fd)
+# and answers with how many went. Input: a 4-byte count, then each frame length-prefixed.
+_INJECTOR = """
+import socket, struct, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+s.bind((sys.argv[1], 0))
+inp, out = sys.stdin.buffer, sys.stdout
+while head := inp.read(4):
+    sent = 0
+    for _ in range(struct.unpack("!I", head)[0]):
+        frame = inp.read(struct.unpack("!I", inp.read(4))[0])
+        try:
+            s.send(frame)
+            sent += 1
+        except OSError as exc:
+            print("refused", len(frame), exc, file=sys.stderr, flush=True)
+    print(sent, flush=True)
+"""
+
+
+def hostile_tun_frames(sc: Scenario, n: int = MESSAGES) -> list[bytes]:
+    """``n`` frames a hostile namespace could put on the device (any bytes from 1 to the
+    MTU: a packet socket takes them), the same ones every time."""
+    rng = random.Random("hostile:tun")
+    src, sport, dst, dport = sc.four_tuple("f1")
+    sound = encode(Segment(src, sport, dst, dport, seq=1, flags=TcpFlags.ACK, payload=b"z"))
+    out: list[bytes] = []
+    while len(out) < n:
+        pick = rng.randrange(7)
+        frame: bytes | bytearray
+        if pick == 0:
+            frame = rng.randbytes(rng.randrange(1, TUN_MTU + 1))      # anything at all
+        elif pick == 1:
+            frame = sound[:rng.randrange(1, len(sound))]              # cut short
+        elif pick == 2:  # IPv4, protocol TCP, and the rest noise (a header that lies)
+            frame = bytearray(rng.randbytes(rng.randrange(20, 120)))
+            frame[0], frame[9] = 0x40 | rng.randrange(16), 6
+        elif pick == 3:  # a sound IPv4 header around a broken TCP header or checksum
+            frame = bytearray(sound + rng.randbytes(rng.randrange(0, 40)))
+            frame[20 + rng.randrange(len(frame) - 20)] = rng.randrange(256)
+        elif pick == 4:
+            frame = bytearray(sound)
+            frame[9] = rng.choice([1, 17, 41, 0, 255])                # IPv4, not TCP
+        elif pick == 5:
+            frame = bytes([0x60 | rng.randrange(16)]) + rng.randbytes(rng.randrange(39, 200))
+        else:
+            frame = sound                                             # of a flow nobody has
+        out.append(bytes(frame))
+    return out
+
+
+def _tun_read(stats: dict[str, Any]) -> tuple[int, int]:
+    role = stats["role"]
+    return int(role["frames_in"]), int(role["ignored"])
+
+
+@pytest.mark.integration
+@pytest.mark.chaos
+@pytest.mark.timeout(240)
+def test_tunwire_counts_every_hostile_frame_from_its_tun_device_and_keeps_serving(
+        launched: Callable[[str], Launcher]) -> None:
+    launcher = launched(TUNWIRE)
+    netns = launcher.topology["actors"][TUNWIRE]["config"]["tunwire"]["netns"]
+    frames = hostile_tun_frames(scenario())
+    in0, ignored0 = _tun_read(stats_of(launcher, TUNWIRE))
+    injector = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", _INJECTOR, TUN_DEVICE],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert injector.stdin is not None and injector.stdout is not None
+    sent = 0
+    try:
+        for i in range(0, len(frames), TUN_CHUNK):
+            chunk = frames[i:i + TUN_CHUNK]
+            injector.stdin.write(struct.pack("!I", len(chunk)) + b"".join(
+                struct.pack("!I", len(f)) + f for f in chunk))
+            injector.stdin.flush()
+            ready, _, _ = select.select([injector.stdout], [], [], WAIT_S)
+            assert ready, f"the injector did not answer (exit {injector.poll()})"
+            sent += int(injector.stdout.readline())
+            # Before the next chunk, the tunwire has read this one (a full device queue
+            # would drop frames before they reach it, uncounted by anyone here).
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                frames_in, ignored = _tun_read(stats_of(launcher, TUNWIRE))
+                if frames_in - in0 + ignored - ignored0 >= sent:
+                    break
+                assert not launcher.exited(), launcher.output_tail(TUNWIRE)
+                assert time.monotonic() < deadline, (sent, frames_in - in0, ignored - ignored0)
+    finally:
+        injector.stdin.close()
+        try:
+            injector.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            injector.kill()
+            injector.wait()
+        assert injector.stderr is not None
+        refused = injector.stderr.read().decode(errors="replace")
+        injector.stdout.close()
+        injector.stderr.close()
+    assert sent == len(frames), refused[-500:]
+    # Every frame counted once, the way frame_for_nic says: to the nic, or ignored.
+    frames_in, ignored = _tun_read(stats_of(launcher, TUNWIRE))
+    to_nic = sum(frame_for_nic(f) for f in frames)
+    print(f"tun: injected {sent}, to the nic {frames_in - in0}, ignored {ignored - ignored0}")
+    assert (frames_in - in0, ignored - ignored0) == (to_nic, len(frames) - to_nic)
+    assert 0 < to_nic < len(frames)
+    # And it still answers, and runs.
+    assert _tun_read(stats_of(launcher, TUNWIRE)) == (frames_in, ignored)
+    assert not launcher.exited() and launcher.exit_codes().get(TUNWIRE) is None
+
+
+# --- the tunwire's frame checks under hypothesis -------------------------------------------------
+
+
+def _frame_checks_hold(frame: bytes) -> None:
+    for_nic, problem = frame_for_nic(frame), frame_problem(frame)
+    assert isinstance(for_nic, bool)
+    if problem is None:  # what is written is an IPv4 packet exactly as long as it says
+        assert frame[0] >> 4 == 4 and 20 <= (frame[0] & 0xF) * 4 <= len(frame)
+        assert struct.unpack_from("!H", frame, 2)[0] == len(frame)
+    else:
+        assert isinstance(problem, str) and problem
+    if for_nic:  # what goes to the nic meets the wire decoder: a Segment or its typed error
+        _decodes_or_malformed(frame)
 
 
 # --- the wire decoder under hypothesis -----------------------------------------------------------
@@ -506,6 +756,30 @@ def test_wire_decoder_raises_only_malformed_packet_on_mutated_frames(frame: byte
     _decodes_or_malformed(frame)
     if len(frame) > 20:
         parse_options(frame[40:60])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.binary(max_size=120) | mutated_frames())
+def test_tunwire_frame_checks_never_raise(frame: bytes) -> None:
+    _frame_checks_hold(frame)
+
+
+@settings(max_examples=500, deadline=None)
+@given(segments(default_options() | explicit_options()))
+def test_tunwire_writes_every_frame_the_stack_builds(seg: Segment) -> None:
+    frame = encode(seg)
+    assert frame_problem(frame) is None
+    assert frame_for_nic(frame)
+
+
+def test_tunwire_refuses_each_kind_of_unfit_frame() -> None:
+    sc = scenario()
+    rng = random.Random("unfit")
+    unfit = [_unfit_for_tun(rng, sc) for _ in range(400)]
+    assert all(frame_problem(f) is not None for f in unfit)
+    assert frame_problem(_to_sender(sc)) is None
+    for _ in range(100):
+        assert frame_problem(_fit_for_tun(rng, sc)[1]) is None
 
 
 _CAPTURE_DIR = tempfile.TemporaryDirectory(prefix="rxhostile")

@@ -24,16 +24,17 @@ from typing import Any
 
 from actors.peer.payload import payload_bytes
 from actors.runtime import procutil
-from actors.runtime.actor import Actor, ActorSettings, handles
+from actors.runtime.actor import Actor, ActorSettings, RejectMessage, handles
+from actors.tunwire.frames import frame_for_nic, frame_problem
 from actors.tunwire.netns import enter_netns, expand, open_tun, parse_ss, setup_commands
 from protocol import messages as msg
-from protocol.envelope import Envelope
+from protocol.envelope import Envelope, MalformedMessage
 
 NIC = "nic"
 BURST = 64             # frames read per wake-up and sent per wire message (a NAPI poll's worth)
 MAX_PENDING = 512      # beyond this the TUN's own queue holds them (back-pressure)
 SS_EVERY_NS = 250_000_000
-_IPPROTO_TCP = 6
+_LOG_FIRST_BAD = 20
 
 
 def _pdeathsig() -> None:
@@ -60,7 +61,7 @@ class TunWireActor(Actor):
         self.pending: list[bytes] = []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.c = {"frames_in": 0, "frames_out": 0, "ignored": 0, "tun_write_errors": 0,
-                  "ss_samples": 0}
+                  "ss_samples": 0, "bad_frames": 0}
         self.ss_path = settings.run_dir / "ss-sender.txt"
         self.ss_last: dict[int, dict[str, Any]] = {}   # sport -> last view while connected
         self.ss_max: dict[int, dict[str, Any]] = {}    # sport -> peaks over the run
@@ -75,7 +76,7 @@ class TunWireActor(Actor):
                 frame = os.read(self.fd, 65535)
             except BlockingIOError:
                 return
-            if len(frame) >= 20 and frame[0] >> 4 == 4 and frame[9] == _IPPROTO_TCP:
+            if frame_for_nic(frame):
                 self.pending.append(frame)
             else:
                 self.c["ignored"] += 1  # IPv6 neighbour discovery and the like
@@ -97,7 +98,21 @@ class TunWireActor(Actor):
 
     @handles(msg.WIRE)
     def on_wire(self, env: Envelope, now: int) -> None:
-        for frame in env.body["frames"]:
+        frames = env.body["frames"]
+        try:
+            msg.check_ids(env.body.get("ids"), len(frames))
+            msg.check_gso(env.body.get("gso"), len(frames))
+        except MalformedMessage as exc:
+            raise RejectMessage(str(exc)) from None
+        for frame in frames:
+            # The TUN takes nearly any bytes; the namespace's ip_rcv would drop a broken
+            # frame where the run cannot see it, so it is counted here instead.
+            problem = frame_problem(frame)
+            if problem is not None:
+                n = self.c["bad_frames"] = self.c["bad_frames"] + 1
+                if n <= _LOG_FIRST_BAD:
+                    self.log.warning("bad_frame", problem=problem, count=n)
+                continue
             try:
                 os.write(self.fd, frame)
                 self.c["frames_out"] += 1
