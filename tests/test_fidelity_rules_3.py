@@ -22,7 +22,7 @@ from actors.profiles import (
     timer_fires_at,
 )
 from actors.stack import tcp
-from actors.stack.sock import TcpState
+from actors.stack.sock import AckPending, TcpState
 from actors.stack.tcp import sock_setsockopt, tcp_diag_wqueue, tcp_get_info, tcp_poll
 from actors.stack.tcp_input import tcp_epollin_ready, tcp_rmem_pressure
 from actors.stack.tcp_output import tcp_win_from_space
@@ -30,6 +30,7 @@ from cli.config import ConfigError, load_scenario, parse_sysctl_assignment
 from cli.drill.command import _sysctl_setting
 from protocol.constants import EPOLLIN
 from protocol.seq import seq_add
+from protocol.sockops import SockOpResult
 from tests.stack_harness import connect
 
 PROFILES = ("legacy", "modern")
@@ -252,3 +253,24 @@ def test_hz_is_not_a_sysctl_and_config_checks_it(tmp_path: Path) -> None:
     good.write_text('profile = "modern"\n[sysctl]\nhz = 1000\n')
     sc = load_scenario(good)
     assert sc.sysctl.hz == 1000 and sc.sysctl.netdev_budget_usecs == 2000
+
+
+# ------------------------------------------------------- TCP_QUICKACK
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize(("val", "acked", "pingpong_after"), [(1, True, 0), (2, True, 1),
+                                                              (0, False, 1)])
+def test_tcp_quickack_pushes_a_scheduled_ack(profile: str, val: int, acked: bool,
+                                             pingpong_after: int) -> None:
+    """__tcp_sock_set_quickack: a non-zero value leaves pingpong mode and, with an ACK
+    scheduled and nothing unread, sends it now (tcp_cleanup_rbuf(sk, 1) with
+    ICSK_ACK_PUSHED); an even one re-enters pingpong mode after; 0 only enters it."""
+    c = connect(profile)
+    sk = c.sk
+    sk.icsk_ack.pingpong = 1
+    sk.icsk_ack.pending |= AckPending.SCHED | AckPending.TIMER
+    sent = len(c.stack.net.outputs)
+    assert isinstance(tcp.sock_setsockopt(sk, "TCP_QUICKACK", val, c.now), SockOpResult)
+    assert (len(c.stack.net.outputs) > sent) is acked
+    assert sk.icsk_ack.pingpong == pingpong_after

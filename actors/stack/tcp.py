@@ -180,9 +180,28 @@ def sock_setsockopt(sk: TcpSock, name: str, value: int, now: int = 0) -> SockOpR
         sock_set_rcvbuf(sk, value)
     elif name == "SO_RCVLOWAT":
         tcp_set_rcvlowat(sk, value, now)
+    elif name == "TCP_QUICKACK":
+        tcp_sock_set_quickack(sk, value, now)
     else:
         return Failed(error=EINVAL)
     return SockOpResult()
+
+
+def tcp_sock_set_quickack(sk: TcpSock, val: int, now: int) -> None:
+    """TCP_QUICKACK (6.18's __tcp_sock_set_quickack, 4.13's do_tcp_setsockopt alike): 0
+    enters pingpong mode, so ACKs wait for the delayed-ACK timer or a reply; any other
+    value leaves it and, with an ACK scheduled on a connected socket, pushes it out now
+    through tcp_cleanup_rbuf(sk, 1); an even value then re-enters pingpong mode."""
+    ack = sk.icsk_ack
+    if not val:
+        ack.pingpong = 1  # inet_csk_enter_pingpong_mode: TCP_PINGPONG_THRESH is 1
+        return
+    ack.pingpong = 0
+    if sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and inet_csk_ack_scheduled(sk):
+        ack.pending |= AckPending.PUSHED
+        tcp_cleanup_rbuf(sk, 1, now)
+        if not val & 1:
+            ack.pingpong = 1
 
 
 def tcp_set_rcvlowat(sk: TcpSock, val: int, now: int) -> None:

@@ -259,6 +259,12 @@ class Syscalls:
         if name == "TCP_INQ":
             desc.inq_cmsg = bool(val)
             return 0, None, {}
+        if name == "TCP_QUICKACK":
+            if desc.sock is not None:  # before listen/connect there is no icsk to set
+                res = yield SockSetsockopt(desc.sock, name, val)
+                if isinstance(res, Failed):
+                    return _err(errno_name(res.error))
+            return 0, None, {}
         if name in ("SO_RCVBUF", "SO_RCVLOWAT"):
             if desc.sock is None:
                 if name == "SO_RCVBUF":
@@ -295,8 +301,14 @@ class Syscalls:
             return _err("EBADF")
         if name == "TCP_INQ":
             return 0, None, {"value": int(desc.inq_cmsg)}
-        if name not in ("SO_RCVBUF", "SO_RCVLOWAT", "SO_ERROR"):
+        if name not in ("SO_RCVBUF", "SO_RCVLOWAT", "SO_ERROR", "TCP_QUICKACK"):
             raise Unsupported(f"getsockopt({name}) is not modelled")
+        if name == "TCP_QUICKACK":  # !inet_csk_in_pingpong_mode(sk)
+            if desc.sock is None:
+                return 0, None, {"value": 1}
+            info = yield TcpGetInfo(desc.sock)
+            assert isinstance(info, TcpInfo), info
+            return 0, None, {"value": int(not info.info["pingpong"])}
         if name == "SO_RCVLOWAT":
             return 0, None, {"value": desc.rcvlowat}
         if desc.sock is None:  # not in the stack yet
