@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 # Within each group, the order net/ipv4/proc.c prints them (snmp4_ipstats_list,
-# snmp4_tcp_list, snmp4_net_list), which is the order nstat shows: 4.13's prequeue
-# counters sit where 4.13 had them, 6.x's additions where 6.x has them.
+# snmp4_tcp_list, snmp4_net_list, snmp4_ipextstats_list), which is the order nstat
+# shows: 4.13's prequeue counters sit where 4.13 had them, 6.x's additions where 6.x
+# has them. Only the counters the model moves are listed.
 IP_COUNTERS = (
     "InReceives", "InHdrErrors", "InAddrErrors", "InUnknownProtos", "InDiscards",
     "InDelivers", "OutRequests", "ReasmTimeout", "ReasmReqds", "ReasmFails",
     # IP fragment reassembly above: rxpath never reassembles (see actors/cpu/ip_rcv.py).
-    # Linux prints these two in /proc/net/netstat's IpExt line (nstat: IpExtIn...).
-    "InTruncatedPkts", "InCsumErrors",
 )
 
 TCP_COUNTERS = (
@@ -40,14 +39,34 @@ TCPEXT_COUNTERS = (
     "TCPZeroWindowDrop", "TCPRcvQDrop",
 )
 
+# IPSTATS_MIB_* that /proc/net/netstat prints on its IpExt line, after TcpExt (both
+# kernels have these two, in this order).
+IPEXT_COUNTERS = ("InTruncatedPkts", "InCsumErrors")
+
+# In the order nstat prints them: it loads /proc/net/netstat, then /proc/net/snmp6, then
+# /proc/net/snmp, each in front of what it has (iproute2's misc/nstat.c), so the output
+# is /proc/net/snmp's groups (Ip, ..., Tcp, ...), then /proc/net/netstat's (TcpExt, IpExt).
 GROUPS: dict[str, tuple[str, ...]] = {
     "Ip": IP_COUNTERS,
     "Tcp": TCP_COUNTERS,
     "TcpExt": TCPEXT_COUNTERS,
+    "IpExt": IPEXT_COUNTERS,
 }
 
 ALL_NAMES: tuple[str, ...] = tuple(g + n for g, names in GROUPS.items() for n in names)
 _KNOWN = frozenset(ALL_NAMES)
+
+# Names runs recorded before IpExt was its own group, for reading older run directories.
+RENAMED_COUNTERS: dict[str, str] = {
+    "IpInTruncatedPkts": "IpExtInTruncatedPkts",
+    "IpInCsumErrors": "IpExtInCsumErrors",
+}
+
+
+def current_counters(values: Mapping[str, int]) -> dict[str, int]:
+    """Counters under today's names (an older run's renamed)."""
+    return {RENAMED_COUNTERS.get(k, k): v for k, v in values.items()}
+
 
 # Counters whose value is a gauge rather than a running total (nstat shows them too).
 GAUGES = frozenset({"TcpCurrEstab"})

@@ -104,6 +104,8 @@ def _root(
 
 _GOOD = re.compile(r"\b(PASS|intact|holds)\b")
 _BAD = re.compile(r"\b(BROKEN|FAIL|FAILED)\b")
+# Nothing wrong so far, but not every flow ended: the run's INCOMPLETE, a flow's incomplete.
+_UNFINISHED = re.compile(r"\b(INCOMPLETE|incomplete)\b")
 
 
 def colour_on(stream: TextIO | None = None) -> bool:
@@ -116,10 +118,12 @@ def colour_on(stream: TextIO | None = None) -> bool:
 
 
 def paint(text: str, stream: TextIO | None = None) -> str:
-    """Verdict words coloured: PASS / intact / holds green, BROKEN / FAIL red."""
+    """Verdict words coloured: PASS / intact / holds green, BROKEN / FAIL red,
+    INCOMPLETE / incomplete yellow."""
     if not colour_on(stream):
         return text
     text = _GOOD.sub(lambda m: typer.style(m.group(1), fg="green", bold=True), text)
+    text = _UNFINISHED.sub(lambda m: typer.style(m.group(1), fg="yellow", bold=True), text)
     return _BAD.sub(lambda m: typer.style(m.group(1), fg="red", bold=True), text)
 
 

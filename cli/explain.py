@@ -32,7 +32,7 @@ from actors.runtime.trace import (
     HOP_SOURCE,
     TRACE_DIR,
 )
-from actors.stack.net import DROP_REASONS
+from actors.stack.net import drop_counters, drop_reason
 from cli.app import app
 from cli.options import LATEST_RUN, RunDirArgument
 
@@ -171,8 +171,8 @@ def _dur(ns: int) -> str:
 
 def _fate_text(fate: str) -> str:
     if fate.startswith("drop:"):
-        reason = fate[5:]
-        counter = DROP_REASONS.get(reason)
+        reason = drop_reason(fate[5:])  # an older run's name as 6.18's
+        counter = " or ".join(drop_counters(reason))
         return (f"dropped: SKB_DROP_REASON_{reason}"
                 + (f" (counted in {counter})" if counter else " (no MIB counter)"))
     if fate == "merged":

@@ -12,9 +12,9 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from actors.mib import ALL_NAMES
+from actors.mib import ALL_NAMES, current_counters
 from actors.profiles import PROFILES
-from actors.stack.net import DROP_REASONS
+from actors.stack.net import current_drops, drop_counters
 
 # --- nstat ----------------------------------------------------------------------------
 
@@ -103,6 +103,11 @@ def ss_lines(sockets: Sequence[Mapping[str, Any]]) -> list[str]:
     """``ss -tmi`` as it prints to a pipe (render() without a terminal: each column as
     wide as its widest field plus its delimiter, addresses right-aligned, Recv-Q and
     Send-Q as "%-6d"), with trailing blanks removed."""
+    return _ss_render(sockets, [ss_info(sk) for sk in sockets])
+
+
+def _ss_render(sockets: Sequence[Mapping[str, Any]], infos: Sequence[str]) -> list[str]:
+    """ss's table: the header, then per socket its columns and its info line."""
     rows: list[list[str]] = [[c[0] for c in _SS_COLUMNS]]
     for sk in sockets:
         local, lport = _split_addr(sk["local"])
@@ -123,8 +128,116 @@ def ss_lines(sockets: Sequence[Mapping[str, Any]]) -> list[str]:
             printed += cell
             line += printed.ljust(widths[i]) if align == "<" else printed
         out.append(line.rstrip())
-        if n:
-            out.append(ss_info(sockets[n - 1]).rstrip())
+        if n and infos[n - 1]:
+            out.append(infos[n - 1].rstrip())
+    return out
+
+
+# --- ss -tin of the real Linux sender, beside the receiver's ss -tmi ------------------
+
+def ss_sender_lines(views: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The real sender's sockets (``ss -tin`` inside the run's namespace) laid out as
+    :func:`ss_lines` lays out the receiver's, each info line as ss printed it."""
+    return _ss_render(views, ["\t " + str(v["info"]) if v.get("info") else ""
+                              for v in views])
+
+
+def ss_fields(info: str) -> dict[str, str]:
+    """The ``name:value`` fields of an ss info line, first one of a name kept."""
+    out: dict[str, str] = {}
+    for word in info.split():
+        name, sep, value = word.partition(":")
+        if sep and name and name not in out:
+            out[name] = value
+    return out
+
+
+# What each side calls the same thing: (row, the receiver's ss -tmi fields, the sender's
+# ss -tin fields). ss's wscale is snd_wscale,rcv_wscale: each side's is the other mirrored.
+_SS_SIDE_BY_SIDE: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("wscale", ("wscale",), ("wscale",)),
+    ("mss", ("mss", "rcvmss", "advmss"), ("mss", "rcvmss", "advmss", "pmtu")),
+    ("window", ("rcv_wnd", "rcv_space", "rcv_ssthresh"), ("snd_wnd", "rwnd_limited")),
+    ("bytes", ("bytes_received",), ("bytes_sent", "bytes_acked", "bytes_retrans",
+                                    "notsent")),
+    ("segments", ("segs_in", "data_segs_in"), ("segs_out", "data_segs_out", "retrans")),
+    ("rtt", ("rcv_rtt", "ato"), ("rtt", "minrtt", "rto")),
+    ("congestion", (), ("cwnd", "ssthresh", "unacked", "sacked", "lost", "backoff")),
+    ("last", ("lastrcv",), ("lastsnd", "lastrcv", "lastack")),
+)
+
+
+def ss_side_by_side(receiver: Mapping[str, Any] | None, sender: Mapping[str, Any] | None
+                    ) -> list[str]:
+    """One connection's two views, field by field: the receiver's ``ss -tmi`` fields
+    against the real sender's ``ss -tin`` fields, under each tool's own names."""
+    mine = ss_fields(ss_info(receiver)) if receiver else {}
+    theirs = ss_fields(str(sender.get("info", ""))) if sender else {}
+
+    def cell(fields: dict[str, str], names: Sequence[str]) -> str:
+        return " ".join(f"{n}:{fields[n]}" for n in names if n in fields) or "-"
+
+    def queues(sk: Mapping[str, Any] | None) -> str:
+        return "-" if not sk else f"Recv-Q:{sk.get('recv_q', 0)} Send-Q:{sk.get('send_q', 0)}"
+
+    rows = [("state", str((receiver or {}).get("state", "-")),
+             str((sender or {}).get("state", "-"))),
+            ("queues", queues(receiver), queues(sender))]
+    for label, rnames, snames in _SS_SIDE_BY_SIDE:
+        row = (label, cell(mine, rnames), cell(theirs, snames))
+        if row[1:] != ("-", "-"):
+            rows.append(row)
+    return columns(rows, ("", "receiver (rxpath)", "sender (Linux)"))
+
+
+def _ss_pair(sk: Mapping[str, Any], view: Mapping[str, Any]) -> bool:
+    """The same connection seen from both ends: each one's local address is the other's
+    peer (the 4-tuple)."""
+    return sk.get("local") == view.get("peer") and sk.get("peer") == view.get("local")
+
+
+def ss_flow_lines(sockets: Sequence[Mapping[str, Any]],
+                  senders: Mapping[str, Mapping[str, Any]],
+                  netns: str | None = None) -> list[str]:
+    """``rxpath ss`` of a run with real Linux senders: per flow (``senders`` maps each such
+    flow to its sender's last ``ss -tin`` view, empty if no sample showed it), the
+    receiver's socket as ``ss -tmi`` prints it, the sender's as ``ss -tin`` printed it,
+    and the two side by side. Receiver sockets no sender matches come last, as ss prints
+    them. Without senders, :func:`ss_lines`."""
+    if not senders:
+        return ss_lines(sockets)
+    out: list[str] = []
+    used: set[int] = set()
+    where = f" in netns {netns}" if netns else ""
+    for flow, view in senders.items():
+        idx = next((i for i, sk in enumerate(sockets)
+                    if i not in used and view and _ss_pair(sk, view)), None)
+        sk = sockets[idx] if idx is not None else None
+        if idx is not None:
+            used.add(idx)
+        tuple4 = (f"{view['local']} -> {view['peer']}" if view
+                  else f"{sk['peer']} -> {sk['local']}" if sk else "no socket")
+        if out:
+            out.append("")
+        out.append(f"{flow}: {tuple4}")
+        out.append(f"{flow}: receiver, rxpath's emulated stack (ss -tmi at the end of the run)")
+        out += ss_lines([sk]) if sk else ["  (no socket at the end of the run)"]
+        if view:
+            when = f" at {view['t_s']:.3f} s" if view.get("t_s") is not None else ""
+            of = f", the last of {view['samples']} samples" if view.get("samples") else ""
+            if view.get("then_state"):
+                of = (f"; at {view['then_t_s']:.3f} s ss shows it {view['then_state']}, "
+                      "with no tcp_info")
+            out.append(f"{flow}: sender, the host kernel{where} (ss -tin{when}{of})")
+            out += ss_sender_lines([view])
+        else:
+            out.append(f"{flow}: sender, the host kernel{where}: no ss -tin sample showed "
+                       "its socket")
+        out.append(f"{flow}: side by side")
+        out += ["  " + line for line in ss_side_by_side(sk, view or None)]
+    rest = [sk for i, sk in enumerate(sockets) if i not in used]
+    if rest:
+        out += ["", "other sockets (ss -tmi)", *ss_lines(rest)]
     return out
 
 
@@ -162,17 +275,28 @@ def softnet_decoded(softnet: Mapping[str, Sequence[int]]) -> list[str]:
 
 # --- drop reasons ---------------------------------------------------------------------
 
+def current_names(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run's summary.json with its counters and drop reasons under today's names (a run
+    recorded before they followed Linux 6.18 and nstat's IpExt group has older ones)."""
+    if isinstance(summary.get("nstat"), dict):
+        summary["nstat"] = current_counters(summary["nstat"])
+    if isinstance(summary.get("drops"), dict):
+        summary["drops"] = current_drops(summary["drops"])
+    return summary
+
+
 def drop_rows(drops: Mapping[str, int], profile: str | None = None
               ) -> list[tuple[str, int, str]]:
-    """(SKB_DROP_REASON_x, segments, counter) per reason, most frequent first. The counter
-    is the MIB the kernel increments at that drop site; "-" when there is none, or when
-    the run's kernel profile lacks it (4.13 has no TCPZeroWindowDrop, for one)."""
+    """(SKB_DROP_REASON_x, segments, counter) per reason, most frequent first, under
+    6.18's names (an older run's too). The counter is the MIB the kernel increments at
+    that reason's drop sites (comma-separated when two sites move different ones, as
+    PROTO_MEM's do); "-" when there is none, or when the run's kernel profile lacks it
+    (4.13 has no TCPZeroWindowDrop, for one)."""
     absent = PROFILES[profile].absent_counters if profile in PROFILES else frozenset()
     rows = []
-    for reason, n in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])):
-        counter = DROP_REASONS.get(reason)
+    for reason, n in sorted(current_drops(drops).items(), key=lambda kv: (-kv[1], kv[0])):
         rows.append((f"SKB_DROP_REASON_{reason}", int(n),
-                     counter if counter and counter not in absent else "-"))
+                     ",".join(drop_counters(reason, absent)) or "-"))
     return rows
 
 

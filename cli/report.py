@@ -2,17 +2,72 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import typer
 
+from actors.tunwire.netns import SS_FILE, last_views, parse_ss_samples
 from cli import formats
 from cli.checker import flow_state, summary_verdict
 
 # The sender's stats shown per flow: segments it retransmitted, ACKs it got carrying SACK
 # blocks and DSACK blocks, and zero-window probes it sent.
 _SENDER_COLUMNS = ("segments_retransmitted", "sacks", "dsacks", "probes")
+
+
+# The real Linux sender's figures per flow (#sender): its final TCP_INFO as ss -tin shows
+# it, and peaks over the ss samples. (summary key, column)
+SENDER_TABLE = (("cwnd", "cwnd"), ("ssthresh", "ssthresh"), ("max_cwnd", "max_cwnd"),
+                ("snd_wnd", "snd_wnd"), ("rtt_ms", "rtt_ms"),
+                ("segments_retransmitted", "retrans"), ("bytes_retrans", "bytes_retrans"),
+                ("rwnd_limited_ms", "rwnd_limited_ms"), ("max_backoff", "backoff"),
+                ("zero_window_samples", "zero_wnd"))
+
+
+def real_senders(s: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(flow, its sender's figures) of each flow a real Linux sender sent."""
+    return [(f["flow"], f["sender"]) for f in s.get("flows", [])
+            if (f.get("sender") or {}).get("kind")]
+
+
+def sender_rows(s: dict[str, Any]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """The #sender table: rows and header."""
+    rows = [(flow, *("-" if snd.get(k) is None else str(snd[k]) for k, _ in SENDER_TABLE))
+            for flow, snd in real_senders(s)]
+    return rows, ("flow", *(c for _, c in SENDER_TABLE))
+
+
+def sender_views(s: dict[str, Any], run_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Per flow a real Linux sender sent: its socket's last ``ss -tin`` view (``{}`` if no
+    sample showed it). From summary.json; for a run recorded before the summary kept the
+    view, from ``RUN_DIR/ss-sender.txt``, matched by the flow's 4-tuple."""
+    views = {flow: dict(snd.get("ss") or {}) for flow, snd in real_senders(s)}
+    missing = [flow for flow, v in views.items() if not v]
+    if not missing or run_dir is None or not (run_dir / SS_FILE).is_file():
+        return views
+    try:
+        sc = json.loads((run_dir / "scenario.json").read_text())
+        text = (run_dir / SS_FILE).read_text(errors="replace")
+    except (OSError, ValueError):
+        return views
+    seen = last_views(parse_ss_samples(text))
+    src = (sc.get("peer") or {}).get("address")
+    stack = sc.get("stack") or {}
+    dst = f"{stack.get('address')}:{stack.get('listen_port', 5001)}"
+    for f in sc.get("flows") or []:
+        if f.get("name") in missing:
+            views[f["name"]] = seen.get((f"{src}:{f.get('sport')}", dst), {})
+    return views
+
+
+def socket_lines(s: dict[str, Any], run_dir: Path | None = None) -> list[str]:
+    """The sockets as ``rxpath ss`` prints them: ``ss -tmi``; with real Linux senders,
+    each flow's receiver socket, its sender's ``ss -tin`` and the two side by side."""
+    return formats.ss_flow_lines(s.get("sockets") or [], sender_views(s, run_dir),
+                                 s.get("netns"))
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> str:
@@ -42,21 +97,18 @@ def print_summary(s: dict[str, Any], *, zeros: bool = False) -> None:
         # Figures the scenario comments point to that Linux has no counter for.
         echo("\n#stack (rxpath's own counters: Linux has no MIB for these)")
         echo("\n".join(formats.counter_lines(s["stack"])))
-    if s.get("sockets"):
-        echo("\n#sockets (ss -tmi)")
-        echo("\n".join(formats.ss_lines(s["sockets"])))
-    senders = [(f["flow"], f["sender"]) for f in s["flows"]
-                if (f.get("sender") or {}).get("kind")]
+    senders = real_senders(s)
+    if s.get("sockets") or senders:
+        # With real Linux senders, each flow's two ends: what rxpath ss prints.
+        echo("\n#sockets (ss -tmi" + ("; each flow's real sender as ss -tin shows it in "
+                                       "its namespace, and the two side by side)"
+                                       if senders else ")"))
+        echo("\n".join(socket_lines(s)))
     if senders:
         # The real Linux sender's own view of each connection: its final TCP_INFO (as
         # ss -tin shows it) and peaks over the ss samples in RUN_DIR/ss-sender.txt.
         echo(f"\n#sender (ss -tin in namespace {s.get('netns', '?')})")
-        cols = ("cwnd", "ssthresh", "max_cwnd", "snd_wnd", "rtt_ms", "segments_retransmitted",
-                "bytes_retrans", "rwnd_limited_ms", "max_backoff", "zero_window_samples")
-        echo(table([(flow, *(str(snd.get(k, "")) if snd.get(k) is not None else "-"
-                             for k in cols)) for flow, snd in senders],
-                   ("flow", "cwnd", "ssthresh", "max_cwnd", "snd_wnd", "rtt_ms", "retrans",
-                    "bytes_retrans", "rwnd_limited_ms", "backoff", "zero_wnd")))
+        echo(table(*sender_rows(s)))
     readers = s.get("readers") or {}
     if readers:
         # direct: bytes copied into the reader's buffer while the stack replayed the

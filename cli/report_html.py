@@ -8,7 +8,8 @@ the page opens from a file anywhere.  Plots come from the run's own records:
   and the advertised window's right edge, SACK and D-SACK blocks, drops by reason, and the
   zero-window periods shaded; with a zoom on the first retransmission or drop;
 - per flow, the peer's sender state (cwnd, ssthresh, packets in flight, srtt), one panel
-  each;
+  each; for a real Linux sender, the same from its socket's ``ss -tin`` samples
+  (``ss-sender.txt``), with its send window and retransmissions;
 - socket queues (backlog, prequeue, out-of-order) and the receive queue against the
   advertised window, per flow, from the stack's trace counters;
 - RX ring occupancy per queue (nic descriptors in use, frames waiting for NAPI);
@@ -16,7 +17,8 @@ the page opens from a file anywhere.  Plots come from the run's own records:
 - drops by reason (wire impairments, rx_missed_errors, ip_rcv, SKB_DROP_REASON_*);
 - busy time per actor (from the final counters) and utilisation over time;
 
-then the tables ``rxpath run`` prints (nstat, drops, ethtool -S, softnet_stat, ss, flows),
+then the tables ``rxpath run`` prints (nstat, drops, ethtool -S, softnet_stat, ss, flows,
+and with real senders each flow's two ends as ``rxpath ss`` prints them),
 from the same summary data.  Series that could hide each other get panels of their own
 (small multiples on one time axis), and every time plot marks on its axis the drops (from
 the actors' drop instants) and the kills and restarts (the supervisor's events in
@@ -38,10 +40,13 @@ from typing import Annotated, Any
 import typer
 
 from actors.mib import ALL_NAMES
-from actors.stack.net import DROP_REASONS
+from actors.stack.net import drop_reason
+from actors.tunwire.netns import SS_FILE, in_flight, parse_ss_samples
+from cli import formats
 from cli.app import app
-from cli.checker import PASS, flow_state, summary_verdict
+from cli.checker import FAIL, INCOMPLETE, PASS, flow_state, summary_verdict
 from cli.options import LATEST_RUN, RunDirArgument
+from cli.report import real_senders, sender_rows, socket_lines
 from cli.trace import (
     ActorFile,
     TraceError,
@@ -80,6 +85,8 @@ class RunData:
     trace_note: str = ""
     pictures: dict[str, FlowPicture] = field(default_factory=dict)  # flow -> its seq graph
     marks: list[TimeMark] = field(default_factory=list)  # drops, kills, restarts
+    # a real Linux sender's ss -tin samples (ss-sender.txt): (t_s, that sample's sockets)
+    ss_samples: list[tuple[float, list[dict[str, Any]]]] = field(default_factory=list)
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -95,6 +102,7 @@ def load_run(run_dir: Path) -> RunData:
     summary = _load_json(run_dir / "summary.json")
     if not summary:
         raise FileNotFoundError(f"{run_dir}: no summary.json (is this a run directory?)")
+    summary = formats.current_names(summary)
     data = RunData(run_dir, summary, _load_json(run_dir / "counters.json"),
                    _load_json(run_dir / "scenario.json"))
     try:
@@ -105,6 +113,10 @@ def load_run(run_dir: Path) -> RunData:
     data.actors = actor_order(files) if files else sorted(data.counters)
     data.samples, data.duration_s = counter_samples(files)
     data.pictures, data.marks = picture_data(files, summary, data.scenario, data.duration_s)
+    try:
+        data.ss_samples = parse_ss_samples((run_dir / SS_FILE).read_text(errors="replace"))
+    except OSError:
+        data.ss_samples = []
     return data
 
 
@@ -530,14 +542,15 @@ def picture_data(files: Sequence[ActorFile], summary: dict[str, Any], scenario: 
                             len(blocks) > 1 and blocks[1][0] <= left and right <= blocks[1][1]))
                         pic(str(args.get("flow"))).sacks.append((t, left, right, dsack))
                 elif name.startswith("drop: "):
+                    what = drop_reason(name[6:])  # an older run's name as 6.18's
                     flow = args.get("flow") or sport_flow.get(args.get("sport"))
-                    marks.append(TimeMark(t, "drop", f"{af.name}: {name[6:]}",
+                    marks.append(TimeMark(t, "drop", f"{af.name}: {what}",
                                           str(flow) if flow else None))
                     if af.role == "peer" and "seq" in args:
-                        wire_drops.append((t, args, name[6:]))
+                        wire_drops.append((t, args, what))
                     elif stack and flow and "offset" in args:
                         pic(str(flow)).drops.append(
-                            (t, int(args["offset"]), int(args.get("len") or 0), name[6:]))
+                            (t, int(args["offset"]), int(args.get("len") or 0), what))
     for t, args, reason in wire_drops:  # lost on the wire: placed by the stack's ISN
         flow = sport_flow.get(args.get("sport"))
         if flow in base:
@@ -614,7 +627,8 @@ def zero_window_periods(acks: list[tuple[float, float]], edges: list[tuple[float
 
 
 def sender_series(data: RunData, flow: str) -> list[tuple[str, Series, str]]:
-    """The peer's sender state of one flow: (title, series, unit) per panel."""
+    """The sender state of one flow: (title, series, unit) per panel; the peer's, or a
+    real Linux sender's from its ss -tin samples."""
     want = (("cwnd", "segments", "congestion window (cwnd)", "segments", 1.0),
             ("ssthresh", "segments", "slow-start threshold (ssthresh)", "segments", 1.0),
             ("in flight", "segments", "packets in flight", "segments", 1.0),
@@ -624,6 +638,44 @@ def sender_series(data: RunData, flow: str) -> list[tuple[str, Series, str]]:
         pts = data.samples.get(("peer", f"{flow} {track}", unit))
         if pts:
             out.append((label, Series(label, [(t, v * scale) for t, v in pts]), shown))
+    return out or linux_sender_series(data, flow)
+
+
+def linux_sender_address(data: RunData, flow: str) -> tuple[str, str] | None:
+    """(local, peer) of the flow's socket on the real sender's side, as ss prints them."""
+    sc = data.scenario
+    f = next((f for f in sc.get("flows") or [] if f.get("name") == flow), None)
+    stack = sc.get("stack") or {}
+    src = (sc.get("peer") or {}).get("address")
+    if f is None or src is None or stack.get("address") is None:
+        return None
+    return f"{src}:{f.get('sport')}", f"{stack['address']}:{stack.get('listen_port', 5001)}"
+
+
+def linux_sender_series(data: RunData, flow: str) -> list[tuple[str, Series, str]]:
+    """A real Linux sender's state over time, from each ss -tin sample of its socket:
+    cwnd, ssthresh, packets in flight (tcp_packets_in_flight from unacked, sacked, lost
+    and retrans), srtt, the send window and the retransmissions so far."""
+    key = linux_sender_address(data, flow)
+    if key is None or not data.ss_samples:
+        return []
+    socks = [(t, sk) for t, sample in data.ss_samples for sk in sample
+             if (sk["local"], sk["peer"]) == key and "cwnd" in sk]
+    # ss leaves snd_wnd out when it is 0, and a kernel before 5.4 has none at all.
+    has_snd_wnd = any("snd_wnd" in sk for _, sample in data.ss_samples for sk in sample)
+    panels: tuple[tuple[str, str, Callable[[dict[str, Any]], float | None]], ...] = (
+        ("congestion window (cwnd)", "segments", lambda sk: sk["cwnd"]),
+        ("slow-start threshold (ssthresh)", "segments", lambda sk: sk.get("ssthresh")),
+        ("packets in flight", "segments", in_flight),
+        ("smoothed RTT (srtt)", "ms", lambda sk: sk.get("rtt_ms")),
+        ("send window (snd_wnd, as the receiver advertised it)", "bytes",
+         lambda sk: sk.get("snd_wnd", 0) if has_snd_wnd else None),
+        ("segments retransmitted (total)", "segments", lambda sk: sk.get("retrans", 0)))
+    out = []
+    for label, unit, get in panels:
+        pts = [(t, float(v)) for t, sk in socks if (v := get(sk)) is not None]
+        if pts:
+            out.append((label, Series(label, pts), unit))
     return out
 
 
@@ -852,8 +904,17 @@ def sender_panels(data: RunData, flow: str, *, x_end: float | None,
     panels = sender_series(data, flow)
     if not panels:
         return [_empty_plot(f"{flow}: sender state", "the peer recorded no sender samples")]
-    return [line_chart(f"{flow}: {label}", [series], y_label=unit, x_end=x_end, height=150,
-                       marks=marks) for label, series, unit in panels]
+    linux = not data.samples.get(("peer", f"{flow} cwnd", "segments"))
+    who = "the Linux sender (ss -tin), " if linux else ""
+    charts = [line_chart(f"{flow}: {who}{label}", [series], y_label=unit, x_end=x_end,
+                         height=150, marks=marks) for label, series, unit in panels]
+    if linux:
+        charts.insert(0, '<p class="note">The real Linux sender\'s socket as <code>ss -tin'
+                         '</code> showed it inside the run\'s namespace, sampled every '
+                         f'100 ms ({SS_FILE}): {len(panels[0][1].points)} samples. Packets in '
+                         'flight is tcp_packets_in_flight(): unacked - (sacked + lost) + '
+                         'retrans.</p>')
+    return charts
 
 
 # --- tables ----------------------------------------------------------------------------------
@@ -892,8 +953,7 @@ def tables(data: RunData) -> list[tuple[str, str]]:
     drops = s.get("drops") or {}
     if drops:
         out.append(("Drops by reason (SKB_DROP_REASON_*)", html_table(
-            [(f"SKB_DROP_REASON_{r}", n, DROP_REASONS.get(r) or "-")
-             for r, n in sorted(drops.items(), key=lambda kv: -kv[1])],
+            formats.drop_rows(drops, s.get("profile")),
             ("reason", "segments", "counter"))))
     nic = {k: v for k, v in (s.get("nic") or {}).items() if v}
     if nic:
@@ -915,6 +975,15 @@ def tables(data: RunData) -> list[tuple[str, str]]:
                          sk["rcv_wnd"], sk["rcv_space"], sk["rcv_mss"]))
         out.append(("Sockets (ss -tmi)", html_table(sock_rows, ("state", "peer", "Recv-Q", "skmem",
                                                            "rcv_wnd", "rcv_space", "rcv_mss"))))
+    if real_senders(s):
+        # Each connection's two ends, as rxpath ss prints them.
+        out.append(("Sockets, both ends: rxpath's receiver (ss -tmi) and the real Linux sender "
+                    f"(ss -tin in {s.get('netns', 'its namespace')})",
+                    f'<pre class="ss">{_esc(chr(10).join(socket_lines(s, data.run_dir)))}'
+                    "</pre>"))
+        rows_, header = sender_rows(s)
+        out.append(("Linux sender (its final TCP_INFO, and peaks over the ss -tin samples)",
+                    html_table(rows_, header)))
     busy = busy_by_actor(data)
     if busy:
         out.append(("Actors", html_table([(a, round(ms, 1), round(p, 1)) for a, ms, p in busy],
@@ -935,7 +1004,12 @@ svg.plot{display:block;margin:10px 0;background:#fff}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 td,th{border:1px solid #ddd;padding:2px 8px;text-align:left}td.num{text-align:right}
 .note{color:#666;font-size:13px}.bad{color:#b00;font-weight:600}.ok{color:#070;font-weight:600}
+.warn{color:#a67c00;background:#fff3a0;font-weight:600;padding:0 3px}
+pre.ss{font-size:12px;background:#f7f7f7;padding:6px;overflow-x:auto}
 """
+
+# The verdict badge's class: PASS green, FAIL red, INCOMPLETE yellow (as on a terminal).
+VERDICT_CLASS = {PASS: "ok", FAIL: "bad", INCOMPLETE: "warn"}
 
 
 def render(data: RunData) -> str:
@@ -975,7 +1049,7 @@ def render(data: RunData) -> str:
                         utilisation_series(data), y_label="% busy", x_end=end, marks=marks,
                         prefix="utilisation: ")]))
     v = summary_verdict(s)  # the run's one verdict (cli.checker), as summary.json holds it
-    verdict = (f'<span class="{"ok" if v["state"] == PASS else "bad"}" id="verdict">verdict '
+    verdict = (f'<span class="{VERDICT_CLASS.get(v["state"], "bad")}" id="verdict">verdict '
                f'{_esc(v["state"])}</span>' + (f": {_esc(v['why'])}" if v["why"] else ""))
     desc = data.scenario.get("description") or ""
     head = (f"<h1>rxpath run {_esc(data.run_dir.name)}</h1>"

@@ -20,7 +20,7 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         typer.echo(f"{run_dir}: no summary.json (is this a run directory?)", err=True)
         raise typer.Exit(2)
-    return json.loads(path.read_text())
+    return formats.current_names(json.loads(path.read_text()))
 
 
 def stack_counters(run_dir: Path, s: dict[str, Any]) -> dict[str, int]:
@@ -106,10 +106,22 @@ def stat(
 
 @app.command()
 def ss(run_dir: RunDir = LATEST_RUN,
-       json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every socket at the end of the run, as ss -tmi shows it."""
-    socks = load_summary(run_dir).get("sockets", [])
+       json_out: Annotated[bool, typer.Option(
+           "--json", help="The sockets as JSON; a socket a real Linux sender connected "
+           "has its sender's last ss -tin view under linux_sender.")] = False) -> None:
+    """Every socket at the end of the run, as ss -tmi shows it; with [[linux_senders]],
+    under each flow's socket the real sender's, as ss -tin showed it in the run's
+    namespace, and the two side by side."""
+    from cli.report import sender_views, socket_lines
+
+    s = load_summary(run_dir)
     if json_out:
+        socks = [dict(sk) for sk in s.get("sockets", [])]
+        for flow, view in sender_views(s, run_dir).items():
+            for sk in socks:
+                if view and sk.get("local") == view.get("peer") \
+                        and sk.get("peer") == view.get("local"):
+                    sk["linux_sender"] = {"flow": flow, **view}
         typer.echo(json.dumps(socks, indent=2))
         return
-    typer.echo("\n".join(formats.ss_lines(socks)))
+    typer.echo("\n".join(socket_lines(s, run_dir)))

@@ -155,14 +155,14 @@ class Ipv4HeaderTruncated(Ipv4HeaderError):
 class Ipv4ChecksumError(Ipv4HeaderError):
     """``ip_fast_csum`` over the header is not zero (``csum_error`` label)."""
 
-    counters = ("IpInCsumErrors", "IpInHdrErrors")
+    counters = ("IpExtInCsumErrors", "IpInHdrErrors")
     drop_reason = "IP_CSUM"
 
 
 class Ipv4Truncated(MalformedPacket):
     """The frame is shorter than the header's total length."""
 
-    counters = ("IpInTruncatedPkts",)
+    counters = ("IpExtInTruncatedPkts",)
     drop_reason = "PKT_TOO_SMALL"
 
 

@@ -166,13 +166,13 @@ def test_diff_command(tmp_path: Path) -> None:
     (a / "summary.json").write_text(json.dumps(summary(
         {"TcpInSegs": 10, "TcpExtTCPPrequeued": 4}, True)))
     (b / "summary.json").write_text(json.dumps(summary(
-        {"TcpInSegs": 12, "TcpExtTCPBacklogDrop": 1}, False, drops={"TCP_BACKLOG": 1})))
+        {"TcpInSegs": 12, "TcpExtTCPBacklogDrop": 1}, False, drops={"SOCKET_BACKLOG": 1})))
     res = runner.invoke(app, ["diff", str(a), str(b)])
     assert res.exit_code == 0, res.output
     out = res.stdout
     assert re.search(r"^TcpInSegs\s+10\s+12\s+\+2 \(\+20%\)$", out, re.M)
     assert re.search(r"^TcpExtTCPPrequeued\s+4\s+0\s+-4 \(-100%\)$", out, re.M)
-    assert re.search(r"^SKB_DROP_REASON_TCP_BACKLOG\s+0\s+1\s+\+1$", out, re.M)
+    assert re.search(r"^SKB_DROP_REASON_SOCKET_BACKLOG\s+0\s+1\s+\+1$", out, re.M)
     assert re.search(r"^f1 verdict\s+intact\s+BROKEN\s+changed$", out, re.M)
     assert "#socket 10.0.0.1:40001 (ss -tmi)" in out
     assert "\x1b[" not in out  # no colour into a pipe

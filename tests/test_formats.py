@@ -54,6 +54,18 @@ def test_nstat_order_zeros_and_useless_numbers() -> None:
         formats.nstat_lines({}, zeros=True)
 
 
+def test_ipext_counters_come_after_tcpext_in_nstat_order() -> None:
+    # net/ipv4/proc.c netstat_seq_show prints "TcpExt:" then "IpExt:" (snmp4_ipextstats_list:
+    # ... "InTruncatedPkts" ... "InCsumErrors" ...); nstat loads /proc/net/netstat, then
+    # snmp6, then /proc/net/snmp, each in front, so it prints Ip, Tcp, TcpExt, IpExt.
+    counts = {"IpExtInCsumErrors": 2, "TcpExtTCPOFOQueue": 3, "IpExtInTruncatedPkts": 1,
+              "IpInReceives": 9, "IpInHdrErrors": 2, "TcpInSegs": 6}
+    names = [line.split()[0] for line in formats.nstat_lines(counts)[1:]]
+    assert names == ["IpInReceives", "IpInHdrErrors", "TcpInSegs", "TcpExtTCPOFOQueue",
+                     "IpExtInTruncatedPkts", "IpExtInCsumErrors"]
+    assert "IpInCsumErrors" not in ALL_NAMES and "IpInTruncatedPkts" not in ALL_NAMES
+
+
 def test_nstat_order_is_proc_net_netstat() -> None:
     # net/ipv4/proc.c snmp4_net_list[]: ... "PAWSEstab", "DelayedACKs",
     # "DelayedACKLocked", "DelayedACKLost", "ListenOverflows", "ListenDrops", (4.13:)
@@ -170,16 +182,33 @@ def test_drop_reason_counters_are_the_drop_sites_mibs() -> None:
     # dropreason-core.h: TCP_OLD_DATA "see LINUX_MIB_DELAYEDACKLOST",
     # TCP_ZEROWINDOW "see LINUX_MIB_TCPZEROWINDOWDROP", TCP_OFOMERGE "corresponding to
     # LINUX_MIB_TCPOFOMERGE", TCP_INVALID_SEQUENCE / _END_SEQUENCE "Corresponds to
-    # LINUX_MIB_BEYOND_WINDOW", TCP_RFC7323_PAWS "LINUX_MIB_PAWSESTABREJECTED";
+    # LINUX_MIB_BEYOND_WINDOW", TCP_RFC7323_PAWS "LINUX_MIB_PAWSESTABREJECTED",
+    # TCP_RFC7323_PAWS_ACK "LINUX_MIB_PAWS_OLD_ACK", SOCKET_BACKLOG "see
+    # LINUX_MIB_TCPBACKLOGDROP"; PROTO_MEM names none, but tcp_data_queue moves
+    # LINUX_MIB_TCPRCVQDROP and tcp_data_queue_ofo LINUX_MIB_TCPOFODROP with it;
     # TCP_OLD_SEQUENCE names none (tcp_send_dupack counts DelayedACKLost only for data).
-    assert DROP_REASONS["TCP_OLD_DATA"] == "TcpExtDelayedACKLost"
-    assert DROP_REASONS["TCP_ZEROWINDOW"] == "TcpExtTCPZeroWindowDrop"
-    assert DROP_REASONS["TCP_OFOMERGE"] == "TcpExtTCPOFOMerge"
-    assert DROP_REASONS["TCP_INVALID_SEQUENCE"] == "TcpExtBeyondWindow"
-    assert DROP_REASONS["TCP_INVALID_END_SEQUENCE"] == "TcpExtBeyondWindow"
-    assert DROP_REASONS["TCP_RFC7323_PAWS"] == "TcpExtPAWSEstab"
-    assert DROP_REASONS["TCP_OLD_SEQUENCE"] is None
-    assert all(c is None or c in ALL_NAMES for c in DROP_REASONS.values())
+    assert DROP_REASONS["TCP_OLD_DATA"] == ("TcpExtDelayedACKLost",)
+    assert DROP_REASONS["TCP_ZEROWINDOW"] == ("TcpExtTCPZeroWindowDrop",)
+    assert DROP_REASONS["TCP_OFOMERGE"] == ("TcpExtTCPOFOMerge",)
+    assert DROP_REASONS["TCP_INVALID_SEQUENCE"] == ("TcpExtBeyondWindow",)
+    assert DROP_REASONS["TCP_INVALID_END_SEQUENCE"] == ("TcpExtBeyondWindow",)
+    assert DROP_REASONS["TCP_RFC7323_PAWS"] == ("TcpExtPAWSEstab",)
+    assert DROP_REASONS["TCP_RFC7323_PAWS_ACK"] == ("TcpExtPAWSOldAck",)
+    assert DROP_REASONS["SOCKET_BACKLOG"] == ("TcpExtTCPBacklogDrop",)
+    assert DROP_REASONS["PROTO_MEM"] == ("TcpExtTCPRcvQDrop", "TcpExtTCPOFODrop")
+    assert DROP_REASONS["TCP_OLD_SEQUENCE"] == ()
+    assert all(c in ALL_NAMES for cs in DROP_REASONS.values() for c in cs)
+
+
+def test_drop_lines_name_both_counters_of_a_shared_reason() -> None:
+    # PROTO_MEM's two sites move different counters; 4.13 has only TCPOFODrop of them
+    assert formats.drop_lines({"PROTO_MEM": 4}, "modern")[0].split() == [
+        "SKB_DROP_REASON_PROTO_MEM", "4", "TcpExtTCPRcvQDrop,TcpExtTCPOFODrop"]
+    assert formats.drop_lines({"PROTO_MEM": 4}, "legacy")[0].split() == [
+        "SKB_DROP_REASON_PROTO_MEM", "4", "TcpExtTCPOFODrop"]
+    # an older run's name reads as 6.18's
+    assert formats.drop_lines({"TCP_BACKLOG": 2}, "modern")[0].split() == [
+        "SKB_DROP_REASON_SOCKET_BACKLOG", "2", "TcpExtTCPBacklogDrop"]
 
 
 def test_plain_counters_keep_integers_only() -> None:

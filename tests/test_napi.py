@@ -611,7 +611,7 @@ def test_poll_runs_ip_rcv_and_counts_drops_under_linux_names() -> None:
     assert sirq.ip_drops == {"IP_CSUM": 1, "IP_INADDRERRORS": 1}
     mib = dict(sirq.mib.nonzero())
     assert mib["IpInReceives"] == 5 and mib["IpInDelivers"] == 3
-    assert mib["IpInHdrErrors"] == 1 and mib["IpInCsumErrors"] == 1
+    assert mib["IpInHdrErrors"] == 1 and mib["IpExtInCsumErrors"] == 1
     assert mib["IpInAddrErrors"] == 1
     stats = sirq.stats(MODERN)
     assert (stats["frames_in"], stats["frames_to_stack"], stats["in_flight_frames"]) == (5, 3, 3)

@@ -199,7 +199,7 @@ def test_a_reader_holding_the_lock_sends_segments_to_the_backlog_and_a_small_lim
     r.assert_intact()
     assert r.stack("backlog_enqueued") > 0, r.describe()
     assert r.nstat("TcpExtTCPBacklogDrop") > 0, r.describe()
-    assert r.summary["drops"].get("TCP_BACKLOG", 0) == r.nstat("TcpExtTCPBacklogDrop")
+    assert r.summary["drops"].get("SOCKET_BACKLOG", 0) == r.nstat("TcpExtTCPBacklogDrop")
     # The dropped segments came back as retransmissions.
     assert r.sender("segments_retransmitted") > 0
 

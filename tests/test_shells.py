@@ -135,7 +135,7 @@ def test_cpu_runs_ip_rcv_hands_the_rest_to_the_stack_and_survives_bad_dma(
         assert rejected(stats).get("rejected_by_handler") == 2
         assert role["ip_drops"] == {"IP_CSUM": 1}
         assert role["mib"]["IpInReceives"] == 4 and role["mib"]["IpInDelivers"] == 3
-        assert role["mib"]["IpInCsumErrors"] == 1 and role["mib"]["IpInHdrErrors"] == 1
+        assert role["mib"]["IpExtInCsumErrors"] == 1 and role["mib"]["IpInHdrErrors"] == 1
         assert (role["frames_in"], role["frames_to_stack"], role["stale_rcv_done"]) == (4, 3, 1)
         assert role["softnet_stat"][0] == 4 and role["irqs"] == 1
         inbox.none("stack", msg.RCV_BATCH, 0.2)

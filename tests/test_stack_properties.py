@@ -201,9 +201,9 @@ def test_any_order_loss_duplication_and_interleaving_delivers_the_stream(
         if fate.startswith("drop:"):
             assert fate[5:] in DROP_REASONS, f"unnamed drop reason {fate}"
     for reason in net.drop_counts:
-        counter = DROP_REASONS[reason]
-        if counter is not None and counter not in net.profile.absent_counters:
-            assert net.mib[counter] > 0, (reason, counter)
+        counters = [c for c in DROP_REASONS[reason] if c not in net.profile.absent_counters]
+        if counters:  # a reason two sites share moves one of its counters
+            assert any(net.mib[c] > 0 for c in counters), (reason, counters)
     assert sk.sk_drops == sum(net.drop_counts.values())
     if profile == "modern":
         assert "TcpExtTCPPrequeued" not in dict(net.mib.nonzero())

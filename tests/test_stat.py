@@ -22,7 +22,7 @@ SOCK = {
 def run_dir(tmp_path: Path) -> Path:
     summary = {
         "nstat": {"TcpInSegs": 10, "IpInReceives": 10, "TcpExtTCPBacklogDrop": 3},
-        "drops": {"TCP_BACKLOG": 3, "TCP_OLD_DATA": 1},
+        "drops": {"SOCKET_BACKLOG": 3, "TCP_OLD_DATA": 1},
         "softnet_stat": {"cpu0": [10, 0, 2] + [0] * 8},
         "nic": {"rx_packets": 10, "rx_missed_errors": 0},
         "sockets": [SOCK],
@@ -69,12 +69,12 @@ def test_stat_groups_under_their_own_flags(tmp_path: Path) -> None:
     assert [line.split() for line in stack] == [["backlog_enqueued", "7"],
                                                 ["lock_waits", "2"]]
     full = invoke("stat", rd, "--all-groups")
-    for piece in ("#kernel", "SKB_DROP_REASON_TCP_BACKLOG", "NIC statistics:",
+    for piece in ("#kernel", "SKB_DROP_REASON_SOCKET_BACKLOG", "NIC statistics:",
                   "0000000a", "lock_waits"):
         assert piece in full
     data = json.loads(invoke("stat", rd, "--all-groups", "--json"))
     assert set(data) == {"kernel", "softnet_stat", "nic", "drops", "stack"}
-    assert data["drops"]["SKB_DROP_REASON_TCP_BACKLOG"] == {
+    assert data["drops"]["SKB_DROP_REASON_SOCKET_BACKLOG"] == {
         "segments": 3, "counter": "TcpExtTCPBacklogDrop"}
 
 
@@ -91,8 +91,21 @@ def test_stack_counters_from_counters_json_for_older_runs(tmp_path: Path) -> Non
 
 def test_stat_drops_names_reason_and_counter(tmp_path: Path) -> None:
     out = invoke("stat", str(run_dir(tmp_path)), "--drops").splitlines()
-    assert out[0].split() == ["SKB_DROP_REASON_TCP_BACKLOG", "3", "TcpExtTCPBacklogDrop"]
+    assert out[0].split() == ["SKB_DROP_REASON_SOCKET_BACKLOG", "3", "TcpExtTCPBacklogDrop"]
     assert out[1].split() == ["SKB_DROP_REASON_TCP_OLD_DATA", "1", "TcpExtDelayedACKLost"]
+
+
+def test_stat_reads_an_older_runs_names_as_todays(tmp_path: Path) -> None:
+    # Runs recorded before the names followed Linux 6.18 and nstat's IpExt group.
+    rd = run_dir(tmp_path)
+    summary = json.loads((rd / "summary.json").read_text())
+    summary["nstat"]["IpInCsumErrors"] = 2
+    summary["drops"] = {"TCP_BACKLOG": 3, "TCP_OLD_DATA": 1}
+    (rd / "summary.json").write_text(json.dumps(summary))
+    names = [line.split()[0] for line in invoke("stat", str(rd)).splitlines()[1:]]
+    assert names == ["IpInReceives", "TcpInSegs", "TcpExtTCPBacklogDrop", "IpExtInCsumErrors"]
+    out = invoke("stat", str(rd), "--drops").splitlines()
+    assert out[0].split() == ["SKB_DROP_REASON_SOCKET_BACKLOG", "3", "TcpExtTCPBacklogDrop"]
 
 
 def test_ss_prints_ss_tmi(tmp_path: Path) -> None:

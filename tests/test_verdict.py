@@ -5,6 +5,8 @@ record is corrupted."""
 
 from __future__ import annotations
 
+import colorsys
+import io
 import json
 import re
 import subprocess
@@ -15,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import cli.chaos
 import cli.run
 from actors.reader.actor import delivery_digest
 from actors.runtime.launcher import PROJECT_ROOT
+from cli.app import paint
 from cli.chaos import ChaosAction, ChaosRunner
-from cli.checker import EXIT_STATUS, load_deliveries
+from cli.checker import EXIT_STATUS, FAIL, INCOMPLETE, PASS, load_deliveries
 from cli.main import app
 from cli.report import print_summary
+from cli.report_html import CSS, VERDICT_CLASS, load_run, render
 
 runner = CliRunner()
 RUN_TIMEOUT_S = 60
@@ -71,8 +76,8 @@ def assert_one_verdict(rd: Path, exit_code: int, output: str,
     res = runner.invoke(app, ["report", str(rd)])
     assert res.exit_code == 0, res.output
     page = (rd / "report.html").read_text()
-    shown = re.findall(r'id="verdict">verdict (\w+)</span>', page)
-    assert shown == [state], shown
+    shown = re.findall(r'<span class="(\w+)" id="verdict">verdict (\w+)</span>', page)
+    assert shown == [(VERDICT_CLASS[state], state)], shown
     flow_cells = re.findall(r"<tr><td>(f\d)</td>.*?<td>([^<]*)</td></tr>", page)
     assert dict(flow_cells) == {f["flow"]: f["verdict"] for f in s["flows"]}
     return s
@@ -285,3 +290,48 @@ def test_the_help_gives_the_exit_status_of_each_verdict(command: str) -> None:
     assert res.exit_code == 0
     text = " ".join(res.output.split())
     assert "1 FAIL" in text and "4 INCOMPLETE" in text, text
+
+
+def test_incomplete_is_yellow_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    text = ("checker: INCOMPLETE: stopped before every flow ended: f1 10/20 bytes delivered\n"
+            "  f1: incomplete, 10/20 bytes delivered\n  f2: intact\n  f3: BROKEN")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    coloured = paint(text, Tty())
+    for word in ("INCOMPLETE", "incomplete"):
+        assert typer.style(word, fg="yellow", bold=True) in coloured, coloured
+    assert typer.style("intact", fg="green", bold=True) in coloured
+    assert typer.style("BROKEN", fg="red", bold=True) in coloured
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == text
+    assert paint(text, io.StringIO()) == text  # not a terminal
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert paint(text, Tty()) == text
+
+
+def _hue_deg(css_class: str) -> float:
+    """The hue of a CSS class's text colour in the report's style sheet."""
+    m = re.search(r"\." + css_class + r"\{color:#([0-9a-f]{6}|[0-9a-f]{3})\b", CSS)
+    assert m, css_class
+    digits = m[1] if len(m[1]) == 6 else "".join(c * 2 for c in m[1])
+    r, g, b = (int(digits[i:i + 2], 16) / 255 for i in (0, 2, 4))
+    return colorsys.rgb_to_hsv(r, g, b)[0] * 360
+
+
+def test_the_reports_verdict_badge_has_the_verdicts_colour(tmp_path: Path) -> None:
+    for state in (PASS, FAIL, INCOMPLETE):
+        rd = tmp_path / state
+        rd.mkdir()
+        (rd / "summary.json").write_text(json.dumps({
+            "profile": "legacy", "seed": 1, "reason": "duration", "elapsed_s": 1.0,
+            "flows": [], "verdict": {"state": state, "why": "x"}}))
+        page = render(load_run(rd))
+        badge = re.findall(r'<span class="(\w+)" id="verdict">verdict (\w+)</span>', page)
+        assert badge == [(VERDICT_CLASS[state], state)]
+    assert VERDICT_CLASS == {PASS: "ok", FAIL: "bad", INCOMPLETE: "warn"}
+    # green, red and yellow (dark enough to read on white)
+    assert 90 <= _hue_deg("ok") <= 150
+    assert _hue_deg("bad") <= 10 or _hue_deg("bad") >= 350
+    assert 40 <= _hue_deg("warn") <= 60

@@ -377,7 +377,7 @@ def test_ipv4_header_longer_than_frame() -> None:
 def test_ipv4_bad_checksum() -> None:
     with pytest.raises(Ipv4ChecksumError) as err:
         decode_ipv4(encode_with(SYN, ip_checksum=0x1234))
-    assert err.value.counters == ("IpInCsumErrors", "IpInHdrErrors")
+    assert err.value.counters == ("IpExtInCsumErrors", "IpInHdrErrors")
     assert err.value.drop_reason == "IP_CSUM"
     assert isinstance(err.value, Ipv4HeaderError)
 
@@ -386,7 +386,7 @@ def test_ipv4_truncated() -> None:
     frame = encode(DATA)
     with pytest.raises(Ipv4Truncated) as err:
         decode_ipv4(frame[:-1])
-    assert err.value.counters == ("IpInTruncatedPkts",)
+    assert err.value.counters == ("IpExtInTruncatedPkts",)
     assert err.value.drop_reason == "PKT_TOO_SMALL"
 
 

@@ -6,8 +6,8 @@ net/ipv4/route.c, for a host that does not forward:
 
 1. ``IpInReceives`` for every frame.
 2. ``ip_rcv_core`` header checks (:func:`protocol.wire.decode_ipv4`):
-   ``IpInHdrErrors`` (+ ``IpInCsumErrors`` for a bad checksum) or
-   ``IpInTruncatedPkts``.
+   ``IpInHdrErrors`` (+ ``IpExtInCsumErrors`` for a bad checksum) or
+   ``IpExtInTruncatedPkts`` (both on /proc/net/netstat's IpExt line).
 3. ``ip_route_input_slow``'s martian checks: multicast, limited-broadcast or
    0/8 source (``IP_INVALID_SOURCE``), 0/8 destination (``IP_INVALID_DEST``),
    127/8 on either side (``IP_LOCALNET``), and, for a local destination, a

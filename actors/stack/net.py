@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from heapq import heappush
 from typing import TYPE_CHECKING
@@ -52,45 +52,85 @@ class Event:
 StackOutput = Transmit | OpDone | Event
 
 
-# Every way an arriving segment can end, named after Linux's SKB_DROP_REASON_*.
-# The value is the MIB counter the kernel increments at that drop site (6.18:
-# include/net/dropreason-core.h's "corresponds to"/"see" notes and tcp_input.c), None
-# when it increments none besides sk_drops. A profile without the counter (4.13 has no
-# TCPZeroWindowDrop, TCPRcvQDrop or BeyondWindow) increments nothing there.
-DROP_REASONS: dict[str, str | None] = {
-    "NO_SOCKET": "TcpOutRsts",  # tcp_v4_send_reset answers it (not for a RST)
-    "TCP_CSUM": "TcpInCsumErrors",  # and TcpInErrs
-    "PKT_TOO_SMALL": "TcpInErrs",
-    "TCP_BACKLOG": "TcpExtTCPBacklogDrop",  # 6.x: SKB_DROP_REASON_SOCKET_BACKLOG
-    "PFMEMALLOC": "TcpExtPFMemallocDrop",
-    "TCP_FLAGS": None,
-    "TCP_ZEROWINDOW": "TcpExtTCPZeroWindowDrop",
+# Every way an arriving segment can end, under its name in Linux 6.18's enum
+# skb_drop_reason (include/net/dropreason-core.h), which users see as
+# SKB_DROP_REASON_<name>. 4.13 has no drop reasons at all, so both profiles use 6.18's
+# names, each at the drop site where 6.18's tcp_input.c / tcp_ipv4.c / tcp_minisocks.c
+# use it. A few sites free the skb without a reason in 6.18 (consume_skb, __kfree_skb);
+# the model still counts them as drops, under the 6.18 reason for the same thing.
+# The value: the MIB counters the kernel increments at the reason's drop sites (the
+# header's "corresponds to"/"see" notes and the sites themselves), one per site that
+# moves one; empty when they move none besides sk_drops. A profile without the counter
+# (4.13 has no TCPZeroWindowDrop, TCPRcvQDrop, BeyondWindow or PAWSOldAck) moves nothing.
+DROP_REASONS: dict[str, tuple[str, ...]] = {
+    "NOT_SPECIFIED": (),  # kfree_skb(): tcp_fin's skb_rbtree_purge, tcp_rcv_state_process
+    "NO_SOCKET": ("TcpOutRsts",),  # tcp_v4_send_reset answers it (not for a RST)
+    "SOCKET_CLOSE": (),  # tcp_close frees unread data (6.18: tcp_eat_recv_skb, no reason)
+    "PKT_TOO_SMALL": ("TcpInErrs",),
+    "TCP_CSUM": ("TcpInCsumErrors",),  # and TcpInErrs
+    # tcp_data_queue: TCPRcvQDrop; tcp_data_queue_ofo: TCPOFODrop (6.18 names both so).
+    "PROTO_MEM": ("TcpExtTCPRcvQDrop", "TcpExtTCPOFODrop"),
+    "SOCKET_BACKLOG": ("TcpExtTCPBacklogDrop",),  # tcp_add_backlog
+    "TCP_FLAGS": (),
+    "TCP_ABORT_ON_DATA": ("TcpExtTCPAbortOnData",),
+    "TCP_ZEROWINDOW": ("TcpExtTCPZeroWindowDrop",),
     # tcp_data_queue: reason = TCP_OLD_DATA; NET_INC_STATS(LINUX_MIB_DELAYEDACKLOST).
     # DelayedACKLost also counts TCP_OLD_SEQUENCE drops that carried data (below), so
     # nstat's DelayedACKLost is OLD_DATA plus those, not OLD_DATA alone.
-    "TCP_OLD_DATA": "TcpExtDelayedACKLost",
-    "TCP_OVERWINDOW": None,
-    "TCP_OFOMERGE": "TcpExtTCPOFOMerge",
-    "TCP_OFO_DROP": "TcpExtTCPOFODrop",  # 6.x: PROTO_MEM in tcp_data_queue_ofo
-    "TCP_OFO_QUEUE_PRUNE": "TcpExtOfoPruned",
-    "PROTO_MEM": "TcpExtTCPRcvQDrop",
-    "TCP_INVALID_SEQUENCE": "TcpExtBeyondWindow",  # not for a RST or a SYN
-    "TCP_RFC7323_PAWS": "TcpExtPAWSEstab",  # modern's old pure ACK: PAWSOldAck instead
-    "TCP_RESET": None,
-    "TCP_INVALID_ACK_SEQUENCE": None,
-    "TCP_CLOSE": None,
-    "SOCKET_CLOSE": None,
-    "TCP_OLD_ACK": None,
+    "TCP_OLD_DATA": ("TcpExtDelayedACKLost",),
+    "TCP_OVERWINDOW": (),
+    "TCP_OFOMERGE": ("TcpExtTCPOFOMerge",),
+    "TCP_RFC7323_PAWS": ("TcpExtPAWSEstab",),
+    "TCP_RFC7323_PAWS_ACK": ("TcpExtPAWSOldAck",),  # tcp_validate_incoming's old pure ACK
+    "TCP_LISTEN_OVERFLOW": ("TcpExtListenOverflows",),  # and ListenDrops (tcp_listendrop)
     # No counter of its own: tcp_send_dupack counts DelayedACKLost if it carried data.
-    "TCP_OLD_SEQUENCE": None,
-    "TCP_INVALID_END_SEQUENCE": "TcpExtBeyondWindow",
-    "TCP_ACK_UNSENT_DATA": None,
-    "TCP_TOO_OLD_ACK": None,  # RFC 5961 5.2: answered with a challenge ACK
-    "TCP_OFO_DUP": None,  # 6.x: TCP_OFO_DROP in tcp_ofo_queue (in-order data overtook it)
-    "TCP_DATA_AFTER_FIN": None,
-    "TCP_ABORT_ON_DATA": "TcpExtTCPAbortOnData",
-    "LISTEN_OVERFLOW": "TcpExtListenOverflows",  # and ListenDrops (tcp_listendrop)
+    "TCP_OLD_SEQUENCE": (),
+    "TCP_INVALID_SEQUENCE": ("TcpExtBeyondWindow",),  # not for a RST or a SYN
+    "TCP_INVALID_END_SEQUENCE": ("TcpExtBeyondWindow",),
+    "TCP_INVALID_ACK_SEQUENCE": (),
+    "TCP_RESET": (),
+    "TCP_INVALID_SYN": ("TcpExtTCPSYNChallenge",),  # RFC 5961 4.2: a challenge ACK
+    "TCP_CLOSE": (),
+    "TCP_OLD_ACK": (),
+    "TCP_TOO_OLD_ACK": (),  # RFC 5961 5.2: answered with a challenge ACK
+    "TCP_ACK_UNSENT_DATA": (),
+    "TCP_OFO_QUEUE_PRUNE": ("TcpExtOfoPruned",),  # once per tcp_prune_ofo_queue
+    "TCP_OFO_DROP": (),  # tcp_ofo_queue: in-order data overtook it
+    "PFMEMALLOC": ("TcpExtPFMemallocDrop",),
 }
+
+# What runs recorded before the names above followed 6.18 called a reason, for reading
+# older run directories (rxpath stat, diff, report, explain, replay). Not here:
+# TCP_OFO_DROP, which then named tcp_data_queue_ofo's memory drop (now PROTO_MEM) and now
+# names tcp_ofo_queue's (then TCP_OFO_DUP); a run directory does not say which it means.
+# Old names a site used that 6.18 names differently there (TCP_FLAGS for a SYN
+# challenge, now TCP_INVALID_SYN) stay as they were: the name alone does not say the site.
+RENAMED_DROP_REASONS: dict[str, str] = {
+    "TCP_BACKLOG": "SOCKET_BACKLOG",
+    "TCP_OFO_DUP": "TCP_OFO_DROP",
+    "TCP_DATA_AFTER_FIN": "NOT_SPECIFIED",
+    "LISTEN_OVERFLOW": "TCP_LISTEN_OVERFLOW",
+}
+
+
+def drop_reason(name: str) -> str:
+    """A reason as 6.18 names it, also for a name an older run recorded."""
+    return RENAMED_DROP_REASONS.get(name, name)
+
+
+def current_drops(drops: Mapping[str, int]) -> dict[str, int]:
+    """Drops by reason under 6.18's names (an older run's merged into them)."""
+    out: dict[str, int] = {}
+    for name, n in drops.items():
+        new = drop_reason(name)
+        out[new] = out.get(new, 0) + int(n)
+    return out
+
+
+def drop_counters(name: str, absent: Collection[str] = ()) -> tuple[str, ...]:
+    """The counters a drop under ``name`` may have moved, less those ``absent`` (the
+    profile's missing counters)."""
+    return tuple(c for c in DROP_REASONS.get(drop_reason(name), ()) if c not in absent)
 
 # Fates that are not drops: the bytes reached a reader, or the segment carried no
 # data for a queue (a pure ACK, a SYN, a FIN that was processed).

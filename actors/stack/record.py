@@ -50,8 +50,9 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from actors.mib import current_counters
 from actors.scenario import Scenario
-from actors.stack.net import OpDone, Transmit
+from actors.stack.net import OpDone, Transmit, current_drops
 from actors.stack.sock import TcpState
 from actors.stack.tcp_ipv4 import Stack, sock_info
 from protocol.sockops import Copied, SockOpResult, encode_result
@@ -476,7 +477,8 @@ def replay(rec: Record) -> ReplayResult:
             res.outputs += n
         elif tag == SNAP:
             snap_now, recorded = r[1], r[2]
-            want = {k: v for k, v in recorded.items() if k not in SHELL_COUNTERS}
+            want = _current_names({k: v for k, v in recorded.items()
+                                   if k not in SHELL_COUNTERS})
             got_counters = normalised({**model_counters(stack, snap_now),
                                        "segments": segments})
             want_flat, got_flat = flatten(want), flatten(got_counters)
@@ -493,6 +495,15 @@ def replay(rec: Record) -> ReplayResult:
             return diverge(i, "record", "a known record", f"tag {tag!r}")
     res.last_now = now
     return res
+
+
+def _current_names(counters: dict[str, Any]) -> dict[str, Any]:
+    """Recorded counters under today's MIB and drop reason names (an older run's)."""
+    if isinstance(counters.get("mib"), dict):
+        counters["mib"] = current_counters(counters["mib"])
+    if isinstance(counters.get("drops"), dict):
+        counters["drops"] = current_drops(counters["drops"])
+    return counters
 
 
 def snapshot_json(counters: Mapping[str, Any]) -> dict[str, Any]:

@@ -1052,7 +1052,7 @@ def tcp_data_queue_ofo(sk: TcpSock, skb: Skb, now: int) -> None:
         net.inc("TcpExtTCPOFODrop")
         if profile.inorder_nomem_ack:
             sk.data_ready = True
-        tcp_drop(sk, skb, "TCP_OFO_DROP")
+        tcp_drop(sk, skb, "PROTO_MEM")  # 6.18: the reason tcp_data_queue uses too
         return
     _ofo_insert(sk, skb, now)
     if profile.ofo_grows_rcvbuf:
@@ -1182,7 +1182,7 @@ def tcp_ofo_queue(sk: TcpSock, now: int) -> None:
             tcp_dsack_extend(sk, skb.seq, dsack)
         sk.ofo.erase(skb)
         if not after(skb.end_seq, sk.rcv_nxt):
-            tcp_drop(sk, skb, "TCP_OFO_DUP")
+            tcp_drop(sk, skb, "TCP_OFO_DROP")
             continue
         tail = sk.tail()
         if tail is None or not tcp_try_coalesce(sk, tail, skb):
@@ -1211,7 +1211,7 @@ def tcp_fin(sk: TcpSock, now: int) -> None:
         tcp_send_ack(sk, now)
         set_state(sk, TcpState.TIME_WAIT)
     for skb in sk.ofo.purge():
-        tcp_drop(sk, skb, "TCP_CLOSE")
+        tcp_drop(sk, skb, "NOT_SPECIFIED")  # skb_rbtree_purge: kfree_skb, no reason
     if sk.rx_opt.sack_ok:
         tcp_sack_reset(sk)
     sk.data_ready = True
@@ -1306,14 +1306,17 @@ def tcp_validate_incoming(sk: TcpSock, skb: Skb, now: int) -> bool:
     """RFC 793 steps 1-4 (PAWS, sequence, RST, SYN); False if the segment was dropped."""
     net = sk.net
     rst = skb.has(TcpFlags.RST)
+    reason: str | None
     if tcp_paws_discard(sk, skb) and not rst:
         if net.profile.reject_beyond_window and skb.len == 0 and not skb.syn and not skb.fin:
             net.inc("TcpExtPAWSOldAck")
+            reason = "TCP_RFC7323_PAWS_ACK"  # 6.18's tcp_disordered_ack_check
         else:
             net.inc("TcpExtPAWSEstab")
             if not tcp_oow_rate_limited(sk, skb, "TcpExtTCPACKSkippedPAWS", now):
                 tcp_send_dupack(sk, skb, now)
-        tcp_drop(sk, skb, "TCP_RFC7323_PAWS")
+            reason = "TCP_RFC7323_PAWS"
+        tcp_drop(sk, skb, reason)
         return False
     reason = tcp_sequence(sk, skb)
     if reason is not None:
@@ -1350,7 +1353,7 @@ def _rst_matches_sack(sk: TcpSock, skb: Skb) -> bool:
 def _syn_challenge(sk: TcpSock, skb: Skb, now: int) -> bool:
     sk.net.inc("TcpExtTCPSYNChallenge")
     tcp_send_challenge_ack(sk, skb, now)
-    tcp_drop(sk, skb, "TCP_FLAGS")
+    tcp_drop(sk, skb, "TCP_INVALID_SYN")
     return False
 
 
@@ -1585,8 +1588,10 @@ def tcp_rcv_synsent_state_process(sk: TcpSock, skb: Skb, now: int) -> None:
             return
         tcp_finish_connect(sk, skb, now)
         return
-    # A bare RST, or a SYN crossing ours (simultaneous open, not modelled).
-    tcp_drop(sk, skb, "TCP_FLAGS" if skb.syn else "TCP_RESET")
+    # A bare RST, or a SYN crossing ours (simultaneous open, not modelled); with neither,
+    # 6.18 falls through to discard_and_undo with the reason unset.
+    tcp_drop(sk, skb, "TCP_FLAGS" if skb.syn
+             else "TCP_RESET" if skb.has(TcpFlags.RST) else "NOT_SPECIFIED")
 
 
 def tcp_finish_connect(sk: TcpSock, skb: Skb, now: int) -> None:
@@ -1685,15 +1690,17 @@ def tcp_rcv_state_process(sk: TcpSock, skb: Skb, now: int) -> None:
         return
     if sk.state == TcpState.SYN_RECV:
         if skb.ack_seq != sk.snd_nxt:
+            # 6.18's tcp_check_req hands it back to the listener, whose
+            # tcp_rcv_state_process refuses an ACK with TCP_FLAGS (and a RST).
             net.prot.send_reset(net, segment_of(sk, skb))
-            tcp_drop(sk, skb, "TCP_INVALID_ACK_SEQUENCE")
+            tcp_drop(sk, skb, "TCP_FLAGS")
             return
         parent = net.socks.get(sk.parent) if sk.parent is not None else None
         if parent is not None and len(parent.accept_queue) > parent.backlog_max:
             # tcp_v4_syn_recv_sock: no room; the request stays and the peer retries.
             net.inc("TcpExtListenOverflows")
             net.inc("TcpExtListenDrops")
-            net.drop_unowned(skb, "LISTEN_OVERFLOW")
+            net.drop_unowned(skb, "TCP_LISTEN_OVERFLOW")  # tcp_check_req
             return
         tcp_child_established(sk, skb, now)
     else:
@@ -1721,7 +1728,8 @@ def tcp_rcv_state_process(sk: TcpSock, skb: Skb, now: int) -> None:
         if skb.seq == skb.end_seq:
             kfree_skb_consumed(sk, skb)
         else:
-            tcp_drop(sk, skb, "TCP_DATA_AFTER_FIN")
+            # 6.18 leaves step 7 without queueing it: discard, as NOT_SPECIFIED
+            tcp_drop(sk, skb, "NOT_SPECIFIED")
         return
     if state in (TcpState.CLOSE_WAIT, TcpState.CLOSING, TcpState.LAST_ACK,
                  TcpState.FIN_WAIT1, TcpState.FIN_WAIT2) and sk.rcv_shutdown \

@@ -243,8 +243,10 @@ class Stack:
             return sid
         if sk.state is TcpState.LISTEN:
             if tcp_v4_conn_request(sk, seg, skb, now):
+                # an ACK to a listener: tcp_rcv_state_process returns TCP_FLAGS and
+                # tcp_v4_do_rcv answers with a RST
                 tcp_v4_send_reset(net, seg)
-                net.drop_unowned(skb, "NO_SOCKET")
+                net.drop_unowned(skb, "TCP_FLAGS")
             return sid
         # tcp_segs_in: a GRO/GSO skb counts every wire segment it carries
         segs = skb.gso_segs if skb.gso_segs > 1 else 1
@@ -408,7 +410,7 @@ def tcp_add_backlog(sk: TcpSock, skb: Skb) -> None:
     limit = profile.backlog_limit(sk.rcvbuf, sk.sndbuf)
     if sk.backlog_len + sk.rmem_alloc > limit:
         net.inc("TcpExtTCPBacklogDrop")
-        tcp_drop(sk, skb, "TCP_BACKLOG")
+        tcp_drop(sk, skb, "SOCKET_BACKLOG")
         return
     sk.backlog.append(skb)
     sk.backlog_len += skb.truesize

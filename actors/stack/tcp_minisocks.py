@@ -106,7 +106,9 @@ def tcp_v4_conn_request(lsk: TcpSock, seg: Segment, skb: Skb, now: int) -> bool:
     if len(lsk.accept_queue) > lsk.backlog_max or pending >= net.sysctls.tcp_max_syn_backlog:
         net.inc("TcpExtListenOverflows")
         net.inc("TcpExtListenDrops")
-        net.drop_unowned(skb, "LISTEN_OVERFLOW")
+        # 6.18's tcp_conn_request counts it and consume_skb()s the SYN: no reason of its
+        # own there, so it is counted under tcp_check_req's one for a full queue.
+        net.drop_unowned(skb, "TCP_LISTEN_OVERFLOW")
         return False
     child = sk_alloc(net, lsk.laddr, lsk.lport, now)
     child.raddr, child.rport = seg.src, seg.sport

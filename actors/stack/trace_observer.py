@@ -33,11 +33,11 @@ from actors.runtime.trace import (
 from actors.stack.net import (
     CONSUMED,
     DELIVERED,
-    DROP_REASONS,
     MERGED,
     Event,
     StackOutput,
     Transmit,
+    drop_counters,
 )
 from actors.stack.sock import TcpSock, TcpState
 from actors.stack.tcp_ipv4 import Stack
@@ -73,9 +73,15 @@ def log_event(log: Any, out: Event) -> None:
     if name == "drop":
         reason = str(f["reason"])
         log.info("drop", reason="SKB_DROP_REASON_" + reason, sock=out.sock_id,
-                 counter=DROP_REASONS.get(reason), seq=f.get("seq"), end_seq=f.get("end_seq"))
+                 counter=_counter_arg(reason), seq=f.get("seq"), end_seq=f.get("end_seq"))
     elif name in ("malformed_segment", "bad_sock_op", "task_exit"):
         log.warning(name, **f)
+
+
+def _counter_arg(reason: str, absent: frozenset[str] = frozenset()) -> str | None:
+    """The counter(s) a drop's log line and trace instant name ("A or B" for a reason two
+    drop sites share), None for none."""
+    return " or ".join(drop_counters(reason, absent)) or None
 
 
 class _FateLog(dict[int, str]):
@@ -157,12 +163,13 @@ class StackTrace:
         if not pending and not evs:
             return
         covered: dict[str, int] = {}
+        absent = self.stack.net.profile.absent_counters
         for out in evs:
             f = out.fields
             reason = str(f.get("reason"))
             covered[reason] = covered.get(reason, 0) + 1
             args: dict[str, Any] = {"reason": "SKB_DROP_REASON_" + reason,
-                                    "counter": DROP_REASONS.get(reason),
+                                    "counter": _counter_arg(reason, absent),
                                     "flow": self._sock_name(out.sock_id)}
             sk = self.stack.socks.get(out.sock_id) if out.sock_id is not None else None
             seq, end_seq = f.get("seq"), f.get("end_seq")
@@ -176,7 +183,7 @@ class StackTrace:
                 continue
             self.trace.instant("drop: " + reason, t, "drops",
                                args={"reason": "SKB_DROP_REASON_" + reason,
-                                     "counter": DROP_REASONS.get(reason), "id": fid})
+                                     "counter": _counter_arg(reason, absent), "id": fid})
         pending.clear()
 
     def _tx_sources(self, n0: int) -> list[int]:

@@ -5,8 +5,10 @@ and routes the emulated receiver's address through it (:mod:`actors.tunwire.netn
 IPv4 TCP frames the kernel sends into the TUN go to the nic as ``wire`` messages, as the
 peer actor's do; the nic's ``wire`` messages (the stack's ACKs) are written back into the
 TUN, where the namespace's kernel receives them. On ``start`` it spawns the senders
-(inside the namespace, killed with it: ``PR_SET_PDEATHSIG``) and samples ``ss -tin``
-into ``RUN_DIR/ss-sender.txt``.
+(inside the namespace, killed with it: ``PR_SET_PDEATHSIG``) and the sampler
+(:mod:`actors.tunwire.sampler`), which appends ``ss -tin`` every 100 ms to
+``RUN_DIR/ss-sender.txt``; the actor folds those samples into its counters as they come,
+takes one itself when a sender's FIN or RST goes by, and a last one at the stop.
 """
 
 from __future__ import annotations
@@ -26,14 +28,27 @@ from actors.peer.payload import payload_bytes
 from actors.runtime import procutil
 from actors.runtime.actor import Actor, ActorSettings, RejectMessage, handles
 from actors.tunwire.frames import frame_for_nic, frame_problem
-from actors.tunwire.netns import enter_netns, expand, open_tun, parse_ss, setup_commands
+from actors.tunwire.netns import (
+    SS_FILE,
+    ends_connection,
+    enter_netns,
+    expand,
+    fold_view,
+    open_tun,
+    parse_ss_samples,
+    setup_commands,
+    whole_samples,
+)
+from actors.tunwire.sampler import append, take_sample
 from protocol import messages as msg
 from protocol.envelope import Envelope, MalformedMessage
 
 NIC = "nic"
 BURST = 64             # frames read per wake-up and sent per wire message (a NAPI poll's worth)
 MAX_PENDING = 512      # beyond this the TUN's own queue holds them (back-pressure)
-SS_EVERY_NS = 250_000_000
+SS_SAMPLE_MS = 100         # the sampler's period: enough points to plot cwnd and rtt
+SS_READ_EVERY_NS = 250_000_000  # folds new samples in, reaps exited senders
+SAMPLER_STOP_S = 5.0
 _LOG_FIRST_BAD = 20
 
 
@@ -62,10 +77,13 @@ class TunWireActor(Actor):
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.c = {"frames_in": 0, "frames_out": 0, "ignored": 0, "tun_write_errors": 0,
                   "ss_samples": 0, "bad_frames": 0}
-        self.ss_path = settings.run_dir / "ss-sender.txt"
+        self.ss_path = settings.run_dir / SS_FILE
+        self._ss_read = 0                              # bytes of ss_path folded in so far
+        self.sampler: subprocess.Popen[bytes] | None = None
         self.ss_last: dict[int, dict[str, Any]] = {}   # sport -> last view while connected
         self.ss_max: dict[int, dict[str, Any]] = {}    # sport -> peaks over the run
         self._t_ss = 0
+        self._sample_due = False                       # a FIN or RST came: sample first
 
     # --- the TUN -------------------------------------------------------------------------
 
@@ -78,6 +96,7 @@ class TunWireActor(Actor):
                 return
             if frame_for_nic(frame):
                 self.pending.append(frame)
+                self._sample_due = self._sample_due or ends_connection(frame)
             else:
                 self.c["ignored"] += 1  # IPv6 neighbour discovery and the like
 
@@ -87,13 +106,22 @@ class TunWireActor(Actor):
         return self._t_ss if self.started and self._t_ss else None
 
     def on_timer(self, now: int) -> None:
-        while self.pending:
+        while True:
+            if self._sample_due:
+                # A sender closed (or reset) its connection: sample its socket before the
+                # FIN goes on to the receiver, whose EOF may end the run; the run's summary
+                # (its stats come before the stop) then ends with this view. Checked per
+                # burst: a blocked send may read the FIN in.
+                self._sample_due = False
+                append(self.ss_path, take_sample(self.t0_ns or now))
+            if not self.pending:
+                break
             frames, self.pending = self.pending[:BURST], self.pending[BURST:]
             self.c["frames_in"] += len(frames)
             self.send(NIC, msg.WIRE, {"frames": frames})
         if self._t_ss and now >= self._t_ss:
-            self._sample_ss(now)
-            self._t_ss = now + SS_EVERY_NS
+            self._read_ss(final=False)
+            self._t_ss = now + SS_READ_EVERY_NS
         self._reap_senders()
 
     @handles(msg.WIRE)
@@ -123,7 +151,8 @@ class TunWireActor(Actor):
 
     def on_start(self, now: int) -> None:
         self.mailbox.add_wake_fd(self.fd, self._tun_readable)
-        self._t_ss = now + SS_EVERY_NS
+        self._t_ss = now + SS_READ_EVERY_NS
+        self._start_sampler()
         for s in self.senders:
             self.call_later(int(s["start_ns"]), self._spawner(s))
 
@@ -178,31 +207,64 @@ class TunWireActor(Actor):
 
     # --- the sender side's view ------------------------------------------------------------
 
-    def _sample_ss(self, now: int) -> None:
-        try:
-            out = subprocess.run(["ss", "-tinH"], capture_output=True, text=True,
-                                 timeout=2).stdout
-        except (OSError, subprocess.SubprocessError):
+    def _start_sampler(self) -> None:
+        argv = [sys.executable, "-m", "actors.tunwire.sampler", "--out", str(self.ss_path),
+                "--t0-ns", str(self.t0_ns or time.monotonic_ns()),
+                "--every-ms", str(SS_SAMPLE_MS)]
+        with open(self.dir / "ss-sampler.out", "ab") as out:
+            self.sampler = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out,
+                                            stderr=subprocess.STDOUT,
+                                            preexec_fn=_pdeathsig, close_fds=True)
+
+    def _stop_sampler(self) -> None:
+        p, self.sampler = self.sampler, None
+        if p is None:
             return
-        self.c["ss_samples"] += 1
-        with open(self.ss_path, "a", encoding="utf-8") as f:
-            f.write(f"# t={(now - (self.t0_ns or now)) / 1e9:.3f} s\n{out}")
-        for sk in parse_ss(out):
-            if sk["peer"].rsplit(":", 1)[0] != self.remote:
-                continue
-            sport = int(sk["sport"])
-            self.ss_last[sport] = sk
-            peak = self.ss_max.setdefault(sport, {"zero_window_samples": 0})
-            for key in ("cwnd", "retrans", "backoff", "rwnd_limited_ms"):
-                if key in sk:
-                    peak[key] = max(peak.get(key, 0), sk[key])
-            # ss prints snd_wnd only when it is not 0: a connected socket with data
-            # queued and no snd_wnd in its line is looking at a zero window.
-            if sk.get("snd_wnd", 0) == 0 and "cwnd" in sk and sk.get("send_q", 0) > 0:
-                peak["zero_window_samples"] += 1
+        if p.stdin is not None:
+            p.stdin.close()  # EOF: it stops after the sample it is taking
+        try:
+            p.wait(timeout=SAMPLER_STOP_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=SAMPLER_STOP_S)
+
+    def _read_ss(self, *, final: bool) -> None:
+        """Fold the samples the sampler appended since the last call into the last view
+        and the peaks of each socket. Until ``final`` a sample not yet whole is left for
+        next time: the sampler may be writing it."""
+        try:
+            with open(self.ss_path, "rb") as f:
+                f.seek(self._ss_read)
+                data = f.read()
+        except OSError:
+            return
+        if not final:
+            data = whole_samples(data)
+        self._ss_read += len(data)
+        for t_s, socks in parse_ss_samples(data.decode(errors="replace")):
+            self.c["ss_samples"] += 1
+            for sk in socks:
+                self._absorb_ss(t_s, sk)
+
+    def _absorb_ss(self, t_s: float, sk: dict[str, Any]) -> None:
+        if sk["peer"].rsplit(":", 1)[0] != self.remote:
+            return
+        sport = int(sk["sport"])
+        self.ss_last[sport] = fold_view(self.ss_last.get(sport), sk, t_s)
+        peak = self.ss_max.setdefault(sport, {"zero_window_samples": 0})
+        for key in ("cwnd", "retrans", "backoff", "rwnd_limited_ms"):
+            if key in sk:
+                peak[key] = max(peak.get(key, 0), sk[key])
+        # ss prints snd_wnd only when it is not 0: a connected socket with data
+        # queued and no snd_wnd in its line is looking at a zero window.
+        if sk.get("snd_wnd", 0) == 0 and "cwnd" in sk and sk.get("send_q", 0) > 0:
+            peak["zero_window_samples"] += 1
 
     def on_stop(self, now: int) -> None:
-        self._sample_ss(now)
+        self._stop_sampler()
+        # The last view: the state at the stop, whatever the sampler's phase.
+        append(self.ss_path, take_sample(self.t0_ns or now, now))
+        self._read_ss(final=True)
         for p in self.procs.values():
             if p.poll() is None:
                 p.kill()
@@ -245,9 +307,16 @@ class TunWireActor(Actor):
                                  if c is not None), default=None),
                 "max_backoff": peak.get("backoff", 0),
                 "zero_window_samples": peak.get("zero_window_samples", 0),
+                # its socket as ss -tin last printed it with its tcp_info, for rxpath ss
+                "ss": {k: last[k] for k in ("t_s", "samples", "state", "recv_q", "send_q",
+                                            "local", "peer", "line", "info", "then_state",
+                                            "then_t_s") if k in last},
             }
         return out
 
     def counters(self) -> dict[str, Any]:
+        # The launcher's last stats request comes before the stop: fold in what the
+        # sampler has written by now, so the run's summary has the newest view.
+        self._read_ss(final=False)
         return {**self.c, "netns": self.netns, "device": self.device,
                 "flows": self.flow_views(), "time_ns": time.monotonic_ns()}

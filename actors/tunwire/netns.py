@@ -106,40 +106,127 @@ def open_tun(device: str) -> int:
 
 # -- the sender side's view ------------------------------------------------------------
 
+# The sampler's command: -H no header (a sample is only sockets), -n numeric ports (ss would
+# otherwise print a port /etc/services names, 5001 as commplex-link on some systems).
+SS_COMMAND = ("ss", "-tinHn")
+SS_FILE = "ss-sender.txt"    # in the run dir: "# t=<s> s" then that sample's ss lines
+SS_HEADER = "# t="
+
+_TCP_FIN, _TCP_RST = 0x01, 0x04
 _SS_PAIR = re.compile(r"(\w+):(\S+)")
-_ADDR = re.compile(r"^(\S+)\s+\d+\s+(\d+)\s+(\S+):(\d+)\s+(\S+):(\d+)")
+_ADDR = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\S+):(\d+)\s+(\S+):(\d+)")
+_SS_INT = ("cwnd", "ssthresh", "snd_wnd", "unacked", "backoff", "mss", "rto", "lost",
+           "sacked", "bytes_sent", "bytes_retrans", "bytes_acked", "segs_out", "segs_in",
+           "data_segs_out", "delivered", "pmtu")
 
 
 def parse_ss(text: str) -> list[dict[str, Any]]:
-    """The sockets of ``ss -tinH``: state, ports, and the fields a user compares with the
-    receiver (cwnd, ssthresh, rtt, snd_wnd, retrans, unacked, backoff, rwnd_limited)."""
+    """The sockets of ``ss -tinH``: state, queues, ports, the fields a user compares with
+    the receiver (cwnd, ssthresh, rtt, snd_wnd, retrans, unacked, backoff, rwnd_limited,
+    ...), and the two lines as ss printed them (``line``, ``info``)."""
     out: list[dict[str, Any]] = []
     cur: dict[str, Any] | None = None
     for line in text.splitlines():
         m = _ADDR.match(line)
         if m:
-            cur = {"state": m.group(1), "send_q": int(m.group(2)),
-                   "local": f"{m.group(3)}:{m.group(4)}", "sport": int(m.group(4)),
-                   "peer": f"{m.group(5)}:{m.group(6)}"}
+            cur = {"state": m.group(1), "recv_q": int(m.group(2)), "send_q": int(m.group(3)),
+                   "local": f"{m.group(4)}:{m.group(5)}", "sport": int(m.group(5)),
+                   "peer": f"{m.group(6)}:{m.group(7)}", "line": line.rstrip(), "info": ""}
             out.append(cur)
             rest = line[m.end():]
         else:
+            if cur is not None and line.strip():
+                cur["info"] = (cur["info"] + " " + line.strip()).strip()
             rest = line
         if cur is None:
             continue
         for key, value in _SS_PAIR.findall(rest):
-            if key in ("cwnd", "ssthresh", "snd_wnd", "unacked", "backoff", "mss", "rto",
-                       "lost", "sacked"):
+            if key in _SS_INT:
                 cur[key] = _num(value)
             elif key == "rtt":
-                cur["rtt_ms"] = _num(value.split("/")[0])
+                # rtt:<srtt>/<rttvar>, in ms
+                srtt, _, var = value.partition("/")
+                cur["rtt_ms"] = _num(srtt)
+                if var:
+                    cur["rttvar_ms"] = _num(var)
             elif key == "retrans":
-                # retrans:<now>/<total>
-                cur["retrans"] = _num(value.split("/")[-1])
+                # retrans:<retransmitted now, tcpi_retrans>/<total, tcpi_total_retrans>
+                now, _, total = value.partition("/")
+                cur["retrans_out"] = _num(now)
+                cur["retrans"] = _num(total or now)
             elif key == "rwnd_limited":
                 cur["rwnd_limited_ms"] = _num(value.split("ms")[0])
-            elif key in ("bytes_sent", "bytes_retrans", "bytes_acked"):
-                cur[key] = _num(value)
+    return out
+
+
+def ends_connection(frame: bytes) -> bool:
+    """An IPv4 TCP segment with FIN or RST: its sender is closing the connection."""
+    at = (frame[0] & 0x0F) * 4 + 13  # the TCP header's flags byte
+    return len(frame) > at and bool(frame[at] & (_TCP_FIN | _TCP_RST))
+
+
+def in_flight(sk: dict[str, Any]) -> int | float:
+    """tcp_packets_in_flight() from ss's fields: packets_out (unacked) - (sacked_out +
+    lost_out) + retrans_out."""
+    return (sk.get("unacked", 0) - sk.get("sacked", 0) - sk.get("lost", 0)
+            + sk.get("retrans_out", 0))
+
+
+def format_sample(t_s: float, ss_output: str) -> str:
+    """One sample of ``ss-sender.txt``: the header with the time since the run start, what
+    ss printed, and a blank line, which ss never prints: a reader of a file still being
+    written knows a sample is whole when it has seen that line."""
+    body = ss_output if not ss_output or ss_output.endswith("\n") else ss_output + "\n"
+    return f"{SS_HEADER}{t_s:.3f} s\n{body}\n"
+
+
+def whole_samples(data: bytes) -> bytes:
+    """The part of ``ss-sender.txt`` data that ends with a whole sample."""
+    end = data.rfind(b"\n\n")
+    return data[:end + 2] if end >= 0 else b""
+
+
+def parse_ss_samples(text: str) -> list[tuple[float, list[dict[str, Any]]]]:
+    """``ss-sender.txt``: (seconds since the run start, that sample's sockets) per sample."""
+    samples: list[tuple[float, list[dict[str, Any]]]] = []
+    t: float | None = None
+    lines: list[str] = []
+
+    def flush() -> None:
+        if t is not None:
+            samples.append((t, parse_ss("\n".join(lines))))
+
+    for line in text.splitlines():
+        if line.startswith(SS_HEADER):
+            flush()
+            t, lines = float(_num(line[len(SS_HEADER):].split()[0])), []
+        else:
+            lines.append(line)
+    flush()
+    return samples
+
+
+def fold_view(prev: dict[str, Any] | None, sk: dict[str, Any], t_s: float
+              ) -> dict[str, Any]:
+    """A socket's last view after one more sample of it (at ``t_s``): that sample, with
+    its time and how many samples showed the socket (``samples``). But a sample without
+    tcp_info after one with it keeps the earlier view and notes the state it went on to
+    (``then_state``, ``then_t_s``): ss shows an orphaned FIN-WAIT-2 or a TIME-WAIT socket
+    as a timewait socket, which has no cwnd, rtt or windows left to show."""
+    seen = (prev or {}).get("samples", 0) + 1
+    if prev and prev.get("info") and not sk.get("info"):
+        return {**prev, "samples": seen, "then_state": sk["state"], "then_t_s": t_s}
+    return {**sk, "t_s": t_s, "samples": seen}
+
+
+def last_views(samples: Sequence[tuple[float, Sequence[dict[str, Any]]]]
+               ) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (local, peer) address pair: its socket's last view (:func:`fold_view`)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for t, socks in samples:
+        for sk in socks:
+            key = (sk["local"], sk["peer"])
+            out[key] = fold_view(out.get(key), sk, t)
     return out
 
 
