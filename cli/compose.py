@@ -13,6 +13,9 @@ per actor and one for the coordinator (:mod:`actors.runtime.curve`). Every conta
 mounts, read-only, the public keys and its own secret key, nothing else; an inbox
 accepts connections from those keys only. Pairs already there are kept, so writing the
 file again does not lock out running containers; delete the directory for new keys.
+
+``--swarm`` writes a Docker Swarm stack file for the same services instead
+(:mod:`cli.swarm`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import typer
 from actors.runtime.addressing import LAUNCHER
 from actors.runtime.curve import PUBLIC_DIR, generate_keys, secret_key_path
 from actors.scenario import Scenario
-from cli.app import app
+from cli.app import CONFIG_ERROR_EXIT, app
 from cli.options import (
     DurationOption,
     ProfileOption,
@@ -140,7 +143,15 @@ def to_yaml(value: Any, indent: int = 0) -> str:
                 lines.append(f"{pad}{key}: {_flow(item)}")
             elif isinstance(item, list) and item:
                 lines.append(f"{pad}{key}:")
-                lines.extend(f"{pad}  - {_scalar(x)}" for x in item)
+                for x in item:
+                    if isinstance(x, dict) and x:
+                        # A mapping in a list (a stack file's secrets): block style,
+                        # its first key on the dash's line.
+                        first, *rest = to_yaml(x, indent + 2).split("\n")
+                        lines.append(f"{pad}  - {first.lstrip()}")
+                        lines.extend(rest)
+                    else:
+                        lines.append(f"{pad}  - {_scalar(x)}")
             else:
                 lines.append(f"{pad}{key}: {_scalar(item)}")
         return "\n".join(lines)
@@ -208,18 +219,42 @@ def write_compose(sc: Scenario, out: Path, image: str = IMAGE) -> tuple[Path, Pa
 def compose(
     config: Annotated[Path | None, typer.Argument(
         help="Scenario TOML file (default: the embedded default topology).")] = None,
-    output: Annotated[Path, typer.Option(
-        "-o", "--output", help="Compose file to write (its topology goes beside it).")]
-        = Path("docker-compose.yml"),
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Compose file to write (its topology goes beside it); "
+        "default docker-compose.yml, with --swarm docker-stack.yml.")] = None,
     image: Annotated[str, typer.Option("--image", help="Image every service runs.")]
         = IMAGE,
+    swarm: Annotated[bool, typer.Option(
+        "--swarm", help="Write a stack file for `docker stack deploy` on Docker Swarm: "
+        "an overlay network, placement per role (node labels rxpath.ROLE=true), "
+        "the keys as swarm secrets, the topology as a swarm config.")] = False,
+    place: Annotated[list[str] | None, typer.Option(
+        "--place", metavar="KEY=CONSTRAINT",
+        help="With --swarm: where a role, an actor or all of them run, as a swarm "
+        "constraint instead of the role's label, e.g. cpu1='node.hostname == h2'; "
+        "'any' for no constraint (all=any: anywhere). Repeatable.")] = None,
     profile: ProfileOption = None,
     seed: SeedOption = None,
     duration: DurationOption = None,
     sysctl: SysctlOption = None,
     sets: SetOption = None,
 ) -> None:
-    """Write a docker-compose file: one container per actor plus a coordinator."""
+    """Write a docker-compose file (or with --swarm a Docker Swarm stack file): one
+    container per actor plus a coordinator."""
+    if place and not swarm:
+        typer.echo("rxpath compose: --place needs --swarm", err=True)
+        raise typer.Exit(CONFIG_ERROR_EXIT)
     sc = load_or_exit(config, make_overrides(profile, seed, duration, sysctl, sets))
-    out, topo = write_compose(sc, output, image)
+    if swarm:
+        from cli import swarm as swarm_stack  # it builds on this module
+
+        try:
+            out, topo = swarm_stack.write_stack(
+                sc, output or Path("docker-stack.yml"), image,
+                swarm_stack.parse_place(place or []))
+        except ValueError as exc:
+            typer.echo(f"rxpath compose: {exc}", err=True)
+            raise typer.Exit(CONFIG_ERROR_EXIT) from None
+    else:
+        out, topo = write_compose(sc, output or Path("docker-compose.yml"), image)
     typer.echo(f"wrote {out}, {topo} and the keys in {secrets_dir_for(out)}/", err=True)

@@ -79,9 +79,11 @@ COMMANDS: dict[str, CommandHelp] = {
         "rxpath validate configs/*.toml",
         "rxpath validate configs/modern.toml --show toml",
         "rxpath validate configs/fast-path.toml --set nic.queues=4 --show")),
-    "compose": CommandHelp("Write a docker-compose file: a container per actor.", (
+    "compose": CommandHelp("Write a docker-compose or Swarm stack file: a container per "
+                           "actor.", (
         "rxpath compose -o docker-compose.yml",
-        "rxpath compose configs/modern.toml --set cpu.count=2 -o /tmp/modern.yml")),
+        "rxpath compose configs/modern.toml --set cpu.count=2 -o /tmp/modern.yml",
+        "rxpath compose --swarm --place cpu1='node.hostname == h2' -o stack.yml")),
     "drill": CommandHelp("Run packetdrill scripts against the receiver.", (
         "rxpath drill tests/drill/*.pkt",
         "rxpath drill --pipeline -v tests/drill/*.pkt")),

@@ -126,7 +126,9 @@ def print_summary(s: dict[str, Any], *, zeros: bool = False) -> None:
         snd = f.get("sender") or {}
         rows.append((f["flow"], str(f["bytes"]), str(f["received"]), str(f["bad_chunks"]),
                      "yes" if f["eof"] else "no",
-                     *(str(snd.get(k, "")) for k in _SENDER_COLUMNS),
+                     # "-": a real sender's command reported no tcp_info to count from
+                     *("-" if (k in snd and snd[k] is None) else str(snd.get(k, ""))
+                       for k in _SENDER_COLUMNS),
                      ",".join(f["readers"]), verdict))
     echo(table(rows, ("flow", "sent", "received", "bad", "eof", "retrans", "sacks", "dsacks",
                       "probes", "readers", "verdict")))

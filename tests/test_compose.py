@@ -30,6 +30,13 @@ from cli.compose import (
 from cli.config import load_scenario
 from cli.coordinate import scenario_of
 from cli.main import app
+from cli.swarm import (
+    labels_needed,
+    parse_place,
+    placements,
+    render_stack,
+    stack_services,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -111,6 +118,162 @@ def test_actor_command_rejects_bad_topology(tmp_path: Path) -> None:
     bad.write_text("{not json")
     result = CliRunner().invoke(app, ["actor", "nic", "--config", str(bad)])
     assert result.exit_code == 2
+
+
+# --- rxpath compose --swarm: the stack file -------------------------------------------------
+
+def _stack(place: dict[str, list[str]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    topo = compose_topology(load_scenario(None))
+    return topo, stack_services(topo, "s.topology.json", place=place)
+
+
+def test_stack_has_the_compose_services_on_an_overlay_network_and_no_compose_only_keys() -> None:
+    topo, doc = _stack()
+    assert doc["version"] == "3.8"
+    assert set(doc["services"]) == {*topo["actors"], COORDINATOR}
+    assert doc["networks"] == {"rxpath": {"driver": "overlay", "attachable": True}}
+    assert doc["volumes"] == {"results": {}, "state": {}}
+    assert doc["configs"] == {"topology": {"file": "./s.topology.json"}}
+    for name, svc in doc["services"].items():
+        # Swarm ignores these; a stack file that has them promises what it cannot keep.
+        assert not {"restart", "depends_on", "container_name", "ports"} & set(svc)
+        assert svc["networks"] == ["rxpath"]
+        assert svc["configs"] == [{"source": "topology",
+                                   "target": "/etc/rxpath/topology.json", "mode": 0o444}]
+        assert svc["deploy"]["endpoint_mode"] == "dnsrr"
+        assert svc["deploy"]["replicas"] == 1
+        assert "results:/results" in svc["volumes"]
+        if name != COORDINATOR:
+            # A restarted task is a new container: incarnations are counted on a volume.
+            assert "state:/var/lib/rxpath" in svc["volumes"]
+            assert svc["command"][svc["command"].index("--state-dir") + 1] == "/var/lib/rxpath"
+    compose = compose_services(topo, "s.topology.json")["services"]
+    for name in topo["actors"]:
+        assert doc["services"][name]["command"] == compose[name]["command"]
+    assert doc["services"][COORDINATOR]["entrypoint"] == ["rxpath", "coordinate"]
+
+
+def test_each_service_gets_every_public_key_and_only_its_own_secret_key() -> None:
+    topo, doc = _stack()
+    names = {"launcher", *topo["actors"]}
+    assert set(doc["secrets"]) == {f"pub-{n}" for n in names} | {f"sec-{n}" for n in names}
+    for n in names:
+        assert doc["secrets"][f"pub-{n}"] == {"file": f"./s.secrets/public/{n}.key"}
+        assert doc["secrets"][f"sec-{n}"] == {"file": f"./s.secrets/private/{n}.key_secret"}
+    for service, svc in doc["services"].items():
+        own = "launcher" if service == COORDINATOR else service
+        mounts = {m["source"]: m for m in svc["secrets"]}
+        assert {s for s in mounts if s.startswith("sec-")} == {f"sec-{own}"}
+        assert {s for s in mounts if s.startswith("pub-")} == {f"pub-{n}" for n in names}
+        # Where the actors look (curve.secret_key_path under the topology's keys_dir),
+        # and 0400: a secret key others can read is refused.
+        assert mounts[f"sec-{own}"]["target"] == \
+            f"{topo['curve']['keys_dir']}/private/{own}.key_secret"
+        assert mounts[f"sec-{own}"]["mode"] == 0o400
+        for n in names:
+            assert mounts[f"pub-{n}"]["target"] == f"/etc/rxpath/keys/public/{n}.key"
+            assert mounts[f"pub-{n}"]["mode"] == 0o444
+
+
+def test_restart_policies_mirror_the_compose_file() -> None:
+    topo, doc = _stack()
+    for name, svc in doc["services"].items():
+        policy = svc["deploy"]["restart_policy"]
+        if name == COORDINATOR:
+            # Its one task keeps the verdict as its exit code.
+            assert policy == {"condition": "none"}
+            continue
+        compose_policy = RESTART_POLICY[topo["actors"][name]["role"]]
+        if compose_policy == "on-failure":
+            assert policy == {"condition": "on-failure", "delay": "1s"}
+        else:
+            assert compose_policy == "no" and policy == {"condition": "none"}
+    assert doc["services"]["cpu0"]["deploy"]["restart_policy"]["condition"] == "on-failure"
+    assert doc["services"]["stack"]["deploy"]["restart_policy"]["condition"] == "none"
+
+
+def test_placement_by_role_label_and_the_coordinator_follows_the_readers() -> None:
+    topo, doc = _stack()
+    cons = {n: s["deploy"]["placement"]["constraints"] for n, s in doc["services"].items()}
+    for name, entry in topo["actors"].items():
+        assert cons[name] == [f"node.labels.rxpath.{entry['role']} == true"]
+    assert cons[COORDINATOR] == ["node.labels.rxpath.reader == true"]
+    assert labels_needed(cons) == ["rxpath.cpu", "rxpath.nic", "rxpath.peer",
+                                   "rxpath.reader", "rxpath.stack"]
+
+
+def test_place_overrides_actor_before_role_before_all() -> None:
+    topo = compose_topology(load_scenario(None))
+    place = parse_place(["all=node.labels.zone == a", "cpu=node.hostname == h2",
+                         "cpu1=node.hostname == h3", "cpu1=node.role != manager",
+                         "peer=any"])
+    got = placements(topo, place)
+    assert got["cpu0"] == ["node.hostname == h2"]
+    assert got["cpu1"] == ["node.hostname == h3", "node.role != manager"]
+    assert got["peer"] == []
+    assert got["nic"] == got["r1"] == ["node.labels.zone == a"]
+    assert got[COORDINATOR] == ["node.labels.zone == a"]       # the readers' placement
+    assert placements(topo, parse_place(["coordinator=node.hostname == h1"]))[
+        COORDINATOR] == ["node.hostname == h1"]
+    # any: no placement section at all (Swarm may run it anywhere).
+    doc = stack_services(topo, "s.topology.json", place=parse_place(["all=any"]))
+    assert all("placement" not in s["deploy"] for s in doc["services"].values())
+    assert labels_needed({}) == []
+
+
+@pytest.mark.parametrize("bad", ["cpu", "cpu=", "=x == y", "cpu=node.hostname h2",
+                                 "cpu=== x"])
+def test_place_rejects_what_is_not_a_constraint(bad: str) -> None:
+    with pytest.raises(ValueError, match="--place"):
+        parse_place([bad])
+
+
+def test_place_rejects_an_unknown_role_or_actor() -> None:
+    topo = compose_topology(load_scenario(None))
+    with pytest.raises(ValueError, match="not a role, an actor"):
+        placements(topo, parse_place(["cpu7=node.hostname == h"]))
+
+
+def test_stack_file_is_yaml_that_reads_back_as_the_document() -> None:
+    yaml = pytest.importorskip("yaml")
+    sc = load_scenario(DOCKER / "chaos.toml")
+    text = render_stack(sc, "x.topology.json", image="img:1")
+    topo = compose_topology(sc)
+    assert yaml.safe_load(text) == {
+        **stack_services(topo, "x.topology.json"),
+        "services": {n: {**s, "image": "${RXPATH_IMAGE:-img:1}"}
+                     for n, s in stack_services(topo, "x.topology.json")["services"].items()}}
+    # The header's one-node labelling command is shell, continued line by line.
+    assert "#   docker node update --label-add rxpath.cpu=true \\\n#     --label-add" in text
+
+
+def test_compose_swarm_writes_stack_topology_and_keys(tmp_path: Path) -> None:
+    out = tmp_path / "stack.yml"
+    result = CliRunner().invoke(app, ["compose", "--swarm", "-o", str(out),
+                                      "--place", "peer=node.hostname == wire"])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert '- "node.labels.rxpath.cpu == true"' in text
+    assert '- "node.hostname == wire"' in text
+    assert "endpoint_mode" in text and '"dnsrr"' in text
+    # The same topology as the compose file's: service names are the addresses.
+    compose_out = tmp_path / "c" / "compose.yml"
+    assert CliRunner().invoke(app, ["compose", "-o", str(compose_out)]).exit_code == 0
+    assert topology_file_for(out).read_text() == topology_file_for(compose_out).read_text()
+    secrets = tmp_path / "stack.secrets"
+    assert (secrets / "private" / "cpu0.key_secret").stat().st_mode & 0o077 == 0
+    assert (secrets / "public" / "launcher.key").is_file()
+
+
+def test_compose_place_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "stack.yml"
+    result = CliRunner().invoke(app, ["compose", "--swarm", "-o", str(out),
+                                      "--place", "cpu9=node.hostname == x"])
+    assert result.exit_code == 2 and "cpu9" in result.output
+    assert not out.exists() and not topology_file_for(out).exists()
+    result = CliRunner().invoke(app, ["compose", "-o", str(out),
+                                      "--place", "cpu=node.hostname == x"])
+    assert result.exit_code == 2 and "--swarm" in result.output
 
 
 # --- a real run: every actor a separate `rxpath actor` process, coordinated over tcp ------
