@@ -21,6 +21,7 @@ file again does not lock out running containers; delete the directory for new ke
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,6 +80,13 @@ def compose_topology(sc: Scenario) -> dict[str, Any]:
     return topo
 
 
+def actor_command(name: str, entry: Mapping[str, Any]) -> list[str]:
+    """What an actor's container runs after the image's entrypoint (compose and Swarm)."""
+    return [str(entry["role"]), "--config", TOPOLOGY_IN_CONTAINER, "--name", name,
+            "--instance", str(entry.get("instance", 0)),
+            "--run-dir", RESULTS_DIR, "--state-dir", STATE_DIR]
+
+
 def key_mounts(secrets_dir: str, name: str) -> list[str]:
     """What a container of actor ``name`` mounts from the secrets directory (read-only):
     every public key, and its own secret key."""
@@ -111,9 +119,7 @@ def compose_services(topology: dict[str, Any], topology_file: str,
         role = entry["role"]
         services[name] = {
             "image": image_ref,
-            "command": [role, "--config", TOPOLOGY_IN_CONTAINER, "--name", name,
-                        "--instance", str(entry.get("instance", 0)),
-                        "--run-dir", RESULTS_DIR, "--state-dir", STATE_DIR],
+            "command": actor_command(name, entry),
             "volumes": [*mounts, *key_mounts(secrets_dir, name)],
             "networks": [NETWORK],
             "restart": RESTART_POLICY.get(role, "no"),

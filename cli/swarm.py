@@ -55,6 +55,7 @@ from cli.compose import (
     RESULTS_VOLUME,
     STATE_DIR,
     TOPOLOGY_IN_CONTAINER,
+    actor_command,
     compose_topology,
     secrets_dir_for,
     secrets_dir_name,
@@ -219,9 +220,7 @@ def stack_services(topology: dict[str, Any], topology_file: str, image: str = IM
         role = entry["role"]
         services[name] = {
             "image": image_ref,
-            "command": [role, "--config", TOPOLOGY_IN_CONTAINER, "--name", name,
-                        "--instance", str(entry.get("instance", 0)),
-                        "--run-dir", RESULTS_DIR, "--state-dir", STATE_DIR],
+            "command": actor_command(name, entry),
             "volumes": [f"{RESULTS_VOLUME}:{RESULTS_DIR}", f"{STATE_VOLUME}:{STATE_DIR}"],
             "configs": config,
             "secrets": key_secrets(names, name),

@@ -8,6 +8,8 @@
 #   e2e_images         builds the base image with debootstrap (no image registry is
 #                      reachable), the rxpath wheels on the host and the rxpath image
 #                      from them ($IMAGE; the build needs no network)
+#   wait_started CONTAINER   waits (up to 2 min) for a coordinator's "started" event;
+#                      fails if it exits first
 #   check_summary FILE ACTOR|-   prints a coordinator's summary.json; fails unless every
 #                      flow is intact (and ACTOR rejoined, unless -)
 #   on_exit FUNCTION   runs FUNCTION on exit, before the images and the engine go (the
@@ -116,6 +118,14 @@ e2e_images() {
     log "image $IMAGE built"
 }
 
+wait_started() {  # wait_started CONTAINER: until its coordinator logs "started" (or exits)
+    for _ in $(seq 1 240); do
+        docker logs "$1" 2>&1 | grep -q '"event": *"started"' && return 0
+        [ "$(docker inspect -f '{{.State.Running}}' "$1")" = true ] || break
+        sleep 0.5
+    done
+    docker logs "$1" 2>&1 | grep -q '"event": *"started"'
+}
 check_summary() {  # check_summary SUMMARY_JSON EXPECT_REJOIN
     python3 - "$1" "$2" <<'PY'
 import json, sys

@@ -135,12 +135,7 @@ running_container() {
 }
 
 coord="$(running_container coordinator 120)"
-for _ in $(seq 1 240); do
-    docker logs "$coord" 2>&1 | grep -q '"event": *"started"' && break
-    [ "$(docker inspect -f '{{.State.Running}}' "$coord")" = true ] || break
-    sleep 0.5
-done
-docker logs "$coord" 2>&1 | grep -q '"event": *"started"' || fail "traffic never started"
+wait_started "$coord" || fail "traffic never started"
 log "every actor ready, traffic started ($((SECONDS - t)) s after the deploy)"
 sleep "${RXPATH_E2E_KILL_AFTER:-1.5}"
 cpu0="$(running_container cpu0 10)"

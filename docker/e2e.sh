@@ -95,12 +95,7 @@ P2="rxpath-e2e-chaos-$$"
 t=$SECONDS
 up "$P2" "$WORK/$P2.yml"
 coord="$(cid "$P2" coordinator)"
-for _ in $(seq 1 240); do
-    docker logs "$coord" 2>&1 | grep -q '"event": *"started"' && break
-    [ "$(docker inspect -f '{{.State.Running}}' "$coord")" = true ] || break
-    sleep 0.5
-done
-docker logs "$coord" 2>&1 | grep -q '"event": *"started"' || fail "chaos: traffic never started"
+wait_started "$coord" || fail "chaos: traffic never started"
 sleep "${RXPATH_E2E_KILL_AFTER:-1.5}"
 cpu0="$(cid "$P2" cpu0)"
 # SIGKILL to the container's process from the host: a crash, which the on-failure policy
