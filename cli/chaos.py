@@ -29,6 +29,7 @@ import typer
 from actors.runtime.launcher import ActorStartError, Launcher
 from actors.runtime.supervisor import RestartPolicy, Supervisor
 from actors.scenario import CHAOS_ROLES, ChaosConfig, ChaosEventConfig, Scenario
+from cli import formats
 from cli.app import app
 from cli.options import (
     DurationOption,
@@ -232,7 +233,7 @@ def chaos(
         for e in sup["events"]:
             extra = {k: v for k, v in e.items() if k not in ("t", "event", "actor")}
             typer.echo(f"supervisor: {e['event']} {e['actor']} {extra}")
-        typer.echo(f"stopped: {summary['reason']} after {summary['elapsed_s']} s; "
+        typer.echo(f"stopped: {formats.stopped_after(summary)}; "
                    f"{sup['restarts']} restarts, {sup['hangs']} hangs noticed")
         typer.echo(summary["checker_text"])
     raise typer.Exit(exit_status(summary))

@@ -332,3 +332,18 @@ def columns(rows: Iterable[Sequence[str]], header: Sequence[str] | None = None) 
     widths = [max(len(r[i]) for r in allrows) for i in range(len(allrows[0]))]
     return ["  ".join(c.rjust(w) if _numeric(c) else c.ljust(w)
                       for c, w in zip(r, widths, strict=True)).rstrip() for r in allrows]
+
+
+# --- how long a run took ---------------------------------------------------------------
+
+def stopped_after(summary: Mapping[str, Any]) -> str:
+    """ "complete after 6.583 s (start-up 1.586 s)": the time from the traffic's start,
+    which the trace, the pcap and the report's plots all count from, then the actors'
+    start-up before it. A summary without transfer_s (an older run) gives elapsed_s, which
+    counts from the spawn."""
+    reason = summary.get("reason")
+    if summary.get("transfer_s") is None:
+        return f"{reason} after {summary.get('elapsed_s')} s"
+    up = summary.get("startup_s")
+    return f"{reason} after {summary['transfer_s']} s" + (
+        f" (start-up {up} s)" if up is not None else "")

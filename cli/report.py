@@ -133,7 +133,7 @@ def print_summary(s: dict[str, Any], *, zeros: bool = False) -> None:
     echo(table(rows, ("flow", "sent", "received", "bad", "eof", "retrans", "sacks", "dsacks",
                       "probes", "readers", "verdict")))
     v = summary_verdict(s)
-    echo(f"\nstopped: {s['reason']} after {s['elapsed_s']} s; verdict {v['state']}"
+    echo(f"\nstopped: {formats.stopped_after(s)}; verdict {v['state']}"
          + (f": {v['why']}" if v["why"] else ""))
     for e in s.get("errors", []):
         echo(f"error: {e}")

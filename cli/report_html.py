@@ -1054,8 +1054,8 @@ def render(data: RunData) -> str:
     desc = data.scenario.get("description") or ""
     head = (f"<h1>rxpath run {_esc(data.run_dir.name)}</h1>"
             f"<p>{_esc(desc)}</p><p>profile <b>{_esc(s.get('profile'))}</b>, seed "
-            f"{_esc(s.get('seed'))}; stopped: {_esc(s.get('reason'))} after "
-            f"{_esc(s.get('elapsed_s'))} s; {verdict}</p>")
+            f"{_esc(s.get('seed'))}; stopped: {_esc(formats.stopped_after(s))}; "
+            f"{verdict}</p>")
     if data.trace_note:
         head += f'<p class="note">No time series: {_esc(data.trace_note)}</p>'
     body = [head]

@@ -138,7 +138,7 @@ def run_scenario(sc: Scenario, run_dir: Path, *, progress: bool = True,
         state, reason, started, transfer_s, traffic_start = _launch(
             sc, run_dir, build_topology(sc, netns), ready_timeout_s, chaos, policy, progress)
     if progress:
-        _progress(sc, state.counters, time.monotonic() - started, end=True)
+        _progress(sc, state.counters, transfer_s, end=True)
     summary = summarize(sc, state, reason, time.monotonic() - started)
     if netns is not None:
         summary["netns"] = netns
@@ -298,7 +298,8 @@ def _supervised_loop(sc: Scenario, launcher: Launcher, supervisor: Supervisor,
         supervisor.tick()
         if progress and time.monotonic() - last_print >= 0.5:
             last_print = time.monotonic()
-            _progress(sc, launcher.last_counters, time.monotonic() - started)
+            # time since the traffic started, as the trace, the pcap and the plots count it
+            _progress(sc, launcher.last_counters, time.monotonic() - traffic_start)
     return "duration"
 
 

@@ -217,3 +217,11 @@ def test_plain_counters_keep_integers_only() -> None:
     assert formats.plain_counters(role) == {"backlog_enqueued": 4471, "lock_waits": 3}
     assert formats.counter_lines({"backlog_enqueued": 4471, "lock_waits": 3}) == [
         "backlog_enqueued  4471", "lock_waits           3"]
+
+
+def test_stopped_after_counts_from_the_traffic_start() -> None:
+    s = {"reason": "complete", "elapsed_s": 8.466, "transfer_s": 6.583, "startup_s": 1.586}
+    assert formats.stopped_after(s) == "complete after 6.583 s (start-up 1.586 s)"
+    # An older run's summary has only the time since the spawn.
+    assert formats.stopped_after({"reason": "duration", "elapsed_s": 3.0}) == \
+        "duration after 3.0 s"

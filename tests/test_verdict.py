@@ -72,6 +72,16 @@ def assert_one_verdict(rd: Path, exit_code: int, output: str,
     stopped = [ln for ln in printed.splitlines() if ln.startswith("stopped:")]
     assert stopped and stopped[-1].endswith(f"verdict {state}: {checker['why']}"), stopped
     assert "integrity" not in stopped[-1]
+    # The duration it gives is the one the trace and the pcap span: from the traffic's
+    # start (the actors' start-up before it is said apart).
+    assert stopped[-1].startswith(f"stopped: {s['reason']} after {s['transfer_s']} s "
+                                  f"(start-up {s['startup_s']} s);"), stopped
+    if s["reason"] == "complete" and (rd / "trace.json").exists():
+        # (a run its duration stopped goes on until the actors are stopped after the
+        # final counters: its trace also shows that wind-down)
+        trace = json.loads((rd / "trace.json").read_text())
+        last_us = max(e["ts"] for e in trace["traceEvents"] if "ts" in e)
+        assert last_us / 1e6 <= s["transfer_s"] + 0.5, (last_us, s["transfer_s"])
     # rxpath report.
     res = runner.invoke(app, ["report", str(rd)])
     assert res.exit_code == 0, res.output
