@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from actors.runtime.addressing import endpoints_from_topology, free_tcp_ports
@@ -235,7 +236,6 @@ def test_place_rejects_an_unknown_role_or_actor() -> None:
 
 
 def test_stack_file_is_yaml_that_reads_back_as_the_document() -> None:
-    yaml = pytest.importorskip("yaml")
     sc = load_scenario(DOCKER / "chaos.toml")
     text = render_stack(sc, "x.topology.json", image="img:1")
     topo = compose_topology(sc)
