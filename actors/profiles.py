@@ -201,6 +201,20 @@ class Profile:
     # tcp_measure_rcv_mss re-derives window_clamp from each new scaling_ratio
     # (tcp_set_window_clamp(sk, tcp_win_from_space(sk, sk_rcvbuf)), 6.18)
     window_clamp_follows_ratio: bool
+    # tcp_rcv_state_process (SYN_RECV): a timestamp flow's advmss loses
+    # TCPOLEN_TSTAMP_ALIGNED before tcp_init_transfer -> tcp_init_buffer_space (6.16+,
+    # "fix initial rcvq_space.space for passive TS enabled flows"), so window_clamp,
+    # rcv_ssthresh and rcvq_space start from the 1448-byte advmss; 4.13 takes the 12
+    # bytes off only after tcp_init_buffer_space has used 1460
+    passive_ts_advmss_before_buffer_space: bool
+    # __alloc_skb -> kmalloc_reserve: a linear head of at most SKB_SMALL_HEAD_CACHE_SIZE
+    # (SKB_HEAD_ALIGN(MAX_TCP_HEADER), plus L1_CACHE_BYTES when that is a power of two)
+    # comes from skb_small_head_cache at exactly that size, not from a kmalloc slab
+    # (6.3+; 0: no such cache, 4.13). It sizes a small tun packet's truesize and its
+    # tailroom (what skb_try_coalesce may copy into). The size follows the build's
+    # MAX_TCP_HEADER: 576 on the 6.18.44 measured (MAX_TCP_HEADER 192: LL_MAX_HEADER 32,
+    # no tunnel headroom), so a 140-byte IP packet costs 832, not 1280
+    skb_small_head_cache: int
     # tcp_grow_window raises rcv_ssthresh by at most the room below
     # min(window_clamp, tcp_space) (6.18); 4.13 caps it at window_clamp only
     grow_window_room_capped: bool
@@ -298,6 +312,8 @@ LEGACY = Profile(
     rcv_space_subtracts_inq=False,
     tcp_rcvbuf_grow=False,
     window_clamp_follows_ratio=False,
+    passive_ts_advmss_before_buffer_space=False,
+    skb_small_head_cache=0,
     ack_unsent_challenge=False,
     too_old_ack_uses_bytes_acked=False,
     closing_accepts_old_ack=False,
@@ -374,6 +390,10 @@ MODERN = replace(
     tcp_rcvbuf_grow=True,
     # window_clamp follows scaling_ratio; tcp_grow_window capped by tcp_space too
     window_clamp_follows_ratio=True,
+    # a passive timestamp flow's advmss is 1448 before tcp_init_buffer_space runs
+    passive_ts_advmss_before_buffer_space=True,
+    # small skb heads from skb_small_head_cache (576 bytes on the measured build)
+    skb_small_head_cache=576,
     ack_unsent_challenge=True,
     too_old_ack_uses_bytes_acked=True,
     closing_accepts_old_ack=True,

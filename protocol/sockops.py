@@ -252,7 +252,8 @@ class TcpSendmsg(SockOp):
 @dataclass(frozen=True, slots=True)
 class InetListen(SockOp):
     """socket() + bind() + listen(): a listener on ``laddr:port``, with the SO_RCVBUF
-    (None: not set) and SO_RCVLOWAT its file had before listen()."""
+    (None: not set) and SO_RCVLOWAT its file had before listen(). ``init_rcvbuf``: the
+    sk_rcvbuf tcp_init_sock gave it when socket() ran (tcp_rmem[1] then; None: now)."""
 
     kernel_name: ClassVar[str] = "inet_listen"
     on_sock: ClassVar[bool] = False
@@ -261,12 +262,13 @@ class InetListen(SockOp):
     backlog: int = 128
     rcvbuf: int | None = None
     rcvlowat: int = 1
+    init_rcvbuf: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TcpV4Connect(SockOp):
     """socket() + connect(): a socket that sends its SYN to ``raddr:rport`` (from
-    ``lport``; None: an ephemeral port)."""
+    ``lport``; None: an ephemeral port). ``init_rcvbuf`` as for :class:`InetListen`."""
 
     kernel_name: ClassVar[str] = "tcp_v4_connect"
     on_sock: ClassVar[bool] = False
@@ -276,6 +278,7 @@ class TcpV4Connect(SockOp):
     lport: int | None = None
     rcvbuf: int | None = None
     rcvlowat: int = 1
+    init_rcvbuf: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,42 +66,58 @@ def _kmalloc_size(n: int) -> int:
     return -(-n // PAGE_SIZE) * PAGE_SIZE
 
 
-def tun_skb(ip_len: int) -> tuple[int, bool]:
+def skb_head_object(n: int, small_head_cache: int = 0) -> int:
+    """The memory __alloc_skb's kmalloc_reserve gives a linear area of n bytes:
+    SKB_HEAD_ALIGN(n) (the data plus the shared info), taken from skb_small_head_cache
+    at exactly that cache's object size when it fits (6.3+; ``small_head_cache`` is
+    SKB_SMALL_HEAD_CACHE_SIZE, 0 where there is no such cache), else rounded up to a
+    kmalloc slab (kmalloc_size_roundup). The area's end is moved to the object's end,
+    so the object's slack is tailroom and counts in truesize."""
+    obj = skb_data_align(n) + SKB_SHINFO_SIZE
+    if obj <= small_head_cache:
+        return small_head_cache
+    return _kmalloc_size(obj)
+
+
+def tun_skb(ip_len: int, small_head_cache: int = 0) -> tuple[int, bool]:
     """(truesize, head_frag) of the skb tun_get_user builds for a written IP packet.
 
     tun_alloc_skb keeps a packet that fits in a page (with its NET_SKB_PAD headroom)
-    in a kmalloc'd linear area: truesize is that slab object plus the sk_buff, and the
-    area cannot be stolen by skb_try_coalesce. A bigger (GSO) packet goes into page
-    fragments: the model charges whole pages for the headroom, shared info and
-    packet, plus the sk_buff; such an skb coalesces like a NIC's.
+    in a linear area (see :func:`skb_head_object`): truesize is that object plus the
+    sk_buff, and the area cannot be stolen by skb_try_coalesce. A bigger (GSO) packet
+    goes into page fragments: the model charges whole pages for the headroom, shared
+    info and packet, plus the sk_buff; such an skb coalesces like a NIC's.
     """
     if NET_SKB_PAD + ip_len < PAGE_SIZE:
-        head = _kmalloc_size(skb_data_align(NET_SKB_PAD + ip_len) + SKB_SHINFO_SIZE)
+        head = skb_head_object(NET_SKB_PAD + ip_len, small_head_cache)
         return head + SKB_STRUCT_SIZE, False
     pages = -(-(NET_SKB_PAD + SKB_SHINFO_SIZE + ip_len) // PAGE_SIZE)
     return pages * PAGE_SIZE + SKB_STRUCT_SIZE, True
 
 
-def device_skb(device: DeviceKind, ip_len: int) -> tuple[int, bool]:
+def device_skb(device: DeviceKind, ip_len: int, small_head_cache: int = 0) -> tuple[int, bool]:
     """(truesize, head_frag) of the skb ``device`` builds for an IP packet of ``ip_len``
-    bytes: a NIC ring's buffers hold the Ethernet frame in page memory."""
+    bytes: a NIC ring's buffers hold the Ethernet frame in page memory.
+    ``small_head_cache``: the kernel's SKB_SMALL_HEAD_CACHE_SIZE (0: none)."""
     if device == "tun":
-        return tun_skb(ip_len)
+        return tun_skb(ip_len, small_head_cache)
     return rx_truesize(ETH_HLEN + ip_len), True
 
 
-def device_skb_room(device: DeviceKind, ip_len: int) -> tuple[int, int]:
+def device_skb_room(device: DeviceKind, ip_len: int,
+                    small_head_cache: int = 0) -> tuple[int, int]:
     """(nr_frags, tailroom) of the skb ``device`` builds for an IP packet of ``ip_len``
     bytes: what skb_try_coalesce can still put into it.
 
     A NIC's frame that fits one 2 KiB buffer is a linear skb around it (build_skb):
     NET_SKB_PAD of headroom, the frame, then free room up to the shared info; a bigger
-    frame spills into further buffers as page fragments. tun's kmalloc'd head has the
-    slab object's slack past the packet; its paged skb keeps the payload in fragments.
+    frame spills into further buffers as page fragments. tun's linear head has the
+    head object's slack past the packet (:func:`skb_head_object`: a small head from
+    skb_small_head_cache has little); its paged skb keeps the payload in fragments.
     """
     if device == "tun":
         if NET_SKB_PAD + ip_len < PAGE_SIZE:
-            obj = _kmalloc_size(skb_data_align(NET_SKB_PAD + ip_len) + SKB_SHINFO_SIZE)
+            obj = skb_head_object(NET_SKB_PAD + ip_len, small_head_cache)
             return 0, obj - SKB_SHINFO_SIZE - NET_SKB_PAD - ip_len
         return 1, 0
     frame_len = ETH_HLEN + ip_len

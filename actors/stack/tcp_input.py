@@ -23,6 +23,7 @@ from actors.stack.skb import (
     SKB_STRUCT_SIZE,
     SOCK_MIN_RCVBUF,
     Skb,
+    skb_head_object,
     skb_truesize,
     skb_try_coalesce,
 )
@@ -30,6 +31,7 @@ from actors.stack.sock import AckPending, TcpSock, TcpState, inet_unhash, sk_wak
 from actors.stack.tcp_minisocks import ADVMSS, inet_csk_reqsk_queue_add, tcp_v4_send_synack
 from actors.stack.tcp_output import (
     TCP_ATO_MIN,
+    TCPOLEN_TSTAMP_ALIGNED,
     __tcp_select_window,
     tcp_full_space,
     tcp_receive_window,
@@ -750,6 +752,10 @@ def tcp_collapse(sk: TcpSock, skbs: list[Skb], start: int, end: int) -> list[Skb
         if head.fin or head.syn:
             break
         copy = min(SKB_MAX_ORDER0, seq_sub(end, start))
+        # alloc_skb(copy): the head object kmalloc_reserve gives (slab-rounded, or the
+        # small-head cache's), all of it in truesize; what the copy leaves unused is
+        # tailroom that tcp_try_coalesce can later fill with arriving payload
+        head_obj = skb_head_object(copy, sk.net.profile.skb_small_head_cache)
         data = bytearray()
         ids: list[int] = []
         nseq = start
@@ -773,8 +779,9 @@ def tcp_collapse(sk: TcpSock, skbs: list[Skb], start: int, end: int) -> list[Skb
             break
         nskb = Skb(seq=nseq, end_seq=start, flags=head.flags & ~(TcpFlags.FIN | TcpFlags.SYN),
                    ack_seq=head.ack_seq, window=head.window, options=head.options,
-                   data=bytes(data), truesize=skb_truesize(len(data)), doff=head.doff, ids=ids,
-                   arrived_ns=head.arrived_ns)
+                   data=bytes(data), truesize=head_obj + SKB_STRUCT_SIZE, doff=head.doff,
+                   ids=ids, arrived_ns=head.arrived_ns, head_frag=False,
+                   tailroom=head_obj - SKB_SHINFO_SIZE - len(data))
         skb_set_owner_r(sk, nskb)
         out.append(nskb)
     # A partly copied skb stays, trimmed from the front by the copy already made.
@@ -1547,10 +1554,6 @@ def tcp_init_buffer_space(sk: TcpSock, now: int) -> None:
             rcvmem <<= 2
         if sk.rcvbuf < rcvmem:
             sk.rcvbuf = min(rcvmem, sysctls.tcp_rmem[2])
-    if profile.rcvq_space_init_capped:
-        sk.rcvq_space = min(sk.rcv_ssthresh, sk.rcv_wnd, 10 * sk.advmss)
-    else:
-        sk.rcvq_space = sk.rcv_wnd
     sk.rcvq_time = now
     sk.rcvq_seq = sk.copied_seq
     maxwin = tcp_full_space(sk)
@@ -1562,6 +1565,13 @@ def tcp_init_buffer_space(sk: TcpSock, now: int) -> None:
     if app_win and sk.window_clamp > 2 * sk.advmss and sk.window_clamp + sk.advmss > maxwin:
         sk.window_clamp = max(2 * sk.advmss, maxwin - sk.advmss)
     sk.rcv_ssthresh = min(sk.rcv_ssthresh, sk.window_clamp)
+    if profile.rcvq_space_init_capped:
+        # 5.11+: min3(rcv_ssthresh, rcv_wnd, TCP_INIT_CWND * advmss), taken after
+        # rcv_ssthresh has been clamped to the window_clamp just set (one advmss below
+        # the full space), so autotuning starts from what the first window can offer
+        sk.rcvq_space = min(sk.rcv_ssthresh, sk.rcv_wnd, 10 * sk.advmss)
+    else:
+        sk.rcvq_space = sk.rcv_wnd
 
 
 def segment_of(sk: TcpSock, skb: Skb) -> Segment:
@@ -1617,6 +1627,10 @@ def tcp_finish_connect(sk: TcpSock, skb: Skb, now: int) -> None:
     sk.snd_wnd = skb.window  # never scaled in a SYN
     sk.snd_wl1 = skb.seq
     sk.max_window = sk.snd_wnd
+    if ro.tstamp_ok:
+        # tcp_rcv_synsent_state_process: the timestamp option's room comes off advmss
+        # before tcp_initialize_rcv_mss and tcp_finish_connect (both kernels)
+        sk.advmss -= TCPOLEN_TSTAMP_ALIGNED
     sk.mss_cache = min(ro.mss_clamp, ADVMSS) - (12 if ro.tstamp_ok else 0)
     hint = min(sk.advmss, sk.mss_cache, sk.rcv_wnd // 2, TCP_MSS_DEFAULT)
     sk.icsk_ack.rcv_mss = max(hint, TCP_MIN_MSS)
@@ -1650,7 +1664,14 @@ def tcp_child_established(sk: TcpSock, skb: Skb, now: int) -> None:
     sk.synack_deadline = None
     tcp_init_metrics(sk)
     sk.icsk_ack.lrcvtime = now  # tcp_create_openreq_child: tcpi_last_data_recv starts here
+    # tcp_rcv_state_process (SYN_RECV): a timestamp flow's advmss loses the option's 12
+    # bytes, before tcp_init_buffer_space in 6.16+, after it in 4.13
+    early = sk.net.profile.passive_ts_advmss_before_buffer_space
+    if sk.rx_opt.tstamp_ok and early:
+        sk.advmss -= TCPOLEN_TSTAMP_ALIGNED
     tcp_init_buffer_space(sk, now)
+    if sk.rx_opt.tstamp_ok and not early:
+        sk.advmss -= TCPOLEN_TSTAMP_ALIGNED
     tcp_fast_path_on(sk)
     parent = sk.net.socks.get(sk.parent) if sk.parent is not None else None
     if parent is not None and parent.state == TcpState.LISTEN:

@@ -168,21 +168,24 @@ class Stack:
     # ------------------------------------------------------------------ setup
 
     def listen(self, laddr: str, port: int, now: int, *, backlog: int = 128,
-               rcvbuf: int | None = None, rcvlowat: int = 1) -> int:
-        """socket() + [SO_RCVBUF] + bind() + listen(); returns the listener's id."""
+               rcvbuf: int | None = None, rcvlowat: int = 1,
+               init_rcvbuf: int | None = None) -> int:
+        """socket() + [SO_RCVBUF] + bind() + listen(); returns the listener's id.
+        ``init_rcvbuf``: sk_rcvbuf as socket() set it (None: tcp_rmem[1] now)."""
         return tcp_minisocks.inet_listen(self.net, laddr, port, now, backlog=backlog,
-                                         rcvbuf=rcvbuf, rcvlowat=rcvlowat)
+                                         rcvbuf=rcvbuf, rcvlowat=rcvlowat,
+                                         init_rcvbuf=init_rcvbuf)
 
     def connect(self, laddr: str, raddr: str, rport: int, now: int, *,
                 lport: int | None = None, rcvbuf: int | None = None,
-                rcvlowat: int = 1) -> int:
+                rcvlowat: int = 1, init_rcvbuf: int | None = None) -> int:
         """socket() + [SO_RCVBUF] + connect(): send our SYN; returns the socket's id.
         The connection is established when the SYN-ACK arrives."""
         if lport is None:
             lport = self._next_ephemeral
             self._next_ephemeral += 1
         return tcp_v4_connect(self.net, laddr, lport, raddr, rport, now, rcvbuf=rcvbuf,
-                              rcvlowat=rcvlowat)
+                              rcvlowat=rcvlowat, init_rcvbuf=init_rcvbuf)
 
     # ------------------------------------------------------------------ softirq
 
@@ -228,8 +231,9 @@ class Stack:
         frags = tailroom = 0  # the caller's buffer: no room known
         if truesize is None:
             ip_len = IPV4_HEADER_LEN + hdr + len(seg.payload)
-            truesize, head_frag = device_skb(self.device, ip_len)
-            frags, tailroom = device_skb_room(self.device, ip_len)
+            cache = net.profile.skb_small_head_cache
+            truesize, head_frag = device_skb(self.device, ip_len, cache)
+            frags, tailroom = device_skb_room(self.device, ip_len, cache)
         skb = Skb.from_segment(seg, sid, now, header_len=hdr, csum_ok=csum_ok,
                                truesize=truesize)
         skb.head_frag = head_frag
@@ -300,10 +304,12 @@ class Stack:
             if op.port in net.listeners:
                 return Failed(error=EADDRINUSE)
             return Opened(sock=self.listen(op.laddr, op.port, now, backlog=op.backlog,
-                                           rcvbuf=op.rcvbuf, rcvlowat=op.rcvlowat))
+                                           rcvbuf=op.rcvbuf, rcvlowat=op.rcvlowat,
+                                           init_rcvbuf=op.init_rcvbuf))
         if isinstance(op, TcpV4Connect):
             return Opened(sock=self.connect(op.laddr, op.raddr, op.rport, now, lport=op.lport,
-                                            rcvbuf=op.rcvbuf, rcvlowat=op.rcvlowat))
+                                            rcvbuf=op.rcvbuf, rcvlowat=op.rcvlowat,
+                                            init_rcvbuf=op.init_rcvbuf))
         if isinstance(op, EpPoll):
             return ep_poll(net, task, op.socks, op.seen, op.timeo_ns, now)
         if isinstance(op, ProcSysWrite):
@@ -482,9 +488,12 @@ def _backlog_coalesce(tail: Skb, skb: Skb) -> int | None:
 
 
 def tcp_v4_connect(net: Net, laddr: str, lport: int, raddr: str, rport: int, now: int, *,
-                   rcvbuf: int | None = None, rcvlowat: int = 1) -> int:
+                   rcvbuf: int | None = None, rcvlowat: int = 1,
+                   init_rcvbuf: int | None = None) -> int:
     """socket() + [SO_RCVBUF] + connect(): our SYN (tcp_connect); returns the socket's id."""
     sk = sk_alloc(net, laddr, lport, now)
+    if init_rcvbuf is not None:
+        sk.rcvbuf = init_rcvbuf  # tcp_init_sock ran at socket(), with that tcp_rmem[1]
     if rcvbuf is not None:
         sock_set_rcvbuf(sk, rcvbuf)
     sock_set_rcvlowat(sk, rcvlowat)

@@ -71,9 +71,14 @@ def sock_set_rcvlowat(sk: TcpSock, val: int) -> None:
 
 
 def inet_listen(net: Net, laddr: str, port: int, now: int, *, backlog: int = 128,
-                rcvbuf: int | None = None, rcvlowat: int = 1) -> int:
-    """socket() + [SO_RCVBUF] + bind() + listen(); returns the listener's id."""
+                rcvbuf: int | None = None, rcvlowat: int = 1,
+                init_rcvbuf: int | None = None) -> int:
+    """socket() + [SO_RCVBUF] + bind() + listen(); returns the listener's id.
+    ``init_rcvbuf``: the sk_rcvbuf tcp_init_sock set when socket() ran (tcp_rmem[1]
+    then); None takes tcp_rmem[1] now."""
     sk = sk_alloc(net, laddr, port, now)
+    if init_rcvbuf is not None:
+        sk.rcvbuf = init_rcvbuf
     if rcvbuf is not None:
         sock_set_rcvbuf(sk, rcvbuf)
     sock_set_rcvlowat(sk, rcvlowat)

@@ -79,6 +79,9 @@ class FileDesc:
     nonblock: bool = False
     port: int | None = None
     rcvbuf: int | None = None  # SO_RCVBUF set before listen()
+    # sk_rcvbuf as tcp_init_sock set it when socket() ran: tcp_rmem[1] at that time, so
+    # a tcp_rmem written between socket() and listen() does not change it
+    init_rcvbuf: int | None = None
     rcvlowat: int = 1
     inq_cmsg: bool = False  # TCP_INQ
     interest: dict[int, EpollItem] = field(default_factory=dict)  # epoll: fd -> item
@@ -191,7 +194,7 @@ class Syscalls:
     # ------------------------------------------------------------------ system calls
 
     def _sys_socket(self) -> CallGen:
-        return self._new_fd(FileDesc("sock")), None, {}
+        return self._new_fd(FileDesc("sock", init_rcvbuf=self.sysctls.tcp_rmem[1])), None, {}
         yield  # pragma: no cover
 
     def _sys_bind(self, fd: int, port: int) -> CallGen:
@@ -208,7 +211,8 @@ class Syscalls:
             return _err("EBADF")
         if desc.sock is not None:
             return 0, None, {}
-        res = yield InetListen(laddr, desc.port or port, backlog, desc.rcvbuf, desc.rcvlowat)
+        res = yield InetListen(laddr, desc.port or port, backlog, desc.rcvbuf, desc.rcvlowat,
+                               desc.init_rcvbuf)
         if isinstance(res, Failed):
             return _err(errno_name(res.error))
         assert isinstance(res, Opened), res
@@ -239,7 +243,7 @@ class Syscalls:
             connecting = info.info["state"] == TcpState.SYN_SENT.value
             return _err("EALREADY" if connecting else "EISCONN")
         res = yield TcpV4Connect(self.local_ip, addr, port, desc.port, desc.rcvbuf,
-                                 desc.rcvlowat)
+                                 desc.rcvlowat, desc.init_rcvbuf)
         assert isinstance(res, Opened), res
         desc.sock = res.sock
         if desc.nonblock:
@@ -315,6 +319,7 @@ class Syscalls:
             rmem_max = self.sysctls.rmem_max
             value = 0 if name == "SO_ERROR" else (
                 so_rcvbuf(desc.rcvbuf, rmem_max) if desc.rcvbuf is not None
+                else desc.init_rcvbuf if desc.init_rcvbuf is not None
                 else self.sysctls.tcp_rmem[1])
             return 0, None, {"value": value}
         if name == "SO_ERROR":  # sock_error: reading it clears it
