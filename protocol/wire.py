@@ -110,6 +110,12 @@ CHECKSUM_BREAK = 76
 _IP_HDR = struct.Struct("!BBHHHBBHII")
 _TCP_HDR = struct.Struct("!HHIIHHHH")
 _IP_TCP_HDR = struct.Struct("!BBHHHBBHIIHHIIHHHH")  # both fixed headers in one pack
+# Both headers and a timestamps-only option block (NOP, NOP, TS): every established
+# segment with timestamps, in one pack.
+_IP_TCP_TS_HDR = struct.Struct("!BBHHHBBHIIHHIIHHHHBBBBII")
+# Those option bytes' checksum words besides TSval and TSecr: NOP NOP, then kind 8, length 10.
+_TS_ONLY_WORDS = (TCPOPT_NOP << 8 | TCPOPT_NOP) + (TCPOPT_TIMESTAMP << 8 | 10)
+_TS_ONLY_DOFF = (TCP_HEADER_LEN + 12) << 10  # data offset 8 words, in the top 4 bits
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U32X2 = struct.Struct("!II")
@@ -292,6 +298,12 @@ def encode(seg: Segment) -> bytes:
     src = _ADDRS.get(seg.src) or _addr(seg.src)
     dst = _ADDRS.get(seg.dst) or _addr(seg.dst)
     opts = seg.options
+    ts = opts.timestamp
+    if (ts is not None and not opts.layout and opts.mss is None and opts.wscale is None
+            and not opts.sack_permitted and not opts.sack_blocks):
+        frame = _encode_ts_only(seg, src, dst, ts)
+        if frame is not None:
+            return frame
     options = b"" if opts is NO_OPTIONS else encode_options(opts)
     payload = seg.payload
     tcp_hlen = TCP_HEADER_LEN + len(options)
@@ -319,6 +331,41 @@ def encode(seg: Segment) -> bytes:
     except struct.error as exc:
         raise ValueError(f"header field out of range in {seg.describe()}: {exc}") from None
     return b"".join((head, options, payload))
+
+
+def _encode_ts_only(seg: Segment, src: int, dst: int, ts: tuple[int, int]) -> bytes | None:
+    """:func:`encode` of a segment whose options are timestamps alone (the bytes
+    ``encode_options`` writes for them), or None when a field is out of range: the
+    general path then raises as it always has."""
+    payload = seg.payload
+    tcp_len = TCP_HEADER_LEN + 12 + len(payload)
+    total_length = IPV4_HEADER_LEN + tcp_len
+    if total_length > 0xFFFF:
+        return None
+    flags = seg.flags
+    doff_flags = _TS_ONLY_DOFF | (flags & 0xFF)
+    sport, dport, seq, ack, window, urg_ptr = (seg.sport, seg.dport, seg.seq, seg.ack,
+                                               seg.window, seg.urg_ptr)
+    tsval, tsecr = ts
+    body = int.from_bytes(payload, "big") % 0xFFFF  # reduce first: later sums stay small
+    if len(payload) & 1:
+        body <<= 8  # the zero pad byte
+    # A 32-bit field is two checksum words; as 2**16 == 1 (mod 0xFFFF) it adds as it is.
+    residue = (src + dst + IPPROTO_TCP + tcp_len + sport + dport + seq + ack + doff_flags
+               + window + urg_ptr + _TS_ONLY_WORDS + tsval + tsecr + body) % 0xFFFF
+    tcp_csum = 0xFFFF - residue if residue else 0
+    tos, ip_id, ttl = seg.tos, seg.ip_id, seg.ttl
+    residue = ((_VIHL_PLAIN << 8) + tos + total_length + ip_id + IP_DF + (ttl << 8)
+               + IPPROTO_TCP + src + dst) % 0xFFFF
+    ip_csum = 0xFFFF - residue if residue else 0
+    try:
+        head = _IP_TCP_TS_HDR.pack(_VIHL_PLAIN, tos, total_length, ip_id, IP_DF, ttl,
+                                   IPPROTO_TCP, ip_csum, src, dst, sport, dport, seq, ack,
+                                   doff_flags, window, tcp_csum, urg_ptr, TCPOPT_NOP,
+                                   TCPOPT_NOP, TCPOPT_TIMESTAMP, 10, tsval, tsecr)
+    except struct.error:
+        return None
+    return head + payload
 
 
 def encode_with(
@@ -532,5 +579,47 @@ def decode_tcp(pkt: Ipv4Packet, *, verify_checksum: bool = True) -> Segment:
 
 
 def decode(frame: bytes | bytearray | memoryview, *, verify_checksum: bool = True) -> Segment:
-    """:func:`decode_ipv4` then :func:`decode_tcp`."""
+    """:func:`decode_ipv4` then :func:`decode_tcp`.
+
+    A well-formed plain frame (20-byte IPv4 header, an unfragmented TCP segment that
+    passes every check) is decoded in one pass without the intermediate
+    :class:`Ipv4Packet`; any other frame takes the two steps, which raise as they say."""
+    if type(frame) is bytes and len(frame) >= IPV4_HEADER_LEN + TCP_HEADER_LEN \
+            and frame[0] == _VIHL_PLAIN:
+        seg = _decode_plain(frame, verify_checksum)
+        if seg is not None:
+            return seg
     return decode_tcp(decode_ipv4(frame), verify_checksum=verify_checksum)
+
+
+def _decode_plain(frame: bytes, verify_checksum: bool) -> Segment | None:
+    """:func:`decode` of a frame with a 20-byte IPv4 header, or None at the first check
+    it would fail (the caller then takes the steps that raise the right error)."""
+    n = len(frame)
+    (_vihl, tos, total_length, ip_id, frag_off, ttl, protocol, _ip_csum, src, dst, sport,
+     dport, seq, ack, doff_flags, window, _csum, urg_ptr) = _IP_TCP_HDR.unpack_from(frame)
+    # decode_ipv4: header checksum, then total length; decode_tcp: not a fragment, TCP,
+    # a whole TCP header, a data offset that fits.
+    if (int.from_bytes(frame[:IPV4_HEADER_LEN], "big") % 0xFFFF or n < total_length
+            or frag_off & (IP_MF | IP_OFFSET) or protocol != IPPROTO_TCP):
+        return None
+    tcp_len = total_length - IPV4_HEADER_LEN
+    hlen = (doff_flags >> 12) << 2
+    if tcp_len < TCP_HEADER_LEN or hlen < TCP_HEADER_LEN or hlen > tcp_len:
+        return None
+    if verify_checksum:
+        residue = int.from_bytes(frame[IPV4_HEADER_LEN:total_length], "big") % 0xFFFF
+        if tcp_len & 1:
+            residue <<= 8  # the zero pad byte
+        if (src + dst + IPPROTO_TCP + tcp_len + residue) % 0xFFFF:
+            return None
+    end_of_header = IPV4_HEADER_LEN + hlen
+    if hlen == TCP_HEADER_LEN:
+        options = NO_OPTIONS
+    elif hlen == _TS_ONLY_HLEN and frame.startswith(NOP_NOP_TS_PREFIX, _IP_TCP_HDR.size):
+        options = timestamp_only(_U32X2.unpack_from(frame, _IP_TCP_HDR.size + 4))
+    else:
+        options = parse_options(frame[_IP_TCP_HDR.size:end_of_header])
+    return Segment(_NAMES.get(src) or _name(src), sport, _NAMES.get(dst) or _name(dst), dport,
+                   seq, ack, doff_flags & 0xFF, window, options,
+                   frame[end_of_header:total_length], urg_ptr, ttl, tos, ip_id)

@@ -38,6 +38,8 @@ RSS_INDIR_SIZE = 128  # ETH_RSS_INDIR default table size used by ethtool_rxfh_in
 _IPPROTO_TCP = 6
 _IP_MF = 0x2000
 _IP_OFFSET = 0x1FFF
+_VIHL_PLAIN = 0x45  # IPv4 with a 20-byte header: every frame a TCP sender writes
+_TOEPLITZ_MEMO_MAX = 4096
 
 
 # ----------------------------------------------------------------------------------------------
@@ -47,7 +49,7 @@ _IP_OFFSET = 0x1FFF
 class Toeplitz:
     """The Toeplitz hash with a fixed key, table-driven (one XOR per input byte)."""
 
-    __slots__ = ("_key", "_tables")
+    __slots__ = ("_key", "_memo", "_tables")
 
     def __init__(self, key: bytes, max_input: int = 36) -> None:
         if len(key) < max_input + 4:
@@ -70,17 +72,30 @@ class Toeplitz:
                 table.append(acc)
             tables.append(tuple(table))
         self._tables = tuple(tables)
+        # A run has a handful of 4-tuples and every frame of a flow hashes the same
+        # input: remember the results (bounded: garbage frames must not grow it forever).
+        self._memo: dict[bytes, int] = {}
 
     @property
     def key(self) -> bytes:
         return self._key
 
     def hash(self, data: bytes) -> int:
+        memo = self._memo
+        hashable = type(data) is bytes
+        if hashable:
+            known = memo.get(data)
+            if known is not None:
+                return known
         if len(data) > len(self._tables):
             raise ValueError(f"Toeplitz input of {len(data)} bytes exceeds {len(self._tables)}")
         result = 0
         for table, byte in zip(self._tables, data, strict=False):
             result ^= table[byte]
+        if hashable:
+            if len(memo) >= _TOEPLITZ_MEMO_MAX:
+                memo.clear()
+            memo[data] = result
         return result
 
 
@@ -105,6 +120,9 @@ def rss_input(frame: bytes) -> bytes | None:
     Other IPv4 (another protocol, a fragment, a truncated TCP header): src ip, dst ip,
     as NICs do with the default hash fields.
     """
+    if (len(frame) >= 24 and frame[0] == _VIHL_PLAIN and frame[9] == _IPPROTO_TCP
+            and not frame[6] & 0x3F and not frame[7]):
+        return frame[12:24]  # unfragmented TCP behind a plain header: addresses and ports
     if len(frame) < 20 or frame[0] >> 4 != 4:
         return None
     ihl = (frame[0] & 0x0F) * 4
@@ -287,24 +305,35 @@ class Nic:
 
     def rx_frame(self, frame: bytes, now: int) -> list[NicOutput]:
         """A frame arrives from the wire: drop it, or DMA it and maybe raise the IRQ."""
+        q, taken, irq = self._receive(frame, now)
+        if not taken:
+            return [RxDrop(q.index, q.cpu, len(frame))]
+        out: list[NicOutput] = [Dma(q.index, q.cpu, frame)]
+        if irq is not None:
+            out.append(irq)
+        return out
+
+    def _receive(self, frame: bytes, now: int) -> tuple[RxQueue, bool, RaiseIrq | None]:
+        """One frame's effect on the NIC: its queue, whether a descriptor took it (else
+        it was dropped, rx_missed_errors), and the interrupt it raised, if any."""
         q = self.queues[self.rss_queue(frame)]
         if q.credits <= 0:
             self.rx_missed_errors += 1
             self.rx_no_buffer_count += 1
             q.rx_drops += 1
-            return [RxDrop(q.index, q.cpu, len(frame))]
+            return q, False, None
+        n = len(frame)
         q.credits -= 1
         q.rx_packets += 1
-        q.rx_bytes += len(frame)
+        q.rx_bytes += n
         self.rx_packets += 1
-        self.rx_bytes += len(frame)
+        self.rx_bytes += n
         q.pending += 1
         if q.first_pending_at is None:
             q.first_pending_at = now
-        out: list[NicOutput] = [Dma(q.index, q.cpu, frame)]
         if not q.masked and self._irq_due(q, now):
-            out.append(self._raise(q))
-        return out
+            return q, True, self._raise(q)
+        return q, True, None
 
     def rx_burst(self, frames: Sequence[bytes], now: int,
                  ids: Sequence[int] | None = None,
@@ -325,27 +354,28 @@ class Nic:
         tagged = obs is not None and ids is not None and len(ids) == len(frames)
         missed: list[int] = []
         dma_ids: list[int] = []
+        receive = self._receive
         for i, frame in enumerate(frames):
-            for o in self.rx_frame(frame, now):
-                if isinstance(o, Dma):
-                    w = writes.get(o.queue)
-                    if w is None:
-                        w = writes[o.queue] = DmaWrite(o.queue, o.cpu, [],
-                                                       [] if tagged else None,
-                                                       None if gso is None else [])
-                    w.frames.append(frame)
-                    if gso is not None:
-                        assert w.gso is not None
-                        w.gso.append(gso[i])
-                    if tagged:
-                        assert ids is not None and w.ids is not None
-                        w.ids.append(ids[i])
-                        dma_ids.append(ids[i])
-                elif isinstance(o, RaiseIrq):
-                    irqs.append(o)
-                elif tagged:
-                    assert ids is not None
-                    missed.append(ids[i])
+            q, taken, irq = receive(frame, now)
+            if taken:
+                w = writes.get(q.index)
+                if w is None:
+                    w = writes[q.index] = DmaWrite(q.index, q.cpu, [],
+                                                   [] if tagged else None,
+                                                   None if gso is None else [])
+                w.frames.append(frame)
+                if gso is not None:
+                    assert w.gso is not None
+                    w.gso.append(gso[i])
+                if tagged:
+                    assert ids is not None and w.ids is not None
+                    w.ids.append(ids[i])
+                    dma_ids.append(ids[i])
+                if irq is not None:
+                    irqs.append(irq)
+            elif tagged:
+                assert ids is not None
+                missed.append(ids[i])
         if gso is not None:
             # A ring that got only plain frames is told nothing about GSO.
             out.extend(w if any(w.gso or ()) else DmaWrite(w.queue, w.cpu, w.frames, w.ids)

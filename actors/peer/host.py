@@ -126,14 +126,21 @@ class Peer:
         return out
 
     def next_deadline(self) -> int | None:
-        times = [s.next_deadline() for s in self.flows.values()]
-        times.append(self.wire.next_deadline())
+        # The actor loop asks before every wait: one pass, no lists.
+        best = self.wire.next_deadline()
         if self.ack_wire is not None:
-            times.append(self.ack_wire.next_deadline())
+            t = self.ack_wire.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
+        for sender in self.flows.values():
+            t = sender.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
         if self._t0 is not None:
-            times += [self._t0 + at for at, s in self._starts if not s.opened]
-        present = [t for t in times if t is not None]
-        return min(present) if present else None
+            for at, sender in self._starts:
+                if not sender.opened and (best is None or self._t0 + at < best):
+                    best = self._t0 + at
+        return best
 
     def flush(self, now: int) -> list[bytes]:
         """End of run: every frame still on the wire towards the NIC, held ones included."""

@@ -140,7 +140,8 @@ class Scoreboard:
     @property
     def in_flight(self) -> int:
         """``tcp_packets_in_flight``: packets sent and believed still in the network."""
-        return self.packets_out - (self.sacked_out + self.lost_out) + self.retrans_out
+        # packets_out spelled out: this runs for every segment sent.
+        return len(self.rtx) - self.head - (self.sacked_out + self.lost_out) + self.retrans_out
 
     def head_skb(self) -> TxSkb | None:
         return self.rtx[self.head] if self.head < len(self.rtx) else None

@@ -344,8 +344,12 @@ class TcpSender:
         return (now // MS + self.config.ts_offset) & SEQ_MASK
 
     def next_deadline(self) -> int | None:
-        times = [t for t in (self._rto_at, self._probe_at, self._tw_at) if t is not None]
-        return min(times) if times else None
+        # The actor loop asks before every wait: compare, build nothing.
+        best = self._rto_at
+        for t in (self._probe_at, self._tw_at):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def stats(self) -> dict[str, int]:
         """Counters and current state (plain names; ``state`` as TCP_* number)."""
@@ -375,7 +379,9 @@ class TcpSender:
     def on_segment(self, seg: Segment, now: int) -> list[Segment]:
         """A segment from the receiver arrived; returns what to send in response."""
         self.counters["segments_received"] += 1
-        if seg.four_tuple != self.reply_tuple:
+        # The reply 4-tuple field by field: no tuples built for every ACK.
+        if (seg.sport != self.dport or seg.dport != self.sport or seg.src != self.dst
+                or seg.dst != self.src):
             self.counters["misrouted"] += 1
             return []
         if self.state == TcpState.SYN_SENT:
@@ -462,14 +468,15 @@ class TcpSender:
 
     def _rcv_synchronized(self, seg: Segment, now: int) -> list[Segment]:
         seq_ok = self._sequence_acceptable(seg)
-        if seg.has(TcpFlags.RST):
+        flags = seg.flags
+        if flags & TcpFlags.RST:
             return self._rcv_rst(seg, seq_ok, now)
-        if seg.has(TcpFlags.SYN):
+        if flags & TcpFlags.SYN:
             # A retransmitted SYN-ACK (our ACK was lost) or anything else with SYN: answer
             # with an ACK of what we have (tcp_send_dupack / challenge ACK), process nothing.
             self.counters["dup_syn"] += 1
             return [self._ack_segment(now)]
-        if (self.state == TcpState.TIME_WAIT and seg.has(TcpFlags.FIN)
+        if (self.state == TcpState.TIME_WAIT and flags & TcpFlags.FIN
                 and seg.end_seq == self.rcv_nxt):
             # Our ACK of the receiver's FIN was lost: ACK again and restart the 2MSL wait.
             self.counters["fin_retransmitted_to_us"] += 1
@@ -478,7 +485,7 @@ class TcpSender:
         if not seq_ok:
             self.counters["out_of_window"] += 1
             return self._oow_ack(seg, now)
-        if not seg.has(TcpFlags.ACK):
+        if not flags & TcpFlags.ACK:
             self.counters["ignored"] += 1
             return []
         self._update_ts_recent(seg)
@@ -818,11 +825,13 @@ class TcpSender:
         self._rwnd_blocked = False
         self._cwnd_limited = False
         fin_seq = self.total_bytes
+        sb, cc = self.sb, self.cc
+        mss = self.mss_now  # nothing sending does changes it
         while self.snd_nxt <= fin_seq:
-            if self.sb.in_flight >= self.cc.cwnd:
+            if sb.in_flight >= cc.cwnd:
                 self._cwnd_limited = True
                 break
-            skb = self._new_skb(self.snd_nxt, self.mss_now, now)
+            skb = self._new_skb(self.snd_nxt, mss, now)
             if skb is None:
                 self._rwnd_blocked = True
                 break
@@ -853,7 +862,7 @@ class TcpSender:
             psh = True  # forced_push: half of the largest window written since the last PSH
         if psh:
             self.pushed = end
-        return TxSkb(start=start, end=end, fin=fin, psh=psh, sent_at=now)
+        return TxSkb(start, end, fin, psh, now)
 
     def _queue_and_send(self, skb: TxSkb, now: int) -> Segment:
         self.sb.append(skb)
@@ -882,11 +891,12 @@ class TcpSender:
         return self._segment(self.seq_of(skb.start), flags, payload, now)
 
     def _segment(self, seq: int, flags: int, payload: bytes, now: int) -> Segment:
-        opts = TcpOptions(timestamp=(self.tsval(now), self.ts_recent)) if self.ts_ok \
-            else TcpOptions()
+        # Positional: every segment sent is built here, and keywords cost per call.
+        opts = TcpOptions(None, None, False, (), (self.tsval(now), self.ts_recent)) \
+            if self.ts_ok else TcpOptions()
         window = min(self.config.rcv_wnd >> self.rcv_wscale, 0xFFFF)
-        return Segment(self.src, self.sport, self.dst, self.dport, seq=seq, ack=self.rcv_nxt,
-                       flags=flags, window=window, options=opts, payload=payload)
+        return Segment(self.src, self.sport, self.dst, self.dport, seq, self.rcv_nxt, flags,
+                       window, opts, payload)
 
     def _ack_segment(self, now: int) -> Segment:
         self.counters["segments_sent"] += 1
