@@ -314,16 +314,12 @@ def encode(seg: Segment) -> bytes:
     doff_flags = (tcp_hlen << 10) | (seg.flags & 0xFF)  # doff = tcp_hlen / 4, in the top 4 bits
     sport, dport, seq, ack, window, urg_ptr = (seg.sport, seg.dport, seg.seq, seg.ack,
                                                seg.window, seg.urg_ptr)
-    body = int.from_bytes(payload, "big") % 0xFFFF  # reduce first: later sums stay small
-    if len(payload) & 1:
-        body <<= 8  # the zero pad byte
+    body = _payload_residue(payload)
     residue = (src + dst + IPPROTO_TCP + tcp_len + sport + dport + seq + ack + doff_flags
                + window + urg_ptr + int.from_bytes(options, "big") + body) % 0xFFFF
     tcp_csum = 0xFFFF - residue if residue else 0
     tos, ip_id, ttl = seg.tos, seg.ip_id, seg.ttl
-    residue = ((_VIHL_PLAIN << 8) + tos + total_length + ip_id + IP_DF + (ttl << 8)
-               + IPPROTO_TCP + src + dst) % 0xFFFF
-    ip_csum = 0xFFFF - residue if residue else 0
+    ip_csum = _plain_ip_csum(tos, total_length, ip_id, ttl, src, dst)
     try:
         head = _IP_TCP_HDR.pack(_VIHL_PLAIN, tos, total_length, ip_id, IP_DF, ttl, IPPROTO_TCP,
                                 ip_csum, src, dst, sport, dport, seq, ack, doff_flags, window,
@@ -331,6 +327,21 @@ def encode(seg: Segment) -> bytes:
     except struct.error as exc:
         raise ValueError(f"header field out of range in {seg.describe()}: {exc}") from None
     return b"".join((head, options, payload))
+
+
+def _payload_residue(payload: bytes) -> int:
+    """The payload's ones'-complement sum, reduced mod 0xFFFF first so later sums stay
+    small (an odd length gets its zero pad byte)."""
+    body = int.from_bytes(payload, "big") % 0xFFFF
+    return body << 8 if len(payload) & 1 else body
+
+
+def _plain_ip_csum(tos: int, total_length: int, ip_id: int, ttl: int, src: int, dst: int
+                   ) -> int:
+    """The header checksum of a 20-byte IPv4 header with DF set, carrying TCP."""
+    residue = ((_VIHL_PLAIN << 8) + tos + total_length + ip_id + IP_DF + (ttl << 8)
+               + IPPROTO_TCP + src + dst) % 0xFFFF
+    return 0xFFFF - residue if residue else 0
 
 
 def _encode_ts_only(seg: Segment, src: int, dst: int, ts: tuple[int, int]) -> bytes | None:
@@ -347,17 +358,13 @@ def _encode_ts_only(seg: Segment, src: int, dst: int, ts: tuple[int, int]) -> by
     sport, dport, seq, ack, window, urg_ptr = (seg.sport, seg.dport, seg.seq, seg.ack,
                                                seg.window, seg.urg_ptr)
     tsval, tsecr = ts
-    body = int.from_bytes(payload, "big") % 0xFFFF  # reduce first: later sums stay small
-    if len(payload) & 1:
-        body <<= 8  # the zero pad byte
+    body = _payload_residue(payload)
     # A 32-bit field is two checksum words; as 2**16 == 1 (mod 0xFFFF) it adds as it is.
     residue = (src + dst + IPPROTO_TCP + tcp_len + sport + dport + seq + ack + doff_flags
                + window + urg_ptr + _TS_ONLY_WORDS + tsval + tsecr + body) % 0xFFFF
     tcp_csum = 0xFFFF - residue if residue else 0
     tos, ip_id, ttl = seg.tos, seg.ip_id, seg.ttl
-    residue = ((_VIHL_PLAIN << 8) + tos + total_length + ip_id + IP_DF + (ttl << 8)
-               + IPPROTO_TCP + src + dst) % 0xFFFF
-    ip_csum = 0xFFFF - residue if residue else 0
+    ip_csum = _plain_ip_csum(tos, total_length, ip_id, ttl, src, dst)
     try:
         head = _IP_TCP_TS_HDR.pack(_VIHL_PLAIN, tos, total_length, ip_id, IP_DF, ttl,
                                    IPPROTO_TCP, ip_csum, src, dst, sport, dport, seq, ack,
