@@ -26,7 +26,8 @@ TCP_COUNTERS = (
 
 TCPEXT_COUNTERS = (
     "EmbryonicRsts", "PruneCalled", "RcvPruned", "OfoPruned", "OutOfWindowIcmps",
-    "PAWSEstab", "BeyondWindow", "PAWSOldAck", "DelayedACKs", "DelayedACKLocked",
+    "TW", "TWKilled", "PAWSEstab", "BeyondWindow", "PAWSOldAck", "PAWSTimewait",
+    "DelayedACKs", "DelayedACKLocked",
     "DelayedACKLost", "ListenOverflows", "ListenDrops",
     "TCPPrequeued", "TCPDirectCopyFromBacklog", "TCPDirectCopyFromPrequeue",
     "TCPPrequeueDropped", "TCPHPHits", "TCPHPHitsToUser", "TCPPureAcks", "TCPHPAcks",
@@ -35,7 +36,8 @@ TCPEXT_COUNTERS = (
     "TCPBacklogDrop", "PFMemallocDrop", "TCPMinTTLDrop", "TCPRcvCoalesce", "TCPOFOQueue",
     "TCPOFODrop", "TCPOFOMerge", "TCPChallengeACK", "TCPSYNChallenge",
     "TCPFromZeroWindowAdv", "TCPToZeroWindowAdv", "TCPWantZeroWindowAdv",
-    "TCPACKSkippedPAWS", "TCPACKSkippedSeq", "TCPACKSkippedChallenge", "TCPAckCompressed",
+    "TCPACKSkippedPAWS", "TCPACKSkippedSeq", "TCPACKSkippedFinWait2",
+    "TCPACKSkippedTimeWait", "TCPACKSkippedChallenge", "TCPAckCompressed",
     "TCPZeroWindowDrop", "TCPRcvQDrop",
 )
 

@@ -80,6 +80,11 @@ class Sysctls:
     # running script. 250 is Kconfig's default (and Debian's). Every jiffy-based rule
     # follows it: ato, RTO and delayed-ACK rounding, timer expiry, net_rx_action's limit.
     hz: int = 250
+    # seconds an orphaned FIN_WAIT2 waits for the peer's FIN (tcp_fin_time)
+    tcp_fin_timeout: int = 60
+    # 1: a RST does not kill a TIME_WAIT socket (RFC 1337's fix for TIME-WAIT
+    # assassination); 0, the default, lets it
+    tcp_rfc1337: int = 0
 
 
 # Read by the softirq (the cpu processes), not the TCP stack.
@@ -225,6 +230,11 @@ class Profile:
     # tcp_rcv_state_process takes an old ACK in the closing states ("accept old ack
     # during closing", 6.8); 4.13 answers it with a challenge ACK and drops it
     closing_accepts_old_ack: bool
+    # tcp_timewait_state_process's PAWS reject: counted as LINUX_MIB_PAWS_TW_REJECTED
+    # ("PAWSTimewait", 6.15) and freed as SKB_DROP_REASON_TCP_RFC7323_TW_PAWS; 4.13
+    # counts PAWSEstab and frees it as it frees any TIME_WAIT segment (NOT_SPECIFIED)
+    tw_paws_counter: str
+    tw_paws_drop_reason: bool
     # softirq
     net_rx_action_rescan: bool  # net_rx_action takes NAPIs scheduled meanwhile into the run
     softnet_columns: int  # /proc/net/softnet_stat
@@ -263,6 +273,7 @@ _LEGACY_ONLY_COUNTERS = frozenset({
 _MODERN_ONLY_COUNTERS = frozenset({
     "TcpExtTCPBacklogCoalesce", "TcpExtTCPZeroWindowDrop", "TcpExtTCPRcvQDrop",
     "TcpExtBeyondWindow", "TcpExtPAWSOldAck", "TcpExtTCPAckCompressed",
+    "TcpExtPAWSTimewait",
 })
 
 LEGACY = Profile(
@@ -317,6 +328,8 @@ LEGACY = Profile(
     ack_unsent_challenge=False,
     too_old_ack_uses_bytes_acked=False,
     closing_accepts_old_ack=False,
+    tw_paws_counter="TcpExtPAWSEstab",
+    tw_paws_drop_reason=False,
     grow_window_room_capped=False,
     net_rx_action_rescan=False,
     softnet_columns=11,
@@ -397,6 +410,8 @@ MODERN = replace(
     ack_unsent_challenge=True,
     too_old_ack_uses_bytes_acked=True,
     closing_accepts_old_ack=True,
+    tw_paws_counter="TcpExtPAWSTimewait",
+    tw_paws_drop_reason=True,
     grow_window_room_capped=True,
     ofo_grows_rcvbuf=True,
     # net_rx_action: NAPIs scheduled during a run join it (same budget)

@@ -21,6 +21,7 @@ from protocol.sockops import SockOpResult
 if TYPE_CHECKING:
     from actors.stack.skb import Skb
     from actors.stack.sock import TcpSock
+    from actors.stack.tcp_minisocks import InetTimewaitSock
 
 
 @dataclass(slots=True, frozen=True)
@@ -63,8 +64,11 @@ StackOutput = Transmit | OpDone | Event
 # moves one; empty when they move none besides sk_drops. A profile without the counter
 # (4.13 has no TCPZeroWindowDrop, TCPRcvQDrop, BeyondWindow or PAWSOldAck) moves nothing.
 DROP_REASONS: dict[str, tuple[str, ...]] = {
-    "NOT_SPECIFIED": (),  # kfree_skb(): tcp_fin's skb_rbtree_purge, tcp_rcv_state_process
+    # kfree_skb(): tcp_fin's skb_rbtree_purge, tcp_rcv_state_process; tcp_v4_rcv's
+    # discard_it for every segment a timewait sock took (answered or not)
+    "NOT_SPECIFIED": (),
     "NO_SOCKET": ("TcpOutRsts",),  # tcp_v4_send_reset answers it (not for a RST)
+    "QUEUE_PURGE": (),  # __skb_queue_purge: inet_csk_destroy_sock frees an orphan's queue
     "SOCKET_CLOSE": (),  # tcp_close frees unread data (6.18: tcp_eat_recv_skb, no reason)
     "PKT_TOO_SMALL": ("TcpInErrs",),
     "TCP_CSUM": ("TcpInCsumErrors",),  # and TcpInErrs
@@ -82,6 +86,9 @@ DROP_REASONS: dict[str, tuple[str, ...]] = {
     "TCP_OFOMERGE": ("TcpExtTCPOFOMerge",),
     "TCP_RFC7323_PAWS": ("TcpExtPAWSEstab",),
     "TCP_RFC7323_PAWS_ACK": ("TcpExtPAWSOldAck",),  # tcp_validate_incoming's old pure ACK
+    # tcp_timewait_state_process's PAWS reject (6.15+; 4.13 counts PAWSEstab and frees
+    # it as tcp_v4_rcv frees every TIME_WAIT segment, which 6.18 calls NOT_SPECIFIED)
+    "TCP_RFC7323_TW_PAWS": ("TcpExtPAWSTimewait",),
     "TCP_LISTEN_OVERFLOW": ("TcpExtListenOverflows",),  # and ListenDrops (tcp_listendrop)
     # No counter of its own: tcp_send_dupack counts DelayedACKLost if it carried data.
     "TCP_OLD_SEQUENCE": (),
@@ -176,6 +183,10 @@ class Net:
     socks: dict[int, TcpSock] = field(default_factory=dict)
     ehash: dict[tuple[str, int, str, int], int] = field(default_factory=dict)
     listeners: dict[int, int] = field(default_factory=dict)
+    # timewait socks (tcp_time_wait's minisocks) by the same 4-tuple, and their timers
+    # as (deadline, 4-tuple), stale entries dropped when they surface
+    twhash: dict[tuple[str, int, str, int], InetTimewaitSock] = field(default_factory=dict)
+    tw_timer_heap: list[tuple[int, tuple[str, int, str, int]]] = field(default_factory=list)
     next_sock_id: int = 1
     # (deadline, sock_id) of every timer armed, earliest first; entries a socket no
     # longer holds (re-armed later, cancelled, socket gone) are dropped when they surface.

@@ -30,9 +30,11 @@ from actors.stack.tcp_input import (
     tcp_drop,
     tcp_eat_recv_skb,
     tcp_epollin_ready,
+    tcp_fin_time,
     tcp_rcv_space_adjust,
+    tcp_time_wait,
 )
-from actors.stack.tcp_minisocks import sock_set_rcvbuf, sock_set_rcvlowat
+from actors.stack.tcp_minisocks import TCP_TIMEWAIT_LEN, sock_set_rcvbuf, sock_set_rcvlowat
 from actors.stack.tcp_output import (
     __tcp_select_window,
     make_segment,
@@ -235,6 +237,10 @@ def tcp_close(sk: TcpSock, task: str, now: int) -> None:
     elif sk.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
         tcp_send_fin(sk, now)
     release_sock(sk, task, now)
+    if sk.state == TcpState.FIN_WAIT2 and tcp_fin_time(sk) <= TCP_TIMEWAIT_LEN:
+        # __tcp_close, after release_sock: an orphan in FIN_WAIT2 becomes a timewait
+        # sock (a longer tcp_fin_time keeps the full socket on the keepalive timer)
+        tcp_time_wait(sk, TcpState.FIN_WAIT2, tcp_fin_time(sk), now)
 
 
 def tcp_send_fin(sk: TcpSock, now: int) -> None:

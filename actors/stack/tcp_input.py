@@ -28,7 +28,13 @@ from actors.stack.skb import (
     skb_try_coalesce,
 )
 from actors.stack.sock import AckPending, TcpSock, TcpState, inet_unhash, sk_wakeups
-from actors.stack.tcp_minisocks import ADVMSS, inet_csk_reqsk_queue_add, tcp_v4_send_synack
+from actors.stack.tcp_minisocks import (
+    ADVMSS,
+    TCP_TIMEWAIT_LEN,
+    inet_csk_reqsk_queue_add,
+    tcp_v4_send_synack,
+)
+from actors.stack.tcp_minisocks import tcp_time_wait as inet_twsk_hashdance
 from actors.stack.tcp_output import (
     TCP_ATO_MIN,
     TCPOLEN_TSTAMP_ALIGNED,
@@ -1216,7 +1222,7 @@ def tcp_fin(sk: TcpSock, now: int) -> None:
         set_state(sk, TcpState.CLOSING)
     elif state == TcpState.FIN_WAIT2:
         tcp_send_ack(sk, now)
-        set_state(sk, TcpState.TIME_WAIT)
+        tcp_time_wait(sk, TcpState.TIME_WAIT, 0, now)
     for skb in sk.ofo.purge():
         tcp_drop(sk, skb, "NOT_SPECIFIED")  # skb_rbtree_purge: kfree_skb, no reason
     if sk.rx_opt.sack_ok:
@@ -1239,6 +1245,27 @@ def set_state(sk: TcpSock, state: TcpState) -> None:
             net.mib.add("TcpCurrEstab", -1)
     sk.state = state
     net.event("state", sk.sock_id, old=old.value, new=state.value)
+
+
+def tcp_time_wait(sk: TcpSock, state: TcpState, timeo: int, now: int) -> None:
+    """tcp_time_wait (tcp_minisocks.c): a timewait sock takes over the connection (its
+    ``tw_substate`` is ``state``), then tcp_done closes the full socket."""
+    set_state(sk, state)  # what the event trace shows; tcp_done moves it to CLOSE
+    inet_twsk_hashdance(sk, state, timeo, now)
+    tcp_done(sk)
+    if sk.sock_dead:
+        # tcp_done: inet_csk_destroy_sock -> sk_stream_kill_queues purges what an
+        # orphan still queued (the FIN that got it here)
+        for skb in list(sk.receive_queue):
+            tcp_drop(sk, skb, "QUEUE_PURGE")
+        sk.receive_queue.clear()
+
+
+def tcp_fin_time(sk: TcpSock) -> int:
+    """tcp_fin_time: tcp_fin_timeout (no TCP_LINGER2 set), at least 3.5 RTO."""
+    fin_timeout = sk.net.sysctls.tcp_fin_timeout * 1000 * MS
+    rto = sk.rto
+    return max(fin_timeout, (rto << 2) - (rto >> 1))
 
 
 def tcp_reset(sk: TcpSock, now: int) -> None:
@@ -1735,8 +1762,23 @@ def tcp_rcv_state_process(sk: TcpSock, skb: Skb, now: int) -> None:
         fin_acked = sk.fin_sent and skb.ack_seq == sk.snd_nxt
         if sk.state == TcpState.FIN_WAIT1 and fin_acked:
             set_state(sk, TcpState.FIN_WAIT2)
+            sk.snd_shutdown = True
+            new_data = skb.end_seq != skb.seq and after(
+                seq_sub(skb.end_seq, int(skb.fin)) & 0xFFFFFFFF, sk.rcv_nxt)
+            if sk.sock_dead and not new_data:
+                # an orphan: tcp_fin_time decides. Above TCP_TIMEWAIT_LEN, or with a
+                # FIN here or the socket owned, Linux keeps the full socket on the
+                # keepalive timer (the FIN goes through tcp_fin to TIME_WAIT below).
+                tmo = tcp_fin_time(sk)
+                if tmo <= TCP_TIMEWAIT_LEN and not skb.fin and not sk.owned:
+                    tcp_replace_ts_recent(sk, skb.seq, now)  # before tcp_ack's caller
+                    tcp_time_wait(sk, TcpState.FIN_WAIT2, tmo, now)
+                    kfree_skb_consumed(sk, skb)  # goto consume
+                    return
         elif sk.state == TcpState.CLOSING and fin_acked:
-            set_state(sk, TcpState.TIME_WAIT)
+            tcp_time_wait(sk, TcpState.TIME_WAIT, 0, now)
+            kfree_skb_consumed(sk, skb)  # goto consume
+            return
         elif sk.state == TcpState.LAST_ACK and fin_acked:
             tcp_done(sk)
             inet_unhash(sk)

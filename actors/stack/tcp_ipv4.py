@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from actors.profiles import Profile, Sysctls, sysctl_write, timer_fires_at
+from actors.profiles import MS, Profile, Sysctls, sysctl_write, timer_fires_at
 from actors.stack import tcp, tcp_minisocks, tcp_timer
 from actors.stack.net import Net, Proto, StackOutput
 from actors.stack.skb import DeviceKind, Skb, device_skb, device_skb_room, skb_try_coalesce
@@ -53,16 +53,20 @@ from actors.stack.tcp_input import (
 from actors.stack.tcp_minisocks import (
     ADVMSS,
     TCP_TIMEOUT_INIT,
+    InetTimewaitSock,
+    TwStatus,
     inet_accept_flow,
     inet_csk_accept,
+    inet_twsk_kill,
     sock_set_rcvbuf,
     sock_set_rcvlowat,
     tcp_send_syn,
+    tcp_timewait_state_process,
     tcp_v4_conn_request,
 )
 from actors.stack.tcp_output import tcp_full_space, tcp_select_initial_window
 from protocol.constants import EADDRINUSE, EINVAL, TCP_RTO_MIN
-from protocol.segment import IPV4_HEADER_LEN, Segment, TcpFlags
+from protocol.segment import IPV4_HEADER_LEN, Segment, TcpFlags, TcpOptions
 from protocol.seq import before, seq_add
 from protocol.sockops import (
     DoExit,
@@ -242,11 +246,16 @@ class Stack:
             skb.gso_size = gso_size
             skb.gso_segs = max(1, -(-len(seg.payload) // gso_size))
         sk = _inet_lookup(net, seg)
+        isn = 0
+        if isinstance(sk, InetTimewaitSock):
+            sk, isn = _do_time_wait(net, sk, seg, skb, csum_ok, now)
+            if sk is None:
+                return sid
         if sk is None:
             _no_tcp_socket(net, seg, skb, csum_ok)
             return sid
         if sk.state is TcpState.LISTEN:
-            if tcp_v4_conn_request(sk, seg, skb, now):
+            if tcp_v4_conn_request(sk, seg, skb, now, isn):
                 # an ACK to a listener: tcp_rcv_state_process returns TCP_FLAGS and
                 # tcp_v4_do_rcv answers with a RST
                 tcp_v4_send_reset(net, seg)
@@ -351,7 +360,9 @@ class Stack:
 # ---------------------------------------------------------------------------- softirq
 
 
-def _inet_lookup(net: Net, seg: Segment) -> TcpSock | None:
+def _inet_lookup(net: Net, seg: Segment) -> TcpSock | InetTimewaitSock | None:
+    """__inet_lookup: the established hash (full sockets, then timewait socks, which
+    share it in Linux), then the listener."""
     key = (seg.src, seg.sport, seg.dst, seg.dport)  # seg.four_tuple, once per segment
     sock_id = net.ehash.get(key)
     if sock_id is not None:
@@ -361,8 +372,55 @@ def _inet_lookup(net: Net, seg: Segment) -> TcpSock | None:
         # tcp_set_state(TCP_CLOSE) unhashes: a reset connection is gone even
         # while its file descriptor is still open.
         del net.ehash[key]
+    if net.twhash:
+        tw = net.twhash.get(key)
+        if tw is not None:
+            return tw
     sock_id = net.listeners.get(seg.dport)
     return net.socks.get(sock_id) if sock_id is not None else None
+
+
+def _do_time_wait(net: Net, tw: InetTimewaitSock, seg: Segment, skb: Skb, csum_ok: bool,
+                  now: int) -> tuple[TcpSock | None, int]:
+    """tcp_v4_rcv's ``do_time_wait``: run tcp_timewait_state_process and act on its
+    status. Returns the listener a TCP_TW_SYN goes on to (with the isn the timewait
+    sock chose), or (None, 0) when the segment's fate is settled here: every other
+    segment is freed at ``discard_it`` (kfree_skb_reason, NOT_SPECIFIED unless the
+    timewait code named a reason), whether or not it was answered."""
+    if not csum_ok:  # tcp_checksum_complete: csum_error
+        net.mib.add("TcpInCsumErrors")
+        net.mib.add("TcpInErrs")
+        net.drop_unowned(skb, "TCP_CSUM")
+        return None, 0
+    status, isn, reason = tcp_timewait_state_process(tw, skb, now)
+    if status is TwStatus.SYN:
+        lid = net.listeners.get(seg.dport)
+        lsk = net.socks.get(lid) if lid is not None else None
+        if lsk is not None:
+            inet_twsk_kill(tw)  # inet_twsk_deschedule_put: the new incarnation replaces it
+            return lsk, isn
+        status = TwStatus.ACK  # no listener: "to ACK"
+    if status is TwStatus.ACK:
+        tcp_v4_timewait_ack(net, tw, now)
+    elif status is TwStatus.RST:
+        tcp_v4_send_reset(net, seg)
+        inet_twsk_kill(tw)
+    net.drop_unowned(skb, reason)
+    return None, 0
+
+
+def tcp_v4_timewait_ack(net: Net, tw: InetTimewaitSock, now: int) -> None:
+    """tcp_v4_send_ack for a timewait sock: seq tw_snd_nxt, ack tw_rcv_nxt, the window
+    it last offered (tw_rcv_wnd >> tw_rcv_wscale), and a timestamp option only when
+    there is a ts_recent to echo (its TSval on the socket's clock, tw_ts_offset)."""
+    ts = None
+    if tw.ts_recent:
+        ts = (((now - tw.ts_origin) // MS + 1) & 0xFFFFFFFF, tw.ts_recent)
+    ack = Segment(src=tw.laddr, sport=tw.lport, dst=tw.raddr, dport=tw.rport,
+                  seq=tw.snd_nxt, ack=tw.rcv_nxt, flags=TcpFlags.ACK,
+                  window=min(tw.rcv_wnd >> tw.rcv_wscale, 65535),
+                  options=TcpOptions(timestamp=ts))
+    net.transmit(ack, None)
 
 
 def _no_tcp_socket(net: Net, seg: Segment, skb: Skb, csum_ok: bool) -> None:

@@ -6,11 +6,20 @@ also holds what Linux keeps beside it for a passive open: ``inet_csk_listen_star
 A child is a full :class:`~actors.stack.sock.TcpSock` from the SYN on (no separate
 request sock): it sits in SYN_RECV until the handshake's ACK, then in the
 listener's accept queue until a task accepts it.
+
+The other end of a connection's life is here too, as in Linux: ``tcp_time_wait``
+replaces a socket entering TIME_WAIT (or an orphaned one in FIN_WAIT2) with an
+:class:`InetTimewaitSock`, and ``tcp_timewait_state_process`` decides what each
+segment for it gets (``tcp_v4_rcv``'s ``do_time_wait`` acts on that).
 """
 
 from __future__ import annotations
 
-from actors.profiles import timer_fires_at
+from dataclasses import dataclass
+from enum import Enum
+from heapq import heappush
+
+from actors.profiles import MS, timer_fires_at
 from actors.stack.net import CONSUMED, Net
 from actors.stack.skb import Skb, so_rcvbuf
 from actors.stack.sock import (
@@ -27,12 +36,13 @@ from actors.stack.sock import (
 from actors.stack.tcp_output import (
     make_segment,
     tcp_full_space,
+    tcp_receive_window,
     tcp_select_initial_window,
     tcp_time_stamp,
 )
 from protocol.constants import EAGAIN, EINVAL, TCP_MIN_MSS, TCP_MSS_DEFAULT, TCP_TIMEOUT_INIT
 from protocol.segment import Segment, TcpFlags, TcpOptions
-from protocol.seq import seq_add
+from protocol.seq import after, before, seq_add
 from protocol.sockops import Accepted, Failed, SockOpResult
 
 ADVMSS = 1460  # our MTU 1500 minus IPv4 and TCP headers
@@ -88,9 +98,12 @@ def inet_listen(net: Net, laddr: str, port: int, now: int, *, backlog: int = 128
     return sk.sock_id
 
 
-def tcp_v4_conn_request(lsk: TcpSock, seg: Segment, skb: Skb, now: int) -> bool:
+def tcp_v4_conn_request(lsk: TcpSock, seg: Segment, skb: Skb, now: int,
+                        isn: int = 0) -> bool:
     """A segment for a listener: a SYN makes a child in SYN_RECV and is answered with
-    a SYN-ACK. Returns True when the segment must be answered with a RST."""
+    a SYN-ACK. Returns True when the segment must be answered with a RST. ``isn``: the
+    initial sequence a TIME_WAIT socket chose for a SYN that reopens it (TCP_TW_SYN;
+    tcp_conn_request takes it instead of a new one), 0 for none."""
     net = lsk.net
     if not skb.raw_csum_ok:
         net.mib.add("TcpInCsumErrors")
@@ -121,7 +134,7 @@ def tcp_v4_conn_request(lsk: TcpSock, seg: Segment, skb: Skb, now: int) -> bool:
     child.attached = False
     child.rcvbuf, child.rcvbuf_locked, child.rcvlowat = lsk.rcvbuf, lsk.rcvbuf_locked, \
         lsk.rcvlowat
-    tcp_create_openreq_child(child, seg, now)
+    tcp_create_openreq_child(child, seg, now, isn)
     net.ehash[seg.four_tuple] = child.sock_id
     child.state = TcpState.SYN_RECV
     net.set_fate(skb.ids, CONSUMED)
@@ -129,7 +142,7 @@ def tcp_v4_conn_request(lsk: TcpSock, seg: Segment, skb: Skb, now: int) -> bool:
     return False
 
 
-def tcp_create_openreq_child(sk: TcpSock, seg: Segment, now: int) -> None:
+def tcp_create_openreq_child(sk: TcpSock, seg: Segment, now: int, isn: int = 0) -> None:
     """The child's state from the SYN: options agreed, sequence spaces, first window."""
     sysctls = sk.net.sysctls
     opts = seg.options
@@ -145,7 +158,7 @@ def tcp_create_openreq_child(sk: TcpSock, seg: Segment, now: int) -> None:
     sk.irs = seg.seq
     sk.rcv_nxt = seq_add(seg.seq, 1)
     sk.rcv_wup = sk.copied_seq = sk.rcv_nxt
-    sk.iss = sk.net.rng.getrandbits(32)
+    sk.iss = isn or sk.net.rng.getrandbits(32)
     sk.snd_una = sk.iss
     sk.snd_nxt = seq_add(sk.iss, 1)
     sk.snd_wnd = seg.window  # never scaled in a SYN
@@ -247,3 +260,203 @@ def inet_accept_flow(net: Net, task: str, lport: int, rports: tuple[int, ...],
     if shared is not None:
         return lsk, Accepted(sock=shared.sock_id, rport=shared.rport)
     return lsk, inet_csk_accept(lsk, task, False, None, now, rports=rports)
+
+
+# ---------------------------------------------------------------------------- TIME_WAIT
+
+TCP_TIMEWAIT_LEN = 60_000 * MS  # include/net/tcp.h: 60 s, both kernels
+TCP_PAWS_MSL = 60  # seconds: a RST's timestamp older than this is not PAWS-rejected
+TCP_PAWS_WRAP = 24 * 24 * 60 * 60  # seconds: ts_recent older than this is stale
+
+
+class TwStatus(Enum):
+    """enum tcp_tw_status: what tcp_v4_rcv does with a segment for a timewait sock.
+    6.18 has a TCP_TW_ACK_OOW beside TCP_TW_ACK for a rate-checked out-of-window ACK;
+    tcp_v4_timewait_ack sends the same ACK for both, so the model keeps one."""
+
+    SUCCESS = 0  # nothing to send; the segment is freed
+    RST = 1  # tcp_v4_send_reset, and the timewait sock goes
+    ACK = 2  # tcp_v4_timewait_ack
+    SYN = 3  # a new incarnation: the SYN goes to the listener
+
+
+@dataclass(eq=False)
+class InetTimewaitSock:
+    """``struct tcp_timewait_sock``: what tcp_time_wait keeps of a closed connection.
+    ``substate`` is TIME_WAIT or (an orphan waiting for the peer's FIN) FIN_WAIT2."""
+
+    net: Net
+    substate: TcpState
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    rcv_nxt: int
+    snd_nxt: int
+    rcv_wnd: int  # tcp_receive_window(tp) when it was made
+    rcv_wscale: int
+    ts_recent: int
+    ts_recent_stamp: int | None  # ns; None when the connection had no timestamps
+    ts_origin: int  # the socket's TSval clock (tw_ts_offset)
+    deadline: int = 0  # tw_timer's expiry
+    last_oow_ack_time: int | None = None  # tw_last_oow_ack_time
+    killed: bool = False
+
+    def four_tuple(self) -> tuple[str, int, str, int]:
+        return (self.raddr, self.rport, self.laddr, self.lport)
+
+
+def inet_twsk_schedule(tw: InetTimewaitSock, timeo: int, now: int, rearm: bool) -> None:
+    """__inet_twsk_schedule: the first arming counts the socket (TW, or TWKilled for a
+    timeout of 4 s or less: both kernels count at schedule time) and mod_timer()s;
+    a re-arm is mod_timer_pending: it moves a pending timer, never restarts a fired one."""
+    net = tw.net
+    if tw.killed:
+        return
+    if not rearm:
+        net.inc("TcpExtTWKilled" if timeo <= 4000 * MS else "TcpExtTW")
+    j = net.jiffy
+    tw.deadline = timer_fires_at(now, now - now % j + timeo, j)
+    heappush(net.tw_timer_heap, (tw.deadline, tw.four_tuple()))
+
+
+def inet_twsk_kill(tw: InetTimewaitSock) -> None:
+    """inet_twsk_deschedule_put / the timer's inet_twsk_kill: out of the hash, gone."""
+    net = tw.net
+    tw.killed = True
+    if net.twhash.get(tw.four_tuple()) is tw:
+        del net.twhash[tw.four_tuple()]
+
+
+def tcp_time_wait(sk: TcpSock, state: TcpState, timeo: int, now: int) -> InetTimewaitSock:
+    """tcp_time_wait without its final tcp_done (the caller's, see tcp_input): a timewait
+    sock takes the connection's place in the hash (inet_twsk_hashdance)."""
+    net = sk.net
+    ro = sk.rx_opt
+    tw = InetTimewaitSock(
+        net=net, substate=state, laddr=sk.laddr, lport=sk.lport, raddr=sk.raddr,
+        rport=sk.rport, rcv_nxt=sk.rcv_nxt, snd_nxt=sk.snd_nxt,
+        rcv_wnd=tcp_receive_window(sk), rcv_wscale=ro.rcv_wscale,
+        ts_recent=ro.ts_recent, ts_recent_stamp=ro.ts_recent_stamp if ro.tstamp_ok else None,
+        ts_origin=sk.ts_origin)
+    rto = (sk.rto << 2) - (sk.rto >> 1)  # 3.5 RTO: the shortest FIN_WAIT2 wait
+    timeo = max(timeo, rto)
+    if state == TcpState.TIME_WAIT:
+        timeo = TCP_TIMEWAIT_LEN
+    inet_twsk_schedule(tw, timeo, now, rearm=False)
+    key = sk.four_tuple()
+    net.ehash.pop(key, None)
+    net.twhash[key] = tw
+    net.event("time_wait", sk.sock_id, substate=state.value, deadline=tw.deadline)
+    return tw
+
+
+def tcp_in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
+    if seq == s_win:
+        return True
+    if after(end_seq, s_win) and before(seq, e_win):
+        return True
+    return seq == e_win and seq == end_seq
+
+
+def _tw_paws_reject(tw: InetTimewaitSock, tsval: int, rst: bool, now: int) -> bool:
+    """tcp_paws_reject(&tmp_opt, th->rst) with tw_ts_recent(_stamp), paws_win 0."""
+    if ((tw.ts_recent - tsval) & 0xFFFFFFFF) == 0 or (tw.ts_recent - tsval) & 0x80000000:
+        return False  # (s32)(ts_recent - tsval) <= 0
+    stamp = tw.ts_recent_stamp or 0
+    age = (now - stamp) // (1000 * MS)  # ktime_get_seconds() - ts_recent_stamp
+    if age >= TCP_PAWS_WRAP or not tw.ts_recent:
+        return False
+    return not (rst and age >= TCP_PAWS_MSL)
+
+
+def _tw_oow_rate_limited(tw: InetTimewaitSock, skb: Skb, mib: str, now: int) -> TwStatus:
+    """tcp_timewait_check_oow_rate_limit: tcp_oow_rate_limited on tw_last_oow_ack_time."""
+    net = tw.net
+    if skb.seq != skb.end_seq and not skb.syn:
+        return TwStatus.ACK  # data (or a FIN) without a SYN: not part of an ACK loop
+    j = net.jiffy
+    limit = -(-net.sysctls.tcp_invalid_ratelimit_ms * MS // j)  # msecs_to_jiffies
+    last = tw.last_oow_ack_time
+    if last is not None and 0 <= now // j - last // j < limit:
+        net.inc(mib)
+        return TwStatus.SUCCESS
+    tw.last_oow_ack_time = now
+    return TwStatus.ACK
+
+
+def tcp_timewait_state_process(tw: InetTimewaitSock, skb: Skb,
+                               now: int) -> tuple[TwStatus, int, str]:
+    """A segment for a timewait sock (net/ipv4/tcp_minisocks.c): its status, the isn for
+    TCP_TW_SYN (else 0) and the reason the skb is freed under (tcp_v4_rcv's discard_it:
+    NOT_SPECIFIED, or 6.18's TCP_RFC7323_TW_PAWS for a PAWS reject)."""
+    net = tw.net
+    rst, ack, syn = skb.has(TcpFlags.RST), skb.has(TcpFlags.ACK), skb.syn
+    ts = skb.options.timestamp if tw.ts_recent_stamp is not None else None
+    paws_reject = ts is not None and _tw_paws_reject(tw, ts[0], rst, now)
+    reason = "NOT_SPECIFIED"
+
+    if tw.substate == TcpState.FIN_WAIT2:
+        # "Just repeat all the checks of tcp_rcv_state_process()"
+        if paws_reject or not tcp_in_window(skb.seq, skb.end_seq, tw.rcv_nxt,
+                                            seq_add(tw.rcv_nxt, tw.rcv_wnd)):
+            return _tw_oow_rate_limited(tw, skb, "TcpExtTCPACKSkippedFinWait2", now), 0, \
+                reason
+        if rst:
+            inet_twsk_kill(tw)
+            return TwStatus.SUCCESS, 0, reason
+        if syn and not before(skb.seq, tw.rcv_nxt):
+            return TwStatus.RST, 0, reason
+        if not ack or not after(skb.end_seq, tw.rcv_nxt) or skb.end_seq == skb.seq:
+            return TwStatus.SUCCESS, 0, reason  # a duplicate ACK
+        if not skb.fin or skb.end_seq != seq_add(tw.rcv_nxt, 1):
+            return TwStatus.RST, 0, reason  # new data after a half-duplex close
+        # the FIN: the true TIME_WAIT
+        tw.substate = TcpState.TIME_WAIT
+        tw.rcv_nxt = skb.end_seq
+        if ts is not None:
+            tw.ts_recent_stamp, tw.ts_recent = now, ts[0]
+        inet_twsk_schedule(tw, TCP_TIMEWAIT_LEN, now, rearm=True)
+        return TwStatus.ACK, 0, reason
+
+    # The real TIME_WAIT. In window, a segment may only be a RST or a bare ACK.
+    if not paws_reject and skb.seq == tw.rcv_nxt and (skb.seq == skb.end_seq or rst):
+        if rst and not net.sysctls.tcp_rfc1337:
+            inet_twsk_kill(tw)  # TIME_WAIT assassination (RFC 1337 hazard 1)
+            return TwStatus.SUCCESS, 0, reason
+        inet_twsk_schedule(tw, TCP_TIMEWAIT_LEN, now, rearm=True)
+        if ts is not None:
+            tw.ts_recent, tw.ts_recent_stamp = ts[0], now
+        return TwStatus.SUCCESS, 0, reason
+
+    # Out of window: ACKed, but a new SYN (above rcv_nxt, or with a newer TSval) opens
+    # a new incarnation, its isn above anything the old one sent (RFC 1122 4.2.2.13).
+    newer_ts = ts is not None and (tw.ts_recent - ts[0]) & 0x80000000 != 0
+    if syn and not rst and not ack and not paws_reject and (
+            after(skb.seq, tw.rcv_nxt) or newer_ts):
+        isn = seq_add(tw.snd_nxt, 65535 + 2) or 1
+        return TwStatus.SYN, isn, reason
+    if paws_reject:
+        net.inc(net.profile.tw_paws_counter)
+        if net.profile.tw_paws_drop_reason:
+            reason = "TCP_RFC7323_TW_PAWS"
+    if not rst:
+        # an ACK-less SYN may be an old duplicate or a new SYN below rcv_nxt: the
+        # timer keeps running for it
+        if paws_reject or ack:
+            inet_twsk_schedule(tw, TCP_TIMEWAIT_LEN, now, rearm=True)
+        return _tw_oow_rate_limited(tw, skb, "TcpExtTCPACKSkippedTimeWait", now), 0, reason
+    return TwStatus.SUCCESS, 0, reason
+
+
+def tcp_twsk_diag(tw: InetTimewaitSock, now: int) -> dict[str, object]:
+    """inet_twsk_diag_fill: what ss shows of a timewait sock, its state line only (no
+    queues, skmem or tcp_info), with the timer ss -o prints as ``timewait``."""
+    return {
+        "state": tw.substate.value,
+        "local": f"{tw.laddr}:{tw.lport}",
+        "peer": f"{tw.raddr}:{tw.rport}",
+        "recv_q": 0,
+        "send_q": 0,
+        "timer": ("timewait", max(0, tw.deadline - now) // MS),
+    }

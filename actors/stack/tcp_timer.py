@@ -24,7 +24,7 @@ from actors.stack.sock import (
     wake_to_relock,
 )
 from actors.stack.tcp_input import inet_csk_ack_scheduled, set_state, tcp_sack_compress_send_ack
-from actors.stack.tcp_minisocks import tcp_send_syn, tcp_v4_send_synack
+from actors.stack.tcp_minisocks import inet_twsk_kill, tcp_send_syn, tcp_v4_send_synack
 from actors.stack.tcp_output import TCP_ATO_MIN, tcp_send_ack
 from protocol.constants import EAGAIN, ETIMEDOUT
 from protocol.sockops import Failed
@@ -59,10 +59,27 @@ def next_deadline(net: Net) -> int | None:
     """The earliest timer of any socket: the top of the timer heap, once the entries no
     socket holds any more are dropped (every arming pushes one, see Net.arm_timer)."""
     heap, socks = net.timer_heap, net.socks
+    best = None
     while heap:
         deadline, sock_id = heap[0]
         sk = socks.get(sock_id)
         if sk is not None and _holds(sk, deadline):
+            best = deadline
+            break
+        heappop(heap)
+    tw = _next_tw_deadline(net)
+    if tw is not None and (best is None or tw < best):
+        return tw
+    return best
+
+
+def _next_tw_deadline(net: Net) -> int | None:
+    """The earliest tw_timer: entries for a timewait sock gone or re-armed are dropped."""
+    heap, twhash = net.tw_timer_heap, net.twhash
+    while heap:
+        deadline, key = heap[0]
+        tw = twhash.get(key)
+        if tw is not None and tw.deadline == deadline:
             return deadline
         heappop(heap)
     return None
@@ -70,11 +87,14 @@ def next_deadline(net: Net) -> int | None:
 
 def scan_deadline(net: Net) -> int | None:
     """The earliest timer found by visiting every socket: what the heap must agree with."""
-    return min((d for sk in net.socks.values() for d in _deadlines(sk)), default=None)
+    full = (d for sk in net.socks.values() for d in _deadlines(sk))
+    tw = (tw.deadline for tw in net.twhash.values())
+    return min((*full, *tw), default=None)
 
 
 def run_timers(net: Net, now: int) -> None:
     """Fire every timer due by ``now``, socket by socket in the order they were made."""
+    tw_timer_handler(net, now)
     heap, due = net.timer_heap, set()
     while heap and heap[0][0] <= now:
         due.add(heappop(heap)[1])
@@ -82,6 +102,19 @@ def run_timers(net: Net, now: int) -> None:
         sk = net.socks.get(sock_id)
         if sk is not None:
             _run_sock_timers(net, sk, now)
+
+
+def tw_timer_handler(net: Net, now: int) -> None:
+    """tw_timer_handler: a timewait sock whose timer ran is killed (inet_twsk_kill);
+    what it was counted as (TW / TWKilled) was counted when it was scheduled."""
+    heap = net.tw_timer_heap
+    while heap and heap[0][0] <= now:
+        deadline, key = heappop(heap)
+        tw = net.twhash.get(key)
+        if tw is not None and tw.deadline == deadline:
+            inet_twsk_kill(tw)
+            net.event("tw_timer", None, peer=f"{tw.raddr}:{tw.rport}",
+                      substate=tw.substate.value)
 
 
 def _run_sock_timers(net: Net, sk: TcpSock, now: int) -> None:
