@@ -32,6 +32,7 @@ from actors.stack.tcp_minisocks import (
     ADVMSS,
     TCP_TIMEWAIT_LEN,
     inet_csk_reqsk_queue_add,
+    tcp_oow_rate_limited,
     tcp_v4_send_synack,
 )
 from actors.stack.tcp_minisocks import tcp_time_wait as inet_twsk_hashdance
@@ -386,20 +387,6 @@ def tcp_send_dupack(sk: TcpSock, skb: Skb, now: int) -> None:
         end_seq = skb.end_seq if not after(skb.end_seq, sk.rcv_nxt) else sk.rcv_nxt
         tcp_dsack_set(sk, skb.seq, end_seq)
     tcp_send_ack(sk, now)
-
-
-def tcp_oow_rate_limited(sk: TcpSock, skb: Skb, mib: str, now: int) -> bool:
-    """At most one out-of-window ACK per tcp_invalid_ratelimit, for empty segments/SYNs."""
-    if skb.seq != skb.end_seq and not skb.syn:
-        return False
-    # __tcp_oow_rate_limited compares tcp_jiffies32 stamps with the sysctl in jiffies
-    j = sk.net.jiffy
-    limit = -(-sk.net.sysctls.tcp_invalid_ratelimit_ms * MS // j)  # msecs_to_jiffies
-    if sk.last_oow_ack_time is not None and 0 <= now // j - sk.last_oow_ack_time // j < limit:
-        sk.net.inc(mib)
-        return True
-    sk.last_oow_ack_time = now
-    return False
 
 
 def tcp_send_challenge_ack(sk: TcpSock, skb: Skb, now: int) -> None:

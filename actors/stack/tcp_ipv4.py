@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from actors.profiles import MS, Profile, Sysctls, sysctl_write, timer_fires_at
+from actors.profiles import Profile, Sysctls, sysctl_write, timer_fires_at
 from actors.stack import tcp, tcp_minisocks, tcp_timer
 from actors.stack.net import Net, Proto, StackOutput
 from actors.stack.skb import DeviceKind, Skb, device_skb, device_skb_room, skb_try_coalesce
@@ -64,7 +64,7 @@ from actors.stack.tcp_minisocks import (
     tcp_timewait_state_process,
     tcp_v4_conn_request,
 )
-from actors.stack.tcp_output import tcp_full_space, tcp_select_initial_window
+from actors.stack.tcp_output import tcp_full_space, tcp_select_initial_window, tcp_time_stamp
 from protocol.constants import EADDRINUSE, EINVAL, TCP_RTO_MIN
 from protocol.segment import IPV4_HEADER_LEN, Segment, TcpFlags, TcpOptions
 from protocol.seq import before, seq_add
@@ -415,7 +415,7 @@ def tcp_v4_timewait_ack(net: Net, tw: InetTimewaitSock, now: int) -> None:
     there is a ts_recent to echo (its TSval on the socket's clock, tw_ts_offset)."""
     ts = None
     if tw.ts_recent:
-        ts = (((now - tw.ts_origin) // MS + 1) & 0xFFFFFFFF, tw.ts_recent)
+        ts = (tcp_time_stamp(tw, now), tw.ts_recent)
     ack = Segment(src=tw.laddr, sport=tw.lport, dst=tw.raddr, dport=tw.rport,
                   seq=tw.snd_nxt, ack=tw.rcv_nxt, flags=TcpFlags.ACK,
                   window=min(tw.rcv_wnd >> tw.rcv_wscale, 65535),

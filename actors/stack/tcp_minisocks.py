@@ -370,19 +370,25 @@ def _tw_paws_reject(tw: InetTimewaitSock, tsval: int, rst: bool, now: int) -> bo
     return not (rst and age >= TCP_PAWS_MSL)
 
 
-def _tw_oow_rate_limited(tw: InetTimewaitSock, skb: Skb, mib: str, now: int) -> TwStatus:
-    """tcp_timewait_check_oow_rate_limit: tcp_oow_rate_limited on tw_last_oow_ack_time."""
-    net = tw.net
+def tcp_oow_rate_limited(sk: TcpSock | InetTimewaitSock, skb: Skb, mib: str,
+                         now: int) -> bool:
+    """At most one out-of-window ACK per tcp_invalid_ratelimit, for empty segments/SYNs;
+    on a full socket's last_oow_ack_time or a timewait sock's tw_last_oow_ack_time."""
     if skb.seq != skb.end_seq and not skb.syn:
-        return TwStatus.ACK  # data (or a FIN) without a SYN: not part of an ACK loop
-    j = net.jiffy
-    limit = -(-net.sysctls.tcp_invalid_ratelimit_ms * MS // j)  # msecs_to_jiffies
-    last = tw.last_oow_ack_time
-    if last is not None and 0 <= now // j - last // j < limit:
-        net.inc(mib)
-        return TwStatus.SUCCESS
-    tw.last_oow_ack_time = now
-    return TwStatus.ACK
+        return False  # data (or a FIN) without a SYN: not part of an ACK loop
+    # __tcp_oow_rate_limited compares tcp_jiffies32 stamps with the sysctl in jiffies
+    j = sk.net.jiffy
+    limit = -(-sk.net.sysctls.tcp_invalid_ratelimit_ms * MS // j)  # msecs_to_jiffies
+    if sk.last_oow_ack_time is not None and 0 <= now // j - sk.last_oow_ack_time // j < limit:
+        sk.net.inc(mib)
+        return True
+    sk.last_oow_ack_time = now
+    return False
+
+
+def _tw_oow_rate_limited(tw: InetTimewaitSock, skb: Skb, mib: str, now: int) -> TwStatus:
+    """tcp_timewait_check_oow_rate_limit: an ACK unless tcp_oow_rate_limited says no."""
+    return TwStatus.SUCCESS if tcp_oow_rate_limited(tw, skb, mib, now) else TwStatus.ACK
 
 
 def tcp_timewait_state_process(tw: InetTimewaitSock, skb: Skb,

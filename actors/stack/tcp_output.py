@@ -7,11 +7,16 @@ Mirrors net/ipv4/tcp_output.c (``tcp_select_window``, ``__tcp_select_window``,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from actors.profiles import MS, timer_fires_at, usecs_to_jiffies
 from actors.stack.sock import AckPending, TcpSock, TcpState
 from protocol.constants import TCP_MAX_WSCALE, TCP_RTO_MIN
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.seq import SEQ_HALF, SEQ_MASK, SEQ_MOD
+
+if TYPE_CHECKING:
+    from actors.stack.tcp_minisocks import InetTimewaitSock
 
 U16_MAX = 65535
 TCP_ATO_MIN = 40 * MS
@@ -158,8 +163,9 @@ def tcp_select_window(sk: TcpSock) -> int:
     return new_win
 
 
-def tcp_time_stamp(sk: TcpSock, now: int) -> int:
-    """Our TSval clock: milliseconds since the socket was created."""
+def tcp_time_stamp(sk: TcpSock | InetTimewaitSock, now: int) -> int:
+    """Our TSval clock: milliseconds since the socket was created (a timewait sock keeps
+    its socket's clock, tw_ts_offset)."""
     return ((now - sk.ts_origin) // MS + 1) & 0xFFFFFFFF
 
 
