@@ -243,5 +243,5 @@ def test_peer_next_deadline_is_the_earliest_of_its_parts(
     peer._t0 = t0
     expected = [t for s in peer.flows.values() if (t := s.next_deadline()) is not None]
     if t0 is not None:
-        expected += [t0 + at for at, s in peer._starts if not s.opened]
+        expected += [t0 + at for at, _, s in peer._starts if not s.opened]
     assert peer.next_deadline() == (min(expected) if expected else None)

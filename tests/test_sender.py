@@ -17,7 +17,7 @@ from actors.peer.host import Peer
 from actors.peer.impairments import ScriptedEvent, WireImpairments
 from actors.peer.payload import payload_bytes
 from actors.peer.scoreboard import IntervalSet
-from actors.peer.sender import SenderConfig, TcpSender, TcpState
+from actors.peer.sender import SENDER_COUNTERS, SenderConfig, TcpSender, TcpState
 from actors.profiles import MS
 from protocol import wire
 from protocol.constants import TCP_RTO_MIN
@@ -969,6 +969,34 @@ def two_flow_peer(**kw: object) -> tuple[Peer, TcpSender, TcpSender]:
     return Peer([a, b], **kw), a, b  # type: ignore[arg-type]
 
 
+def assert_peer_stats_are_the_flows_sums(peer: Peer, senders: list[TcpSender]) -> None:
+    """Peer keeps its totals by the difference of the flows that changed; they must be
+    what adding up every flow from scratch gives."""
+    stats = peer.stats()
+    for name in SENDER_COUNTERS:
+        assert stats[name] == sum(s.counters[name] for s in senders), name
+    assert stats["flows_done"] == sum(s.done for s in senders)
+    assert stats["flows_aborted"] == sum(s.aborted for s in senders)
+    assert peer.stats_by_name() == {peer.names[s.four_tuple]: s.stats() for s in senders}
+    assert peer.done == all(s.finished for s in senders)
+
+
+def test_peer_hands_the_trace_only_the_flows_that_moved() -> None:
+    peer, a, b = two_flow_peer()
+    peer.connect(0)
+    assert {s for _, s in peer.take_touched()} == {a, b} and peer.take_touched() == []
+    peer.on_frame(wire.encode(synack(b, 10 * MS).with_(dport=40001)), 10 * MS)
+    assert [s for _, s in peer.take_touched()] == [b]
+    assert_peer_stats_are_the_flows_sums(peer, [a, b])
+    t = b.next_deadline()
+    assert t is not None and t < 1000 * MS  # b's RTO comes before a's SYN retransmission
+    peer.on_timer(t)
+    assert [s for _, s in peer.take_touched()] == [b]
+    peer.on_timer(1000 * MS)
+    assert a in {s for _, s in peer.take_touched()}
+    assert_peer_stats_are_the_flows_sums(peer, [a, b])
+
+
 def test_peer_routes_by_four_tuple_and_encodes_frames() -> None:
     peer, a, b = two_flow_peer()
     frames = peer.connect(0)
@@ -1034,9 +1062,11 @@ def test_peer_loopback_over_an_impaired_wire() -> None:
         heapq.heappush(wire_q, (0, next(order), f))
     now = 0
     bad = 0
-    for _ in range(50_000):
+    for step in range(50_000):
         if peer.done:
             break
+        if step % 97 == 0:
+            assert_peer_stats_are_the_flows_sums(peer, senders)
         deadline = peer.next_deadline()
         if wire_q and (deadline is None or wire_q[0][0] <= deadline):
             now, _, frame = heapq.heappop(wire_q)
@@ -1056,6 +1086,7 @@ def test_peer_loopback_over_an_impaired_wire() -> None:
     assert peer.done and not any(s.aborted for s in senders)
     for s in senders:
         assert bytes(receivers[s.sport].data) == payload_bytes(s.flow_id, 0, 60_000)
+    assert_peer_stats_are_the_flows_sums(peer, senders)
     stats = peer.stats()
     assert stats["flows_done"] == 3 and stats["wire_corrupted"] > 0
     assert bad >= stats["wire_corrupted"] - stats["wire_holding"]

@@ -11,7 +11,9 @@ timer) is due.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
+from heapq import heappop, heappush
 
 from actors.peer.impairments import WireImpairments, WireLink
 from actors.peer.sender import SENDER_COUNTERS, FlowKey, TcpSender
@@ -29,9 +31,27 @@ class Peer:
         self.names: dict[FlowKey, str] = {}
         self.wire = WireLink(impairments)  # towards the NIC
         self.ack_wire = WireLink(ack_impairments) if ack_impairments is not None else None
-        self._starts: list[tuple[int, TcpSender]] = []  # (offset from start(), sender)
+        # (offset from start(), order added, sender), sorted; flows before _next_start
+        # have opened.
+        self._starts: list[tuple[int, int, TcpSender]] = []
+        self._next_start = 0
         self._t0: int | None = None
         self._reported_done = False
+        # Flows that handled an event since take_touched() (the trace samples them) and
+        # since the last stats() (their counters are read again): only these can have
+        # changed, so neither walks every flow.
+        self._touched: dict[FlowKey, TcpSender] = {}
+        self._changed: dict[FlowKey, TcpSender] = {}
+        self._flow_stats: dict[FlowKey, dict[str, int]] = {}
+        self._totals: dict[str, int] = dict.fromkeys((*SENDER_COUNTERS, "done", "aborted"), 0)
+        self._order: list[TcpSender] = []  # for done: flows finish for good
+        self._unfinished_from = 0
+        # Each flow's timer deadline as (deadline, index in _order), pushed when the flow
+        # handled an event (_rearm) and dropped once the flow's deadline moved: a flow's
+        # deadline changes only when it handles one.
+        self._timer_heap: list[tuple[int, int]] = []
+        self._index: dict[FlowKey, int] = {}
+        self._rearm: dict[int, TcpSender] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("frames_in", "bad_frames", "unknown_flow"), 0)
         for sender in senders:
@@ -51,8 +71,13 @@ class Peer:
         if key in self.flows:
             raise ValueError(f"a flow with 4-tuple {key} already exists")
         self.flows[key] = sender
+        self._index[key] = len(self._order)
+        self._order.append(sender)
+        self._changed[key] = sender
+        self._rearm[self._index[key]] = sender
         self.names[key] = name if name is not None else f"flow{sender.flow_id}"
-        self._starts.append((start_ns, sender))
+        bisect.insort(self._starts, (start_ns, len(self._order), sender),
+                      key=lambda entry: entry[:2])
 
     def route(self, seg: Segment) -> TcpSender | None:
         """The flow a segment from the receiver belongs to (its 4-tuple reversed)."""
@@ -61,7 +86,37 @@ class Peer:
     @property
     def done(self) -> bool:
         """Every flow has finished (delivered everything, or been aborted)."""
-        return all(s.finished for s in self.flows.values())
+        order, i = self._order, self._unfinished_from
+        while i < len(order) and order[i].finished:  # a finished flow stays finished
+            i += 1
+        self._unfinished_from = i
+        return i == len(order)
+
+    def _touch(self, sender: TcpSender) -> None:
+        key = sender.four_tuple
+        self._touched[key] = sender
+        self._changed[key] = sender
+        self._rearm[self._index[key]] = sender
+
+    def _arm(self) -> None:
+        """Push the deadlines of the flows that handled an event since the last call."""
+        heap = self._timer_heap
+        for i, sender in self._rearm.items():
+            t = sender.next_deadline()
+            if t is not None:
+                heappush(heap, (t, i))
+        self._rearm.clear()
+
+    def _timer_top(self) -> int | None:
+        """The earliest flow timer deadline, stale heap entries dropped."""
+        self._arm()
+        heap, order = self._timer_heap, self._order
+        while heap:
+            t, i = heap[0]
+            if order[i].next_deadline() == t:
+                return t
+            heappop(heap)
+        return None
 
     def newly_done(self) -> bool:
         """True once: the first time it is asked after every flow finished."""
@@ -69,6 +124,12 @@ class Peer:
             return False
         self._reported_done = True
         return True
+
+    def take_touched(self) -> list[tuple[FlowKey, TcpSender]]:
+        """The flows that opened, took a segment or ran a timer since last asked."""
+        touched = list(self._touched.items())
+        self._touched.clear()
+        return touched
 
     def outcomes(self) -> dict[str, str]:
         """Each flow's end: ``"ok"`` or the error that aborted it."""
@@ -88,6 +149,7 @@ class Peer:
         out: list[bytes] = []
         for sender in self.flows.values():
             if not sender.opened:
+                self._touch(sender)
                 self._xmit(sender.connect(now), now, out)
         return out
 
@@ -119,10 +181,16 @@ class Peer:
             self.ack_wire.due(now, arrived)
             for frame in arrived:
                 self._handle_frame(frame, now, out)
-        for sender in self.flows.values():
-            deadline = sender.next_deadline()
-            if deadline is not None and deadline <= now:
-                self._xmit(sender.on_timer(now), now, out)
+        self._arm()
+        heap, order, due = self._timer_heap, self._order, set()
+        while heap and heap[0][0] <= now:
+            t, i = heappop(heap)
+            if order[i].next_deadline() == t:
+                due.add(i)
+        for i in sorted(due):  # in the order the flows were added
+            sender = order[i]
+            self._touch(sender)
+            self._xmit(sender.on_timer(now), now, out)
         return out
 
     def next_deadline(self) -> int | None:
@@ -132,14 +200,18 @@ class Peer:
             t = self.ack_wire.next_deadline()
             if t is not None and (best is None or t < best):
                 best = t
-        for sender in self.flows.values():
-            t = sender.next_deadline()
-            if t is not None and (best is None or t < best):
-                best = t
+        t = self._timer_top()
+        if t is not None and (best is None or t < best):
+            best = t
         if self._t0 is not None:
-            for at, sender in self._starts:
-                if not sender.opened and (best is None or self._t0 + at < best):
-                    best = self._t0 + at
+            starts, i = self._starts, self._next_start
+            while i < len(starts) and starts[i][2].opened:
+                i += 1
+            self._next_start = i
+            if i < len(starts):
+                at = self._t0 + starts[i][0]
+                if best is None or at < best:
+                    best = at
         return best
 
     def flush(self, now: int) -> list[bytes]:
@@ -153,12 +225,13 @@ class Peer:
         out = dict(self.counters)
         out["frames_out"] = self.wire.delivered
         out["acks_delayed"] = 0 if self.ack_wire is None else self.ack_wire.delayed
-        for sender in self.flows.values():
-            for name in SENDER_COUNTERS:
-                out[name] = out.get(name, 0) + sender.counters[name]
+        self._refresh()
+        totals = self._totals
+        for name in SENDER_COUNTERS:
+            out[name] = totals[name]
         out["flows"] = len(self.flows)
-        out["flows_done"] = sum(s.done for s in self.flows.values())
-        out["flows_aborted"] = sum(s.aborted for s in self.flows.values())
+        out["flows_done"] = totals["done"]
+        out["flows_aborted"] = totals["aborted"]
         for name, value in self.impairments.stats().items():
             out[f"wire_{name}"] = value
         if self.ack_impairments is not None:
@@ -170,16 +243,36 @@ class Peer:
         return {key: sender.stats() for key, sender in self.flows.items()}
 
     def stats_by_name(self) -> dict[str, dict[str, int]]:
-        return {self.names[key]: sender.stats() for key, sender in self.flows.items()}
+        self._refresh()
+        return {self.names[key]: dict(st) for key, st in self._flow_stats.items()}
+
+    def _refresh(self) -> None:
+        """Read again the stats of the flows that changed, and keep the totals over every
+        flow up to date by their difference."""
+        totals, cache = self._totals, self._flow_stats
+        for key, sender in self._changed.items():
+            new = sender.stats()
+            old = cache.get(key)
+            for name in totals:
+                totals[name] += new[name] - (old[name] if old is not None else 0)
+            cache[key] = new
+        self._changed.clear()
 
     # -- internals ---------------------------------------------------------------------------
 
     def _open_due(self, now: int, out: list[bytes]) -> None:
         if self._t0 is None:
             return
-        for at, sender in self._starts:
-            if not sender.opened and now >= self._t0 + at:
+        starts, i = self._starts, self._next_start
+        while i < len(starts):
+            at, _, sender = starts[i]
+            if not sender.opened:
+                if now < self._t0 + at:
+                    break
+                self._touch(sender)
                 self._xmit(sender.connect(now), now, out)
+            i += 1
+        self._next_start = i
 
     def _arrive(self, frame: bytes, now: int, out: list[bytes]) -> None:
         self.counters["frames_in"] += 1
@@ -204,6 +297,7 @@ class Peer:
         if sender is None:
             self.counters["unknown_flow"] += 1
             return
+        self._touch(sender)
         self._xmit(sender.on_segment(seg, now), now, out)
 
     def _xmit(self, segments: Iterable[Segment], now: int, out: list[bytes]) -> None:

@@ -58,8 +58,9 @@ class PeerTrace:
     def sender_samples(self, peer: Peer, now: int) -> None:
         """Each flow's sender state as counter tracks (``<flow> cwnd``, ``ssthresh``, ``in
         flight``, ``srtt``), sampled when it changed: the sender panel of ``rxpath report``.
-        ssthresh is left out while it is still "infinite" (before the first loss)."""
-        for key, sender in peer.flows.items():
+        ssthresh is left out while it is still "infinite" (before the first loss). Only
+        the flows that handled an event since the last call can have changed."""
+        for key, sender in peer.take_touched():
             if not sender.opened:
                 continue
             values: dict[str, int] = {"cwnd/segments": sender.cc.cwnd,

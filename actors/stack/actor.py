@@ -147,9 +147,9 @@ class StackActor(Actor):
             t, n0 = (self.clock(), len(obs.outputs())) if obs else (0, 0)
             if self.recorder:
                 self.recorder.pack((TIMERS, now))
-            self.stack.run_timers(now)
+            ran = self.stack.run_timers(now)
             if obs:
-                obs.timers(t, n0)
+                obs.timers(t, n0, ran)
 
     def _tcp_v4_rcv(self, frame: bytes, now: int, fid: int | None) -> None:
         self.segments += 1

@@ -353,8 +353,9 @@ class Stack:
     def next_deadline(self) -> int | None:
         return tcp_timer.next_deadline(self.net)
 
-    def run_timers(self, now: int) -> None:
-        tcp_timer.run_timers(self.net, now)
+    def run_timers(self, now: int) -> list[TcpSock]:
+        """Fire the timers due by ``now``; the sockets whose timers ran."""
+        return tcp_timer.run_timers(self.net, now)
 
 
 # ---------------------------------------------------------------------------- softirq

@@ -92,16 +92,20 @@ def scan_deadline(net: Net) -> int | None:
     return min((*full, *tw), default=None)
 
 
-def run_timers(net: Net, now: int) -> None:
-    """Fire every timer due by ``now``, socket by socket in the order they were made."""
+def run_timers(net: Net, now: int) -> list[TcpSock]:
+    """Fire every timer due by ``now``, socket by socket in the order they were made;
+    returns those sockets."""
     tw_timer_handler(net, now)
     heap, due = net.timer_heap, set()
     while heap and heap[0][0] <= now:
         due.add(heappop(heap)[1])
+    ran: list[TcpSock] = []
     for sock_id in sorted(due):
         sk = net.socks.get(sock_id)
         if sk is not None:
             _run_sock_timers(net, sk, now)
+            ran.append(sk)
+    return ran
 
 
 def tw_timer_handler(net: Net, now: int) -> None:

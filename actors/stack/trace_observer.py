@@ -294,7 +294,8 @@ class StackTrace:
         if sk is not None:
             self.sock_sample(sk, end)
 
-    def timers(self, start: int, n0: int) -> None:
+    def timers(self, start: int, n0: int, socks: list[TcpSock]) -> None:
+        """The slice of a timer run; samples the sockets whose timers ran (``socks``)."""
         end = self.clock()
         ended = self._take_fates()
         tx = self._tx_sources(n0)
@@ -307,7 +308,7 @@ class StackTrace:
             args["fates"] = fates
         self.trace.complete("tcp timers", start, end, "softirq", args=args, flows=flows)
         self._drop_marks(n0, end)
-        for sk in self.stack.socks.values():
+        for sk in socks:
             if sk.state != TcpState.LISTEN:
                 self.sock_sample(sk, end)
 
