@@ -61,9 +61,11 @@ class ExternalLauncher(Launcher):
 
 
 def scenario_of(topology: dict[str, Any]) -> Scenario:
-    """The scenario every actor of the topology reads."""
-    for entry in (topology.get("actors") or {}).values():
-        scenario = (entry.get("config") or {}).get("scenario")
+    """The scenario every actor of the topology reads: the shared config's, or else the
+    first actor's that carries one."""
+    entries = (topology.get("actors") or {}).values()
+    for config in (topology.get("config"), *(entry.get("config") for entry in entries)):
+        scenario = (config or {}).get("scenario")
         if scenario is not None:
             return scenario_from_data(scenario, source="topology")
     raise ConfigError("topology", None, "no actor carries a scenario")

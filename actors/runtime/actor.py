@@ -245,7 +245,8 @@ class ActorSettings:
         return cls(
             name=name, role=str(entry["role"]), instance=int(entry.get("instance", 0)),
             run_dir=Path(run_dir), endpoints=endpoints,
-            config=dict(entry.get("config") or {}), peers=peers,
+            config={**(topology.get("config") or {}), **(entry.get("config") or {})},
+            peers=peers,
             heartbeat_ms=heartbeat_ms,
             hwm=int(runtime.get("hwm", DEFAULT_HWM)),
             stop_drain_ms=int(runtime.get("stop_drain_ms", DEFAULT_STOP_DRAIN_MS)),

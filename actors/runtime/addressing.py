@@ -8,6 +8,7 @@ Every actor binds one inbox; peers connect to it.  The topology is a plain dict
       "bind_host": "127.0.0.1",      # tcp: interface to bind (loopback unless told)
       "base_port": 5550,             # tcp: ports handed out in order, launcher first
       "launcher": {"port": 5550, "host": "launcher"},   # optional, like an actor entry
+      "config": {"scenario": {...}},  # every actor's, under its own entry's config
       "actors": {
         "nic":  {"role": "nic", "config": {...}},
         "cpu1": {"role": "cpu", "instance": 1, "port": 5560, "host": "cpu1"},

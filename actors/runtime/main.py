@@ -25,9 +25,12 @@ from typing import Any
 
 # An actor never draws on a terminal: keep structlog from loading rich (typer's
 # dependency, installed anyway) and pygments through it, about 6 MB of RSS and 50 ms of
-# start-up in every process. Run as a script only (``-m``), never when imported.
+# start-up in every process. Nor does it speak TLS: asyncio (which structlog and
+# zmq.utils.monitor import) takes ssl only if it is there, and leaving it out saves
+# another 2.7 MB per process. Run as a script only (``-m``), never when imported.
 if __name__ == "__main__":
-    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+    for _unused in ("rich", "ssl"):
+        sys.modules.setdefault(_unused, None)  # type: ignore[arg-type]
 
 from actors.runtime import procutil
 from actors.runtime.actor import Actor, ActorSettings

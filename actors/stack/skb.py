@@ -162,7 +162,7 @@ class Skb:
     ack_seq: int
     window: int
     options: TcpOptions
-    data: bytes
+    data: bytes | bytearray  # a bytearray once something was coalesced onto it
     truesize: int
     doff: int = 20
     ids: list[int] = field(default_factory=list)
@@ -196,6 +196,15 @@ class Skb:
     @property
     def len(self) -> int:
         return len(self.data)
+
+    def append_data(self, more: bytes | bytearray) -> None:
+        """Put ``more`` after this skb's payload. The first append turns the payload into
+        a bytearray that later ones extend in place: rebuilding a bytes object per
+        coalesced segment copies the run again each time and, across a thousand
+        interleaved flows, fragments the heap into the stack's peak RSS."""
+        if type(self.data) is bytes:
+            self.data = bytearray(self.data)
+        self.data += more
 
     def has(self, flag: int) -> bool:
         return bool(self.flags & flag)

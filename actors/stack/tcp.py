@@ -170,7 +170,7 @@ def tcp_prequeue_process(sk: TcpSock, length: int | None, now: int) -> None:
     if uc.prequeue:
         net.inc("TcpExtTCPPrequeued")
         while uc.prequeue:
-            sk_backlog_rcv(sk, uc.prequeue.popleft(), now)
+            sk_backlog_rcv(sk, uc.prequeue.pop(0), now)
         uc.memory = 0
     n = len(uc.iov) - before_len
     if n > 0:

@@ -144,7 +144,7 @@ def tcp_try_coalesce(sk: TcpSock, to: Skb, frm: Skb) -> bool:
     delta = skb_try_coalesce(to, frm)
     if delta is None:
         return False
-    to.data += frm.data
+    to.append_data(frm.data)
     to.end_seq = frm.end_seq
     to.ack_seq = frm.ack_seq
     to.window = frm.window
@@ -1591,7 +1591,7 @@ def tcp_init_buffer_space(sk: TcpSock, now: int) -> None:
 def segment_of(sk: TcpSock, skb: Skb) -> Segment:
     """The segment ``skb`` arrived as (what tcp_v4_send_reset answers)."""
     return Segment(src=sk.raddr, sport=sk.rport, dst=sk.laddr, dport=sk.lport, seq=skb.seq,
-                   ack=skb.ack_seq, flags=skb.flags, window=skb.window, payload=skb.data)
+                   ack=skb.ack_seq, flags=skb.flags, window=skb.window, payload=bytes(skb.data))
 
 
 def tcp_rcv_synsent_state_process(sk: TcpSock, skb: Skb, now: int) -> None:

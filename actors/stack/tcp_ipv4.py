@@ -497,7 +497,7 @@ def tcp_prequeue(sk: TcpSock, skb: Skb, now: int) -> bool:
             or uc.memory + sk.rmem_alloc > sk.rcvbuf:
         net.inc("TcpExtTCPPrequeueDropped", len(uc.prequeue))
         while uc.prequeue:
-            tcp_v4_do_rcv(sk, uc.prequeue.popleft(), now)
+            tcp_v4_do_rcv(sk, uc.prequeue.pop(0), now)
         uc.memory = 0
     elif len(uc.prequeue) == 1:
         sk.data_ready = True
@@ -532,7 +532,7 @@ def _backlog_coalesce(tail: Skb, skb: Skb) -> int | None:
         return None
     tail.truesize += delta
     tail.gso_size = max(tail_gso_size, skb.gso_size or skb.len)
-    tail.data += skb.data
+    tail.append_data(skb.data)
     tail.end_seq = skb.end_seq
     if not before(skb.ack_seq, tail.ack_seq):
         tail.ack_seq = skb.ack_seq

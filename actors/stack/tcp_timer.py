@@ -200,7 +200,7 @@ def tcp_delack_timer_handler(sk: TcpSock, now: int) -> None:
     if uc.prequeue:
         net.inc("TcpExtTCPSchedulerFailed")
         while uc.prequeue:
-            sk_backlog_rcv(sk, uc.prequeue.popleft(), now)
+            sk_backlog_rcv(sk, uc.prequeue.pop(0), now)
         uc.memory = 0
     if inet_csk_ack_scheduled(sk):
         if not ack.pingpong:

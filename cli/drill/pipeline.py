@@ -153,15 +153,15 @@ def drill_scenario(profile: Profile, sysctls: Sysctls, *, seed: int) -> Scenario
 
 def drill_topology(sc: Scenario) -> dict[str, Any]:
     """nic, cpu0 and stack; the NIC's wire peer is the launcher (this process)."""
-    config = {"scenario": sc.to_dict()}
     return {
         "actors": {
             NIC: {"role": "nic", "instance": 0, "peers": [CPU],
-                  "config": {**config, "wire_peer": "launcher"}},
-            CPU: {"role": "cpu", "instance": 0, "peers": [NIC, STACK], "config": config},
+                  "config": {"wire_peer": "launcher"}},
+            CPU: {"role": "cpu", "instance": 0, "peers": [NIC, STACK]},
             STACK: {"role": "stack", "instance": 0, "peers": [NIC, CPU],
-                    "config": {**config, "rcv_watcher": "launcher"}},
+                    "config": {"rcv_watcher": "launcher"}},
         },
+        "config": {"scenario": sc.to_dict()},
         # Heartbeats are not needed (stats are asked for); traces would cost time.
         "runtime": {"heartbeat_ms": 60_000, "trace": False},
         "log": {"level": "warning"},
