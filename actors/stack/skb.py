@@ -199,9 +199,8 @@ class Skb:
 
     def append_data(self, more: bytes | bytearray) -> None:
         """Put ``more`` after this skb's payload. The first append turns the payload into
-        a bytearray that later ones extend in place: rebuilding a bytes object per
-        coalesced segment copies the run again each time and, across a thousand
-        interleaved flows, fragments the heap into the stack's peak RSS."""
+        a bytearray that later ones extend in place: a new bytes object per coalesced
+        segment would copy the whole run again each time."""
         if type(self.data) is bytes:
             self.data = bytearray(self.data)
         self.data += more
