@@ -68,7 +68,8 @@ def scenario_of(topology: dict[str, Any]) -> Scenario:
         scenario = (config or {}).get("scenario")
         if scenario is not None:
             return scenario_from_data(scenario, source="topology")
-    raise ConfigError("topology", None, "no actor carries a scenario")
+    raise ConfigError("topology", None,
+                      "neither its config nor any actor's carries a scenario")
 
 
 def coordinate_run(topology: dict[str, Any], run_dir: Path, *,

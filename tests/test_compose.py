@@ -16,6 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from actors.runtime.actor import ActorSettings
 from actors.runtime.addressing import endpoints_from_topology, free_tcp_ports
 from actors.runtime.curve import generate_keys
 from cli.actor_cmd import next_incarnation, resolve_actor
@@ -31,6 +32,7 @@ from cli.compose import (
 from cli.config import load_scenario
 from cli.coordinate import scenario_of
 from cli.main import app
+from cli.run import build_topology
 from cli.swarm import (
     labels_needed,
     parse_place,
@@ -94,6 +96,31 @@ def test_render_is_yaml_with_image_override_and_scenario_roundtrips() -> None:
     assert '    image: "${RXPATH_IMAGE:-img:1}"' in text
     assert 'entrypoint: ["rxpath", "coordinate"]' in text
     assert scenario_of(compose_topology(sc)).to_dict() == sc.to_dict()
+
+
+def test_a_topology_with_the_scenario_in_every_actor_config_still_reads(
+        tmp_path: Path) -> None:
+    """The form written before the shared top-level config: each actor carries the whole
+    scenario beside its own keys. Both the coordinator and every actor still find it, and
+    an actor's own keys win over the shared ones."""
+    sc = load_scenario(None)
+    topo = build_topology(sc)
+    shared = topo.pop("config")
+    topo["actors"]["nic"]["config"] = {"wire_peer": "launcher"}
+    for entry in topo["actors"].values():
+        entry["config"] = {**shared, **(entry.get("config") or {})}
+    assert scenario_of(topo).to_dict() == sc.to_dict()
+    for name, entry in topo["actors"].items():
+        config = ActorSettings.from_topology(topo, name, tmp_path).config
+        assert config == entry["config"]
+        assert config["scenario"] == shared["scenario"]
+
+    topo["config"] = {"scenario": {"not": "this one"}, "wire_peer": "shared"}
+    nic = ActorSettings.from_topology(topo, "nic", tmp_path).config
+    assert nic["scenario"] == shared["scenario"]
+    assert nic["wire_peer"] == "launcher"
+    cpu = ActorSettings.from_topology(topo, "cpu0", tmp_path).config
+    assert cpu["wire_peer"] == "shared"  # a key the actor does not set comes from the top
 
 
 def test_resolve_actor_by_role_name_and_instance() -> None:
