@@ -54,6 +54,10 @@ class NicConfig:
     # What the frames arrive through, which sizes each skb (actors.stack.skb.device_skb):
     # "nic" an Ethernet NIC's RX ring, "tun" a tun device (packetdrill's injection).
     device: DeviceKind = "nic"
+    # Generic receive offload (ethtool -K gro): each NAPI poll merges a flow's in-order
+    # segments into one skb (actors.cpu.gro). Off by default, so scenarios written
+    # without it keep one tcp_v4_rcv per wire segment. A tun device has no NAPI GRO here.
+    gro: bool = False
 
 
 @dataclass(frozen=True, slots=True)

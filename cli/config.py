@@ -819,7 +819,8 @@ class _Builder:
             rx_usecs=rx_usecs, rx_frames=rx_frames,
             rss_key=self._rss_key(t, d.rss_key),
             cost_per_frame_us=t.number("cost_per_frame_us", d.cost_per_frame_us),
-            device=cast(DeviceKind, t.choice("device", d.device, DEVICE_KINDS)))
+            device=cast(DeviceKind, t.choice("device", d.device, DEVICE_KINDS)),
+            gro=t.boolean("gro", d.gro))
 
     def _rss_key(self, t: _Table, default: bytes) -> bytes:
         if "rss_key" not in t.data:

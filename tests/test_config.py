@@ -463,7 +463,7 @@ def test_unknown_keys(text: str, key: str) -> None:
 def test_unknown_key_suggests_the_near_one() -> None:
     assert error_of("[nic]\nqueus = 3\n") == (
         'configs/x.toml: nic.queus: unknown key (did you mean "queues"?); expected one of: '
-        "cost_per_frame_us, device, queues, ring_size, rss_key, rx_frames, rx_usecs")
+        "cost_per_frame_us, device, gro, queues, ring_size, rss_key, rx_frames, rx_usecs")
 
 
 def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -768,3 +768,7 @@ def test_fail_config_prints_to_stderr_and_exits_2(capsys: pytest.CaptureFixture[
     captured = capsys.readouterr()
     assert captured.err == "c.toml: nic.queues: expected an integer >= 1, got 0\n"
     assert captured.out == ""
+
+
+def test_nic_gro_is_a_boolean() -> None:
+    assert error_of("[nic]\ngro = 1\n") == "configs/x.toml: nic.gro: expected true or false, got 1"

@@ -31,6 +31,7 @@ class CpuActor(Actor):
             local_addrs=frozenset({sc.stack.address}),
             cost=(sc.cpu.cost_per_segment_us, sc.cpu.cost_per_byte_ns),
             batch_base=settings.incarnation * INCARNATION_BATCHES,
+            gro=sc.nic.gro and sc.nic.device != "tun",
             observer=SoftirqTrace(self.trace, self.clock) if self.trace.on else None)
 
     def _send(self, outputs: list[CpuOutput]) -> None:

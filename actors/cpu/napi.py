@@ -44,6 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from actors.cpu.gro import napi_gro_receive
 from actors.cpu.ip_rcv import ip_rcv
 from actors.cpu.softnet import SoftnetData, format_softnet_line
 from actors.mib import Mib
@@ -83,6 +84,17 @@ class Poll:
     gso: list[int] | None = None  # GSO sizes of ``frames`` (0: none), when any has one
     batch: int = 0  # the rcv_batch id of ``delivered`` (0: nothing delivered)
     cost_ns: int = 0  # emulated softirq work for these frames
+    # With GRO: the wire frames inside ``delivered`` (several per merged skb), the trace
+    # id and GSO size of each delivered skb, and the ids of frames merged into another's.
+    delivered_frames: int = -1  # -1: one per delivered skb (no GRO)
+    up_ids: list[int] | None = None
+    up_gso: list[int] | None = None
+    merged: list[int] | None = None
+
+    @property
+    def wire_frames_up(self) -> int:
+        """Wire frames handed to the stack (a merged skb carries several)."""
+        return len(self.delivered) if self.delivered_frames < 0 else self.delivered_frames
 
     @property
     def work(self) -> int:
@@ -92,6 +104,8 @@ class Poll:
         """Trace ids of the delivered frames (tracing only)."""
         if self.ids is None:
             return []
+        if self.up_ids is not None:
+            return self.up_ids
         if not self.drops:
             return self.ids
         dropped = {i for i, _ in self.drops}
@@ -100,8 +114,14 @@ class Poll:
     def dropped_ids(self) -> list[int]:
         return [] if self.ids is None else [self.ids[i] for i, _ in self.drops]
 
+    def merged_ids(self) -> list[int]:
+        """Trace ids of frames GRO merged into an skb that went up under another's id."""
+        return [] if self.ids is None or not self.merged else [self.ids[i] for i in self.merged]
+
     def delivered_gso(self) -> list[int] | None:
         """GSO sizes of the delivered frames; None when none of them has one."""
+        if self.up_gso is not None:
+            return self.up_gso if any(self.up_gso) else None
         if self.gso is None:
             return None
         gso = self.gso
@@ -198,6 +218,7 @@ class Softirq:
         local_addrs: frozenset[str] = frozenset(),
         cost: tuple[float, float] = (0.0, 0.0),
         batch_base: int = 0,
+        gro: bool = False,
         observer: SoftirqObserver | None = None,
     ) -> None:
         """``weight`` defaults to ``sysctls.dev_weight`` (64, NAPI_POLL_WEIGHT).
@@ -210,7 +231,8 @@ class Softirq:
         ``local_addrs`` are the host's addresses (``ip_rcv`` delivers only to them);
         ``cost`` is (µs per frame, ns per byte) of emulated softirq work; batch ids
         start after ``batch_base``, so two incarnations of a cpu never share one (an
-        answer meant for the previous life cannot match a batch of this one).
+        answer meant for the previous life cannot match a batch of this one). ``gro``:
+        the device has generic receive offload on (:mod:`actors.cpu.gro`).
         """
         self.cpu = cpu
         self.ring_size = ring_size
@@ -254,6 +276,8 @@ class Softirq:
         self.ip_drops: dict[str, int] = {}
         self._cost_us, self._cost_per_byte_ns = cost
         self._batches = itertools.count(batch_base + 1)
+        self.gro = gro
+        self.gro_merged = 0  # frames that went up inside another frame's GRO skb
         self.observer = observer
 
     # -- from the nic -----------------------------------------------------------------------
@@ -358,7 +382,7 @@ class Softirq:
             if poll.batch:
                 out.append(RcvBatch(poll.batch, poll.delivered,
                                     None if poll.ids is None else poll.delivered_ids(),
-                                    None if poll.gso is None else poll.delivered_gso()))
+                                    poll.delivered_gso()))
                 break
             out += self.finish_poll(poll, now)
         return out
@@ -381,7 +405,7 @@ class Softirq:
         poll = self._current
         if poll is None:
             return []
-        self.frames_abandoned += len(poll.delivered)
+        self.frames_abandoned += poll.wire_frames_up
         out: list[CpuOutput] = [*self.finish_poll(poll, now)]
         out += self.net_rx_action(now)
         return out
@@ -413,6 +437,8 @@ class Softirq:
         napi.polls += 1
         napi.frames_polled += n
         self.polls += 1
+        if self.gro:
+            return self._start_gro_poll(now, new_run, queue, napi, frames, gso)
         # processed is bumped in __netif_receive_skb_core, i.e. as each frame goes up.
         self.softnet.processed += n
         delivered: list[bytes] = []
@@ -428,6 +454,47 @@ class Softirq:
                 reason = res.drop_reason or "IP"
                 ip_drops[reason] = ip_drops.get(reason, 0) + 1
                 drops.append((i, reason))
+        return self._begin_poll(now, new_run, queue, napi, frames, gso, delivered, drops)
+
+    def _start_gro_poll(self, now: int, new_run: bool, queue: int, napi: Napi,
+                        frames: tuple[bytes, ...], gso: list[int] | None) -> Poll:
+        """start_poll with GRO: napi_gro_receive merges the frames into skbs, and each
+        skb goes through ip_rcv (and counts as processed) as it leaves GRO."""
+        skbs = napi_gro_receive(frames, None if gso is None else [bool(g) for g in gso])
+        self.softnet.processed += len(skbs)
+        delivered: list[bytes] = []
+        drops: list[tuple[int, str]] = []
+        up_gso: list[int] = []
+        up_first: list[int] = []
+        merged: list[int] = []
+        wire = 0
+        mib, local, ip_drops = self.mib, self.local_addrs, self.ip_drops
+        for skb in skbs:
+            res = ip_rcv(skb.frame, mib, local)
+            first = skb.indices[0]
+            if res.packet is not None:
+                delivered.append(skb.frame)
+                up_gso.append(skb.gso_size or (gso[first] if gso is not None else 0))
+                up_first.append(first)
+                merged += skb.indices[1:]
+                wire += len(skb.indices)
+            else:
+                reason = res.drop_reason or "IP"
+                for i in skb.indices:
+                    ip_drops[reason] = ip_drops.get(reason, 0) + 1
+                    drops.append((i, reason))
+        self.gro_merged += len(merged)
+        return self._begin_poll(now, new_run, queue, napi, frames, gso, delivered, drops,
+                                wire=wire, up_gso=up_gso, up_first=up_first, merged=merged)
+
+    def _begin_poll(self, now: int, new_run: bool, queue: int, napi: Napi,
+                    frames: tuple[bytes, ...], gso: list[int] | None, delivered: list[bytes],
+                    drops: list[tuple[int, str]], *, wire: int = -1,
+                    up_gso: list[int] | None = None, up_first: list[int] | None = None,
+                    merged: list[int] | None = None) -> Poll:
+        """The poll's cost, trace ids and batch id; it becomes the one in flight."""
+        n = len(frames)
+        ring = napi.ring
         cost = 0
         if self._cost_us or self._cost_per_byte_ns:
             per_frame = self._cost_us * 1000
@@ -437,15 +504,17 @@ class Softirq:
         if self.observer is not None:
             tags = napi.ring_ids
             ids = [tags.popleft() if tags else NO_TRACE_ID for _ in range(n)]
+        up_ids = None if ids is None or up_first is None else [ids[i] for i in up_first]
         batch = 0
         if delivered:
             batch = next(self._batches)
-            self.frames_to_stack += len(delivered)
+            self.frames_to_stack += len(delivered) if wire < 0 else wire
         poll = Poll(
             queue=queue, frames=frames, weight=self.weight, run=self.net_rx_action_runs,
             budget_left=self._budget, time_limit=self._time_limit, started_at=now,
             epoch=self._epoch, delivered=delivered, drops=drops, ids=ids, gso=gso,
-            batch=batch, cost_ns=cost,
+            batch=batch, cost_ns=cost, delivered_frames=wire, up_ids=up_ids, up_gso=up_gso,
+            merged=merged,
         )
         self._current = poll
         if self.observer is not None:
@@ -578,8 +647,9 @@ class Softirq:
             "ip_drops": dict(self.ip_drops),
             "frames_in": self.frames_in, "frames_to_stack": self.frames_to_stack,
             "frames_abandoned": self.frames_abandoned,
+            "gro_merged": self.gro_merged,
             "dma_overruns": self.dma_overruns, "frames_lost_in_reset": self.frames_lost_in_reset,
             "stale_rcv_done": self.stale_rcv_done,
             "ring_frames": self.frames_in_rings(),
-            "in_flight_frames": len(current.delivered) if current is not None else 0,
+            "in_flight_frames": current.wire_frames_up if current is not None else 0,
         }

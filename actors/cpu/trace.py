@@ -49,6 +49,7 @@ class SoftirqTrace:
         trace.counter(f"ring q{poll.queue}", t, {"frames to poll": ring_len})
         trace.add_flows(_POLL, HOP_NAPI, poll.delivered_ids())
         trace.add_flows(_POLL, HOP_END, poll.dropped_ids())
+        trace.add_flows(_POLL, HOP_END, poll.merged_ids())  # went up inside a GRO skb
         for i, reason in poll.drops:  # ip_rcv's drops, one instant each
             trace.instant("drop: " + reason, t, "drops", args={
                 "reason": "SKB_DROP_REASON_" + reason,

@@ -44,15 +44,30 @@ NIC = "nic"
 
 
 class GsoFrame(bytes):
-    """A queued frame that came with a GSO size (a tun write's virtio_net_hdr): frames
-    without one stay plain bytes, so the common path carries nothing extra."""
+    """A queued frame that came with a GSO size (a tun write's virtio_net_hdr, or an skb
+    NAPI GRO merged): frames without one stay plain bytes, so the common path carries
+    nothing extra. ``wire``: the wire frames it stands for in the frame accounting (a
+    GRO skb's segments; a tun write is one frame however many segments it holds)."""
 
     gso_size: int
+    wire: int
 
-    def __new__(cls, frame: bytes, gso_size: int) -> GsoFrame:
+    def __new__(cls, frame: bytes, gso_size: int, wire: int = 1) -> GsoFrame:
         self = super().__new__(cls, frame)
         self.gso_size = gso_size
+        self.wire = wire
         return self
+
+
+def gro_segments(frame: bytes, gso_size: int) -> int:
+    """The wire segments a GRO skb of ``gso_size`` carries (1 if it cannot be read)."""
+    if len(frame) < 20 or frame[0] >> 4 != 4:
+        return 1
+    ihl = (frame[0] & 0xF) * 4
+    if len(frame) <= ihl + 12:
+        return 1
+    payload = int.from_bytes(frame[2:4], "big") - ihl - (frame[ihl + 12] >> 4) * 4
+    return max(1, -(-payload // gso_size))
 
 
 class StackActor(Actor):
@@ -100,7 +115,9 @@ class StackActor(Actor):
         if gso is not None:
             try:
                 msg.check_gso(gso, len(frames))
-                frames = [GsoFrame(f, g) if g else f for f, g in zip(frames, gso, strict=True)]
+                gro = not self.tun_writes
+                frames = [GsoFrame(f, g, gro_segments(f, g) if gro else 1) if g else f
+                          for f, g in zip(frames, gso, strict=True)]
             except MalformedMessage as exc:
                 bad = exc
         try:
@@ -152,17 +169,18 @@ class StackActor(Actor):
                 obs.timers(t, n0, ran)
 
     def _tcp_v4_rcv(self, frame: bytes, now: int, fid: int | None) -> None:
-        self.segments += 1
         obs = self.observer
         n0 = len(obs.outputs()) if obs else 0
         traced = fid if obs and is_flow_id(fid) else None
         rec = self.recorder
         if isinstance(frame, GsoFrame):
+            self.segments += frame.wire
             if rec:
                 rec.pack((SEG, now, bytes(frame), traced, frame.gso_size))
             seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced,
                                               gso_size=frame.gso_size)
         else:
+            self.segments += 1
             if rec:
                 rec.pack((SEG, now, frame) if traced is None else (SEG, now, frame, traced, 0))
             seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced)
@@ -244,7 +262,7 @@ class StackActor(Actor):
         now = self.clock()
         out = {**model_counters(self.stack, now), "segments": self.segments,
                "batches_waiting": len(self.work),
-               "frames_waiting": sum(len(w[2]) for w in self.work)}
+               "frames_waiting": sum(getattr(f, "wire", 1) for w in self.work for f in w[2])}
         if self.recorder:
             # A heartbeat's snapshot also writes the record out: an idle stack that is
             # killed leaves it whole up to its last beat.

@@ -127,6 +127,27 @@ def device_skb_room(device: DeviceKind, ip_len: int,
     return 0, max(0, RX_BUFFER_SIZE - SKB_SHINFO_SIZE - NET_SKB_PAD - frame_len)
 
 
+def gro_skb(header_len: int, payload_len: int, gso_size: int) -> tuple[int, int]:
+    """(truesize, nr_frags) of the skb NAPI GRO built from a NIC's frames of ``gso_size``
+    payload each (skb_gro_receive): the first frame's buffer is the head; each next
+    frame's buffer becomes a page fragment, charged all but its freed struct sk_buff,
+    until MAX_SKB_FRAGS; later ones are chained on the frag_list at their full truesize.
+    A frag_list skb never coalesces (skb_try_coalesce refuses it), which nr_frags at
+    MAX_SKB_FRAGS gives here too."""
+    segs = max(1, -(-payload_len // gso_size))
+    hdr = NET_IP_ALIGN_AND_HEADERS + header_len  # Ethernet + IPv4 + TCP
+    truesize = rx_truesize(hdr + min(payload_len, gso_size))
+    frags = 0
+    for i in range(1, segs):
+        t = rx_truesize(hdr + min(gso_size, payload_len - i * gso_size))
+        if frags < MAX_SKB_FRAGS:
+            frags += 1
+            truesize += t - SKB_STRUCT_SIZE
+        else:
+            truesize += t
+    return truesize, frags
+
+
 def skb_try_coalesce(to: Skb, frm: Skb) -> int | None:
     """Put ``frm``'s payload after ``to``'s (skb_try_coalesce); the truesize ``to``
     grows by (to charge), or None when it cannot take it. The caller merges the

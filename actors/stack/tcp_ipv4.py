@@ -28,7 +28,14 @@ from typing import Any
 from actors.profiles import Profile, Sysctls, sysctl_write, timer_fires_at
 from actors.stack import tcp, tcp_minisocks, tcp_timer
 from actors.stack.net import Net, Proto, StackOutput
-from actors.stack.skb import DeviceKind, Skb, device_skb, device_skb_room, skb_try_coalesce
+from actors.stack.skb import (
+    DeviceKind,
+    Skb,
+    device_skb,
+    device_skb_room,
+    gro_skb,
+    skb_try_coalesce,
+)
 from actors.stack.sock import (
     AckPending,
     OpError,
@@ -236,8 +243,12 @@ class Stack:
         if truesize is None:
             ip_len = IPV4_HEADER_LEN + hdr + len(seg.payload)
             cache = net.profile.skb_small_head_cache
-            truesize, head_frag = device_skb(self.device, ip_len, cache)
-            frags, tailroom = device_skb_room(self.device, ip_len, cache)
+            if gso_size and self.device == "nic" and len(seg.payload) > gso_size:
+                truesize, frags = gro_skb(hdr, len(seg.payload), gso_size)  # NAPI GRO
+                head_frag = True
+            else:
+                truesize, head_frag = device_skb(self.device, ip_len, cache)
+                frags, tailroom = device_skb_room(self.device, ip_len, cache)
         skb = Skb.from_segment(seg, sid, now, header_len=hdr, csum_ok=csum_ok,
                                truesize=truesize)
         skb.head_frag = head_frag
