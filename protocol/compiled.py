@@ -27,7 +27,7 @@ MODULES = (
     "actors/stack/skb.py", "actors/stack/net.py", "actors/stack/tcp.py",
     "actors/stack/tcp_ipv4.py", "actors/stack/tcp_minisocks.py", "actors/stack/tcp_timer.py",
     "actors/reader/tcp_recvmsg.py", "actors/peer/sender.py", "actors/cpu/napi.py",
-    "actors/cpu/ip_rcv.py", "actors/nic/model.py",
+    "actors/cpu/ip_rcv.py", "actors/cpu/gro.py", "actors/nic/model.py",
     "protocol/segment.py", "protocol/wire.py", "protocol/tcp_options.py", "protocol/seq.py",
 )
 # The runtime library mypyc shares between them (a module of actors.stack).
