@@ -212,6 +212,11 @@ def _copy_path(rt: RunTrace, fid: int, arrival: Slice | None) -> list[str]:
             if irq:
                 out.append(f"  {_ms(rt, irq[-1].start)}  {who} hardirq for RX queue {queue}")
             out.append(f"  {when}  {who} napi_poll of RX queue {queue}: ip_rcv")
+        elif sl.name == "napi_poll" and hop == HOP_END and fid in (sl.args.get("gro_merged")
+                                                                   or ()):
+            out.append(f"  {when}  {who} napi_poll of RX queue {sl.args.get('queue')}: GRO "
+                       "merged it into the skb of an earlier frame of its flow, which goes up "
+                       "to tcp_v4_rcv whole")
         elif sl.name == "napi_poll" and hop == HOP_END:
             out.append(f"  {when}  {who} dropped in ip_rcv (a bad IP header or checksum)")
         elif sl.name == "dma overrun" and hop == HOP_END:

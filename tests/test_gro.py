@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from actors.cpu.gro import MAX_GRO_SKBS, GroSkb, napi_gro_receive
 from actors.cpu.napi import RcvBatch, Softirq
@@ -18,6 +19,7 @@ from actors.profiles import LEGACY, Sysctls
 from actors.scenario import Scenario
 from actors.stack.skb import MAX_SKB_FRAGS, SKB_STRUCT_SIZE, gro_skb, rx_truesize
 from cli.config import Overrides, load_scenario
+from cli.main import app
 from cli.run import run_scenario
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.wire import decode_ipv4, decode_tcp, encode, tcp_checksum_ok
@@ -221,3 +223,11 @@ def test_a_run_with_gro_on_the_impaired_default_wire_is_intact_and_accounted(
     ip_in = sum(int(c["mib"].get("IpInReceives", 0)) for c in cpus)
     assert merged > 0 and ip_in + merged == rx  # ip_rcv ran once per skb
     assert int(counters["stack"]["role"]["segments"]) == rx  # the stack counts wire frames
+    # The trace says where a merged frame went: into the skb of an earlier frame.
+    polls = [json.loads(line)[5] for cpu in tmp_path.glob("trace/cpu*.jsonl")
+             for line in cpu.read_text().splitlines() if '"napi_poll"' in line]
+    fid = next(a["gro_merged"][0] for a in polls if a and a.get("gro_merged"))
+    res = CliRunner().invoke(app, ["explain", str(tmp_path), "--segment", str(fid)])
+    assert res.exit_code == 0, res.output
+    assert "GRO merged it into the skb of an earlier frame" in res.stdout
+    assert "dropped" not in res.stdout

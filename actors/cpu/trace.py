@@ -44,12 +44,19 @@ class SoftirqTrace:
         trace = self.trace
         if new_run:
             trace.begin(_RUN, _RUN, t, TID, args={"budget": budget})
-        trace.begin(_POLL, _POLL, t, TID, args={
-            "queue": poll.queue, "work": poll.work, "weight": poll.weight})
+        args: dict[str, object] = {"queue": poll.queue, "work": poll.work,
+                                   "weight": poll.weight}
+        merged = poll.merged_ids()
+        if merged:
+            # Their journey ends here as frames: each goes up inside a GRO skb that
+            # carries an earlier frame's id.
+            args["gro_skbs"] = len(poll.delivered)
+            args["gro_merged"] = merged
+        trace.begin(_POLL, _POLL, t, TID, args=args)
         trace.counter(f"ring q{poll.queue}", t, {"frames to poll": ring_len})
         trace.add_flows(_POLL, HOP_NAPI, poll.delivered_ids())
         trace.add_flows(_POLL, HOP_END, poll.dropped_ids())
-        trace.add_flows(_POLL, HOP_END, poll.merged_ids())  # went up inside a GRO skb
+        trace.add_flows(_POLL, HOP_END, merged)
         for i, reason in poll.drops:  # ip_rcv's drops, one instant each
             trace.instant("drop: " + reason, t, "drops", args={
                 "reason": "SKB_DROP_REASON_" + reason,
