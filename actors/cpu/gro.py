@@ -19,9 +19,12 @@ net/ipv4/tcp_offload.c, the same in 4.13 and 6.18 for what rxpath's peers send):
 * After merging, a segment shorter than ``gso_size`` or with URG/PSH/RST/SYN/FIN ends
   the skb: it is flushed at once. A segment that starts a skb with such a flag, or with
   no payload, is not held.
-* At most ``MAX_GRO_SKBS`` (8) flows are held; a ninth flushes the oldest. The end of
-  the poll flushes all, oldest first (``napi_gro_flush``; HZ is below 1000 in both
-  profiles, so nothing is kept across polls).
+* At most ``MAX_GRO_SKBS`` (8) flows are held; a ninth flushes the oldest, as in 4.13.
+  (6.x keeps 8 in each of 8 hash buckets; rxpath holds 8 in both profiles, which only
+  differs with more than 8 flows on one RX queue in one poll.) The end of the poll
+  flushes all, oldest first (``napi_gro_flush``; with HZ below 1000, as the profiles'
+  default, nothing is kept across polls; at HZ=1000 Linux keeps skbs younger than a
+  jiffy when the poll used its whole weight, which rxpath does not).
 
 A merged skb leaves as one IPv4 packet: the first segment's headers with the total
 length, PSH/FIN of the merged ones, and both checksums set anew, so the stack reads it
