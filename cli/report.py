@@ -93,6 +93,10 @@ def print_summary(s: dict[str, Any], *, zeros: bool = False) -> None:
         echo("\n".join(formats.softnet_lines(softnet)))
         echo("\n#softnet_stat decoded")
         echo("\n".join(formats.softnet_decoded(softnet)))
+    if s.get("gro_merged"):
+        echo("\n#GRO (nic.gro: frames each cpu's napi_poll merged into an earlier frame's "
+             "skb; rxpath's own counter)")
+        echo("\n".join(formats.counter_lines(s["gro_merged"])))
     if s.get("stack"):
         # Figures the scenario comments point to that Linux has no counter for.
         echo("\n#stack (rxpath's own counters: Linux has no MIB for these)")

@@ -411,6 +411,8 @@ def summarize(sc: Scenario, state: RunState, reason: str, elapsed: float) -> dic
         "nic": _role(c, "nic").get("ethtool", {}),
         "softnet_stat": {f"cpu{i}": _role(c, f"cpu{i}").get("softnet_stat", [])
                          for i in range(sc.cpu.count)},
+        "gro_merged": {f"cpu{i}": int(_role(c, f"cpu{i}").get("gro_merged", 0))
+                       for i in range(sc.cpu.count)} if sc.nic.gro else {},
         "readers": {r.name: _role(c, r.name) for r in sc.readers},
         "transport": {n: (c.get(n) or {}).get("transport", {}) for n in c},
         "errors": state.errors,

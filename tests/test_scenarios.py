@@ -37,7 +37,7 @@ CONFIG_FILES = sorted(CONFIGS.glob("*.toml"))
 EXPECTED = {
     "fast-path", "retransmission-dsack", "slow-reader-zero-window", "partial-overlap",
     "ofo-reassembly", "low-latency-0", "low-latency-1", "backlog-drop", "ring-overflow",
-    "shared-socket", "modern", "epoll-server",
+    "shared-socket", "modern", "epoll-server", "gro",
 }
 PREQUEUE_COUNTERS = ("TcpExtTCPPrequeued", "TcpExtTCPDirectCopyFromPrequeue",
                      "TcpExtTCPPrequeueDropped")
@@ -106,6 +106,7 @@ PROMISED_NAMES = {
     "ring-overflow": ("rx_missed_errors",),
     "shared-socket": ("lock_waits",),
     "modern": ("TCPBacklogCoalesce", "TCPAckCompressed", "TCPPrequeued"),
+    "gro": ("IpInReceives", "processed", "rx_packets", "tx_packets", "segs_in"),
 }
 
 
@@ -324,6 +325,18 @@ def _modern(r: Run) -> None:
         assert r.nstat(name) == 0, name
 
 
+def _gro(r: Run) -> None:
+    merged = sum(r.summary["gro_merged"].values())
+    rx = r.nic("rx_packets")
+    skbs = r.nstat("IpInReceives")
+    assert skbs + merged == rx and skbs * 4 < rx  # ip_rcv once per skb, several frames each
+    assert sum(int(cols[0]) for cols in r.summary["softnet_stat"].values()) == skbs
+    assert r.nic("tx_packets") * 4 < rx  # about an ACK per skb, not one per two segments
+    (sock,) = [s for s in r.summary["sockets"] if s.get("data_segs_in")]
+    assert sock["data_segs_in"] >= r.summary["flows"][0]["bytes"] // 1448  # wire segments
+    _no_loss_seen(r)
+
+
 PROMISES: dict[str, Check] = {
     "fast-path": _fast_path,
     "retransmission-dsack": _retransmission_dsack,
@@ -333,6 +346,7 @@ PROMISES: dict[str, Check] = {
     "low-latency-1": _low_latency_1,
     "shared-socket": _shared_socket,
     "modern": _modern,
+    "gro": _gro,
 }
 
 
