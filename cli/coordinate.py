@@ -102,7 +102,8 @@ def coordinate_run(topology: dict[str, Any], run_dir: Path, *,
                 break
         transfer_s = time.monotonic() - traffic_start
         # As `rxpath run` takes them: upstream first, downstream first if cut off.
-        final = _final_stats(launcher, sc, readers, downstream_first=reason != "complete")
+        final, state.path_busy = _final_stats(launcher, sc, readers,
+                                              downstream_first=reason != "complete")
         state.counters = {**launcher.last_counters, **final}
         rejoined = dict(launcher.rejoined)
         launcher.stop()

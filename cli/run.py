@@ -94,6 +94,9 @@ class RunState:
     peer_done: dict[str, Any] | None = None
     resets: set[str] = field(default_factory=set)                 # flows reset
     supervision: dict[str, Any] = field(default_factory=dict)
+    # The receive path was still moving when the final counters were taken (the settle
+    # time ran out): the checker then counts what is between two boxes as in flight.
+    path_busy: bool = False
 
 # Called every turn of the run loop with the launcher, the supervisor and the seconds
 # since traffic started (how `rxpath chaos` injects its faults).
@@ -178,7 +181,8 @@ def _launch(sc: Scenario, run_dir: Path, topology: dict[str, Any], ready_timeout
         # Upstream first, so a frame moving down between two snapshots is not counted
         # twice (the checker's conservation equations); downstream first when the run
         # was cut off mid-transfer, so what is in flight shows as such, never negative.
-        final = _final_stats(launcher, sc, readers, downstream_first=reason != "complete")
+        final, state.path_busy = _final_stats(launcher, sc, readers,
+                                              downstream_first=reason != "complete")
         state.counters = {**launcher.last_counters, **final}
         # What each killed process had reported by its last heartbeat (cli.checker).
         for name, dead in launcher.incarnation_history().items():
@@ -197,26 +201,36 @@ def _tx_count(counters: dict[str, dict[str, Any]]) -> tuple[int, int]:
 
 def _final_stats(launcher: Launcher, sc: Scenario, readers: set[str],
                  settle_s: float = 3.0, downstream_first: bool = False
-                 ) -> dict[str, dict[str, Any]]:
-    """Every actor's counters once the transmit path is quiet. Upstream first, so a frame
-    moving down between two snapshots is not counted twice (the checker's conservation
-    equations); and again until two rounds agree and the NIC has sent all the stack did,
-    because a reader's close() can still send a FIN just after the last byte arrived."""
+                 ) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Every actor's counters once the transmit path is quiet, and whether it was still
+    busy when ``settle_s`` ran out. Upstream first, so a frame moving down between two
+    snapshots is not counted twice (the checker's conservation equations); and again
+    until two rounds agree and the NIC has sent all the stack did, because a reader's
+    close() can still send a FIN just after the last byte arrived. A path still busy at
+    the deadline (a peer retransmitting into a restarted stack on a loaded machine) is
+    taken once more downstream first, so what is in flight shows as such."""
     deadline = time.monotonic() + settle_s
     last: tuple[tuple[int, int], tuple[int, int]] | None = None
-    while True:
+
+    def snapshot(downstream: bool) -> dict[str, dict[str, Any]]:
         final: dict[str, dict[str, Any]] = {}
         groups = [[wire_source(sc), "nic"], [f"cpu{i}" for i in range(sc.cpu.count)],
                   ["stack", *sorted(readers)]]
-        for group in reversed(groups) if downstream_first else groups:
+        for group in reversed(groups) if downstream else groups:
             final.update(launcher.request_stats(group, timeout_s=5))
+        return final
+
+    while True:
+        final = snapshot(downstream_first)
         tx = _tx_count(final)
         # The receive path must be quiet too: after a stack was killed the peer may still
         # be sending when the readers have seen their resets.
         nic = (_role(final, "nic").get("ethtool") or {})
         moved = (tx, (int(nic.get("rx_packets", 0)), int(_role(final, "stack").get("segments", 0))))
-        if (moved == last and tx[0] == tx[1]) or time.monotonic() >= deadline:
-            return final
+        if moved == last and tx[0] == tx[1]:
+            return final, False
+        if time.monotonic() >= deadline:
+            return (final, True) if downstream_first else (snapshot(True), True)
         last = moved
 
 
@@ -244,7 +258,8 @@ def run_checker(sc: Scenario, run_dir: Path, state: RunState,
                      cpus=[f"cpu{i}" for i in range(sc.cpu.count)], resets=state.resets,
                      reader_deaths=reader_deaths,
                      restarted_roles={d["role"] for d in deaths},
-                     complete_expected=summary["reason"] == "complete")
+                     complete_expected=summary["reason"] == "complete",
+                     path_quiet=not state.path_busy)
 
 
 def judge_run(sc: Scenario, run_dir: Path, state: RunState,

@@ -27,6 +27,7 @@ from actors.runtime.launcher import PROJECT_ROOT
 from cli.app import paint
 from cli.chaos import ChaosAction, ChaosRunner
 from cli.checker import EXIT_STATUS, FAIL, INCOMPLETE, PASS, load_deliveries
+from cli.config import load_scenario
 from cli.main import app
 from cli.report import print_summary
 from cli.report_html import CSS, VERDICT_CLASS, load_run, render
@@ -345,3 +346,39 @@ def test_the_reports_verdict_badge_has_the_verdicts_colour(tmp_path: Path) -> No
     assert 90 <= _hue_deg("ok") <= 150
     assert _hue_deg("bad") <= 10 or _hue_deg("bad") >= 350
     assert 40 <= _hue_deg("warn") <= 60
+
+
+class MovingPath:
+    """A launcher stand-in whose wire never goes quiet: every snapshot of the nic has one
+    more frame DMA'd, and the cpu, asked later, has counted one more than that."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.order: list[list[str]] = []
+
+    def request_stats(self, names: list[str], timeout_s: float = 5.0
+                      ) -> dict[str, dict[str, Any]]:
+        self.order.append(list(names))
+        self.frames += 1
+        out: dict[str, dict[str, Any]] = {}
+        for name in names:
+            if name == "nic":
+                out[name] = {"role": {"ethtool": {"rx_packets": self.frames}}}
+            elif name.startswith("cpu"):
+                out[name] = {"role": {"frames_in": self.frames}}
+            else:
+                out[name] = {"role": {}}
+        return out
+
+
+def test_final_stats_of_a_path_still_moving_are_taken_downstream_first_and_say_so() -> None:
+    sc = load_scenario(None)
+    fake = MovingPath()
+    final, busy = cli.run._final_stats(fake, sc, {"r1", "r2"},  # type: ignore[arg-type]
+                                       settle_s=0.0)
+    assert busy
+    # The last round asked the stack and readers first and the wire last: a frame that
+    # moved meanwhile is in flight, never counted downstream before it left upstream.
+    assert fake.order[-3][0] == "stack" and fake.order[-1] == ["peer", "nic"]
+    nic = final["nic"]["role"]["ethtool"]["rx_packets"]
+    assert nic >= final["cpu0"]["role"]["frames_in"]
