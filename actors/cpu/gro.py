@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from protocol.wire import internet_checksum
 
@@ -57,7 +57,6 @@ _U16X2 = struct.Struct("!HH")
 class _Held:
     """One skb on the NAPI's gro_list: its first frame and what merged into it."""
 
-    key: bytes  # addresses + ports
     first: bytes
     payloads: list[bytes]
     indices: list[int]  # positions in the poll of the frames it holds
@@ -80,7 +79,7 @@ class GroSkb:
 
     frame: bytes
     gso_size: int
-    indices: tuple[int, ...] | list[int] = field(default_factory=tuple)
+    indices: tuple[int, ...] | list[int]
 
 
 def _payload_residue(frame: bytes, hl: int, ip_len: int) -> int | None:
@@ -182,7 +181,7 @@ def napi_gro_receive(frames: Sequence[bytes], skip: Sequence[bool] | None = None
         if len(held) >= MAX_GRO_SKBS:
             oldest = next(iter(held))
             out.append(_flush(held.pop(oldest)))
-        held[key] = _Held(key, frame, [frame[hl:]], [i], length,
+        held[key] = _Held(frame, [frame[hl:]], [i], length,
                           (seq + length) & 0xFFFFFFFF, ip_len,
                           _U16.unpack_from(frame, 4)[0], 0, hl, res, bool(length & 1))
     out.extend(_flush(h) for h in held.values())
