@@ -55,9 +55,10 @@ class NicConfig:
     # "nic" an Ethernet NIC's RX ring, "tun" a tun device (packetdrill's injection).
     device: DeviceKind = "nic"
     # Generic receive offload (ethtool -K gro): each NAPI poll merges a flow's in-order
-    # segments into one skb (actors.cpu.gro). Off by default, so scenarios written
-    # without it keep one tcp_v4_rcv per wire segment. A tun device has no NAPI GRO here.
-    gro: bool = False
+    # segments into one skb (actors.cpu.gro). On by default, as register_netdevice sets
+    # NETIF_F_GRO on every device; a scenario about per-segment work turns it off. A tun
+    # device has no NAPI GRO here.
+    gro: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,7 +176,8 @@ class StackActor(Actor):
         if isinstance(frame, GsoFrame):
             self.segments += frame.wire
             if rec:
-                rec.pack((SEG, now, bytes(frame), traced, frame.gso_size))
+                rec.pack((SEG, now, bytes(frame), traced, frame.gso_size) if frame.wire == 1
+                         else (SEG, now, bytes(frame), traced, frame.gso_size, frame.wire))
             seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced,
                                               gso_size=frame.gso_size)
         else:

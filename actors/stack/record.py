@@ -22,8 +22,9 @@ Records are msgpack arrays, the first item a tag:
 ``HEAD``   ``[HEAD, {"actor", "incarnation", "scenario"}]`` (the scenario dict the
            process was given: it rebuilds the same model)
 ``LISTEN`` ``[LISTEN, now, laddr, port, backlog, rcvbuf, rcvlowat]``
-``SEG``    ``[SEG, now, frame]`` or ``[SEG, now, frame, seg_id, gso_size]``:
-           ``tcp_v4_rcv_frame``
+``SEG``    ``[SEG, now, frame]``, ``[SEG, now, frame, seg_id, gso_size]`` or, for a
+           GRO skb, ``[SEG, now, frame, seg_id, gso_size, wire frames]``:
+           ``tcp_v4_rcv_frame`` (the shell's ``segments`` counts wire frames)
 ``TIMERS`` ``[TIMERS, now]``: ``run_timers``
 ``OP``     ``[OP, now, task, op, sock, args]``: ``sock_op_msg``, as the message had it
 ``EXIT``   ``[EXIT, now, task]``: ``task_exit`` (a reader process died)
@@ -462,7 +463,8 @@ def replay(rec: Record) -> ReplayResult:
             now = r[1]
             last_input = i
             res.inputs += 1
-            segments += tag == SEG
+            if tag == SEG:
+                segments += r[5] if len(r) > 5 else 1
             try:
                 answer = _apply(stack, i, r)
             except Exception as exc:  # the model failed on this input: so did the process?
