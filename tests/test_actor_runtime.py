@@ -209,6 +209,36 @@ def test_dispatch_holds_data_until_start_then_replays_in_order(run_dir: Path) ->
         sink.mailbox.close()
 
 
+def test_a_peer_not_bound_yet_is_connected_at_start(run_dir: Path) -> None:
+    """A connect to an ipc inbox that does not exist yet would fail and be retried only
+    after libzmq's reconnect interval: the link is made at `start`, when every actor is
+    bound, and the first message goes straight through."""
+    topology = make_topology({"a": {"role": "sink", "peers": ["b"]}, "b": {"role": "sink"}})
+    a = SinkActor(ActorSettings.from_topology(topology, "a", run_dir))
+    b = SinkActor(ActorSettings.from_topology(topology, "b", run_dir))
+    try:
+        a._bind_and_connect()
+        assert "b" not in a.mailbox.outboxes and a._unbound_peers == ["b"]
+        b._bind_and_connect()
+        a.dispatch(Envelope(msg.START, LAUNCHER, 0, 0, {"t0_ns": 1}), 0)
+        assert "b" in a.mailbox.outboxes and a._unbound_peers == []
+        a.send("b", TEST_TICK, {"n": 0, "pad": b""})
+        assert b.mailbox.poll(10_000), "the first message after start did not arrive"
+        assert [e.kind for e in b.mailbox.inbound] == [TEST_TICK]
+        # A peer already bound is connected at once, before `ready`.
+        c = SinkActor(ActorSettings.from_topology(
+            make_topology({"c": {"role": "sink", "peers": ["b"]}, "b": {"role": "sink"}}),
+            "c", run_dir))
+        try:
+            c._bind_and_connect()
+            assert "b" in c.mailbox.outboxes and c._unbound_peers == []
+        finally:
+            c.mailbox.close()
+    finally:
+        a.mailbox.close()
+        b.mailbox.close()
+
+
 def test_dispatch_counts_unhandled_refused_and_misdirected_messages(run_dir: Path) -> None:
     echo = EchoActor(settings_for(run_dir, "e", {"role": "echo",
                                                  "config": {"reject_odd": True}}))

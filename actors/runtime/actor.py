@@ -326,6 +326,7 @@ class Actor:
         self.stop_reason: str | None = None
         self._born_ns = clock()
         self._held: deque[Envelope] = deque()
+        self._unbound_peers: list[str] = []  # peers whose ipc inbox did not exist yet
         self._heartbeat: TimerHandle | None = None
         self._request_ids = itertools.count(1)
         self._eos_waiting: dict[str, int] = {}  # dest -> request_id of our end_of_stream
@@ -540,7 +541,20 @@ class Actor:
         self.mailbox.bind()
         self.mailbox.outbox(LAUNCHER)
         for peer in self.settings.peers:
+            path = ipc_path(self.settings.endpoints[peer].connect)
+            if path is not None and not path.exists():
+                # Not bound yet (actors start side by side): a connect now would fail and
+                # libzmq would retry only after RECONNECT_IVL, doubling each time, so the
+                # run's first messages would wait tens of ms while every process idles.
+                # At `start` every actor is bound; connect then (or at the first send).
+                self._unbound_peers.append(peer)
+                continue
             self.mailbox.outbox(peer)
+
+    def _connect_unbound_peers(self) -> None:
+        for peer in self._unbound_peers:
+            self.mailbox.outbox(peer)
+        self._unbound_peers.clear()
 
     def _loop(self) -> None:
         mb = self.mailbox
@@ -643,6 +657,7 @@ class Actor:
             self.mailbox.reject("rejected_by_handler", "start: already started", env.sender)
             return
         self.started = True
+        self._connect_unbound_peers()
         self.t0_ns = env.body["t0_ns"]
         self.log.info("start", t0_ns=self.t0_ns, held=len(self._held))
         self.trace.meta(t0_ns=self.t0_ns)
