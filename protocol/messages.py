@@ -83,8 +83,24 @@ UNMASK = register_kind(
 # --- softirq -> stack ------------------------------------------------------------------
 RCV_BATCH = register_kind(
     "rcv_batch", {"batch": int, "frames": ListOf(bytes)},
-    optional={"ids": ListOf(int), "gso": ListOf(int)},
-    doc="cpu -> stack: one napi_poll's frames that passed ip_rcv, for tcp_v4_rcv in order")
+    optional={"ids": ListOf(int), "gso": ListOf(int), "segs": ListOf(int)},
+    doc="cpu -> stack: one napi_poll's frames that passed ip_rcv, for tcp_v4_rcv in order; "
+        "segs: the wire frames each GRO skb holds (NAPI_GRO_CB(skb)->count), when any "
+        "holds more than one")
+
+
+def check_segs(segs: Sequence[int] | None, gso: Sequence[int] | None, frames: int) -> None:
+    """A ``segs`` list (rcv_batch) gives one wire-frame count >= 1 per frame, and a frame
+    holding several has a GSO size (GRO sets gso_size on every skb it merged). Raises
+    MalformedMessage, like :func:`check_gso`."""
+    if segs is None:
+        return
+    if len(segs) != frames or min(segs, default=1) < 1:
+        raise MalformedMessage(
+            "bad_segs", f"segs: {len(segs)} counts (min {min(segs, default=1)}) "
+                        f"for {frames} frames")
+    if any(n > 1 and (gso is None or not gso[i]) for i, n in enumerate(segs)):
+        raise MalformedMessage("bad_segs", "segs: a frame of several has no gso size")
 
 
 def check_gso(gso: Sequence[int] | None, frames: int) -> None:

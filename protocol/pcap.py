@@ -7,6 +7,7 @@ numbers, so retransmissions, out-of-order segments, duplicate ACKs and zero wind
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,13 +30,25 @@ class PcapWriter:
         self.frames = 0
 
     def write(self, frame: bytes, wall_ns: int) -> None:
+        self.write_many((frame,), wall_ns)
+
+    def write_many(self, frames: Sequence[bytes], wall_ns: int) -> None:
+        """Frames that crossed the wire at one instant (a burst): one stamp for all."""
         sec, ns = divmod(wall_ns, 1_000_000_000)
-        data = frame[:SNAPLEN]
+        usec = ns // 1000
+        pack = _RECORD_HEADER.pack
         buf = self._buf
+        append = buf.append
         # Header and frame as two pieces: flush() joins them, so no per-frame copy here.
-        buf.append(_RECORD_HEADER.pack(sec, ns // 1000, len(data), len(frame)))
-        buf.append(data)
-        self.frames += 1
+        for frame in frames:
+            n = len(frame)
+            if n > SNAPLEN:
+                append(pack(sec, usec, SNAPLEN, n))
+                append(frame[:SNAPLEN])
+            else:
+                append(pack(sec, usec, n, n))
+                append(frame)
+        self.frames += len(frames)
         if len(buf) >= self._limit:
             self.flush()
 

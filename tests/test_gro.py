@@ -21,6 +21,8 @@ from actors.stack.skb import MAX_SKB_FRAGS, SKB_STRUCT_SIZE, gro_skb, rx_truesiz
 from cli.config import Overrides, load_scenario
 from cli.main import app
 from cli.run import run_scenario
+from protocol.envelope import MalformedMessage
+from protocol.messages import check_segs
 from protocol.segment import Segment, TcpFlags, TcpOptions
 from protocol.wire import decode_ipv4, decode_tcp, encode, tcp_checksum_ok
 from tests.stack_harness import LOCAL, PORT, REMOTE, SPORT, connect, read_all
@@ -148,10 +150,25 @@ def test_a_gro_poll_counts_skbs_as_ip_rcv_and_processed_and_frames_as_frames() -
     assert sirq.rx_dma(0, fs, 0) == 11
     out = sirq.rx_irq(0, 0)
     (batch,) = [o for o in out if isinstance(o, RcvBatch)]
-    assert len(batch.frames) == 2 and batch.gso == [MSS, 0]
+    assert len(batch.frames) == 2 and batch.gso == [MSS, 0] and batch.segs == [10, 1]
     assert sirq.mib.get("IpInReceives") == 2 and sirq.softnet.processed == 2
     assert sirq.frames_to_stack == 11 and sirq.gro_merged == 9
     assert sirq.stats(LEGACY)["in_flight_frames"] == 11  # descriptors count wire frames
+
+
+def test_a_gro_poll_of_single_frames_sends_no_segs() -> None:
+    sirq = Softirq(cpu=0, queues=[0], ring_size=256, sysctls=Sysctls(), gro=True,
+                   local_addrs=frozenset({LOCAL}))
+    sirq.rx_dma(0, frames(seg(0, ts=1), seg(1, ts=2)), 0)  # timestamps differ: no merge
+    (batch,) = [o for o in sirq.rx_irq(0, 0) if isinstance(o, RcvBatch)]
+    assert len(batch.frames) == 2 and batch.segs is None
+
+
+@pytest.mark.parametrize(("segs", "gso"), [([2], [0]), ([0], [MSS]), ([2, 1], [MSS]),
+                                           ([2], None)])
+def test_a_bad_segs_list_is_refused(segs: list[int], gso: list[int] | None) -> None:
+    with pytest.raises(MalformedMessage, match="bad_segs"):
+        check_segs(segs, gso, 1)
 
 
 # -- the stack takes a GRO skb ----------------------------------------------------------

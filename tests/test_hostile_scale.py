@@ -314,9 +314,14 @@ def _for_role(rng: random.Random, role: str, sc: Scenario) -> Hostile:
         if pick == 2:  # a frame too short to be IPv4: counted as a malformed segment
             return Hostile("bad_frame", kind=msg.RCV_BATCH, body={
                 "batch": rng.randrange(I64), "frames": [rng.randbytes(rng.randrange(20))]})
-        if rng.random() < 0.5:
+        r = rng.random()
+        if r < 0.4:
             return Hostile("bad_ids", kind=msg.RCV_BATCH, body={
                 "batch": rng.randrange(I64), "frames": [], "ids": _ids(rng, 0)})
+        if r < 0.7:  # wire-frame counts that do not fit the frames or their GSO sizes
+            return Hostile("bad_segs", kind=msg.RCV_BATCH, body={
+                "batch": rng.randrange(I64), "frames": [], "gso": [],
+                "segs": rng.choice([[0], [2, 3], [-1]])})
         return Hostile("bad_gso", kind=msg.RCV_BATCH, body={
             "batch": rng.randrange(I64), "frames": [], "gso": [1] * rng.randrange(1, 4)})
     if role == "tunwire":

@@ -29,6 +29,22 @@ def test_writer_round_trip(tmp_path: Path) -> None:
     assert got[1][0] - got[0][0] == 1
 
 
+def test_a_burst_shares_one_stamp_and_long_frames_are_cut_at_the_snaplen(
+        tmp_path: Path) -> None:
+    seg = Segment(src="10.0.0.1", sport=1, dst="10.0.0.2", dport=2, seq=7, flags=TcpFlags.ACK)
+    frames = [encode(seg.with_(payload=bytes([i]) * (i + 1))) for i in range(5)]
+    w = PcapWriter(tmp_path / "x.pcap", buffer_frames=2)
+    w.write_many(frames, 1_700_000_000_123_456_789)
+    w.write_many([b"\x45" * 70_000], 1_700_000_001_000_000_000)
+    w.close()
+    got = read_pcap(tmp_path / "x.pcap")
+    assert w.frames == 6 and [f for _, f in got[:5]] == frames
+    assert {t for t, _ in got[:5]} == {1_700_000_000_123_456}
+    assert len(got[5][1]) == 65535
+    raw = (tmp_path / "x.pcap").read_bytes()
+    assert int.from_bytes(raw[-65535 - 4:-65535], "little") == 70_000  # original length
+
+
 def tshark(pcap: Path, *args: str) -> list[str]:
     exe = shutil.which("tshark")
     assert exe, "tshark is missing: run docker/install-host-deps.sh (the README's command does)"

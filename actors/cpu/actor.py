@@ -42,6 +42,8 @@ class CpuActor(Actor):
                     body["ids"] = out.ids
                 if out.gso is not None:
                     body["gso"] = out.gso
+                if out.segs is not None:
+                    body["segs"] = out.segs
                 self.send(STACK, msg.RCV_BATCH, body)
             elif isinstance(out, Refill):
                 self.send(NIC, msg.REFILL, {"queue": out.queue, "n": out.n})

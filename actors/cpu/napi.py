@@ -84,9 +84,9 @@ class Poll:
     gso: list[int] | None = None  # GSO sizes of ``frames`` (0: none), when any has one
     batch: int = 0  # the rcv_batch id of ``delivered`` (0: nothing delivered)
     cost_ns: int = 0  # emulated softirq work for these frames
-    # With GRO: the wire frames inside ``delivered`` (several per merged skb), the trace
-    # id and GSO size of each delivered skb, and the ids of frames merged into another's.
-    delivered_frames: int = -1  # -1: one per delivered skb (no GRO)
+    # With GRO, per delivered skb: the wire frames it holds (NAPI_GRO_CB(skb)->count),
+    # its trace id and GSO size; and the ids of frames merged into another's.
+    up_segs: list[int] | None = None  # None: one wire frame per delivered skb (no GRO)
     up_ids: list[int] | None = None
     up_gso: list[int] | None = None
     merged: list[int] | None = None
@@ -94,7 +94,12 @@ class Poll:
     @property
     def wire_frames_up(self) -> int:
         """Wire frames handed to the stack (a merged skb carries several)."""
-        return len(self.delivered) if self.delivered_frames < 0 else self.delivered_frames
+        return len(self.delivered) if self.up_segs is None else sum(self.up_segs)
+
+    def delivered_segs(self) -> list[int] | None:
+        """Wire frames per delivered skb; None when each is one."""
+        segs = self.up_segs
+        return segs if segs is not None and max(segs, default=1) > 1 else None
 
     @property
     def work(self) -> int:
@@ -155,6 +160,7 @@ class RcvBatch:
     frames: list[bytes]
     ids: list[int] | None = None  # trace ids, when tracing
     gso: list[int] | None = None  # GSO sizes (0: none), when some frame has one
+    segs: list[int] | None = None  # wire frames per frame, when some GRO skb holds several
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +388,7 @@ class Softirq:
             if poll.batch:
                 out.append(RcvBatch(poll.batch, poll.delivered,
                                     None if poll.ids is None else poll.delivered_ids(),
-                                    poll.delivered_gso()))
+                                    poll.delivered_gso(), poll.delivered_segs()))
                 break
             out += self.finish_poll(poll, now)
         return out
@@ -466,8 +472,8 @@ class Softirq:
         drops: list[tuple[int, str]] = []
         up_gso: list[int] = []
         up_first: list[int] = []
+        up_segs: list[int] = []
         merged: list[int] = []
-        wire = 0
         mib, local, ip_drops = self.mib, self.local_addrs, self.ip_drops
         for skb in skbs:
             res = ip_rcv(skb.frame, mib, local)
@@ -476,8 +482,8 @@ class Softirq:
                 delivered.append(skb.frame)
                 up_gso.append(skb.gso_size or (gso[first] if gso is not None else 0))
                 up_first.append(first)
+                up_segs.append(len(skb.indices))
                 merged += skb.indices[1:]
-                wire += len(skb.indices)
             else:
                 reason = res.drop_reason or "IP"
                 for i in skb.indices:
@@ -485,11 +491,12 @@ class Softirq:
                     drops.append((i, reason))
         self.gro_merged += len(merged)
         return self._begin_poll(now, new_run, queue, napi, frames, gso, delivered, drops,
-                                wire=wire, up_gso=up_gso, up_first=up_first, merged=merged)
+                                up_segs=up_segs, up_gso=up_gso, up_first=up_first,
+                                merged=merged)
 
     def _begin_poll(self, now: int, new_run: bool, queue: int, napi: Napi,
                     frames: tuple[bytes, ...], gso: list[int] | None, delivered: list[bytes],
-                    drops: list[tuple[int, str]], *, wire: int = -1,
+                    drops: list[tuple[int, str]], *, up_segs: list[int] | None = None,
                     up_gso: list[int] | None = None, up_first: list[int] | None = None,
                     merged: list[int] | None = None) -> Poll:
         """The poll's cost, trace ids and batch id; it becomes the one in flight."""
@@ -505,17 +512,15 @@ class Softirq:
             tags = napi.ring_ids
             ids = [tags.popleft() if tags else NO_TRACE_ID for _ in range(n)]
         up_ids = None if ids is None or up_first is None else [ids[i] for i in up_first]
-        batch = 0
-        if delivered:
-            batch = next(self._batches)
-            self.frames_to_stack += len(delivered) if wire < 0 else wire
+        batch = next(self._batches) if delivered else 0
         poll = Poll(
             queue=queue, frames=frames, weight=self.weight, run=self.net_rx_action_runs,
             budget_left=self._budget, time_limit=self._time_limit, started_at=now,
             epoch=self._epoch, delivered=delivered, drops=drops, ids=ids, gso=gso,
-            batch=batch, cost_ns=cost, delivered_frames=wire, up_ids=up_ids, up_gso=up_gso,
+            batch=batch, cost_ns=cost, up_segs=up_segs, up_ids=up_ids, up_gso=up_gso,
             merged=merged,
         )
+        self.frames_to_stack += poll.wire_frames_up
         self._current = poll
         if self.observer is not None:
             self.observer.poll_started(poll, new_run, self.netdev_budget, len(ring), now)

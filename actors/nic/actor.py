@@ -65,9 +65,7 @@ class NicActor(Actor):
                 spend(a.ns)
 
     def _record(self, frames: list[bytes]) -> None:
-        wall = time.time_ns()
-        for frame in frames:
-            self.pcap.write(frame, wall)
+        self.pcap.write_many(frames, time.time_ns())
 
     @handles(msg.WIRE)
     def on_wire(self, env: Envelope, now: int) -> None:

@@ -59,17 +59,6 @@ class GsoFrame(bytes):
         return self
 
 
-def gro_segments(frame: bytes, gso_size: int) -> int:
-    """The wire segments a GRO skb of ``gso_size`` carries (1 if it cannot be read)."""
-    if len(frame) < 20 or frame[0] >> 4 != 4:
-        return 1
-    ihl = (frame[0] & 0xF) * 4
-    if len(frame) <= ihl + 12:
-        return 1
-    payload = int.from_bytes(frame[2:4], "big") - ihl - (frame[ihl + 12] >> 4) * 4
-    return max(1, -(-payload // gso_size))
-
-
 class StackActor(Actor):
     role = "stack"
 
@@ -110,16 +99,21 @@ class StackActor(Actor):
     # --- softirq ----------------------------------------------------------------------
     @handles(msg.RCV_BATCH)
     def on_rcv_batch(self, env: Envelope, now: int) -> None:
-        ids, gso, frames = env.body.get("ids"), env.body.get("gso"), env.body["frames"]
+        body = env.body
+        ids, gso, frames = body.get("ids"), body.get("gso"), body["frames"]
         bad: MalformedMessage | None = None
         if gso is not None:
             try:
                 msg.check_gso(gso, len(frames))
-                gro = not self.tun_writes
-                frames = [GsoFrame(f, g, gro_segments(f, g) if gro else 1) if g else f
-                          for f, g in zip(frames, gso, strict=True)]
+                segs = body.get("segs")
+                msg.check_segs(segs, gso, len(frames))
+                counts = segs if segs is not None else [1] * len(frames)
+                frames = [GsoFrame(f, g, n) if g else f
+                          for f, g, n in zip(frames, gso, counts, strict=True)]
             except MalformedMessage as exc:
                 bad = exc
+        elif "segs" in body:
+            bad = MalformedMessage("bad_segs", "segs without gso sizes")
         try:
             msg.check_ids(ids, len(frames))
         except MalformedMessage as exc:
