@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -53,6 +53,7 @@ WakeCallback = Callable[[], object]  # its result is ignored
 _raw_send = zmq.backend.Socket.send
 _raw_recv = zmq.backend.Socket.recv
 _raw_get = zmq.backend.Socket.get
+_raw_get_int = cast(Callable[[zmq.Socket, int], int], _raw_get)  # EVENTS, RCVMORE: ints
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
@@ -161,7 +162,7 @@ class Mailbox:
         if self.inbound:
             return True
         inbox = self.inbox
-        return inbox is not None and bool(_raw_get(inbox, _EVENTS) & _POLLIN)
+        return inbox is not None and bool(_raw_get_int(inbox, _EVENTS) & _POLLIN)
 
     def add_wake_fd(self, fd: int, callback: WakeCallback) -> None:
         """Poll a plain fd too (e.g. a signal wakeup pipe); ``callback`` runs when readable."""
@@ -341,7 +342,7 @@ class Mailbox:
                 continue
             self._accept(ident, payload)
             # Asking whether more is waiting costs half the zmq.Again a recv would raise.
-            if not _raw_get(inbox, _EVENTS) & _POLLIN:
+            if not _raw_get_int(inbox, _EVENTS) & _POLLIN:
                 break
         return taken
 
