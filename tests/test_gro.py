@@ -183,6 +183,20 @@ def test_gro_skb_truesize_steals_heads_then_chains_the_frag_list() -> None:
     assert t == n * one - MAX_SKB_FRAGS * SKB_STRUCT_SIZE
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(20, 60), st.integers(1, 70_000), st.integers(1, 9000))
+def test_gro_skb_charges_each_frame_after_the_head_as_skb_gro_receive_does(
+        header_len: int, payload_len: int, gso_size: int) -> None:
+    hdr = 14 + 20 + header_len
+    sizes = [min(gso_size, payload_len - o) for o in range(0, payload_len, gso_size)]
+    truesize, frags = rx_truesize(hdr + sizes[0]), 0
+    for size in sizes[1:]:  # frame by frame: a page fragment while there is room
+        frag = frags < MAX_SKB_FRAGS
+        frags += frag
+        truesize += rx_truesize(hdr + size) - (SKB_STRUCT_SIZE if frag else 0)
+    assert gro_skb(header_len, payload_len, gso_size) == (truesize, frags)
+
+
 def test_the_stack_reads_a_gro_skb_as_its_wire_segments() -> None:
     conn = connect("legacy", ts=True)
     segs = [conn.segment(i * MSS, bytes([i]) * MSS) for i in range(8)]

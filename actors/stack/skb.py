@@ -134,17 +134,15 @@ def gro_skb(header_len: int, payload_len: int, gso_size: int) -> tuple[int, int]
     until MAX_SKB_FRAGS; later ones are chained on the frag_list at their full truesize.
     A frag_list skb never coalesces (skb_try_coalesce refuses it), which nr_frags at
     MAX_SKB_FRAGS gives here too."""
-    segs = max(1, -(-payload_len // gso_size))
+    rest = max(1, -(-payload_len // gso_size)) - 1  # the frames after the head
     hdr = NET_IP_ALIGN_AND_HEADERS + header_len  # Ethernet + IPv4 + TCP
     truesize = rx_truesize(hdr + min(payload_len, gso_size))
-    frags = 0
-    for i in range(1, segs):
-        t = rx_truesize(hdr + min(gso_size, payload_len - i * gso_size))
-        if frags < MAX_SKB_FRAGS:
-            frags += 1
-            truesize += t - SKB_STRUCT_SIZE
-        else:
-            truesize += t
+    if rest == 0:
+        return truesize, 0
+    # Every frame but the last is a full gso_size one: sum them without a loop.
+    last = rx_truesize(hdr + payload_len - rest * gso_size)
+    frags = min(rest, MAX_SKB_FRAGS)
+    truesize += (rest - 1) * rx_truesize(hdr + gso_size) + last - frags * SKB_STRUCT_SIZE
     return truesize, frags
 
 
