@@ -317,6 +317,7 @@ def bench(
                                                                        strict=True)]
     cpu = _median_map([r["cpu_us_per_segment"] for r in runs_on])
     cpu_nogro = _median_map([r["cpu_us_per_segment"] for r in runs_nogro])
+    cpu_off = _median_map([r["cpu_us_per_segment"] for r in runs_off])
     result: dict[str, Any] = {
         "repeat": repeat, "profile": sc.profile, "mbytes_per_flow": mbytes,
         "flows": len(sc.flows),
@@ -345,6 +346,8 @@ def bench(
         "compiled": is_compiled(),
         "cpu_us_per_segment": {**{k: round(v, 1) for k, v in cpu.items()},
                                "total": round(sum(cpu.values()), 1)},
+        "cpu_us_per_segment_trace_off": {**{k: round(v, 1) for k, v in cpu_off.items()},
+                                         "total": round(sum(cpu_off.values()), 1)},
         "cpu_us_per_segment_gro_off": {**{k: round(v, 1) for k, v in cpu_nogro.items()},
                                        "total": round(sum(cpu_nogro.values()), 1)},
         "startup_s": round(_median([r["startup_s"] for r in runs_on]), 3),
@@ -385,11 +388,14 @@ def _print(r: dict[str, Any]) -> None:
         ("kernel model in-process, 30% reordered/dup", f"{r['model_ofo_segments_per_s']:,}",
          "")], ("what", "segments/s", "of raw unbatched")))
     cpu, nogro = r["cpu_us_per_segment"], r.get("cpu_us_per_segment_gro_off") or {}
-    typer.echo("\nCPU per emulated segment (trace on):")
-    rows = [(name, f"{us:.1f}", f"{nogro[name]:.1f}" if name in nogro else "",
+    off = r.get("cpu_us_per_segment_trace_off") or {}
+    typer.echo("\nCPU per emulated segment (µs):")
+    rows = [(name, f"{us:.1f}", f"{off[name]:.1f}" if name in off else "",
+             f"{nogro[name]:.1f}" if name in nogro else "",
              f"{r['rss_kb'][name] / 1024:.1f}" if name in r["rss_kb"] else "")
             for name, us in cpu.items()]
-    typer.echo(table(rows, ("actor", "cpu us/segment", "GRO off", "max RSS MB")))
+    typer.echo(table(rows, ("actor", "trace on", "trace off", "GRO off (trace on)",
+                            "max RSS MB")))
     typer.echo(f"\nstart-up (spawn to all ready): {r['startup_s']:.2f} s; "
                f"{r['mbit_per_s']} Mbit/s of payload")
     typer.echo(table([(h["hop"], f"{h['mean_us']:.1f}", str(h["messages"]))

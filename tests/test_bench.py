@@ -13,7 +13,8 @@ from cli.bench import top_functions
 
 KEYS = ("segments_per_s", "segments_per_s_trace_off", "raw_unbatched_per_s",
         "raw_batched_per_s", "ratio_unbatched", "model_segments_per_s",
-        "model_ofo_segments_per_s", "cpu_us_per_segment", "startup_s", "rss_kb", "compiled")
+        "model_ofo_segments_per_s", "cpu_us_per_segment", "cpu_us_per_segment_trace_off",
+        "cpu_us_per_segment_gro_off", "startup_s", "rss_kb", "compiled")
 ACTORS = {"peer", "nic", "cpu0", "cpu1", "stack", "r1", "r2"}
 
 
@@ -48,6 +49,8 @@ def test_bench_json_reports_every_figure_with_integrity(tmp_path: Path) -> None:
     assert all(k in r for k in KEYS), sorted(set(KEYS) - set(r))
     assert r["integrity"] is True
     assert r["segments_per_s"] > 0 and r["raw_unbatched_per_s"] > r["segments_per_s"]
-    assert set(r["cpu_us_per_segment"]) >= ACTORS and r["cpu_us_per_segment"]["total"] > 0
+    for key in ("cpu_us_per_segment", "cpu_us_per_segment_trace_off",
+                "cpu_us_per_segment_gro_off"):
+        assert set(r[key]) >= ACTORS and r[key]["total"] > 0, key
     assert set(r["rss_kb"]) >= ACTORS
     assert json.loads((tmp_path / "bench.json").read_text()) == r
