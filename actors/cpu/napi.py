@@ -451,15 +451,12 @@ class Softirq:
         drops: list[tuple[int, str]] = []
         mib = self.mib
         local = self.local_addrs
-        ip_drops = self.ip_drops
         for i, frame in enumerate(frames):
             res = ip_rcv(frame, mib, local)
             if res.packet is not None:
                 delivered.append(frame)
             else:
-                reason = res.drop_reason or "IP"
-                ip_drops[reason] = ip_drops.get(reason, 0) + 1
-                drops.append((i, reason))
+                self._ip_drop(drops, (i,), res.drop_reason)
         return self._begin_poll(now, new_run, queue, napi, frames, gso, delivered, drops)
 
     def _start_gro_poll(self, now: int, new_run: bool, queue: int, napi: Napi,
@@ -474,7 +471,7 @@ class Softirq:
         up_first: list[int] = []
         up_segs: list[int] = []
         merged: list[int] = []
-        mib, local, ip_drops = self.mib, self.local_addrs, self.ip_drops
+        mib, local = self.mib, self.local_addrs
         for skb in skbs:
             res = ip_rcv(skb.frame, mib, local)
             first = skb.indices[0]
@@ -484,15 +481,19 @@ class Softirq:
                 up_first.append(first)
                 up_segs.append(len(skb.indices))
                 merged += skb.indices[1:]
-            else:
-                reason = res.drop_reason or "IP"
-                for i in skb.indices:
-                    ip_drops[reason] = ip_drops.get(reason, 0) + 1
-                    drops.append((i, reason))
+            else:  # every wire frame of a dropped skb is a drop
+                self._ip_drop(drops, skb.indices, res.drop_reason)
         self.gro_merged += len(merged)
         return self._begin_poll(now, new_run, queue, napi, frames, gso, delivered, drops,
                                 up_segs=up_segs, up_gso=up_gso, up_first=up_first,
                                 merged=merged)
+
+    def _ip_drop(self, drops: list[tuple[int, str]], indices: Sequence[int],
+                 reason: str | None) -> None:
+        """ip_rcv dropped the frames at ``indices`` of the poll: counted by reason."""
+        reason = reason or "IP"
+        self.ip_drops[reason] = self.ip_drops.get(reason, 0) + len(indices)
+        drops.extend((i, reason) for i in indices)
 
     def _begin_poll(self, now: int, new_run: bool, queue: int, napi: Napi,
                     frames: tuple[bytes, ...], gso: list[int] | None, delivered: list[bytes],
