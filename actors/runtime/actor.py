@@ -4,8 +4,8 @@ An :class:`Actor` owns a :class:`~actors.runtime.mailbox.Mailbox` (ROUTER inbox,
 DEALER per destination, blocking back-pressure), a :class:`TimerQueue`, and the
 lifecycle every role shares:
 
-1. bind the inbox, connect the outboxes named in ``peers``, send ``ready`` to the
-   launcher;
+1. bind the inbox, connect the outboxes named in ``peers`` (those whose ipc inbox is not
+   bound yet, at ``start``), send ``ready`` to the launcher;
 2. wait for ``start``: until then only control messages are served and anything else
    is held back (another actor may have started a moment earlier), then replayed;
 3. run: decode, dispatch to the role's handlers with ``now = time.monotonic_ns()``, fire
