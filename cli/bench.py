@@ -251,6 +251,18 @@ def _median_map(maps: list[dict[str, float]]) -> dict[str, float]:
     return {k: _median([m[k] for m in maps if k in m]) for k in keys}
 
 
+def _ratio(runs: list[dict[str, Any]], raw: list[dict[str, Any]], digits: int) -> float:
+    """The median over rounds of a run's rate against the raw chain of its own round."""
+    return round(_median([r["segments_per_s"] / u["messages_per_s"]
+                          for r, u in zip(runs, raw, strict=True)]), digits)
+
+
+def _cpu_per_segment(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each actor's median CPU µs per segment over the runs, and their total."""
+    cpu = _median_map([r["cpu_us_per_segment"] for r in runs])
+    return {**{k: round(v, 1) for k, v in cpu.items()}, "total": round(sum(cpu.values()), 1)}
+
+
 @app.command()
 def bench(
     mbytes: Annotated[float, typer.Option("--mbytes", help="MB per flow.")] = 8.0,
@@ -313,11 +325,6 @@ def bench(
         raw64.append(run_hop_benchmark(DATA_HOPS, messages * 4, batch=64))
         model.append(run_model_benchmark(sc.kernel_profile, model_segments))
     # A ratio is taken within one round (side by side), then the median of the ratios.
-    ratios = [r["segments_per_s"] / u["messages_per_s"] for r, u in zip(runs_on, raw1,
-                                                                       strict=True)]
-    cpu = _median_map([r["cpu_us_per_segment"] for r in runs_on])
-    cpu_nogro = _median_map([r["cpu_us_per_segment"] for r in runs_nogro])
-    cpu_off = _median_map([r["cpu_us_per_segment"] for r in runs_off])
     result: dict[str, Any] = {
         "repeat": repeat, "profile": sc.profile, "mbytes_per_flow": mbytes,
         "flows": len(sc.flows),
@@ -330,26 +337,17 @@ def bench(
         "raw_unbatched_per_s": round(_median([u["messages_per_s"] for u in raw1])),
         "raw_batched_per_s": round(_median([b["messages_per_s"] for b in raw64])),
         "raw_per_hop_us": round(_median([u["per_hop_us"] for u in raw1]), 1),
-        "ratio_unbatched": round(_median(ratios), 4),
-        "ratio_unbatched_trace_off": round(_median(
-            [r["segments_per_s"] / u["messages_per_s"] for r, u in zip(runs_off, raw1,
-                                                                      strict=True)]), 4),
-        "ratio_unbatched_gro_off": round(_median(
-            [r["segments_per_s"] / u["messages_per_s"] for r, u in zip(runs_nogro, raw1,
-                                                                      strict=True)]), 4),
-        "ratio_batched": round(_median(
-            [r["segments_per_s"] / b["messages_per_s"] for r, b in zip(runs_on, raw64,
-                                                                      strict=True)]), 5),
+        "ratio_unbatched": _ratio(runs_on, raw1, 4),
+        "ratio_unbatched_trace_off": _ratio(runs_off, raw1, 4),
+        "ratio_unbatched_gro_off": _ratio(runs_nogro, raw1, 4),
+        "ratio_batched": _ratio(runs_on, raw64, 5),
         "model_segments_per_s": round(_median([m["in_order"] for m in model])),
         "model_ofo_segments_per_s": round(_median([m["ofo"] for m in model])),
         # The actors import the same modules, so this holds for them too.
         "compiled": is_compiled(),
-        "cpu_us_per_segment": {**{k: round(v, 1) for k, v in cpu.items()},
-                               "total": round(sum(cpu.values()), 1)},
-        "cpu_us_per_segment_trace_off": {**{k: round(v, 1) for k, v in cpu_off.items()},
-                                         "total": round(sum(cpu_off.values()), 1)},
-        "cpu_us_per_segment_gro_off": {**{k: round(v, 1) for k, v in cpu_nogro.items()},
-                                       "total": round(sum(cpu_nogro.values()), 1)},
+        "cpu_us_per_segment": _cpu_per_segment(runs_on),
+        "cpu_us_per_segment_trace_off": _cpu_per_segment(runs_off),
+        "cpu_us_per_segment_gro_off": _cpu_per_segment(runs_nogro),
         "startup_s": round(_median([r["startup_s"] for r in runs_on]), 3),
         "rss_kb": {k: round(v) for k, v in _median_map([r["rss_kb"] for r in runs_on]).items()},
         "hops": [{"hop": h, "mean_us": round(m, 1), "messages": n}

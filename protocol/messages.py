@@ -90,16 +90,18 @@ RCV_BATCH = register_kind(
 
 
 def check_segs(segs: Sequence[int] | None, gso: Sequence[int] | None, frames: int) -> None:
-    """A ``segs`` list (rcv_batch) gives one wire-frame count >= 1 per frame, and a frame
-    holding several has a GSO size (GRO sets gso_size on every skb it merged). Raises
-    MalformedMessage, like :func:`check_gso`."""
+    """A ``segs`` list (rcv_batch) comes with ``gso`` sizes and gives one wire-frame count
+    >= 1 per frame, and a frame holding several has a GSO size (GRO sets gso_size on every
+    skb it merged). Raises MalformedMessage, like :func:`check_gso`."""
     if segs is None:
         return
+    if gso is None:
+        raise MalformedMessage("bad_segs", "segs without gso sizes")
     if len(segs) != frames or min(segs, default=1) < 1:
         raise MalformedMessage(
             "bad_segs", f"segs: {len(segs)} counts (min {min(segs, default=1)}) "
                         f"for {frames} frames")
-    if any(n > 1 and (gso is None or not gso[i]) for i, n in enumerate(segs)):
+    if any(n > 1 and not gso[i] for i, n in enumerate(segs)):
         raise MalformedMessage("bad_segs", "segs: a frame of several has no gso size")
 
 

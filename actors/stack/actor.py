@@ -102,18 +102,16 @@ class StackActor(Actor):
         body = env.body
         ids, gso, frames = body.get("ids"), body.get("gso"), body["frames"]
         bad: MalformedMessage | None = None
-        if gso is not None:
-            try:
-                msg.check_gso(gso, len(frames))
-                segs = body.get("segs")
-                msg.check_segs(segs, gso, len(frames))
+        try:
+            msg.check_gso(gso, len(frames))
+            segs = body.get("segs")
+            msg.check_segs(segs, gso, len(frames))
+            if gso is not None:
                 counts = segs if segs is not None else [1] * len(frames)
                 frames = [GsoFrame(f, g, n) if g else f
                           for f, g, n in zip(frames, gso, counts, strict=True)]
-            except MalformedMessage as exc:
-                bad = exc
-        elif "segs" in body:
-            bad = MalformedMessage("bad_segs", "segs without gso sizes")
+        except MalformedMessage as exc:
+            bad = exc
         try:
             msg.check_ids(ids, len(frames))
         except MalformedMessage as exc:
