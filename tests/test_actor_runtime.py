@@ -4,6 +4,7 @@ back-pressure, restarts, leaving no process behind) and the raw hop benchmark.""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -266,6 +268,7 @@ def test_snapshot_has_role_transport_and_runtime_sections(run_dir: Path) -> None
         assert snap["role"] == {"pings": 0}
         assert snap["transport"]["transport_lost"] == 0
         assert snap["runtime"]["incarnation"] == 0
+        assert len(snap["runtime"]["gc_collections"]) == 3
         # It must travel in a heartbeat.
         EnvelopeCodec().encode(msg.HEARTBEAT, "e", 0, 0, {"counters": snap})
     finally:
@@ -273,6 +276,26 @@ def test_snapshot_has_role_transport_and_runtime_sections(run_dir: Path) -> None
 
 
 # --- the entry point (in-process) ----------------------------------------------------------
+
+
+def test_settle_heap_frees_startup_garbage_and_freezes_the_rest() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.other: Node | None = None
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle only the cyclic GC can free
+    gone = weakref.ref(a)
+    del a, b
+    kept = Node()
+    try:
+        frozen = procutil.settle_heap()
+        assert gone() is None
+        assert frozen == gc.get_freeze_count() > 0
+        # Frozen: no generation holds it, so no collection walks it any more.
+        assert not any(o is kept for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
 
 
 def test_role_class_lookup_order() -> None:
@@ -331,6 +354,8 @@ def test_ready_start_serve_stop_handshake(run_dir: Path) -> None:
     assert launcher.exit_codes() == {"echo1": 0, "echo2": 0}
     assert set(launcher.final_stats) == {"echo1", "echo2"}
     assert launcher.final_stats["echo1"]["role"] == {"pings": 1}
+    # Start-up's survivors were frozen out of the cyclic GC before `ready`.
+    assert launcher.final_stats["echo1"]["runtime"]["gc_frozen"] > 1000
     assert procutil.wait_pids_gone(pids.values(), 5) == []
     # Structured logs carry role, instance and pid on every line.
     lines = [json.loads(x) for x in

@@ -44,6 +44,7 @@ Hooks: :meth:`on_start`, :meth:`next_deadline` / :meth:`on_timer`, :meth:`on_sto
 from __future__ import annotations
 
 import functools
+import gc
 import heapq
 import itertools
 import os
@@ -68,6 +69,7 @@ from actors.runtime.addressing import (
 from actors.runtime.curve import CurveKeys, curve_context, keys_for
 from actors.runtime.logging import LogSettings, make_logger
 from actors.runtime.mailbox import DEFAULT_HWM, Mailbox
+from actors.runtime.procutil import settle_heap
 from actors.runtime.supervisor import PEER_EVENT
 from actors.runtime.trace import TraceWriter, clock_domain, trace_path, tracing_enabled
 from protocol import messages as msg
@@ -497,6 +499,9 @@ class Actor:
         runtime["cpu_ns_since_start"] = (time.process_time_ns() - self._cpu_at_start_ns
                                          if self.started else 0)
         runtime["max_rss_kb"] = peak_rss_kb()
+        # Objects frozen out of the cyclic GC at ready, and its collections per generation.
+        runtime["gc_frozen"] = gc.get_freeze_count()
+        runtime["gc_collections"] = [g["collections"] for g in gc.get_stats()]
         runtime["inbound_queued"] = len(self.mailbox.inbound)
         runtime["link_faults"] = dict(self.link_fault_counters)
         runtime["link_latency_us"] = {
@@ -516,6 +521,7 @@ class Actor:
             self._install_signal_handlers()
             self._watch_parent()
             self._bind_and_connect()
+            settle_heap()
             self.send(LAUNCHER, msg.READY, {
                 "pid": os.getpid(), "role": self.settings.role, "instance": self.instance,
                 "endpoint": self.settings.endpoints[self.name].connect})
