@@ -31,6 +31,7 @@ from actors.runtime.actor import (
     handles,
 )
 from actors.runtime.addressing import LAUNCHER, free_tcp_ports
+from actors.runtime.curve import generate_keys
 from actors.runtime.hopbench import run_hop_benchmark
 from actors.runtime.launcher import PROJECT_ROOT, ActorStartError, Launcher
 from actors.runtime.loopbench import run_loop_benchmark
@@ -239,6 +240,34 @@ def test_a_peer_not_bound_yet_is_connected_at_start(run_dir: Path) -> None:
     finally:
         a.mailbox.close()
         b.mailbox.close()
+
+
+def test_a_tcp_peer_is_connected_at_start(run_dir: Path) -> None:
+    """Whether a tcp peer listens yet cannot be told, so its link waits for `start`:
+    a connect before its bind would sit out libzmq's reconnect interval."""
+    ports = free_tcp_ports(3)
+    topology = make_topology({"a": {"role": "sink", "peers": ["b"], "port": ports[0]},
+                              "b": {"role": "sink", "port": ports[1]}})
+    keys = run_dir / "keys"
+    generate_keys(keys, ["a", "b", LAUNCHER])
+    topology.update(transport="tcp", launcher={"port": ports[2]},
+                    curve={"keys_dir": str(keys)})
+    a = SinkActor(ActorSettings.from_topology(topology, "a", run_dir))
+    b = SinkActor(ActorSettings.from_topology(topology, "b", run_dir))
+    try:
+        a._bind_and_connect()
+        assert "b" not in a.mailbox.outboxes and a._unbound_peers == ["b"]
+        b._bind_and_connect()
+        a.dispatch(Envelope(msg.START, LAUNCHER, 0, 0, {"t0_ns": 1}), 0)
+        assert "b" in a.mailbox.outboxes and a._unbound_peers == []
+        a.send("b", TEST_TICK, {"n": 0, "pad": b""})
+        assert b.mailbox.poll(10_000), "the first message after start did not arrive"
+        assert [e.kind for e in b.mailbox.inbound] == [TEST_TICK]
+    finally:
+        for actor in (a, b):
+            actor.mailbox.close()
+            if actor._curve_ctx is not None:
+                actor._curve_ctx.close()
 
 
 def test_dispatch_counts_unhandled_refused_and_misdirected_messages(run_dir: Path) -> None:

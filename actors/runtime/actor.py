@@ -4,8 +4,8 @@ An :class:`Actor` owns a :class:`~actors.runtime.mailbox.Mailbox` (ROUTER inbox,
 DEALER per destination, blocking back-pressure), a :class:`TimerQueue`, and the
 lifecycle every role shares:
 
-1. bind the inbox, connect the outboxes named in ``peers`` (those whose ipc inbox is not
-   bound yet, at ``start``), send ``ready`` to the launcher;
+1. bind the inbox, connect the outboxes named in ``peers`` (at ``start``, when every
+   actor is bound, unless it is an ipc inbox that is bound already), send ``ready``;
 2. wait for ``start``: until then only control messages are served and anything else
    is held back (another actor may have started a moment earlier), then replayed;
 3. run: decode, dispatch to the role's handlers with ``now = time.monotonic_ns()``, fire
@@ -202,7 +202,7 @@ class ActorSettings:
     """Everything an actor learns from the topology about itself.
 
     Topology entry keys: ``role``, ``instance``, ``config`` (the role's own settings),
-    ``peers`` (destinations to connect before ``ready``), ``runtime`` and ``log``
+    ``peers`` (destinations to connect by ``start``), ``runtime`` and ``log``
     (override the topology-wide ``runtime`` / ``log`` sections).  ``runtime`` keys:
     ``heartbeat_ms``, ``hwm``, ``stop_drain_ms``.  The topology's ``curve`` section
     gives the keys tcp:// endpoints need (:mod:`actors.runtime.curve`).
@@ -328,7 +328,7 @@ class Actor:
         self.stop_reason: str | None = None
         self._born_ns = clock()
         self._held: deque[Envelope] = deque()
-        self._unbound_peers: list[str] = []  # peers whose ipc inbox did not exist yet
+        self._unbound_peers: list[str] = []  # to connect at `start`: tcp, or ipc not bound
         self._heartbeat: TimerHandle | None = None
         self._request_ids = itertools.count(1)
         self._eos_waiting: dict[str, int] = {}  # dest -> request_id of our end_of_stream
@@ -548,11 +548,12 @@ class Actor:
         self.mailbox.outbox(LAUNCHER)
         for peer in self.settings.peers:
             path = ipc_path(self.settings.endpoints[peer].connect)
-            if path is not None and not path.exists():
-                # Not bound yet (actors start side by side): a connect now would fail and
-                # libzmq would retry only after RECONNECT_IVL, doubling each time, so the
-                # run's first messages would wait tens of ms while every process idles.
-                # At `start` every actor is bound; connect then (or at the first send).
+            if path is None or not path.exists():
+                # Maybe not bound yet (actors start side by side; a tcp peer cannot be
+                # told): a connect now could fail, and libzmq would retry only after
+                # RECONNECT_IVL, doubling each time, so the run's first messages would
+                # wait tens of ms while every process idles. At `start` every actor is
+                # bound; connect then (or at the first send).
                 self._unbound_peers.append(peer)
                 continue
             self.mailbox.outbox(peer)
