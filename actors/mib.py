@@ -94,8 +94,6 @@ class Mib(Mapping[str, int]):
             raise KeyError(f"unknown MIB counter {name!r}")
         values[name] = n
 
-    inc = add
-
     def __getitem__(self, name: str) -> int:
         if name not in _KNOWN:
             raise KeyError(f"unknown MIB counter {name!r}")

@@ -328,6 +328,7 @@ class Actor:
         self.stop_reason: str | None = None
         self._born_ns = clock()
         self._held: deque[Envelope] = deque()
+        self._gc_frozen = 0
         self._unbound_peers: list[str] = []  # to connect at `start`: tcp, or ipc not bound
         self._heartbeat: TimerHandle | None = None
         self._request_ids = itertools.count(1)
@@ -499,8 +500,9 @@ class Actor:
         runtime["cpu_ns_since_start"] = (time.process_time_ns() - self._cpu_at_start_ns
                                          if self.started else 0)
         runtime["max_rss_kb"] = peak_rss_kb()
-        # Objects frozen out of the cyclic GC at ready, and its collections per generation.
-        runtime["gc_frozen"] = gc.get_freeze_count()
+        # Objects frozen out of the cyclic GC at ready (counting them again would walk them
+        # all), and its collections per generation.
+        runtime["gc_frozen"] = self._gc_frozen
         runtime["gc_collections"] = [g["collections"] for g in gc.get_stats()]
         runtime["inbound_queued"] = len(self.mailbox.inbound)
         runtime["link_faults"] = dict(self.link_fault_counters)
@@ -521,7 +523,7 @@ class Actor:
             self._install_signal_handlers()
             self._watch_parent()
             self._bind_and_connect()
-            settle_heap()
+            self._gc_frozen = settle_heap()
             self.send(LAUNCHER, msg.READY, {
                 "pid": os.getpid(), "role": self.settings.role, "instance": self.instance,
                 "endpoint": self.settings.endpoints[self.name].connect})
