@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.runtime import trace as trace_mod
 from actors.runtime.trace import (
     FLOW_ID_MIN,
     HOP_END,
@@ -24,6 +25,7 @@ from actors.runtime.trace import (
     ORIGIN_STACK,
     FlowIds,
     TraceWriter,
+    flow_ids,
     is_flow_id,
     trace_path,
 )
@@ -160,6 +162,29 @@ def test_flow_ids_are_unique_per_origin_and_incarnation_and_exact_in_json() -> N
     assert all(is_flow_id(i) and i < 2**53 for i in ids)
     assert not is_flow_id(FLOW_ID_MIN - 1)
     assert not is_flow_id(-1)
+
+
+def test_flow_ids_keeps_only_flow_ids_in_order_in_a_new_list() -> None:
+    ids = [FLOW_ID_MIN + 2, FLOW_ID_MIN, FLOW_ID_MIN + 1]
+    kept = flow_ids(ids)
+    assert kept == ids and kept is not ids
+    assert flow_ids([FLOW_ID_MIN + 1, 7, -1, FLOW_ID_MIN]) == [FLOW_ID_MIN + 1, FLOW_ID_MIN]
+    assert flow_ids(["x", None, FLOW_ID_MIN]) == [FLOW_ID_MIN]  # type: ignore[list-item]
+    assert flow_ids(iter([3, FLOW_ID_MIN])) == [FLOW_ID_MIN]
+    assert flow_ids([]) == []
+
+
+@pytest.mark.parametrize("record", [
+    ["X", 123456789012, 5000, "main", "lock_sock", {"sock": 3}, None, None],
+    ["C", 1, "f1 read", {"bytes": 10, "rate": 2.5}, "r1"],
+    ["i", 1, "drops", "drop: \"x\" é\n", {"n": [1, [FLOW_ID_MIN, -3]]}, None],
+    ["M", {"name": "cpu0", "nested": {"ok": True, "nan": float("nan")}}],
+    ["X", 1, 2, "t", "n", {"obj": object()}, None, None],  # default=repr
+])
+def test_the_cached_encoder_writes_what_json_writes(record: list[Any]) -> None:
+    text = trace_mod._encode(record)
+    assert text == trace_mod._json_encode(record)
+    assert "\n" not in text  # one record, one line
 
 
 def test_split_counter() -> None:
@@ -506,7 +531,7 @@ def test_real_run_trace_is_sound(real_run: Path) -> None:
         if e["ph"] in ("s", "t", "f"):
             flows[e["id"]].append(e)
     assert len(flows) > 500
-    ends = Counter()
+    ends: Counter[tuple[str, str]] = Counter()
     for pts in flows.values():
         assert pts[0]["ph"] == "s" and pts[-1]["ph"] == "f" and pts[-1]["bp"] == "e"
         assert all(p["ph"] == "t" for p in pts[1:-1])

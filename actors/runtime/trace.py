@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -63,12 +63,46 @@ ORIGIN_STACK = 2
 _INCARNATION_SHIFT = 36
 _COUNTER_MASK = (1 << _INCARNATION_SHIFT) - 1
 
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False, default=repr).encode
+_json_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False,
+                                default=repr).encode
+
+
+def _make_encode() -> Callable[[Any], str]:
+    """The C encoder behind ``_json_encode``, made once: ``JSONEncoder.encode`` builds a
+    new one for every record, which is half the cost of a small record. Its signature is
+    CPython's own, so it is checked against ``_json_encode`` and left out if it differs."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _json_encode
+    try:
+        encoder = make(None, repr, json.encoder.encode_basestring_ascii, None, ":", ",",
+                       False, False, True)
+        sample = ["X", 1, 2.5, "t\u00e9", None, {"a": [True, -1]}, [[2, [FLOW_ID_MIN]]]]
+        if "".join(encoder(sample, 0)) != _json_encode(sample):
+            return _json_encode
+    except (TypeError, ValueError):
+        return _json_encode
+    return lambda record: "".join(encoder(record, 0))
+
+
+_encode = _make_encode()
 
 
 def is_flow_id(value: object) -> bool:
     """True for an id made by :class:`FlowIds` (the stack's own arrival ids are small)."""
     return isinstance(value, int) and value >= FLOW_ID_MIN
+
+
+def flow_ids(ids: Iterable[int]) -> list[int]:
+    """The flow ids among ``ids``, in order, as a new list. That all of them are, the
+    common case, is told by one ``min``."""
+    if isinstance(ids, list):
+        try:
+            if not ids or min(ids) >= FLOW_ID_MIN:
+                return ids.copy()
+        except TypeError:  # a value that is not a number: filter one by one
+            pass
+    return [i for i in ids if is_flow_id(i)]
 
 
 class FlowIds:
@@ -231,9 +265,9 @@ class TraceWriter:
         """Bind flow points to the open slice ``key``."""
         sl = self._open.get(key)
         if sl is not None:
-            ids = [i for i in ids if is_flow_id(i)]
-            if ids:
-                sl.flows.append([hop, ids])
+            kept = flow_ids(ids)
+            if kept:
+                sl.flows.append([hop, kept])
 
     def end(self, key: Any, end: int, *, args: Mapping[str, Any] | None = None) -> None:
         sl = self._open.pop(key, None)
@@ -281,7 +315,7 @@ def flows_of(hop_ids: Mapping[int, list[int]]) -> list[list[Any]] | None:
     """``{hop: ids}`` as a record's ``flows`` (ids that are not flow ids are left out)."""
     out = []
     for hop, ids in hop_ids.items():
-        kept = [i for i in ids if is_flow_id(i)]
+        kept = flow_ids(ids)
         if kept:
             out.append([hop, kept])
     return out or None
