@@ -201,7 +201,8 @@ def test_the_stack_reads_a_gro_skb_as_its_wire_segments() -> None:
     conn = connect("legacy", ts=True)
     segs = [conn.segment(i * MSS, bytes([i]) * MSS) for i in range(8)]
     (skb,) = napi_gro_receive(frames(*segs))
-    conn.stack.tcp_v4_rcv_frame(skb.frame, conn.now, gso_size=skb.gso_size)
+    conn.stack.tcp_v4_rcv_frame(skb.frame, conn.now, gso_size=skb.gso_size,
+                                gro_segs=len(skb.indices))
     conn.collect()
     sk = conn.sk
     assert sk.segs_in >= 8 and sk.data_segs_in == 8
@@ -222,9 +223,32 @@ def test_any_order_loss_and_duplication_through_gro_reaches_the_reader_exactly(
     wire += segs  # the retransmissions that fill every hole, in order
     for lo in range(0, len(wire), 7):  # polls of 7 frames
         for skb in napi_gro_receive(frames(*wire[lo:lo + 7])):
-            conn.stack.tcp_v4_rcv_frame(skb.frame, conn.now, gso_size=skb.gso_size)
+            conn.stack.tcp_v4_rcv_frame(skb.frame, conn.now, gso_size=skb.gso_size,
+                                        gro_segs=len(skb.indices))
             conn.collect()
     assert read_all(conn).data == data
+
+
+@pytest.mark.parametrize("gro_segs", [1, 2])
+def test_a_gro_skb_is_checksum_unnecessary_and_anything_else_is_checked(
+        gro_segs: int) -> None:
+    """GRO merged only frames whose checksum it validated: the skb it builds is
+    CHECKSUM_UNNECESSARY and the stack does not read it again. A frame that did not come
+    out of GRO is checked: here one whose checksum field was damaged on the way."""
+    conn = connect("legacy", ts=True)
+    segs = [conn.segment(i * MSS, bytes([i]) * MSS) for i in range(gro_segs)]
+    (skb,) = napi_gro_receive(frames(*segs))
+    damaged = bytearray(skb.frame)
+    damaged[36] ^= 0xFF  # the TCP checksum's first byte
+    conn.stack.tcp_v4_rcv_frame(bytes(damaged), conn.now, gso_size=skb.gso_size,
+                                gro_segs=len(skb.indices))
+    conn.collect()
+    mib = conn.stack.net.mib
+    if gro_segs > 1:
+        assert mib["TcpInCsumErrors"] == 0
+        assert read_all(conn).data == b"".join(s.payload for s in segs)
+    else:
+        assert mib["TcpInCsumErrors"] == 1 and conn.sk.rcv_nxt == segs[0].seq
 
 
 # -- configuration and a real run -------------------------------------------------------

@@ -28,8 +28,10 @@ net/ipv4/tcp_offload.c, the same in 4.13 and 6.18 for what rxpath's peers send):
 
 A merged skb leaves as one IPv4 packet: the first segment's headers with the total
 length, PSH/FIN of the merged ones, and both checksums set anew, so the stack reads it
-like any frame (Linux marks it CHECKSUM_UNNECESSARY; the stack checks it again instead,
-which finds the same). A held skb of one segment goes up as the original frame.
+like any frame. Like Linux, it is CHECKSUM_UNNECESSARY: ``rcv_batch`` gives its wire
+frame count (``segs``), and the stack takes a skb of several frames as validated here
+instead of reading its bytes again. A held skb of one segment goes up as the original
+frame, and the stack checks it as any other.
 """
 
 from __future__ import annotations

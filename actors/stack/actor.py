@@ -171,7 +171,7 @@ class StackActor(Actor):
                 rec.pack((SEG, now, bytes(frame), traced, frame.gso_size) if frame.wire == 1
                          else (SEG, now, bytes(frame), traced, frame.gso_size, frame.wire))
             seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced,
-                                              gso_size=frame.gso_size)
+                                              gso_size=frame.gso_size, gro_segs=frame.wire)
         else:
             self.segments += 1
             if rec:

@@ -369,7 +369,8 @@ def _apply(stack: Stack, index: int, r: list[Any]
     tag, now = r[0], r[1]
     if tag == SEG:
         if len(r) > 3:
-            stack.tcp_v4_rcv_frame(r[2], now, seg_id=r[3], gso_size=r[4])
+            stack.tcp_v4_rcv_frame(r[2], now, seg_id=r[3], gso_size=r[4],
+                                   gro_segs=r[5] if len(r) > 5 else 1)
         else:
             stack.tcp_v4_rcv_frame(r[2], now)
     elif tag == TIMERS:

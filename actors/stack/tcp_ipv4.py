@@ -201,11 +201,16 @@ class Stack:
     # ------------------------------------------------------------------ softirq
 
     def tcp_v4_rcv_frame(self, frame: bytes, now: int, seg_id: int | None = None, *,
-                         gso_size: int = 0) -> Segment | None:
+                         gso_size: int = 0, gro_segs: int = 1) -> Segment | None:
         """A frame ``ip_rcv`` passed up, as the bytes the device wrote: decode it and run
         :meth:`tcp_v4_rcv`. Returns the segment, or None for a frame that is not TCP/IPv4
         (counted in TcpInSegs and under its error's counters, and logged). ``gso_size``:
-        the GSO size the device gave it (a tun write's virtio_net_hdr), 0 for none."""
+        the GSO size the device gave it (a tun write's virtio_net_hdr), 0 for none.
+
+        ``gro_segs`` > 1: an skb NAPI GRO merged from that many wire frames. GRO merges
+        only frames whose checksum it validated (skb_gro_checksum_validate) and marks the
+        skb CHECKSUM_UNNECESSARY, so tcp_v4_rcv's skb_checksum_init does not read its
+        bytes again; nor does rxpath. Anything else is checked here."""
         net = self.net
         try:
             pkt = decode_ipv4(frame)
@@ -218,7 +223,8 @@ class Stack:
             net.event("malformed_segment", None, reason=err.drop_reason, detail=str(err))
             return None
         hdr = (pkt.l4[12] >> 4) * 4 if len(pkt.l4) > 12 else 20
-        self.tcp_v4_rcv(seg, now, seg_id=seg_id, csum_ok=tcp_checksum_ok(pkt), hdr_len=hdr,
+        csum_ok = gro_segs > 1 or tcp_checksum_ok(pkt)
+        self.tcp_v4_rcv(seg, now, seg_id=seg_id, csum_ok=csum_ok, hdr_len=hdr,
                         gso_size=gso_size)
         return seg
 
