@@ -85,7 +85,11 @@ def test_epoll_servers_read_every_flow_they_serve(tmp_path: Path) -> None:
         assert set(r["flows"]) == set(served)
         assert r["bytes"] == sum(sc.flow(f).bytes for f in served)
         assert all(r["flows"][f]["bytes"] == sc.flow(f).bytes for f in served)
-        assert r["eagain"] > 0  # non-blocking reads until EAGAIN, then epoll_wait
+        assert all(r["flows"][f]["eof"] == 1 for f in served)
+    # Non-blocking reads until EAGAIN, then epoll_wait. A server that lags behind its
+    # flows the whole run finds data at every read until EOF, and on a slow machine one
+    # of them may (2 runs in 10 did); both would mean neither ever caught up.
+    assert sum(r["eagain"] for r in readers.values()) > 0
     assert all(f["readers"] == [sc.flows[i].reader] for i, f in enumerate(summary["flows"]))
     assert summary["nstat"].get("TcpExtTCPPrequeued", 0) == 0  # nobody blocks in read()
 
