@@ -14,7 +14,8 @@ from cli.bench import top_functions
 KEYS = ("segments_per_s", "segments_per_s_trace_off", "raw_unbatched_per_s",
         "raw_batched_per_s", "ratio_unbatched", "model_segments_per_s",
         "model_ofo_segments_per_s", "cpu_us_per_segment", "cpu_us_per_segment_trace_off",
-        "cpu_us_per_segment_gro_off", "startup_s", "rss_kb", "compiled")
+        "cpu_us_per_segment_gro_off", "cpu_us_per_segment_main_thread", "startup_s",
+        "rss_kb", "compiled")
 ACTORS = {"peer", "nic", "cpu0", "cpu1", "stack", "r1", "r2"}
 
 
@@ -52,5 +53,9 @@ def test_bench_json_reports_every_figure_with_integrity(tmp_path: Path) -> None:
     for key in ("cpu_us_per_segment", "cpu_us_per_segment_trace_off",
                 "cpu_us_per_segment_gro_off"):
         assert set(r[key]) >= ACTORS and r[key]["total"] > 0, key
+    # The main threads' share: some, never more than the whole process's.
+    main, cpu = r["cpu_us_per_segment_main_thread"], r["cpu_us_per_segment"]
+    assert set(main) >= ACTORS
+    assert all(0 < main[a] <= cpu[a] + 0.1 for a in ACTORS), (main, cpu)
     assert set(r["rss_kb"]) >= ACTORS
     assert json.loads((tmp_path / "bench.json").read_text()) == r

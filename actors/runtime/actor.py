@@ -322,6 +322,7 @@ class Actor:
                   "incarnation": settings.incarnation, "clock": clock_domain()})
         self._busy_mark: tuple[int, int] | None = None  # (time, busy_ns) at the last beat
         self._cpu_at_start_ns = 0  # process CPU time when `start` arrived
+        self._main_cpu_at_start_ns = 0  # and the main thread's
         self.link_latency: dict[str, list[int]] = {}  # sender -> [count, sum_ns, max_ns]
         self.started = False
         self.t0_ns: int | None = None           # run start, from the launcher's `start`
@@ -499,6 +500,9 @@ class Actor:
         # peak resident set, so `rxpath bench` can show what each actor costs per segment.
         runtime["cpu_ns_since_start"] = (time.process_time_ns() - self._cpu_at_start_ns
                                          if self.started else 0)
+        # Of which this (the main) thread: the rest is ZeroMQ's I/O thread moving messages.
+        runtime["main_thread_cpu_ns_since_start"] = (
+            time.thread_time_ns() - self._main_cpu_at_start_ns if self.started else 0)
         runtime["max_rss_kb"] = peak_rss_kb()
         # Objects frozen out of the cyclic GC at ready (counting them again would walk them
         # all), and its collections per generation.
@@ -672,6 +676,7 @@ class Actor:
         self.trace.meta(t0_ns=self.t0_ns)
         self._busy_mark = (now, self.runtime_counters.busy_ns)
         self._cpu_at_start_ns = time.process_time_ns()
+        self._main_cpu_at_start_ns = time.thread_time_ns()
         # Messages held back before `start` go first, in arrival order.
         self.mailbox.inbound.extendleft(reversed(self._held))
         self._held.clear()
