@@ -212,46 +212,9 @@ def test_dispatch_holds_data_until_start_then_replays_in_order(run_dir: Path) ->
         sink.mailbox.close()
 
 
-def test_a_peer_not_bound_yet_is_connected_at_start(run_dir: Path) -> None:
-    """A connect to an ipc inbox that does not exist yet would fail and be retried only
-    after libzmq's reconnect interval: the link is made at `start`, when every actor is
-    bound, and the first message goes straight through."""
-    topology = make_topology({"a": {"role": "sink", "peers": ["b"]}, "b": {"role": "sink"}})
-    a = SinkActor(ActorSettings.from_topology(topology, "a", run_dir))
-    b = SinkActor(ActorSettings.from_topology(topology, "b", run_dir))
-    try:
-        a._bind_and_connect()
-        assert "b" not in a.mailbox.outboxes and a._unbound_peers == ["b"]
-        b._bind_and_connect()
-        a.dispatch(Envelope(msg.START, LAUNCHER, 0, 0, {"t0_ns": 1}), 0)
-        assert "b" in a.mailbox.outboxes and a._unbound_peers == []
-        a.send("b", TEST_TICK, {"n": 0, "pad": b""})
-        assert b.mailbox.poll(10_000), "the first message after start did not arrive"
-        assert [e.kind for e in b.mailbox.inbound] == [TEST_TICK]
-        # A peer already bound is connected at once, before `ready`.
-        c = SinkActor(ActorSettings.from_topology(
-            make_topology({"c": {"role": "sink", "peers": ["b"]}, "b": {"role": "sink"}}),
-            "c", run_dir))
-        try:
-            c._bind_and_connect()
-            assert "b" in c.mailbox.outboxes and c._unbound_peers == []
-        finally:
-            c.mailbox.close()
-    finally:
-        a.mailbox.close()
-        b.mailbox.close()
-
-
-def test_a_tcp_peer_is_connected_at_start(run_dir: Path) -> None:
-    """Whether a tcp peer listens yet cannot be told, so its link waits for `start`:
-    a connect before its bind would sit out libzmq's reconnect interval."""
-    ports = free_tcp_ports(3)
-    topology = make_topology({"a": {"role": "sink", "peers": ["b"], "port": ports[0]},
-                              "b": {"role": "sink", "port": ports[1]}})
-    keys = run_dir / "keys"
-    generate_keys(keys, ["a", "b", LAUNCHER])
-    topology.update(transport="tcp", launcher={"port": ports[2]},
-                    curve={"keys_dir": str(keys)})
+def _connected_at_start(topology: dict[str, Any], run_dir: Path) -> None:
+    """Actor a, whose peer b binds after a's connect step, links to b at `start`, and
+    its first message goes straight through."""
     a = SinkActor(ActorSettings.from_topology(topology, "a", run_dir))
     b = SinkActor(ActorSettings.from_topology(topology, "b", run_dir))
     try:
@@ -268,6 +231,40 @@ def test_a_tcp_peer_is_connected_at_start(run_dir: Path) -> None:
             actor.mailbox.close()
             if actor._curve_ctx is not None:
                 actor._curve_ctx.close()
+
+
+def test_a_peer_not_bound_yet_is_connected_at_start(run_dir: Path) -> None:
+    """A connect to an ipc inbox that does not exist yet would fail and be retried only
+    after libzmq's reconnect interval: the link is made at `start`, when every actor is
+    bound."""
+    _connected_at_start(make_topology({"a": {"role": "sink", "peers": ["b"]},
+                                       "b": {"role": "sink"}}), run_dir)
+    # A peer already bound is connected at once, before `ready`.
+    b = SinkActor(ActorSettings.from_topology(
+        make_topology({"b": {"role": "sink"}}), "b", run_dir))
+    c = SinkActor(ActorSettings.from_topology(
+        make_topology({"c": {"role": "sink", "peers": ["b"]}, "b": {"role": "sink"}}),
+        "c", run_dir))
+    try:
+        b._bind_and_connect()
+        c._bind_and_connect()
+        assert "b" in c.mailbox.outboxes and c._unbound_peers == []
+    finally:
+        c.mailbox.close()
+        b.mailbox.close()
+
+
+def test_a_tcp_peer_is_connected_at_start(run_dir: Path) -> None:
+    """Whether a tcp peer listens yet cannot be told, so its link waits for `start`:
+    a connect before its bind would sit out libzmq's reconnect interval."""
+    ports = free_tcp_ports(3)
+    topology = make_topology({"a": {"role": "sink", "peers": ["b"], "port": ports[0]},
+                              "b": {"role": "sink", "port": ports[1]}})
+    keys = run_dir / "keys"
+    generate_keys(keys, ["a", "b", LAUNCHER])
+    topology.update(transport="tcp", launcher={"port": ports[2]},
+                    curve={"keys_dir": str(keys)})
+    _connected_at_start(topology, run_dir)
 
 
 def test_dispatch_counts_unhandled_refused_and_misdirected_messages(run_dir: Path) -> None:
