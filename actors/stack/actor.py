@@ -16,6 +16,7 @@ runs through the same model; ``RXPATH_STACK_RECORD=0`` in the environment turns 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from actors.runtime.actor import EX_SOFTWARE, Actor, ActorSettings, RejectMessage, handles
@@ -43,20 +44,18 @@ from protocol.wire import encode
 NIC = "nic"
 
 
-class GsoFrame(bytes):
+@dataclass(frozen=True, slots=True)
+class GsoFrame:
     """A queued frame that came with a GSO size (a tun write's virtio_net_hdr, or an skb
     NAPI GRO merged): frames without one stay plain bytes, so the common path carries
     nothing extra. ``wire``: the wire frames it stands for in the frame accounting (a
-    GRO skb's segments; a tun write is one frame however many segments it holds)."""
+    GRO skb's segments; a tun write is one frame however many segments it holds). It
+    holds the frame rather than being one: a bytes subclass copied up to 64 KB when made,
+    and again wherever plain bytes were needed."""
 
+    frame: bytes
     gso_size: int
-    wire: int
-
-    def __new__(cls, frame: bytes, gso_size: int, wire: int = 1) -> GsoFrame:
-        self = super().__new__(cls, frame)
-        self.gso_size = gso_size
-        self.wire = wire
-        return self
+    wire: int = 1
 
 
 class StackActor(Actor):
@@ -88,7 +87,8 @@ class StackActor(Actor):
         self._reported = 0
         self.cost = (st.cost_per_segment_us, st.cost_per_byte_ns)
         # Batches in hand: (cpu, batch id, frames, their trace ids or None).
-        self.work: deque[tuple[str, int, deque[bytes], deque[int] | None]] = deque()
+        self.work: deque[tuple[str, int, deque[bytes | GsoFrame], deque[int] | None]] = \
+            deque()
         self.pending: dict[str, int] = {}  # task -> request_id of its sleeping step
         self.segments = 0  # frames taken from batches
         self.observer = StackTrace(
@@ -160,7 +160,7 @@ class StackActor(Actor):
             if obs:
                 obs.timers(t, n0, ran)
 
-    def _tcp_v4_rcv(self, frame: bytes, now: int, fid: int | None) -> None:
+    def _tcp_v4_rcv(self, frame: bytes | GsoFrame, now: int, fid: int | None) -> None:
         obs = self.observer
         n0 = len(obs.outputs()) if obs else 0
         traced = fid if obs and is_flow_id(fid) else None
@@ -168,9 +168,9 @@ class StackActor(Actor):
         if isinstance(frame, GsoFrame):
             self.segments += frame.wire
             if rec:
-                rec.pack((SEG, now, bytes(frame), traced, frame.gso_size) if frame.wire == 1
-                         else (SEG, now, bytes(frame), traced, frame.gso_size, frame.wire))
-            seg = self.stack.tcp_v4_rcv_frame(frame, now, seg_id=traced,
+                rec.pack((SEG, now, frame.frame, traced, frame.gso_size) if frame.wire == 1
+                         else (SEG, now, frame.frame, traced, frame.gso_size, frame.wire))
+            seg = self.stack.tcp_v4_rcv_frame(frame.frame, now, seg_id=traced,
                                               gso_size=frame.gso_size, gro_segs=frame.wire)
         else:
             self.segments += 1
