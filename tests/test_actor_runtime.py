@@ -219,10 +219,10 @@ def _connected_at_start(topology: dict[str, Any], run_dir: Path) -> None:
     b = SinkActor(ActorSettings.from_topology(topology, "b", run_dir))
     try:
         a._bind_and_connect()
-        assert "b" not in a.mailbox.outboxes and a._unbound_peers == ["b"]
+        assert "b" not in a.mailbox.outboxes and a._deferred_peers == ["b"]
         b._bind_and_connect()
         a.dispatch(Envelope(msg.START, LAUNCHER, 0, 0, {"t0_ns": 1}), 0)
-        assert "b" in a.mailbox.outboxes and a._unbound_peers == []
+        assert "b" in a.mailbox.outboxes and a._deferred_peers == []
         a.send("b", TEST_TICK, {"n": 0, "pad": b""})
         assert b.mailbox.poll(10_000), "the first message after start did not arrive"
         assert [e.kind for e in b.mailbox.inbound] == [TEST_TICK]
@@ -248,7 +248,7 @@ def test_a_peer_not_bound_yet_is_connected_at_start(run_dir: Path) -> None:
     try:
         b._bind_and_connect()
         c._bind_and_connect()
-        assert "b" in c.mailbox.outboxes and c._unbound_peers == []
+        assert "b" in c.mailbox.outboxes and c._deferred_peers == []
     finally:
         c.mailbox.close()
         b.mailbox.close()

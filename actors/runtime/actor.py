@@ -330,7 +330,7 @@ class Actor:
         self._born_ns = clock()
         self._held: deque[Envelope] = deque()
         self._gc_frozen = 0
-        self._unbound_peers: list[str] = []  # to connect at `start`: tcp, or ipc not bound
+        self._deferred_peers: list[str] = []  # to connect at `start`: tcp, or ipc not bound
         self._heartbeat: TimerHandle | None = None
         self._request_ids = itertools.count(1)
         self._eos_waiting: dict[str, int] = {}  # dest -> request_id of our end_of_stream
@@ -560,14 +560,14 @@ class Actor:
                 # RECONNECT_IVL, doubling each time, so the run's first messages would
                 # wait tens of ms while every process idles. At `start` every actor is
                 # bound; connect then (or at the first send).
-                self._unbound_peers.append(peer)
+                self._deferred_peers.append(peer)
                 continue
             self.mailbox.outbox(peer)
 
-    def _connect_unbound_peers(self) -> None:
-        for peer in self._unbound_peers:
+    def _connect_deferred_peers(self) -> None:
+        for peer in self._deferred_peers:
             self.mailbox.outbox(peer)
-        self._unbound_peers.clear()
+        self._deferred_peers.clear()
 
     def _loop(self) -> None:
         mb = self.mailbox
@@ -670,7 +670,7 @@ class Actor:
             self.mailbox.reject("rejected_by_handler", "start: already started", env.sender)
             return
         self.started = True
-        self._connect_unbound_peers()
+        self._connect_deferred_peers()
         self.t0_ns = env.body["t0_ns"]
         self.log.info("start", t0_ns=self.t0_ns, held=len(self._held))
         self.trace.meta(t0_ns=self.t0_ns)

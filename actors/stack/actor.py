@@ -50,8 +50,7 @@ class GsoFrame:
     NAPI GRO merged): frames without one stay plain bytes, so the common path carries
     nothing extra. ``wire``: the wire frames it stands for in the frame accounting (a
     GRO skb's segments; a tun write is one frame however many segments it holds). It
-    holds the frame rather than being one: a bytes subclass copied up to 64 KB when made,
-    and again wherever plain bytes were needed."""
+    holds the frame, not subclasses bytes, so up to 64 KB is never copied to make one."""
 
     frame: bytes
     gso_size: int
