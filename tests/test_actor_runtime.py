@@ -25,6 +25,7 @@ from actors.runtime import main as runtime_main
 from actors.runtime import procutil
 from actors.runtime.actor import (
     EX_SOFTWARE,
+    LATE_TIMERS_KEPT,
     Actor,
     ActorSettings,
     TimerQueue,
@@ -208,6 +209,21 @@ def test_dispatch_holds_data_until_start_then_replays_in_order(run_dir: Path) ->
         assert (sink.received, sink.out_of_order) == (4, 0)
         # The heartbeat is armed for start + heartbeat_ms.
         assert sink.timers.next_deadline() == 1000 + 1000 * 1_000_000
+    finally:
+        sink.mailbox.close()
+
+
+def test_timers_that_fire_late_are_kept_for_the_snapshot(run_dir: Path) -> None:
+    sink = SinkActor(settings_for(run_dir, "s", {"role": "sink"}))
+    try:
+        ms = 1_000_000
+        sink.timer_fired(10 * ms, 10 * ms + ms)       # within the poll's 1 ms rounding
+        sink.timer_fired(20 * ms, 35 * ms)            # 15 ms late
+        sink.timer_fired(20 * ms, 35 * ms)            # the same timer, reported twice
+        assert sink.snapshot(40 * ms)["runtime"]["late_timers"] == [[20 * ms, 35 * ms]]
+        for i in range(100):
+            sink.timer_fired(i * 10 * ms, i * 10 * ms + 5 * ms)
+        assert len(sink.snapshot()["runtime"]["late_timers"]) == LATE_TIMERS_KEPT
     finally:
         sink.mailbox.close()
 

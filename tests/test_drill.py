@@ -8,7 +8,9 @@ through the real actor processes (``--pipeline``, integration tests).
 from __future__ import annotations
 
 import os
+import signal
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,11 +34,13 @@ from cli.drill.packetdrill import (
     TcpOptionSpec,
     TimeKind,
     WordExpr,
+    parse_file,
     parse_script,
 )
 from cli.drill.pipeline import PipelineReceiver
-from cli.drill.runner import Outcome, _shell_arith
+from cli.drill.runner import DrillRunner, Outcome, _shell_arith
 from cli.main import app
+from protocol.segment import Segment
 
 DRILL_DIR = Path(__file__).parent / "drill"
 SCRIPTS = sorted(DRILL_DIR.glob("*.pkt"))
@@ -546,6 +550,45 @@ def test_pipeline_wrong_timing_fails(tmp_path: Path, case: str) -> None:
     res = run_script(path, "modern", pipeline=True, verbose=True)
     assert res.outcome is Outcome.FAIL, res.log
     assert res.mismatch is not None and "timing error" in res.mismatch.message, res.mismatch
+
+
+class _StackStoppedAcrossDelack(PipelineReceiver):
+    """The host does not run the stack process (SIGSTOP) from 30 to 70 ms after the
+    segment at ``STOP_AFTER_SEQ`` came in: its 40 ms delayed-ACK timer fires 30 ms late."""
+
+    STOP_AFTER_SEQ = 201
+    stopped = False
+
+    def inject(self, seg: Segment, *, gso_size: int = 0, more: bool = False) -> None:
+        super().inject(seg, gso_size=gso_size, more=more)
+        if seg.seq == self.STOP_AFTER_SEQ and seg.payload and self.launcher is not None:
+            pid = self.launcher.pids()["stack"]
+            self._timers = [threading.Timer(0.030, os.kill, (pid, signal.SIGSTOP)),
+                            threading.Timer(0.070, os.kill, (pid, signal.SIGCONT))]
+            for t in self._timers:
+                t.start()
+            self.stopped = True
+
+    def close(self) -> None:
+        for t in getattr(self, "_timers", ()):
+            t.join()  # the SIGCONT has been sent before the processes are stopped
+        super().close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_pipeline_allows_a_stack_timer_that_the_host_ran_late() -> None:
+    """A delayed ACK that is late because its process did not run is the emulator's own
+    delay: the stack reports its late timer and the check allows it, saying so."""
+    script = parse_file(DRILL_DIR / "delayed_ack.pkt")
+    with _StackStoppedAcrossDelack(get_profile("modern")) as rx:
+        res = DrillRunner(script, rx, verbose=True).run()
+        assert rx.stopped
+        stack = rx.launcher.request_stats(["stack"], timeout_s=5.0)["stack"] \
+            if rx.launcher is not None else {}
+    assert res.outcome is Outcome.PASS, (res.mismatch, res.log)
+    late = stack["runtime"]["late_timers"]
+    assert any(fired - due >= 20 * 1_000_000 for due, fired in late), late
 
 
 @pytest.mark.integration

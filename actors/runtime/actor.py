@@ -82,6 +82,10 @@ DEFAULT_HEARTBEAT_MS = 1000
 DEFAULT_STOP_DRAIN_MS = 2000
 MAX_IDLE_POLL_MS = 1000               # wake at least this often even with nothing due
 DISPATCH_BURST = 256                  # messages handled between two timer checks
+# A timer that fires more than this after its deadline is remembered (the poll timeout is
+# a whole number of ms, rounded up, so up to 1 ms late is the loop's normal).
+TIMER_LATE_NS = 1_000_000
+LATE_TIMERS_KEPT = 32
 
 Handler = Callable[[Envelope, int], None]
 TimerCallback = Callable[[int], None]
@@ -324,6 +328,9 @@ class Actor:
         self._cpu_at_start_ns = 0  # process CPU time when `start` arrived
         self._main_cpu_at_start_ns = 0  # and the main thread's
         self.link_latency: dict[str, list[int]] = {}  # sender -> [count, sum_ns, max_ns]
+        # (deadline, fired) of the last timers that fired late: a real-time observer (the
+        # pipeline drill) learns from them how late this process ran.
+        self.late_timers: deque[tuple[int, int]] = deque(maxlen=LATE_TIMERS_KEPT)
         self.started = False
         self.t0_ns: int | None = None           # run start, from the launcher's `start`
         self.stop_reason: str | None = None
@@ -509,6 +516,7 @@ class Actor:
         runtime["gc_frozen"] = self._gc_frozen
         runtime["gc_collections"] = [g["collections"] for g in gc.get_stats()]
         runtime["inbound_queued"] = len(self.mailbox.inbound)
+        runtime["late_timers"] = [list(t) for t in self.late_timers]
         runtime["link_faults"] = dict(self.link_fault_counters)
         runtime["link_latency_us"] = {
             sender: {"messages": n, "mean": round(total / n / 1000, 1), "max": round(mx / 1000, 1)}
@@ -576,16 +584,27 @@ class Actor:
         while self.stop_reason is None:
             if self.started:
                 now = clock()
-                if self.timers.next_deadline() is not None:
+                due = self.timers.next_deadline()
+                if due is not None and due <= now:
+                    self.timer_fired(due, now)
                     self.timers.run_due(now)
                 deadline = self.next_deadline()
                 if deadline is not None and deadline <= now:
+                    if deadline:  # 0 is a role's "work waiting", not a timer
+                        self.timer_fired(deadline, now)
                     self.on_timer(now)
                 rc.busy_ns += clock() - now
             self._dispatch_some(DISPATCH_BURST)
             if self.stop_reason is not None:
                 break
             mb.poll(0 if mb.inbound else self._poll_timeout_ms(), DISPATCH_BURST)
+
+    def timer_fired(self, deadline: int, now: int) -> None:
+        """Remember a timer that fired late (see :data:`TIMER_LATE_NS`)."""
+        if now - deadline > TIMER_LATE_NS:
+            late = self.late_timers
+            if not late or late[-1][0] != deadline:  # a role may report one twice
+                late.append((deadline, now))
 
     def _poll_timeout_ms(self) -> int:
         if not self.started:

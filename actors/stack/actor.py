@@ -151,6 +151,7 @@ class StackActor(Actor):
     def _run_due_timers(self, now: int) -> None:
         deadline = self.stack.next_deadline()
         if deadline is not None and deadline <= now:
+            self.timer_fired(deadline, now)  # also when segments kept the loop busy
             obs = self.observer
             t, n0 = (self.clock(), len(obs.outputs())) if obs else (0, 0)
             if self.recorder:

@@ -41,7 +41,9 @@ allows, on top of the script's tolerance, what this run measured of its own dela
 (an inject until the stack confirms it ran ``tcp_v4_rcv``, each non-sleeping step of
 a call), the times this process woke late, the largest one-way hop latency seen
 (envelopes carry their sender's monotonic send time, one host shares that clock) and
-:data:`TIMER_GRANULARITY_NS`. All of it is looked for in the window from
+:data:`TIMER_GRANULARITY_NS`; and, once something the script expects is overdue
+(:meth:`PipelineReceiver.catch_up`), the times the stack's and the NIC's timers fired
+late, which they report. All of it is looked for in the window from
 :data:`DELAY_LOOKBACK_NS` before the expected time until now. Times the receiver
 reports are the actors' own where a message carries them: an outbound packet is at
 the moment the NIC put it on the wire, a blocking call returns when the stack woke it
@@ -203,6 +205,7 @@ class PipelineReceiver(Syscalls):
         # pipeline's messages were in flight or this process overslept, and hop latencies.
         self._delays: deque[tuple[int, int]] = deque()
         self._hops: deque[tuple[int, int]] = deque()
+        self._late_timers: set[tuple[int, int]] = set()  # the actors' reports taken so far
         self._woken: list[PipelineCall] = []  # calls the stack just woke
         self._probes: dict[int, tuple[PipelineCall, int]] = {}  # probe -> (call, its step)
 
@@ -342,6 +345,25 @@ class PipelineReceiver(Syscalls):
                 edge = end
         hop = max((h for t, h in self._hops if t >= lo), default=0)
         return busy + hop + TIMER_GRANULARITY_NS
+
+    def catch_up(self) -> None:
+        """Ask the stack and the NIC how late their timers ran (a round trip they answer
+        after firing whatever is due): a delayed ACK that the stack's timer sent late, or
+        has not sent yet because the host did not run it, is the emulator's delay too."""
+        if not self.running:
+            return
+        assert self.launcher is not None
+        origin = self._origin_ns or 0
+        sent = self.now()
+        got = self.launcher.request_stats([STACK, NIC], timeout_s=5.0)
+        self._delay(sent, self.now())
+        for snap in got.values():
+            for due, fired in (snap.get("runtime") or {}).get("late_timers", ()):
+                late = (int(due) - origin, int(fired) - origin)
+                if late not in self._late_timers:
+                    self._late_timers.add(late)
+                    self._delay(*late)
+        self._pump(0)  # what arrived meanwhile
 
     def _absorb(self, env: Envelope) -> None:
         arrived = self.now()
