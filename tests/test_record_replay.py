@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,61 @@ def test_a_tampered_input_diverges_at_its_first_effect(clean_run: Path,
     assert div["index"] == target + 1 and div["what"] == f"reply to input #{target}"
     assert div["after"].startswith(f"input #{target} sock_op SkbCopyDatagramMsg")
     assert f"'copied': {copied}" in div["expected"] and "'copied': 1," in div["got"]
+
+
+def test_a_recorded_result_keeps_copied_bytes_as_length_and_crc32() -> None:
+    enc = {"result": "Copied", "data": b"abc" * 100, "copied": 300, "fin": False,
+           "seq": 1, "offset": 0}
+    rec = R.recorded_result(enc)
+    assert "data" not in rec and rec["data_crc32"] == [300, zlib.crc32(b"abc" * 100)]
+    assert {k: v for k, v in rec.items() if k != "data_crc32"} == \
+        {k: v for k, v in enc.items() if k != "data"}
+    assert R.recorded_result(rec) == rec  # idempotent
+    no_bytes = {"result": "Woken", "relock": True}
+    assert R.recorded_result(no_bytes) is no_bytes
+
+
+def _copy_replies(records: list[list[Any]]) -> list[int]:
+    return [i for i, r in enumerate(records) if r[0] == R.REPLY and "data_crc32" in r[1]]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_reply_whose_bytes_differ_diverges_there(clean_run: Path, tmp_path: Path) -> None:
+    """The record holds a copy's bytes as their CRC: a wrong byte still diverges."""
+    rec = R.read_record(clean_run / R.RECORD_DIR / "stack.0.msgpack")
+    target = _copy_replies(rec.records)[3]
+
+    def change(records: list[list[Any]]) -> None:
+        n, crc = records[target][1]["data_crc32"]
+        records[target][1]["data_crc32"] = [n, crc ^ 1]
+
+    rewrite(clean_run, tmp_path / "t", change)
+    code, out = replay_cli(tmp_path / "t", "--json")
+    assert code == 1
+    assert json.loads(out)["incarnations"][0]["divergence"]["index"] == target
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_record_with_whole_reply_bytes_still_replays(clean_run: Path,
+                                                       tmp_path: Path) -> None:
+    """Records written before the CRC form hold the copied bytes whole."""
+    rec = R.read_record(clean_run / R.RECORD_DIR / "stack.0.msgpack")
+    whole = {c.index: c.data for c in R.replay(rec).chunks}
+    targets = _copy_replies(rec.records)
+    assert targets and all(i in whole for i in targets)
+
+    def change(records: list[list[Any]]) -> None:
+        for i in targets:
+            records[i][1].pop("data_crc32")
+            records[i][1]["data"] = whole[i]
+
+    rewrite(clean_run, tmp_path / "t", change)
+    code, out = replay_cli(tmp_path / "t", "--json")
+    assert code == 0, out
+    rec2 = R.read_record(tmp_path / "t" / R.RECORD_DIR / "stack.0.msgpack")
+    assert isinstance(rec2.records[targets[0]][1]["data"], bytes)
 
 
 @pytest.mark.integration

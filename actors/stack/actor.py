@@ -27,7 +27,6 @@ from actors.stack.net import Event, OpDone, Transmit
 from actors.stack.record import (
     EXIT,
     OP,
-    REPLY,
     SEG,
     SNAP,
     TIMERS,
@@ -202,7 +201,7 @@ class StackActor(Actor):
         else:
             encoded = encode_result(result)
             if rec:
-                rec.pack((REPLY, encoded))
+                rec.reply(encoded)
             self._answer(task, rid, encoded)
         self._flush()
 

@@ -28,13 +28,19 @@ Records are msgpack arrays, the first item a tag:
 ``TIMERS`` ``[TIMERS, now]``: ``run_timers``
 ``OP``     ``[OP, now, task, op, sock, args]``: ``sock_op_msg``, as the message had it
 ``EXIT``   ``[EXIT, now, task]``: ``task_exit`` (a reader process died)
-``REPLY``  ``[REPLY, encoded result]``: what the ``OP`` just before returned at once
+``REPLY``  ``[REPLY, result]``: what the ``OP`` just before returned at once
 ``OUT``    ``[OUT, frames, dones]``: the outputs one ``take_outputs`` gave the shell:
-           the encoded frames sent to the NIC and ``[task, sock, encoded result]`` of
+           the encoded frames sent to the NIC and ``[task, sock, result]`` of
            each completed sleep (trace events are not outputs)
 ``SNAP``   ``[SNAP, now, counters]``: :func:`model_counters` as the shell reported it
 ``END``    ``[END, reason]``: the process closed the record (absent if it was killed)
 =========  =======================================================================
+
+A result is the encoded one (:func:`~protocol.sockops.encode_result`), its copied bytes
+(``data``, ``direct``) kept as their length and CRC-32 (:func:`recorded_result`): the
+replay makes those bytes again and compares them so, and the readers' deliveries hold
+them already. Whole, they were half of a record. A record from before keeps them whole;
+the replay compares it the same way.
 """
 
 from __future__ import annotations
@@ -172,9 +178,30 @@ class RecordWriter:
                rcvlowat: int) -> None:
         self.pack((LISTEN, now, laddr, port, backlog, rcvbuf, rcvlowat))
 
+    def reply(self, encoded: dict[str, Any]) -> None:
+        self.pack((REPLY, recorded_result(encoded)))
+
     def outputs(self, frames: list[bytes], dones: list[OpDone]) -> None:
-        self.pack((OUT, frames, [(d.task, d.sock_id, encode_result(d.result))
+        self.pack((OUT, frames, [(d.task, d.sock_id, recorded_result(encode_result(d.result)))
                                  for d in dones]))
+
+
+_COPIED_BYTES = ("data", "direct")
+
+
+def recorded_result(encoded: dict[str, Any]) -> dict[str, Any]:
+    """An encoded result as a record keeps it: bytes it copied as ``[length, crc32]``
+    under ``<field>_crc32`` (none copied: left as they are). Idempotent; a result
+    without copied bytes is itself."""
+    if not any(type(v) is bytes and v for v in map(encoded.get, _COPIED_BYTES)):
+        return encoded
+    out = dict(encoded)
+    for k in _COPIED_BYTES:
+        v = out.get(k)
+        if type(v) is bytes and v:
+            del out[k]
+            out[k + "_crc32"] = [len(v), zlib.crc32(v)]
+    return out
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -404,9 +431,11 @@ def _compare_outputs(stack: Stack, r: list[Any]
             return dones, k, (f"frame {k} of {len(want_frames)} sent to the nic",
                               describe_frame(want) if want else "no frame",
                               describe_frame(got) if got else "no frame")
-    got_dones = [[d.task, d.sock_id, encode_result(d.result)] for d in dones]
+    got_dones = [[d.task, d.sock_id, recorded_result(encode_result(d.result))] for d in dones]
     for k in range(max(len(got_dones), len(want_dones))):
         want_done = want_dones[k] if k < len(want_dones) else None
+        if want_done is not None and len(want_done) == 3 and isinstance(want_done[2], dict):
+            want_done = [*want_done[:2], recorded_result(want_done[2])]
         got_done = got_dones[k] if k < len(got_dones) else None
         if want_done != got_done and (got_done is None or normalised(got_done) != want_done):
             return dones, k, (f"completed step {k} of {len(want_dones)}", want_done, got_done)
@@ -451,9 +480,10 @@ def replay(rec: Record) -> ReplayResult:
                 if result is None:
                     return diverge(i, f"reply to input #{op_index}", r[1],
                                    "no reply (the step sleeps)")
-                got = encode_result(result)
-                if got != r[1] and normalised(got) != r[1]:
-                    return diverge(i, f"reply to input #{op_index}", r[1], got)
+                got = recorded_result(encode_result(result))
+                want = recorded_result(r[1]) if isinstance(r[1], dict) else r[1]
+                if got != want and normalised(got) != want:
+                    return diverge(i, f"reply to input #{op_index}", want, got)
                 res.replies += 1
                 deliver(i, task, sock, result)
                 continue
