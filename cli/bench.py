@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
+from actors.runtime.cpuprofile import CPU_PROFILE_ENV
 from actors.runtime.hopbench import run_hop_benchmark
 from actors.runtime.launcher import Launcher
 from actors.runtime.supervisor import Supervisor
@@ -152,20 +153,40 @@ def _trace_env(on: bool) -> Iterator[None]:
 
 
 class ActorProfiler:
-    """py-spy attached to every actor of a run from its first moment of traffic; each
-    writes collapsed stacks to ``RUN_DIR/profiles/<actor>.txt`` until its process exits."""
+    """Every actor of one run profiled from its first moment of traffic until its
+    process exits, as collapsed stacks in ``RUN_DIR/profiles/``:
+
+    - ``<actor>.cpu.txt``: the actor's own sampler, by its main thread's CPU time
+      (:mod:`actors.runtime.cpuprofile`); the table `bench` prints comes from these;
+    - ``<actor>.txt``: py-spy attached to it, if installed (wall time: the flame graph
+      of where each actor spends its time, waiting for a core included)."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.names: list[str] = []
         self.exe = shutil.which("py-spy")
-        if self.exe is None:
-            raise typer.BadParameter("--profile-actors needs py-spy: pip install py-spy")
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Actors started inside sample themselves (they inherit the environment)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        old = os.environ.get(CPU_PROFILE_ENV)
+        os.environ[CPU_PROFILE_ENV] = str(self.out_dir)
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop(CPU_PROFILE_ENV, None)
+            else:
+                os.environ[CPU_PROFILE_ENV] = old
 
     def hook(self, launcher: Launcher, _sup: Supervisor, _elapsed: float) -> None:
-        if self.procs:
+        if self.names:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.names = sorted(launcher.pids())
+        if self.exe is None:
+            return
         for name, pid in launcher.pids().items():
             self.procs[name] = subprocess.Popen(
                 [str(self.exe), "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
@@ -187,8 +208,9 @@ class ActorProfiler:
 
 
 def top_functions(collapsed: Path, n: int = 8) -> list[tuple[str, float, float]]:
-    """The functions with the most self time in a py-spy ``--format raw`` file: (name,
-    self share, total share incl. callees), lines of one function counted together.
+    """The functions with the most self time in a collapsed-stacks file (py-spy's
+    ``--format raw``, or an actor's CPU samples): (name, self share, total share incl.
+    callees), lines of one function counted together.
 
     py-spy samples wall time of a running or runnable thread, so on an oversubscribed
     machine calls that wake another process (ZeroMQ sends) weigh more than their CPU."""
@@ -277,8 +299,9 @@ def bench(
     model_segments: Annotated[int, typer.Option(help="Segments for the in-process model "
                                                 "benchmark.")] = 50_000,
     profile_actors: Annotated[bool, typer.Option(
-        "--profile-actors", help="Record every actor with py-spy during the first run "
-        "(RUN_DIR/profiles/) and print each one's hottest functions.")] = False,
+        "--profile-actors", help="Profile every actor during the first run (by its CPU "
+        "time, and with py-spy if installed: RUN_DIR/profiles/) and print each one's "
+        "hottest functions.")] = False,
     scale: Annotated[int, typer.Option(
         "--scale", min=0, help="Instead: one run of this many flows (20 KB each) to 16 "
         "epoll servers over 4 cpus; is it complete and intact, with no message lost, and "
@@ -317,8 +340,10 @@ def bench(
         if not json_out:
             typer.echo(f"bench round {i + 1}/{repeat}", err=True)
         hook = profiler.hook if profiler is not None and i == 0 else None
-        runs_on.append(end_to_end(sc, rd / f"trace-on-{i}", trace=True, progress=progress,
-                                  hook=hook))
+        with profiler.sampling() if hook is not None and profiler is not None \
+                else contextlib.nullcontext():
+            runs_on.append(end_to_end(sc, rd / f"trace-on-{i}", trace=True,
+                                      progress=progress, hook=hook))
         if hook is not None and profiler is not None:
             profiler.finish()
         runs_off.append(end_to_end(sc, rd / f"trace-off-{i}", trace=False,
@@ -361,10 +386,11 @@ def bench(
                  for h, m, n in runs_on[0]["hops"]],
     }
     if profiler is not None:
-        result["profiles"] = {name: [(f, round(own, 3), round(incl, 3)) for f, own, incl in
-                                     top_functions(rd / "profiles" / f"{name}.txt")]
-                              for name in sorted(profiler.procs)
-                              if (rd / "profiles" / f"{name}.txt").exists()}
+        for key, suffix in (("profiles", ".cpu.txt"), ("profiles_wall", ".txt")):
+            result[key] = {name: [(f, round(own, 3), round(incl, 3)) for f, own, incl in
+                                  top_functions(rd / "profiles" / f"{name}{suffix}")]
+                           for name in profiler.names
+                           if (rd / "profiles" / f"{name}{suffix}").exists()}
     rd.mkdir(parents=True, exist_ok=True)
     (rd / "bench.json").write_text(json.dumps(result, indent=2))
     if json_out:
@@ -408,6 +434,6 @@ def _print(r: dict[str, Any]) -> None:
     typer.echo(table([(h["hop"], f"{h['mean_us']:.1f}", str(h["messages"]))
                       for h in r["hops"]], ("hop (first run)", "mean one-way us", "messages")))
     for name, top in (r.get("profiles") or {}).items():
-        typer.echo(f"\n{name}: hottest functions (py-spy samples)")
+        typer.echo(f"\n{name}: hottest functions (main thread CPU time, sampled)")
         typer.echo(table([(f, f"{own:.1%}", f"{incl:.1%}") for f, own, incl in top],
                          ("function", "self", "with callees")))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from cli.bench import top_functions
+from actors.runtime.cpuprofile import CPU_PROFILE_ENV, CpuSampler
+from cli.bench import bench_scenario, top_functions
+from cli.run import run_scenario
 
 KEYS = ("segments_per_s", "segments_per_s_trace_off", "raw_unbatched_per_s",
         "raw_batched_per_s", "ratio_unbatched", "model_segments_per_s",
@@ -42,7 +45,7 @@ def test_top_functions_of_an_empty_profile_is_empty(tmp_path: Path) -> None:
 def test_bench_json_reports_every_figure_with_integrity(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cli.main", "bench", "--mbytes", "0.25", "--repeat", "1",
-         "--messages", "2000", "--model-segments", "300", "--json",
+         "--messages", "2000", "--model-segments", "300", "--json", "--profile-actors",
          "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=220,
         check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -58,4 +61,52 @@ def test_bench_json_reports_every_figure_with_integrity(tmp_path: Path) -> None:
     assert set(main) >= ACTORS
     assert all(0 < main[a] <= cpu[a] + 0.1 for a in ACTORS), (main, cpu)
     assert set(r["rss_kb"]) >= ACTORS
+    # --profile-actors: each actor's own CPU samples; py-spy's too, for those it attached
+    # to before they exited (in so short a run, not always all).
+    assert set(r["profiles"]) == ACTORS and set(r["profiles_wall"]) <= ACTORS
+    assert (tmp_path / "profiles" / "stack.cpu.txt").exists()
     assert json.loads((tmp_path / "bench.json").read_text()) == r
+
+
+def _burn(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x
+
+
+def test_the_cpu_sampler_charges_the_code_that_burnt_the_cpu(tmp_path: Path) -> None:
+    sampler = CpuSampler()
+    sampler.start()
+    try:
+        _burn(4_000_000)
+        # Sleeping burns nothing, so it gets no samples on the thread's CPU clock.
+        threading.Event().wait(0.2)
+        _burn(4_000_000)
+    finally:
+        sampler.stop()
+    assert sampler.clock == "thread"
+    out = tmp_path / "me.cpu.txt"
+    sampler.write(out)
+    top = top_functions(out)
+    assert top and top[0][0].startswith("_burn ") and top[0][1] > 0.8, top
+    # At most the CPU used just before the wait began (Python runs the handler at the
+    # next bytecode, which may be in the wait's own Python code).
+    assert sum(own for name, own, _ in top if name.startswith("wait ")) < 0.1, top
+    used = sum(int(line.rpartition(" ")[2]) for line in out.read_text().splitlines())
+    assert used > 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_actors_sample_themselves_when_asked(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    prof = tmp_path / "profiles"
+    monkeypatch.setenv(CPU_PROFILE_ENV, str(prof))
+    summary = run_scenario(bench_scenario(1.0, None), tmp_path / "run", progress=False)
+    assert summary["integrity"]
+    assert {p.name for p in prof.iterdir()} == {f"{a}.cpu.txt" for a in ACTORS}
+    assert top_functions(prof / "stack.cpu.txt"), "the stack burnt CPU, so it has samples"
+    # Every sample is in the actor's loop; the project's paths are relative to it.
+    lines = (prof / "stack.cpu.txt").read_text().splitlines()
+    assert all(";_loop (actors/runtime/actor.py:" in line for line in lines), lines[:3]

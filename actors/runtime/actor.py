@@ -66,6 +66,7 @@ from actors.runtime.addressing import (
     ipc_path,
     validate_name,
 )
+from actors.runtime.cpuprofile import CPU_PROFILE_ENV, CpuSampler
 from actors.runtime.curve import CurveKeys, curve_context, keys_for
 from actors.runtime.logging import LogSettings, make_logger
 from actors.runtime.mailbox import DEFAULT_HWM, Mailbox
@@ -327,6 +328,7 @@ class Actor:
         self._busy_mark: tuple[int, int] | None = None  # (time, busy_ns) at the last beat
         self._cpu_at_start_ns = 0  # process CPU time when `start` arrived
         self._main_cpu_at_start_ns = 0  # and the main thread's
+        self._sampler: CpuSampler | None = None  # see actors.runtime.cpuprofile
         self.link_latency: dict[str, list[int]] = {}  # sender -> [count, sum_ns, max_ns]
         # (deadline, fired) of the last timers that fired late: a real-time observer (the
         # pipeline drill) learns from them how late this process ran.
@@ -540,7 +542,10 @@ class Actor:
                 "pid": os.getpid(), "role": self.settings.role, "instance": self.instance,
                 "endpoint": self.settings.endpoints[self.name].connect})
             self.log.info("ready", incarnation=self.settings.incarnation)
-            self._loop()
+            try:
+                self._loop()
+            finally:
+                self._write_cpu_profile()
             code = self._stop_gracefully()
         except Exception as exc:
             code = EX_SOFTWARE
@@ -553,6 +558,13 @@ class Actor:
             self.trace.close(self.clock())
         self.log.info("exit", code=code, reason=self.stop_reason)
         return code
+
+    def _write_cpu_profile(self) -> None:
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
+            out = Path(os.environ[CPU_PROFILE_ENV]) / f"{self.name}.cpu.txt"
+            sampler.write(out, root=Path(__file__).resolve().parents[2])
 
     def _bind_and_connect(self) -> None:
         own = ipc_path(self.settings.endpoints[self.name].bind)
@@ -696,6 +708,9 @@ class Actor:
         self._busy_mark = (now, self.runtime_counters.busy_ns)
         self._cpu_at_start_ns = time.process_time_ns()
         self._main_cpu_at_start_ns = time.thread_time_ns()
+        if os.environ.get(CPU_PROFILE_ENV):
+            self._sampler = CpuSampler()
+            self._sampler.start()
         # Messages held back before `start` go first, in arrival order.
         self.mailbox.inbound.extendleft(reversed(self._held))
         self._held.clear()
