@@ -480,6 +480,20 @@ for _res in _RESULT_CLASSES:
     _FIELDS[_res] = {f.name: _accepted(f.type) for f in fields(_res)}
     RESULTS[_res.__name__] = _res
 _STATE_FIELDS = tuple(f.name for f in fields(SockState))
+# Every step's answer carries a SockState, and few distinct ones occur (mostly flags
+# and zeros): equal states are one frozen object, not a new one per step.
+_STATES: dict[tuple[bool | int, ...], SockState] = {}
+_STATES_MAX = 4096
+
+
+def sock_state_of(values: tuple[bool | int, ...]) -> SockState:
+    """The SockState with these field values (in :class:`SockState`'s order)."""
+    st = _STATES.get(values)
+    if st is None:
+        if len(_STATES) >= _STATES_MAX:
+            _STATES.clear()
+        st = _STATES[values] = SockState(**dict(zip(_STATE_FIELDS, values, strict=True)))
+    return st
 
 
 def _check(cls: type, name: str, value: Any) -> Any:
@@ -531,7 +545,7 @@ def _decode_state(value: Any) -> SockState:
     for name, v in zip(_STATE_FIELDS, value, strict=True):
         if type(v) not in (bool, int):
             raise MalformedOp(f"socket state {name}: {v!r}")
-    return SockState(**dict(zip(_STATE_FIELDS, value, strict=True)))
+    return sock_state_of(tuple(value))
 
 
 def encode_result(res: SockOpResult) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 
 from actors.profiles import get_profile
 from actors.stack import sock as sock_module
+from actors.stack.sock import sock_state
 from actors.stack.tcp_ipv4 import Stack
 from protocol.sockops import (
     OPS,
@@ -59,7 +60,9 @@ from protocol.sockops import (
     decode_result,
     encode_op,
     encode_result,
+    sock_state_of,
 )
+from tests.stack_harness import connect
 
 EVERY_OP: list[SockOp] = [
     LockSock(3), ReleaseSock(3), SkFlushBacklog(3),
@@ -187,3 +190,22 @@ def test_process_context_functions_with_kernel_names_run() -> None:
     assert stack.sock_op("t", SkFlushBacklog(lsn), 0) is not None
     assert stack.sock_op("t", ReleaseSock(lsn), 0) is not None
     assert sk.owner is None
+
+
+def test_equal_socket_states_are_one_object_with_the_fields_by_name() -> None:
+    st = sock_state_of((True, False, 2, True, False, False, 0, False, False, 1448))
+    assert st == SockState(readable=True, prequeue=2, caught_up=True, ucopy_len=1448)
+    assert sock_state_of((True, False, 2, True, False, False, 0, False, False, 1448)) is st
+    assert decode_result(encode_result(Woken(state=st))).state is st
+
+
+def test_the_stacks_socket_state_names_each_field_from_its_socket() -> None:
+    conn = connect("legacy")
+    sk = conn.sk
+    conn.deliver(conn.segment(0, b"x" * 100))
+    sk.sk_err = 104
+    st = sock_state(sk)
+    assert (st.readable, st.backlog, st.prequeue, st.caught_up, st.err, st.closed,
+            st.listen) == (True, False, 0, False, 104, False, False)
+    sk.copied_seq = sk.rcv_nxt
+    assert sock_state(sk).caught_up

@@ -23,7 +23,7 @@ from actors.stack.net import Net, OpDone
 from actors.stack.skb import Skb
 from protocol.constants import ECONNREFUSED, EINVAL
 from protocol.seq import seq_sub
-from protocol.sockops import Accepted, Failed, SockOpResult, SockState, Woken
+from protocol.sockops import Accepted, Failed, SockOpResult, SockState, Woken, sock_state_of
 
 
 class TcpState(Enum):
@@ -446,18 +446,13 @@ def sk_wait_data(sk: TcpSock, task: str, timeo_ns: int | None, now: int) -> None
 
 
 def sock_state(sk: TcpSock) -> SockState:
-    return SockState(
-        readable=bool(sk.receive_queue),
-        backlog=bool(sk.backlog),
-        prequeue=len(sk.ucopy.prequeue),
-        caught_up=sk.rcv_nxt == sk.copied_seq,
-        done=sk.sock_done,
-        shutdown=sk.rcv_shutdown,
-        err=sk.sk_err,
-        closed=sk.state == TcpState.CLOSE,
-        listen=sk.state == TcpState.LISTEN,
-        ucopy_len=sk.ucopy.len,
-    )
+    # In SockState's field order: readable, backlog, prequeue, caught_up, done,
+    # shutdown, err, closed, listen, ucopy_len.
+    uc = sk.ucopy
+    return sock_state_of((bool(sk.receive_queue), bool(sk.backlog), len(uc.prequeue),
+                          sk.rcv_nxt == sk.copied_seq, sk.sock_done, sk.rcv_shutdown,
+                          sk.sk_err, sk.state == TcpState.CLOSE, sk.state == TcpState.LISTEN,
+                          uc.len))
 
 
 def with_direct(sk: TcpSock, task: str, result: SockOpResult) -> SockOpResult:
