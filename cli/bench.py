@@ -386,6 +386,9 @@ def bench(
                  for h, m, n in runs_on[0]["hops"]],
     }
     if profiler is not None:
+        result["profile_samples"] = {
+            name: json.loads(meta.read_text()) for name in profiler.names
+            if (meta := rd / "profiles" / f"{name}.cpu.json").exists()}
         for key, suffix in (("profiles", ".cpu.txt"), ("profiles_wall", ".txt")):
             result[key] = {name: [(f, round(own, 3), round(incl, 3)) for f, own, incl in
                                   top_functions(rd / "profiles" / f"{name}{suffix}")]
@@ -434,6 +437,8 @@ def _print(r: dict[str, Any]) -> None:
     typer.echo(table([(h["hop"], f"{h['mean_us']:.1f}", str(h["messages"]))
                       for h in r["hops"]], ("hop (first run)", "mean one-way us", "messages")))
     for name, top in (r.get("profiles") or {}).items():
-        typer.echo(f"\n{name}: hottest functions (main thread CPU time, sampled)")
+        meta = (r.get("profile_samples") or {}).get(name, {})
+        typer.echo(f"\n{name}: hottest functions (main thread CPU time: "
+                   f"{meta.get('samples', '?')} samples over {meta.get('cpu_ms', '?')} ms)")
         typer.echo(table([(f, f"{own:.1%}", f"{incl:.1%}") for f, own, incl in top],
                          ("function", "self", "with callees")))

@@ -492,7 +492,8 @@ def sock_state_of(values: tuple[bool | int, ...]) -> SockState:
     if st is None:
         if len(_STATES) >= _STATES_MAX:
             _STATES.clear()
-        st = _STATES[values] = SockState(**dict(zip(_STATE_FIELDS, values, strict=True)))
+        fields_: dict[str, Any] = dict(zip(_STATE_FIELDS, values, strict=True))
+        st = _STATES[values] = SockState(**fields_)
     return st
 
 

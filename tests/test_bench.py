@@ -64,6 +64,8 @@ def test_bench_json_reports_every_figure_with_integrity(tmp_path: Path) -> None:
     # --profile-actors: each actor's own CPU samples; py-spy's too, for those it attached
     # to before they exited (in so short a run, not always all).
     assert set(r["profiles"]) == ACTORS and set(r["profiles_wall"]) <= ACTORS
+    assert set(r["profile_samples"]) == ACTORS
+    assert all(m["clock"] == "thread" for m in r["profile_samples"].values())
     assert (tmp_path / "profiles" / "stack.cpu.txt").exists()
     assert json.loads((tmp_path / "bench.json").read_text()) == r
 
@@ -105,7 +107,10 @@ def test_actors_sample_themselves_when_asked(tmp_path: Path,
     monkeypatch.setenv(CPU_PROFILE_ENV, str(prof))
     summary = run_scenario(bench_scenario(1.0, None), tmp_path / "run", progress=False)
     assert summary["integrity"]
-    assert {p.name for p in prof.iterdir()} == {f"{a}.cpu.txt" for a in ACTORS}
+    assert {p.name for p in prof.iterdir()} == {f"{a}.cpu.{x}" for a in ACTORS
+                                                for x in ("txt", "json")}
+    meta = json.loads((prof / "stack.cpu.json").read_text())
+    assert meta["samples"] > 0 and meta["clock"] == "thread" and meta["cpu_ms"] > 0
     assert top_functions(prof / "stack.cpu.txt"), "the stack burnt CPU, so it has samples"
     # Every sample is in the actor's loop; the project's paths are relative to it.
     lines = (prof / "stack.cpu.txt").read_text().splitlines()

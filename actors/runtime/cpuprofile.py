@@ -17,12 +17,15 @@ Python runs the handler between two bytecodes of the main thread, so time in a C
 microseconds), which flame-graph tools and :func:`cli.bench.top_functions` read.
 
 An actor samples itself when :data:`CPU_PROFILE_ENV` names a directory: from the run's
-``start`` until its loop ends, into ``<dir>/<actor>.cpu.txt``.
+``start`` until its loop ends, into ``<dir>/<actor>.cpu.txt`` (and ``<actor>.cpu.json``:
+the sample count, the CPU they cover, the clock). The kernel checks CPU timers at its
+tick, so a sample is one tick of CPU (4 ms at HZ=250) at the finest: a short run gets few.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import signal
 import threading
 import time
@@ -137,5 +140,10 @@ class CpuSampler:
         return lines
 
     def write(self, path: Path, root: Path | None = None) -> None:
+        """The collapsed stacks to ``path`` (``<actor>.cpu.txt``), and beside it
+        ``<actor>.cpu.json``: how many samples, and which clock drove them."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(line + "\n" for line in self.collapsed(root)))
+        meta = {"samples": self.samples, "clock": self.clock,
+                "cpu_ms": round(sum(self.stacks.values()) / 1e6, 1)}
+        path.with_suffix(".json").write_text(json.dumps(meta) + "\n")
