@@ -289,6 +289,17 @@ def _cpu_per_segment(runs: list[dict[str, Any]], key: str = "cpu_us_per_segment"
     return {**{k: round(v, 1) for k, v in cpu.items()}, "total": round(sum(cpu.values()), 1)}
 
 
+def _trace_cost(on: list[dict[str, Any]], off: list[dict[str, Any]]) -> dict[str, float]:
+    """What recording the trace costs, each round's trace-on run against its own
+    trace-off run (the machine's speed drifts between rounds), medians: the extra CPU
+    per segment, and the share of the rate lost."""
+    cpu = [sum(a["cpu_us_per_segment"].values()) / sum(b["cpu_us_per_segment"].values()) - 1
+           for a, b in zip(on, off, strict=True) if sum(b["cpu_us_per_segment"].values())]
+    rate = [1 - a["segments_per_s"] / b["segments_per_s"]
+            for a, b in zip(on, off, strict=True) if b["segments_per_s"]]
+    return {"cpu": round(_median(cpu), 3), "rate": round(_median(rate), 3)}
+
+
 @app.command()
 def bench(
     mbytes: Annotated[float, typer.Option("--mbytes", help="MB per flow.")] = 8.0,
@@ -380,6 +391,7 @@ def bench(
                                                            "main_thread_us_per_segment"),
         "cpu_us_per_segment_trace_off": _cpu_per_segment(runs_off),
         "cpu_us_per_segment_gro_off": _cpu_per_segment(runs_nogro),
+        "trace_cost": _trace_cost(runs_on, runs_off),
         "startup_s": round(_median([r["startup_s"] for r in runs_on]), 3),
         "rss_kb": {k: round(v) for k, v in _median_map([r["rss_kb"] for r in runs_on]).items()},
         "hops": [{"hop": h, "mean_us": round(m, 1), "messages": n}
@@ -432,6 +444,10 @@ def _print(r: dict[str, Any]) -> None:
             for name, us in cpu.items()]
     typer.echo(table(rows, ("actor", "trace on", "of it I/O thread", "trace off",
                             "GRO off (trace on)", "max RSS MB")))
+    tc = r.get("trace_cost")
+    if tc:
+        typer.echo(f"trace cost (each round's trace-on run against its trace-off run, "
+                   f"median): {tc['cpu']:+.1%} CPU per segment, {tc['rate']:.1%} of the rate")
     typer.echo(f"\nstart-up (spawn to all ready): {r['startup_s']:.2f} s; "
                f"{r['mbit_per_s']} Mbit/s of payload")
     typer.echo(table([(h["hop"], f"{h['mean_us']:.1f}", str(h["messages"]))

@@ -7,18 +7,19 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from actors.runtime.cpuprofile import CPU_PROFILE_ENV, CpuSampler
-from cli.bench import bench_scenario, top_functions
+from cli.bench import _trace_cost, bench_scenario, top_functions
 from cli.run import run_scenario
 
 KEYS = ("segments_per_s", "segments_per_s_trace_off", "raw_unbatched_per_s",
         "raw_batched_per_s", "ratio_unbatched", "model_segments_per_s",
         "model_ofo_segments_per_s", "cpu_us_per_segment", "cpu_us_per_segment_trace_off",
         "cpu_us_per_segment_gro_off", "cpu_us_per_segment_main_thread", "startup_s",
-        "rss_kb", "compiled")
+        "rss_kb", "compiled", "trace_cost")
 ACTORS = {"peer", "nic", "cpu0", "cpu1", "stack", "r1", "r2"}
 
 
@@ -61,6 +62,8 @@ def test_bench_json_reports_every_figure_with_integrity(tmp_path: Path) -> None:
     assert set(main) >= ACTORS
     assert all(0 < main[a] <= cpu[a] + 0.1 for a in ACTORS), (main, cpu)
     assert set(r["rss_kb"]) >= ACTORS
+    assert set(r["trace_cost"]) == {"cpu", "rate"}
+    assert all(-1 < v < 10 for v in r["trace_cost"].values()), r["trace_cost"]
     # --profile-actors: each actor's own CPU samples; py-spy's too, for those it attached
     # to before they exited (in so short a run, not always all).
     assert set(r["profiles"]) == ACTORS and set(r["profiles_wall"]) <= ACTORS
@@ -115,3 +118,13 @@ def test_actors_sample_themselves_when_asked(tmp_path: Path,
     # Every sample is in the actor's loop; the project's paths are relative to it.
     lines = (prof / "stack.cpu.txt").read_text().splitlines()
     assert all(";_loop (actors/runtime/actor.py:" in line for line in lines), lines[:3]
+
+
+def test_the_trace_cost_pairs_each_round_with_its_own_trace_off_run() -> None:
+    def run(cpu: float, rate: float) -> dict[str, Any]:
+        return {"cpu_us_per_segment": {"stack": cpu / 2, "peer": cpu / 2},
+                "segments_per_s": rate}
+    # Round 2 ran on a machine twice as slow: each pair still shows +25% CPU, -20% rate.
+    on = [run(125, 800), run(250, 400), run(150, 800)]
+    off = [run(100, 1000), run(200, 500), run(100, 1000)]
+    assert _trace_cost(on, off) == {"cpu": 0.25, "rate": 0.2}
