@@ -118,6 +118,8 @@ def test_actors_sample_themselves_when_asked(tmp_path: Path,
     # Every sample is in the actor's loop; the project's paths are relative to it.
     lines = (prof / "stack.cpu.txt").read_text().splitlines()
     assert all(";_loop (actors/runtime/actor.py:" in line for line in lines), lines[:3]
+    # and a library's relative to where it is installed (pyzmq's poll: zmq/sugar/poll.py).
+    assert not any("site-packages" in line for line in lines), lines[:3]
 
 
 def test_the_trace_cost_pairs_each_round_with_its_own_trace_off_run() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import json
 import signal
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -122,11 +123,16 @@ class CpuSampler:
         self.samples += 1
 
     def collapsed(self, root: Path | None = None) -> list[str]:
-        """The stacks as collapsed lines, heaviest first; paths relative to ``root``."""
+        """The stacks as collapsed lines, heaviest first; paths relative to ``root``, or to
+        the library directory they are in (``zmq/sugar/poll.py``)."""
+        bases = [root] if root is not None else []
+        bases += sorted({Path(p) for k in ("purelib", "platlib", "stdlib")
+                         if (p := sysconfig.get_paths().get(k))}, key=lambda b: -len(b.parts))
+
         def where(path: str) -> str:
-            if root is not None:
+            for base in bases:
                 try:
-                    return str(Path(path).relative_to(root))
+                    return str(Path(path).relative_to(base))
                 except ValueError:
                     pass
             return path
