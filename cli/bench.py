@@ -138,18 +138,19 @@ def _match(name: str, pat: str) -> bool:
 
 
 @contextlib.contextmanager
-def _trace_env(on: bool) -> Iterator[None]:
-    """Actors inherit the environment: RXPATH_TRACE=0 turns their recording off."""
-    old = os.environ.get("RXPATH_TRACE")
-    if not on:
-        os.environ["RXPATH_TRACE"] = "0"
+def _actor_env(name: str, value: str | None) -> Iterator[None]:
+    """``name=value`` in the environment of the actors started inside (they inherit
+    it), restored after; None leaves it as it is."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("RXPATH_TRACE", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["RXPATH_TRACE"] = old
+            os.environ[name] = old
 
 
 class ActorProfiler:
@@ -167,19 +168,10 @@ class ActorProfiler:
         self.names: list[str] = []
         self.exe = shutil.which("py-spy")
 
-    @contextlib.contextmanager
-    def sampling(self) -> Iterator[None]:
-        """Actors started inside sample themselves (they inherit the environment)."""
+    def sampling(self) -> contextlib.AbstractContextManager[None]:
+        """Actors started inside sample themselves."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        old = os.environ.get(CPU_PROFILE_ENV)
-        os.environ[CPU_PROFILE_ENV] = str(self.out_dir)
-        try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop(CPU_PROFILE_ENV, None)
-            else:
-                os.environ[CPU_PROFILE_ENV] = old
+        return _actor_env(CPU_PROFILE_ENV, str(self.out_dir))
 
     def hook(self, launcher: Launcher, _sup: Supervisor, _elapsed: float) -> None:
         if self.names:
@@ -240,7 +232,7 @@ def _module_of(frame: str) -> str:
 def end_to_end(sc: Scenario, rd: Path, *, trace: bool, progress: bool,
                hook: Callable[[Launcher, Supervisor, float], None] | None = None,
                ) -> dict[str, Any]:
-    with _trace_env(trace):
+    with _actor_env("RXPATH_TRACE", None if trace else "0"):  # 0: no trace recording
         summary = run_scenario(sc, rd, progress=progress, chaos=hook)
     counters = json.loads((rd / "counters.json").read_text())
     segs = int(summary["segments"])
@@ -293,10 +285,12 @@ def _trace_cost(on: list[dict[str, Any]], off: list[dict[str, Any]]) -> dict[str
     """What recording the trace costs, each round's trace-on run against its own
     trace-off run (the machine's speed drifts between rounds), medians: the extra CPU
     per segment, and the share of the rate lost."""
-    cpu = [sum(a["cpu_us_per_segment"].values()) / sum(b["cpu_us_per_segment"].values()) - 1
-           for a, b in zip(on, off, strict=True) if sum(b["cpu_us_per_segment"].values())]
-    rate = [1 - a["segments_per_s"] / b["segments_per_s"]
-            for a, b in zip(on, off, strict=True) if b["segments_per_s"]]
+    pairs = list(zip(on, off, strict=True))
+    totals = [(sum(a["cpu_us_per_segment"].values()), sum(b["cpu_us_per_segment"].values()))
+              for a, b in pairs]
+    cpu = [t_on / t_off - 1 for t_on, t_off in totals if t_off]
+    rate = [1 - a["segments_per_s"] / b["segments_per_s"] for a, b in pairs
+            if b["segments_per_s"]]
     return {"cpu": round(_median(cpu), 3), "rate": round(_median(rate), 3)}
 
 
@@ -350,13 +344,13 @@ def bench(
     for i in range(repeat):
         if not json_out:
             typer.echo(f"bench round {i + 1}/{repeat}", err=True)
-        hook = profiler.hook if profiler is not None and i == 0 else None
-        with profiler.sampling() if hook is not None and profiler is not None \
-                else contextlib.nullcontext():
+        profiling = profiler if i == 0 else None  # the first trace-on run only
+        with profiling.sampling() if profiling else contextlib.nullcontext():
             runs_on.append(end_to_end(sc, rd / f"trace-on-{i}", trace=True,
-                                      progress=progress, hook=hook))
-        if hook is not None and profiler is not None:
-            profiler.finish()
+                                      progress=progress,
+                                      hook=profiling.hook if profiling else None))
+        if profiling:
+            profiling.finish()
         runs_off.append(end_to_end(sc, rd / f"trace-off-{i}", trace=False,
                                    progress=progress))
         runs_nogro.append(end_to_end(sc_nogro, rd / f"gro-off-{i}", trace=True,

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 
 CPU_PROFILE_ENV = "RXPATH_CPU_PROFILE"
-INTERVAL_S = 0.001  # of process CPU time between two samples
+INTERVAL_S = 0.001  # of CPU time between two samples (the kernel's tick rounds it up)
 
 Frame = tuple[str, str, int]  # function, file, line
 
